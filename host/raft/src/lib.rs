@@ -1,0 +1,3 @@
+//! Keel's sans-IO Raft core (work in progress: types first).
+mod types;
+pub use types::*;

@@ -1,0 +1,197 @@
+//! The typed log and the small value types every layer shares.
+//!
+//! The core treats payloads as opaque: it never looks inside a command, a deployment or a
+//! referenced blob. It does look at [`Record::Config`], because membership is consensus.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// A node's identity. Stable across restarts and address changes (design §7).
+pub type NodeId = u64;
+/// A Raft term. Terms start at 0.
+pub type Term = u64;
+/// A log index. The first entry has index 1; index 0 means "nothing".
+pub type Index = u64;
+
+/// The cluster's identity, created at bootstrap and carried by every message (design §7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClusterId(pub u128);
+
+impl std::fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // UUID layout, so operators can grep for it.
+        let b = self.0.to_be_bytes();
+        write!(
+            f,
+            "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]
+        )
+    }
+}
+
+/// One log entry: a position, the leader's wall clock when it was proposed, and a record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Position in the log (1-based).
+    pub index: Index,
+    /// Term of the leader that created the entry.
+    pub term: Term,
+    /// The leader's wall clock (ms since the Unix epoch) at proposal, so that every replica's
+    /// plugin sees the same "now" (design §3). Non-decreasing along the log.
+    pub timestamp_ms: u64,
+    /// What the entry means.
+    pub record: Record,
+}
+
+/// What a log entry means (design §3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// Committed by every new leader at the start of its term (thesis §6.4, §8).
+    Noop,
+    /// An application command for one plugin.
+    Command(Command),
+    /// A new cluster configuration; takes effect as soon as it is in a log (thesis §4.1).
+    Config(ClusterConfig),
+    /// A plugin version becomes active at this index on every node.
+    Deploy(Deploy),
+}
+
+/// An application command addressed to one plugin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Plugin name.
+    pub plugin: String,
+    /// Client session for exactly-once application (Raft paper §8), if the client sent one.
+    pub client: Option<ClientSerial>,
+    /// The command bytes, inline or by reference.
+    pub payload: Payload,
+}
+
+/// A client's identity and the serial number of one of its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClientSerial {
+    /// Chosen by the client; unique per client.
+    pub client_id: u64,
+    /// Increases with every new request of that client; a retry reuses it.
+    pub serial: u64,
+}
+
+/// Application bytes, carried inline or as a reference to a content-addressed blob
+/// (design §6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// The bytes themselves.
+    Inline(Vec<u8>),
+    /// Only the hash and length; the bytes live in the blob store.
+    Ref {
+        /// SHA-256 of the bytes.
+        sha256: [u8; 32],
+        /// Length of the bytes.
+        len: u64,
+    },
+}
+
+impl Payload {
+    /// The referenced blob's hash, if this payload is by reference.
+    pub fn blob_ref(&self) -> Option<[u8; 32]> {
+        match self {
+            Payload::Inline(_) => None,
+            Payload::Ref { sha256, .. } => Some(*sha256),
+        }
+    }
+}
+
+/// Activates a plugin version at this entry's index on every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deploy {
+    /// Plugin name.
+    pub plugin: String,
+    /// Version label chosen by the deployer.
+    pub version: String,
+    /// SHA-256 of the component bytes (which travel as a blob, design §6).
+    pub sha256: [u8; 32],
+    /// Fuel budget of one `apply` call; the same on every node, so exhaustion is deterministic.
+    pub fuel_per_apply: u64,
+    /// Linear-memory limit per instance, in bytes.
+    pub memory_limit: u64,
+}
+
+/// Cluster membership (thesis ch. 4): voters, learners, and where to reach each node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// Nodes whose votes and acknowledgements count.
+    pub voters: BTreeSet<NodeId>,
+    /// Nodes that receive the log but do not vote (thesis §4.2.1).
+    pub learners: BTreeSet<NodeId>,
+    /// Node id → address. A node may come back on another address; its id is its identity.
+    pub addresses: BTreeMap<NodeId, String>,
+}
+
+impl ClusterConfig {
+    /// A configuration of voters only, with no addresses.
+    pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Self {
+        ClusterConfig {
+            voters: voters.into_iter().collect(),
+            ..ClusterConfig::default()
+        }
+    }
+
+    /// Whether `id` is a voter or a learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+
+    /// Voters and learners, in id order.
+    pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.union(&self.learners).copied()
+    }
+
+    /// The number of votes that make a majority of the voters.
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+}
+
+/// What must be durable before a node sends any message that depends on it (§5.1, Fig. 2:
+/// "updated on stable storage before responding to RPCs").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// Latest term this node has seen.
+    pub term: Term,
+    /// Candidate this node voted for in `term`, if any.
+    pub vote: Option<NodeId>,
+}
+
+/// Where a snapshot stands in the log, and the configuration as of that point.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// Last entry the snapshot covers. Always a committed entry.
+    pub index: Index,
+    /// Term of that entry.
+    pub term: Term,
+    /// Latest configuration at or before `index`.
+    pub config: ClusterConfig,
+}
+
+/// A snapshot: where it stands, and the state machine's image as opaque bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Position and configuration.
+    pub meta: SnapshotMeta,
+    /// The state machine image, produced and read only outside the core.
+    pub data: Vec<u8>,
+}
+
+/// A node's role (thesis §3.3, plus PreCandidate for PreVote, §9.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Follows a leader, or waits for one.
+    Follower,
+    /// Asks for pre-votes without disturbing anyone's term (§9.6).
+    PreCandidate,
+    /// Asks for votes in a new term.
+    Candidate,
+    /// Accepts proposals and replicates the log.
+    Leader,
+}
