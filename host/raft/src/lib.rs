@@ -1,3 +1,20 @@
-//! Keel's sans-IO Raft core (work in progress: types first).
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod error;
+mod log;
+mod message;
+mod progress;
+mod raft;
+mod ready;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 mod types;
+
+pub use config::Config;
+pub use error::{CompactError, ConfigChangeError, ConfigError, ProposeError, ReadError, StepError};
+pub use message::{Message, MessageBody};
+pub use progress::{Progress, ReplicationState};
+pub use raft::{InitialState, Raft, ReadMode, Status};
+pub use ready::{Event, ReadState, Ready};
 pub use types::*;

@@ -1,0 +1,76 @@
+//! Static configuration of one node's core.
+
+use crate::types::{ClusterId, NodeId};
+
+/// How one node's core behaves. Times are in ticks; the driver decides how long a tick is.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node.
+    pub id: NodeId,
+    /// The cluster this node belongs to; messages from any other cluster are refused.
+    pub cluster: ClusterId,
+    /// Minimum election timeout in ticks. The actual timeout is drawn uniformly from
+    /// `[election_ticks, 2 * election_ticks)` after every reset (§5.2: randomised timeouts
+    /// make split votes rare).
+    pub election_ticks: u32,
+    /// A leader sends heartbeats every this many ticks (must be < `election_ticks`).
+    pub heartbeat_ticks: u32,
+    /// PreVote (thesis §9.6): ask whether an election could be won before disturbing
+    /// anyone's term.
+    pub pre_vote: bool,
+    /// CheckQuorum (thesis §6.2): a leader that has not heard from a majority for an election
+    /// timeout steps down; with it, followers that heard from a leader within the minimum
+    /// election timeout ignore vote requests (§4.2.3), and lease reads become possible.
+    pub check_quorum: bool,
+    /// Appends in flight per follower in the replicate state.
+    pub max_inflight: usize,
+    /// Entries per append message.
+    pub max_entries_per_message: usize,
+    /// Proposals refused with [`crate::ProposeError::Busy`] beyond this many uncommitted entries.
+    pub max_uncommitted_entries: u64,
+    /// Committed entries handed out per [`crate::Ready`].
+    pub max_apply_batch: usize,
+    /// Seed of the election-timeout randomness. The core has no other source.
+    pub seed: u64,
+    /// Deliberately broken variants, for proving the simulator catches them.
+    #[cfg(feature = "testkit")]
+    pub bugs: crate::testkit::Bugs,
+}
+
+impl Config {
+    /// Defaults fit a 100 ms tick: heartbeat 100 ms, election timeout 1–2 s.
+    pub fn new(id: NodeId, cluster: ClusterId) -> Self {
+        Config {
+            id,
+            cluster,
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            pre_vote: true,
+            check_quorum: true,
+            max_inflight: 64,
+            max_entries_per_message: 256,
+            max_uncommitted_entries: 100_000,
+            max_apply_batch: 1024,
+            seed: id,
+            #[cfg(feature = "testkit")]
+            bugs: crate::testkit::Bugs::default(),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), crate::ConfigError> {
+        use crate::ConfigError::*;
+        if self.id == 0 {
+            return Err(ZeroNodeId);
+        }
+        if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
+            return Err(Timing {
+                heartbeat_ticks: self.heartbeat_ticks,
+                election_ticks: self.election_ticks,
+            });
+        }
+        if self.max_inflight == 0 || self.max_entries_per_message == 0 || self.max_apply_batch == 0 {
+            return Err(ZeroLimit);
+        }
+        Ok(())
+    }
+}
