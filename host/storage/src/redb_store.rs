@@ -1,0 +1,704 @@
+//! The durable store: one redb file per node, `DATA_DIR/keel.redb`.
+//!
+//! Tables: `log` (index → crc32 ‖ postcard Entry), `meta` (format marker, identity, hard state,
+//! snapshot point, applied state), `kv` ((namespace, key) → value) and `sessions`
+//! (client id → postcard Session). See `docs/storage.md` for the durability argument.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use keel_raft::{Entry, HardState, Index, SnapshotMeta, Term};
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    StorageBackend, TableDefinition, TableHandle, WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::plan::{self, PersistPlan};
+use crate::{
+    AppliedState, ApplyBatch, Identity, KvRange, KvRecord, LogBounds, LogId, LogWrite,
+    RecoveredState, Session, StateView, Storage, StorageError, StorageOptions, codec,
+};
+
+/// Name of the data file inside a node's data directory.
+pub const DATA_FILE: &str = "keel.redb";
+
+const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+const KV: TableDefinition<'_, (&str, &[u8]), &[u8]> = TableDefinition::new("kv");
+const SESSIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("sessions");
+
+/// Value of the `format` key: bumped on any incompatible change of the layout.
+const FORMAT: &[u8] = b"keel-storage/1";
+const K_FORMAT: &str = "format";
+const K_IDENTITY: &str = "identity";
+const K_HARD_STATE: &str = "hard_state";
+const K_SNAPSHOT: &str = "snapshot";
+const K_APPLIED: &str = "applied";
+
+/// The redb-backed [`Storage`].
+pub struct RedbStorage {
+    db: Database,
+    path: Arc<PathBuf>,
+    options: StorageOptions,
+}
+
+impl fmt::Debug for RedbStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedbStorage")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Adds the file and the operation to any redb error.
+trait Ctx<T> {
+    fn ctx(self, path: &Path, op: &'static str) -> Result<T, StorageError>;
+}
+
+impl<T, E: Into<redb::Error>> Ctx<T> for Result<T, E> {
+    fn ctx(self, path: &Path, op: &'static str) -> Result<T, StorageError> {
+        self.map_err(|e| StorageError::Redb {
+            path: path.to_path_buf(),
+            op,
+            source: e.into(),
+        })
+    }
+}
+
+impl RedbStorage {
+    /// Opens (creating if needed) the data file in `dir`. Every page's checksum is verified first:
+    /// a damaged file fails here, with an error naming it, instead of serving wrong data.
+    pub fn open(dir: &Path, options: StorageOptions) -> Result<Self, StorageError> {
+        let path = dir.join(DATA_FILE);
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::Open {
+            path: path.clone(),
+            source: redb::Error::Io(e),
+        })?;
+        let db = builder(&options)
+            .create(&path)
+            .map_err(|e| StorageError::Open {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+        Self::init(db, path, options, true)
+    }
+
+    /// Opens an existing data file in `dir`, never creating one (for the inspector).
+    pub fn open_existing(dir: &Path, options: StorageOptions) -> Result<Self, StorageError> {
+        let path = dir.join(DATA_FILE);
+        let db = builder(&options)
+            .open(&path)
+            .map_err(|e| StorageError::Open {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+        Self::init(db, path, options, false)
+    }
+
+    /// Opens a database on a custom redb backend; `path` only labels errors. Used to inject
+    /// I/O failures (a full disk) in tests.
+    pub fn open_with_backend(
+        path: PathBuf,
+        backend: impl StorageBackend,
+        options: StorageOptions,
+    ) -> Result<Self, StorageError> {
+        let db = builder(&options)
+            .create_with_backend(backend)
+            .map_err(|e| StorageError::Open {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+        Self::init(db, path, options, true)
+    }
+
+    /// The data file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks the format marker, or lays out a new file.
+    fn init(
+        db: Database,
+        path: PathBuf,
+        options: StorageOptions,
+        may_create: bool,
+    ) -> Result<Self, StorageError> {
+        let p = path.as_path();
+        let foreign = |reason: String| StorageError::Foreign {
+            path: path.clone(),
+            reason,
+        };
+        let tables: Vec<String> = {
+            let txn = db.begin_read().ctx(p, "begin read (open)")?;
+            let list = txn.list_tables().ctx(p, "list tables")?;
+            list.map(|t| t.name().to_string()).collect()
+        };
+        if tables.is_empty() {
+            if !may_create {
+                return Err(foreign("the database is empty".into()));
+            }
+            let txn = db.begin_write().ctx(p, "begin write (create)")?;
+            {
+                let mut meta = txn.open_table(META).ctx(p, "create table meta")?;
+                meta.insert(K_FORMAT, FORMAT).ctx(p, "write meta format")?;
+                txn.open_table(LOG).ctx(p, "create table log")?;
+                txn.open_table(KV).ctx(p, "create table kv")?;
+                txn.open_table(SESSIONS).ctx(p, "create table sessions")?;
+            }
+            txn.commit().ctx(p, "commit (create)")?;
+        } else {
+            if !tables.iter().any(|t| t == META.name()) {
+                return Err(foreign(format!(
+                    "no `meta` table (tables: {})",
+                    tables.join(", ")
+                )));
+            }
+            let txn = db.begin_read().ctx(p, "begin read (open)")?;
+            let meta = txn
+                .open_table(META)
+                .map_err(|e| foreign(format!("table `meta` is not Keel's: {e}")))?;
+            let format = meta
+                .get(K_FORMAT)
+                .ctx(p, "read meta format")?
+                .map(|g| g.value().to_vec());
+            match format {
+                Some(f) if f == FORMAT => {}
+                Some(f) => {
+                    return Err(foreign(format!(
+                        "format {:?}, this build reads {:?}",
+                        String::from_utf8_lossy(&f),
+                        String::from_utf8_lossy(FORMAT)
+                    )));
+                }
+                None => return Err(foreign("no format marker".into())),
+            }
+            for (name, check) in [
+                ("log", txn.open_table(LOG).map(drop)),
+                ("kv", txn.open_table(KV).map(drop)),
+                ("sessions", txn.open_table(SESSIONS).map(drop)),
+            ] {
+                check.map_err(|e| foreign(format!("table `{name}`: {e}")))?;
+            }
+        }
+        Ok(RedbStorage {
+            db,
+            path: Arc::new(path),
+            options,
+        })
+    }
+
+    fn begin_write(
+        &self,
+        op: &'static str,
+        durable: bool,
+    ) -> Result<WriteTransaction, StorageError> {
+        let mut txn = self.db.begin_write().ctx(&self.path, op)?;
+        if durable {
+            txn.set_two_phase_commit(self.options.two_phase_commit);
+        } else {
+            txn.set_durability(Durability::None).ctx(&self.path, op)?;
+        }
+        Ok(txn)
+    }
+
+    fn begin_read(&self) -> Result<ReadTransaction, StorageError> {
+        self.db.begin_read().ctx(&self.path, "begin read")
+    }
+
+    /// Closes the file after making every commit durable.
+    pub fn close(self) -> Result<(), StorageError> {
+        self.sync()?;
+        let path = Arc::clone(&self.path);
+        self.db.close().ctx(&path, "close")
+    }
+}
+
+fn builder(options: &StorageOptions) -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_check_integrity_on_open(true);
+    b.set_cache_size(options.cache_bytes);
+    b
+}
+
+fn meta_get<T: DeserializeOwned>(
+    path: &Path,
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &'static str,
+) -> Result<Option<T>, StorageError> {
+    let Some(guard) = meta.get(key).ctx(path, "read table meta")? else {
+        return Ok(None);
+    };
+    codec::decode(path, || format!("meta `{key}`"), guard.value()).map(Some)
+}
+
+fn meta_put<T: Serialize>(
+    path: &Path,
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    key: &'static str,
+    value: &T,
+) -> Result<(), StorageError> {
+    let bytes = codec::encode(value, || format!("meta `{key}`"))?;
+    meta.insert(key, bytes.as_slice())
+        .ctx(path, "write table meta")?;
+    Ok(())
+}
+
+/// The pieces of `meta` every write checks against.
+struct MetaState {
+    hard_state: HardState,
+    snapshot: SnapshotMeta,
+    applied: AppliedState,
+}
+
+fn read_meta(
+    path: &Path,
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<MetaState, StorageError> {
+    Ok(MetaState {
+        hard_state: meta_get(path, meta, K_HARD_STATE)?.unwrap_or_default(),
+        snapshot: meta_get(path, meta, K_SNAPSHOT)?.unwrap_or_default(),
+        applied: meta_get(path, meta, K_APPLIED)?.unwrap_or_default(),
+    })
+}
+
+fn bounds(
+    path: &Path,
+    snapshot: &SnapshotMeta,
+    log: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<LogBounds, StorageError> {
+    let snap = LogId {
+        index: snapshot.index,
+        term: snapshot.term,
+    };
+    let last = match log.last().ctx(path, "read last of table log")? {
+        Some((k, v)) => LogId::of(&codec::decode_entry(path, k.value(), v.value())?),
+        None => snap,
+    };
+    Ok(LogBounds {
+        snapshot: snap,
+        last,
+    })
+}
+
+fn term_at(
+    path: &Path,
+    snapshot: &SnapshotMeta,
+    log: &impl ReadableTable<u64, &'static [u8]>,
+    index: Index,
+) -> Result<Option<Term>, StorageError> {
+    if index == snapshot.index {
+        return Ok(Some(snapshot.term));
+    }
+    match log.get(index).ctx(path, "read table log")? {
+        Some(v) => Ok(Some(codec::decode_entry(path, index, v.value())?.term)),
+        None => Ok(None),
+    }
+}
+
+impl Storage for RedbStorage {
+    type View = RedbView;
+
+    fn recover(&self) -> Result<RecoveredState, StorageError> {
+        let p = self.path.as_path();
+        let txn = self.begin_read()?;
+        let meta = txn.open_table(META).ctx(p, "open table meta")?;
+        let log = txn.open_table(LOG).ctx(p, "open table log")?;
+        let m = read_meta(p, &meta)?;
+        Ok(RecoveredState {
+            identity: meta_get(p, &meta, K_IDENTITY)?,
+            hard_state: m.hard_state,
+            log: bounds(p, &m.snapshot, &log)?,
+            snapshot: m.snapshot,
+            applied: m.applied,
+        })
+    }
+
+    fn set_identity(&self, identity: Identity) -> Result<(), StorageError> {
+        let p = self.path.as_path();
+        let txn = self.begin_write("begin write (identity)", true)?;
+        {
+            let mut meta = txn.open_table(META).ctx(p, "open table meta")?;
+            match meta_get::<Identity>(p, &meta, K_IDENTITY)? {
+                Some(stored) if stored == identity => return Ok(()),
+                Some(stored) => {
+                    return Err(StorageError::IdentityMismatch {
+                        stored,
+                        given: identity,
+                    });
+                }
+                None => meta_put(p, &mut meta, K_IDENTITY, &identity)?,
+            }
+        }
+        txn.commit().ctx(p, "commit (identity)")
+    }
+
+    fn hard_state(&self) -> Result<HardState, StorageError> {
+        let txn = self.begin_read()?;
+        let meta = txn.open_table(META).ctx(&self.path, "open table meta")?;
+        Ok(meta_get(&self.path, &meta, K_HARD_STATE)?.unwrap_or_default())
+    }
+
+    fn log_bounds(&self) -> Result<LogBounds, StorageError> {
+        let p = self.path.as_path();
+        let txn = self.begin_read()?;
+        let meta = txn.open_table(META).ctx(p, "open table meta")?;
+        let log = txn.open_table(LOG).ctx(p, "open table log")?;
+        let snapshot: SnapshotMeta = meta_get(p, &meta, K_SNAPSHOT)?.unwrap_or_default();
+        bounds(p, &snapshot, &log)
+    }
+
+    fn term(&self, index: Index) -> Result<Option<Term>, StorageError> {
+        let p = self.path.as_path();
+        let txn = self.begin_read()?;
+        let meta = txn.open_table(META).ctx(p, "open table meta")?;
+        let log = txn.open_table(LOG).ctx(p, "open table log")?;
+        let snapshot: SnapshotMeta = meta_get(p, &meta, K_SNAPSHOT)?.unwrap_or_default();
+        term_at(p, &snapshot, &log, index)
+    }
+
+    fn entries(
+        &self,
+        lo: Index,
+        hi: Index,
+        max_bytes: Option<u64>,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let p = self.path.as_path();
+        let txn = self.begin_read()?;
+        let log = txn.open_table(LOG).ctx(p, "open table log")?;
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for item in log.range(lo..hi.max(lo)).ctx(p, "scan table log")? {
+            let (k, v) = item.ctx(p, "scan table log")?;
+            let size = codec::stored_size(v.value());
+            if let Some(max) = max_bytes
+                && !out.is_empty()
+                && bytes + size > max
+            {
+                break;
+            }
+            bytes += size;
+            out.push(codec::decode_entry(p, k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn persist(&self, write: LogWrite<'_>) -> Result<LogId, StorageError> {
+        let p = self.path.as_path();
+        // Sizes and contiguity are checked before a transaction even starts.
+        let encoded = plan::encode_entries(write.entries, self.options.max_entry_bytes)?;
+        let mut txn = self.begin_write("begin write (persist)", true)?;
+        let plan = {
+            let meta = txn.open_table(META).ctx(p, "open table meta")?;
+            let log = txn.open_table(LOG).ctx(p, "open table log")?;
+            let m = read_meta(p, &meta)?;
+            let b = bounds(p, &m.snapshot, &log)?;
+            plan::plan_persist(
+                &write,
+                encoded,
+                m.hard_state,
+                b,
+                m.applied.last_applied,
+                |i| term_at(p, &m.snapshot, &log, i),
+            )?
+        };
+        let last = plan.last;
+        write_plan(p, &mut txn, plan)?;
+        txn.commit().ctx(p, "commit (persist)")?;
+        Ok(last)
+    }
+
+    fn apply(&self, batch: &ApplyBatch) -> Result<(), StorageError> {
+        let p = self.path.as_path();
+        let txn = self.begin_write("begin write (apply)", self.options.durable_applies)?;
+        {
+            let mut meta = txn.open_table(META).ctx(p, "open table meta")?;
+            let log = txn.open_table(LOG).ctx(p, "open table log")?;
+            let m = read_meta(p, &meta)?;
+            plan::check_apply(batch, m.applied.last_applied, |i| {
+                term_at(p, &m.snapshot, &log, i)
+            })?;
+            let mut kv = txn.open_table(KV).ctx(p, "open table kv")?;
+            for w in &batch.writes {
+                let key = (w.namespace.as_str(), w.key.as_slice());
+                match &w.value {
+                    Some(v) => kv.insert(key, v.as_slice()).ctx(p, "write table kv")?,
+                    None => kv.remove(key).ctx(p, "delete from table kv")?,
+                };
+            }
+            let mut sessions = txn.open_table(SESSIONS).ctx(p, "open table sessions")?;
+            for (client, session) in &batch.sessions {
+                let bytes = codec::encode(session, || format!("session of client {client}"))?;
+                sessions
+                    .insert(*client, bytes.as_slice())
+                    .ctx(p, "write table sessions")?;
+            }
+            let mut applied = m.applied;
+            applied.last_applied = batch.last_applied;
+            if let Some(config) = &batch.config {
+                applied.config = config.clone();
+            }
+            meta_put(p, &mut meta, K_APPLIED, &applied)?;
+        }
+        txn.commit().ctx(p, "commit (apply)")
+    }
+
+    fn purge(&self, snapshot: &SnapshotMeta) -> Result<(), StorageError> {
+        let p = self.path.as_path();
+        let txn = self.begin_write("begin write (purge)", true)?;
+        {
+            let mut meta = txn.open_table(META).ctx(p, "open table meta")?;
+            let mut log = txn.open_table(LOG).ctx(p, "open table log")?;
+            let m = read_meta(p, &meta)?;
+            let b = bounds(p, &m.snapshot, &log)?;
+            if !plan::check_purge(snapshot, b, m.applied.last_applied, |i| {
+                term_at(p, &m.snapshot, &log, i)
+            })? {
+                return Ok(());
+            }
+            log.retain_in(..=snapshot.index, |_, _| false)
+                .ctx(p, "purge table log")?;
+            meta_put(p, &mut meta, K_SNAPSHOT, snapshot)?;
+        }
+        txn.commit().ctx(p, "commit (purge)")
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        // An empty durable commit makes every earlier non-durable one durable.
+        let txn = self.begin_write("begin write (sync)", true)?;
+        txn.commit().ctx(&self.path, "commit (sync)")
+    }
+
+    fn view(&self) -> Result<RedbView, StorageError> {
+        let txn = self.begin_read()?;
+        let p = self.path.as_path();
+        let (applied, kv, sessions) = {
+            let meta = txn.open_table(META).ctx(p, "open table meta")?;
+            let applied = meta_get(p, &meta, K_APPLIED)?.unwrap_or_default();
+            let kv = txn.open_table(KV).ctx(p, "open table kv")?;
+            let sessions = txn.open_table(SESSIONS).ctx(p, "open table sessions")?;
+            (applied, kv, sessions)
+        };
+        Ok(RedbView {
+            path: Arc::clone(&self.path),
+            applied,
+            kv,
+            sessions,
+        })
+    }
+}
+
+/// Carries out a checked [`PersistPlan`] inside `txn`.
+fn write_plan(p: &Path, txn: &mut WriteTransaction, plan: PersistPlan) -> Result<(), StorageError> {
+    let PersistPlan {
+        hard_state,
+        snapshot,
+        keep_suffix,
+        truncate_from,
+        entries,
+        last: _,
+    } = plan;
+    if let Some((snap_meta, image)) = snapshot {
+        // Replace the state machine wholesale: drop and recreate the tables (cheaper than
+        // deleting key by key, and leaves nothing of the old state behind).
+        txn.delete_table(KV).ctx(p, "delete table kv")?;
+        txn.delete_table(SESSIONS).ctx(p, "delete table sessions")?;
+        let mut kv = txn.open_table(KV).ctx(p, "create table kv")?;
+        for rec in &image.kv {
+            kv.insert(
+                (rec.namespace.as_str(), rec.key.as_slice()),
+                rec.value.as_slice(),
+            )
+            .ctx(p, "write table kv")?;
+        }
+        let mut sessions = txn.open_table(SESSIONS).ctx(p, "create table sessions")?;
+        for (client, session) in &image.sessions {
+            let bytes = codec::encode(session, || format!("session of client {client}"))?;
+            sessions
+                .insert(*client, bytes.as_slice())
+                .ctx(p, "write table sessions")?;
+        }
+        let mut log = txn.open_table(LOG).ctx(p, "open table log")?;
+        if keep_suffix {
+            log.retain_in(..=snap_meta.index, |_, _| false)
+                .ctx(p, "purge table log")?;
+        } else {
+            log.retain(|_, _| false).ctx(p, "clear table log")?;
+        }
+        let mut meta = txn.open_table(META).ctx(p, "open table meta")?;
+        let applied = AppliedState {
+            last_applied: LogId {
+                index: snap_meta.index,
+                term: snap_meta.term,
+            },
+            config: snap_meta.config.clone(),
+        };
+        meta_put(p, &mut meta, K_APPLIED, &applied)?;
+        meta_put(p, &mut meta, K_SNAPSHOT, &snap_meta)?;
+    }
+    let mut meta = txn.open_table(META).ctx(p, "open table meta")?;
+    if let Some(hs) = hard_state {
+        meta_put(p, &mut meta, K_HARD_STATE, &hs)?;
+    }
+    let mut log = txn.open_table(LOG).ctx(p, "open table log")?;
+    if let Some(from) = truncate_from {
+        log.retain_in(from.., |_, _| false)
+            .ctx(p, "truncate table log")?;
+    }
+    for (index, bytes) in &entries {
+        log.insert(*index, bytes.as_slice())
+            .ctx(p, "append to table log")?;
+    }
+    Ok(())
+}
+
+/// A read view of a [`RedbStorage`]: a redb read transaction, so a point in time that later
+/// commits do not disturb and that does not block them.
+pub struct RedbView {
+    path: Arc<PathBuf>,
+    applied: AppliedState,
+    kv: ReadOnlyTable<(&'static str, &'static [u8]), &'static [u8]>,
+    sessions: ReadOnlyTable<u64, &'static [u8]>,
+}
+
+impl fmt::Debug for RedbView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedbView")
+            .field("path", &self.path)
+            .field("applied", &self.applied)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbView {
+    fn decode_session(&self, client: u64, bytes: &[u8]) -> Result<Session, StorageError> {
+        codec::decode(&self.path, || format!("session of client {client}"), bytes)
+    }
+}
+
+impl StateView for RedbView {
+    fn applied(&self) -> &AppliedState {
+        &self.applied
+    }
+
+    fn get(&self, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let v = self
+            .kv
+            .get((namespace, key))
+            .ctx(&self.path, "read table kv")?;
+        Ok(v.map(|g| g.value().to_vec()))
+    }
+
+    fn range(
+        &self,
+        namespace: &str,
+        range: KvRange<'_>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let start = match range.start {
+            Some(s) if s > range.prefix => s,
+            _ => range.prefix,
+        };
+        let mut out = Vec::new();
+        for item in self
+            .kv
+            .range((namespace, start)..)
+            .ctx(&self.path, "scan table kv")?
+        {
+            if out.len() >= range.limit {
+                break;
+            }
+            let (k, v) = item.ctx(&self.path, "scan table kv")?;
+            let (ns, key) = k.value();
+            if ns != namespace || !key.starts_with(range.prefix) {
+                break;
+            }
+            out.push((key.to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn session(&self, client_id: u64) -> Result<Option<Session>, StorageError> {
+        match self
+            .sessions
+            .get(client_id)
+            .ctx(&self.path, "read table sessions")?
+        {
+            Some(g) => self.decode_session(client_id, g.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn namespaces(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        // One pass over the table: fine for the inspector, the only caller that needs counts.
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for item in self.kv.iter().ctx(&self.path, "scan table kv")? {
+            let (k, _) = item.ctx(&self.path, "scan table kv")?;
+            let (ns, _) = k.value();
+            match out.last_mut() {
+                Some((name, count)) if name == ns => *count += 1,
+                _ => out.push((ns.to_string(), 1)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn scan_kv(
+        &self,
+        after: Option<(&str, &[u8])>,
+        limit: usize,
+    ) -> Result<Vec<KvRecord>, StorageError> {
+        let mut out = Vec::new();
+        let iter = match after {
+            None => self.kv.iter().ctx(&self.path, "scan table kv")?,
+            Some(a) => self.kv.range(a..).ctx(&self.path, "scan table kv")?,
+        };
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.ctx(&self.path, "scan table kv")?;
+            let (ns, key) = k.value();
+            if after == Some((ns, key)) {
+                continue;
+            }
+            out.push(KvRecord {
+                namespace: ns.to_string(),
+                key: key.to_vec(),
+                value: v.value().to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn scan_sessions(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Session)>, StorageError> {
+        let mut out = Vec::new();
+        let iter = match after {
+            None => self
+                .sessions
+                .iter()
+                .ctx(&self.path, "scan table sessions")?,
+            Some(a) => self
+                .sessions
+                .range(a.saturating_add(1)..)
+                .ctx(&self.path, "scan table sessions")?,
+        };
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.ctx(&self.path, "scan table sessions")?;
+            let id = k.value();
+            if after.is_some_and(|a| id <= a) {
+                continue;
+            }
+            out.push((id, self.decode_session(id, v.value())?));
+        }
+        Ok(out)
+    }
+}

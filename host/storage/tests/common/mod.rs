@@ -1,0 +1,77 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use keel_raft::{ClientSerial, Command, Entry, Index, Payload, Record, Term};
+use keel_storage::{ApplyBatch, KvWrite, LogId, Session};
+
+/// A command entry whose payload is derived from its position, so any copy can be checked.
+pub fn entry(index: Index, term: Term) -> Entry {
+    Entry {
+        index,
+        term,
+        timestamp_ms: 1_700_000_000_000 + index,
+        record: Record::Command(Command {
+            plugin: if index % 2 == 0 {
+                "alpha".into()
+            } else {
+                "beta".into()
+            },
+            client: Some(ClientSerial {
+                client_id: index % 5,
+                serial: index,
+            }),
+            payload: Payload::Inline(format!("payload {index}@{term}").into_bytes()),
+        }),
+    }
+}
+
+/// Entries `lo..=hi`, all of `term`.
+pub fn entries(lo: Index, hi: Index, term: Term) -> Vec<Entry> {
+    (lo..=hi).map(|i| entry(i, term)).collect()
+}
+
+/// The deterministic "plugin" of the tests: what applying `entry` writes. Every entry puts one
+/// key, every third deletes another, and every entry updates its client's session.
+pub fn effects(entry: &Entry) -> (Vec<KvWrite>, Vec<(u64, Session)>) {
+    let Record::Command(cmd) = &entry.record else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut writes = vec![KvWrite {
+        namespace: cmd.plugin.clone(),
+        key: format!("k{:02}", entry.index % 17).into_bytes(),
+        value: Some(format!("{}@{}", entry.index, entry.term).into_bytes()),
+    }];
+    if entry.index % 3 == 0 {
+        writes.push(KvWrite {
+            namespace: cmd.plugin.clone(),
+            key: format!("k{:02}", (entry.index * 7) % 17).into_bytes(),
+            value: None,
+        });
+    }
+    let sessions = cmd
+        .client
+        .map(|c| {
+            (
+                c.client_id,
+                Session {
+                    serial: c.serial,
+                    result: entry.index.to_le_bytes().to_vec(),
+                },
+            )
+        })
+        .into_iter()
+        .collect();
+    (writes, sessions)
+}
+
+/// The apply batch of `entries` (which must be consecutive and non-empty).
+pub fn batch(entries: &[Entry]) -> ApplyBatch {
+    let mut b = ApplyBatch::default();
+    for e in entries {
+        let (w, s) = effects(e);
+        b.writes.extend(w);
+        b.sessions.extend(s);
+        b.last_applied = LogId::of(e);
+    }
+    b
+}
