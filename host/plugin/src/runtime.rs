@@ -1,0 +1,567 @@
+//! The engine, its configuration for determinism, loading, and calling plugins.
+
+use crate::bindings::keel::plugin::types::ApplyContext as WitContext;
+use crate::bindings::{StateMachine, StateMachineIndices};
+use crate::cache::{Cache, sha256_hex};
+use crate::error::PluginId;
+use crate::kv::{KvView, Writes};
+use crate::store::{Abort, HostState, Mode};
+use crate::{PluginError, wasi};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre, Linker};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+};
+
+/// Largest answer (or error string) a call may return, in bytes.
+pub const MAX_RESULT_BYTES: usize = 4 << 20;
+/// Largest per-instance memory limit a `Deploy` record may ask for (the pool's slot).
+pub const MAX_MEMORY_BYTES: u64 = 1 << 30;
+/// Largest per-call fuel budget a `Deploy` record may ask for.
+pub const MAX_FUEL: u64 = 100_000_000_000;
+/// Epoch ticks of the wall-clock backstop are this long.
+const TICK: Duration = Duration::from_millis(10);
+/// Wasm stack limit: fixed, so stack exhaustion happens at the same depth everywhere
+/// (for one wasmtime version and CPU architecture).
+const MAX_WASM_STACK: usize = 512 << 10;
+
+/// Per-plugin limits, fixed by the `Deploy` record so every node enforces the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Fuel per call: roughly one unit per wasm instruction; KV calls are charged
+    /// separately against the same amount (1,000 per call plus 1 per byte).
+    pub fuel: u64,
+    /// Bytes of linear memory one instance may have, all memories together.
+    pub memory_bytes: u64,
+}
+
+impl Default for Limits {
+    /// 100 M fuel (≈ 0.1–0.3 s of guest code), 128 MiB.
+    fn default() -> Self {
+        Limits {
+            fuel: 100_000_000,
+            memory_bytes: 128 << 20,
+        }
+    }
+}
+
+/// How a [`Runtime`] is set up on this node. None of these settings can change a
+/// plugin's results; they only trade memory for speed and set the backstop.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached; `None` compiles on every load.
+    pub cache_dir: Option<PathBuf>,
+    /// How many plugin calls may run at once (instances in the pool).
+    pub max_concurrent_calls: u32,
+    /// Wall-clock backstop for one call. Fuel stops runaway plugins
+    /// deterministically long before this; hitting it means a host problem.
+    pub backstop: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: None,
+            max_concurrent_calls: 16,
+            backstop: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the node knows about the entry being applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyContext {
+    /// Raft log index.
+    pub index: u64,
+    /// Raft term.
+    pub term: u64,
+    /// The leader's timestamp for the entry, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The client id the command came with, if any.
+    pub client_id: Option<String>,
+}
+
+impl ApplyContext {
+    /// The deterministic seed the plugin sees: `splitmix64(index ^ splitmix64(term))`.
+    pub fn seed(&self) -> u64 {
+        splitmix64(self.index ^ splitmix64(self.term))
+    }
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// What one `apply` did.
+#[derive(Debug)]
+pub struct ApplyOutcome {
+    /// The command's answer, or its deterministic failure (every node records the same;
+    /// [`PluginError::is_deterministic`] holds for every `Err` here).
+    pub result: Result<Vec<u8>, PluginError>,
+    /// The writes to commit with this entry's `last_applied`; empty when `result` is
+    /// an error (a failed command changes nothing).
+    pub writes: Writes,
+    /// Fuel the guest used (wasm instructions; KV charges not included). A failed
+    /// call counts as its whole budget.
+    pub fuel_used: u64,
+}
+
+/// Where a loaded plugin's compiled code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeSource {
+    /// Compiled now (and cached if there is a cache).
+    Compiled,
+    /// Loaded from the on-disk cache.
+    Cache,
+}
+
+/// Stops the epoch ticker when the last runtime or plugin goes.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The plugin runtime of one node: one engine, one linker, one cache.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    cache: Option<Cache>,
+    ticker: Arc<Ticker>,
+    backstop: Duration,
+}
+
+impl Runtime {
+    /// Creates the engine (see `engine_config` for the determinism settings), the
+    /// linker, and a thread that advances the backstop clock.
+    pub fn new(config: RuntimeConfig) -> Result<Self, PluginError> {
+        let setup = |detail: String| PluginError::Host {
+            plugin: PluginId::new("-", "-"),
+            detail,
+        };
+        let engine = Engine::new(&engine_config(config.max_concurrent_calls))
+            .map_err(|e| setup(format!("engine: {e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasi::add_to_linker(&mut linker).map_err(|e| setup(format!("wasi: {e:#}")))?;
+        StateMachine::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| setup(format!("keel:plugin imports: {e:#}")))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.clone();
+        let ticker_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("keel-plugin-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(|e| setup(format!("epoch thread: {e}")))?;
+
+        Ok(Runtime {
+            cache: config.cache_dir.map(|dir| Cache::new(dir, &engine)),
+            engine,
+            linker: Arc::new(linker),
+            ticker: Arc::new(Ticker { stop }),
+            backstop: config.backstop,
+        })
+    }
+
+    /// Compiles (or loads from the cache) and links a plugin version, then
+    /// instantiates it once to prove it fits the pool and the limits.
+    ///
+    /// Accepts a binary component or its WAT text. Every error here is deterministic
+    /// for the same bytes and limits, except [`PluginError::Host`].
+    pub fn load(&self, id: PluginId, wasm: &[u8], limits: Limits) -> Result<Plugin, PluginError> {
+        if limits.memory_bytes > MAX_MEMORY_BYTES || limits.fuel > MAX_FUEL || limits.fuel == 0 {
+            return Err(PluginError::BadLimits {
+                plugin: id,
+                detail: format!(
+                    "fuel must be 1..={MAX_FUEL} and memory at most {MAX_MEMORY_BYTES} bytes, got {limits:?}"
+                ),
+            });
+        }
+        // A core module starts with the wasm magic and version 1; a component with
+        // the same magic and a different layer field.
+        if wasm.len() >= 8 && wasm[..4] == *b"\0asm" && wasm[4..8] == [1, 0, 0, 0] {
+            return Err(PluginError::NotAComponent { plugin: id });
+        }
+
+        let sha256 = sha256_hex(wasm);
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.load(&self.engine, &sha256));
+        let (component, source) = match cached {
+            Some(c) => (c, CodeSource::Cache),
+            None => {
+                let c = Component::new(&self.engine, wasm).map_err(|e| PluginError::InvalidWasm {
+                    plugin: id.clone(),
+                    detail: format!("{e:#}"),
+                })?;
+                if let Some(cache) = &self.cache {
+                    cache.store(&sha256, &c);
+                }
+                (c, CodeSource::Compiled)
+            }
+        };
+
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::UnsatisfiedImport {
+                plugin: id.clone(),
+                detail: format!("{e:#}"),
+            })?;
+        let indices = StateMachineIndices::new(&pre).map_err(|e| PluginError::MissingExport {
+            plugin: id.clone(),
+            detail: format!("{e:#}"),
+        })?;
+        let validate = component.get_export_index(None, "validate");
+
+        let plugin = Plugin {
+            inner: Arc::new(Inner {
+                label: Arc::from(id.to_string()),
+                id,
+                engine: self.engine.clone(),
+                pre,
+                indices,
+                validate,
+                limits,
+                backstop: self.backstop,
+                sha256,
+                source,
+                _ticker: self.ticker.clone(),
+            }),
+        };
+        // One trial instantiation: a plugin too big for the pool or the memory limit
+        // fails here, at deploy time, not on its first command.
+        let view: Arc<dyn KvView> = Arc::new(crate::MemoryKv::new());
+        plugin.run(view, Mode::ReadOnly, 0, 0, |_, _, _| Ok(()))?;
+        Ok(plugin)
+    }
+
+    /// The cache directory, if any.
+    pub fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.cache.as_ref().map(Cache::dir)
+    }
+}
+
+/// The engine settings. Everything that could make two nodes compute different
+/// results is pinned here.
+fn engine_config(max_concurrent_calls: u32) -> Config {
+    let mut c = Config::new();
+    c.wasm_component_model(true)
+        // No component-model async, no fibers per store: the sync call path is about
+        // twice as fast (measured: ~3,600 vs ~6,600 instructions for a no-op call).
+        .concurrency_support(false)
+        // NaN bit patterns differ between CPUs unless canonicalized.
+        .cranelift_nan_canonicalization(true)
+        // Relaxed SIMD stays available but computes the same on every CPU.
+        .wasm_relaxed_simd(true)
+        .relaxed_simd_deterministic(true)
+        // Threads: wasmtime is built without its `threads` feature, so shared memory
+        // and atomics.wait cannot even be enabled.
+        .wasm_memory64(false)
+        // Deterministic budget per call; the epoch is only the fail-stop backstop.
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .memory_init_cow(true)
+        .parallel_compilation(true);
+
+    // A pool sized for `max_concurrent_calls` live instances: instantiation is then a
+    // slot reuse, not mmap/munmap, and a slot's memory is reset by rewriting only its
+    // dirty pages (PAGEMAP_SCAN, Linux ≥ 6.7) instead of unmapping it.
+    let n = max_concurrent_calls.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(n)
+        .max_core_instances_per_component(64)
+        .total_core_instances(n * 64)
+        .max_memories_per_component(4)
+        .max_memories_per_module(1)
+        .total_memories(n * 4)
+        .max_memory_size(MAX_MEMORY_BYTES as usize)
+        .max_tables_per_component(64)
+        .total_tables(n * 64)
+        .table_elements(100_000)
+        .max_core_instance_size(8 << 20)
+        .max_component_instance_size(8 << 20)
+        .linear_memory_keep_resident(8 << 20)
+        .table_keep_resident(1 << 20)
+        .pagemap_scan(Enabled::Auto);
+    c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    c
+}
+
+/// One loaded plugin version. Cheap to clone; calls may run concurrently.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: PluginId,
+    label: Arc<str>,
+    engine: Engine,
+    pre: InstancePre<HostState>,
+    indices: StateMachineIndices,
+    validate: Option<ComponentExportIndex>,
+    limits: Limits,
+    backstop: Duration,
+    sha256: String,
+    source: CodeSource,
+    _ticker: Arc<Ticker>,
+}
+
+impl Plugin {
+    /// The plugin's name and version.
+    pub fn id(&self) -> &PluginId {
+        &self.inner.id
+    }
+
+    /// Lowercase hex SHA-256 of the wasm it was loaded from.
+    pub fn sha256(&self) -> &str {
+        &self.inner.sha256
+    }
+
+    /// Whether the code was compiled by this load or came from the cache.
+    pub fn code_source(&self) -> CodeSource {
+        self.inner.source
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// Whether the plugin exports the optional `validate`.
+    pub fn has_validate(&self) -> bool {
+        self.inner.validate.is_some()
+    }
+
+    /// Applies a committed command on a fresh instance.
+    ///
+    /// `view` is the plugin's namespace as of the previous entry. `Ok` carries the
+    /// outcome to record, identical on every node; `Err` is a node-local failure
+    /// ([`PluginError::is_deterministic`] is `false`): stop the node, record nothing.
+    pub fn apply(
+        &self,
+        view: Arc<dyn KvView>,
+        ctx: &ApplyContext,
+        command: &[u8],
+    ) -> Result<ApplyOutcome, PluginError> {
+        let wit_ctx = WitContext {
+            index: ctx.index,
+            term: ctx.term,
+            timestamp_ms: ctx.timestamp_ms,
+            seed: ctx.seed(),
+            client_id: ctx.client_id.clone(),
+        };
+        let run = self.run(view, Mode::Apply, ctx.timestamp_ms, ctx.seed(), |store, _, sm| {
+            sm.call_apply(store, &wit_ctx, command)
+        });
+        match run {
+            Ok((answer, state, fuel_used)) => {
+                let result = self.answer(answer);
+                let writes = if result.is_ok() {
+                    state.writes.into_writes()
+                } else {
+                    Writes::new()
+                };
+                Ok(ApplyOutcome {
+                    result,
+                    writes,
+                    fuel_used,
+                })
+            }
+            Err(e) if e.is_deterministic() => Ok(ApplyOutcome {
+                result: Err(e),
+                writes: Writes::new(),
+                fuel_used: self.inner.limits.fuel,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Answers a read-only query on a fresh instance; KV writes are refused. Clocks
+    /// read 0 and the seed is 0, so the answer depends only on the KV state.
+    pub fn query(&self, view: Arc<dyn KvView>, query: &[u8]) -> Result<Vec<u8>, PluginError> {
+        let (answer, _, _) = self.run(view, Mode::ReadOnly, 0, 0, |store, _, sm| {
+            sm.call_query(store, query)
+        })?;
+        self.answer(answer)
+    }
+
+    /// Runs the plugin's optional `validate` on a fresh instance (read-only KV).
+    /// A plugin without it accepts every command.
+    pub fn validate(&self, view: Arc<dyn KvView>, command: &[u8]) -> Result<(), PluginError> {
+        let Some(index) = self.inner.validate else {
+            return Ok(());
+        };
+        let (verdict, _, _) = self.run(view, Mode::ReadOnly, 0, 0, |store, instance, _| {
+            let f = instance
+                .get_typed_func::<(&[u8],), (Result<(), String>,)>(&mut *store, index)?;
+            let (verdict,) = f.call(&mut *store, (command,))?;
+            Ok(verdict)
+        })?;
+        verdict.map_err(|message| self.rejected(message))
+    }
+
+    fn rejected(&self, message: String) -> PluginError {
+        if message.len() > MAX_RESULT_BYTES {
+            return PluginError::ResultTooLarge {
+                plugin: self.inner.id.clone(),
+                len: message.len(),
+                limit: MAX_RESULT_BYTES,
+            };
+        }
+        PluginError::Rejected {
+            plugin: self.inner.id.clone(),
+            message,
+        }
+    }
+
+    fn answer(&self, answer: Result<Vec<u8>, String>) -> Result<Vec<u8>, PluginError> {
+        match answer {
+            Ok(bytes) if bytes.len() > MAX_RESULT_BYTES => Err(PluginError::ResultTooLarge {
+                plugin: self.inner.id.clone(),
+                len: bytes.len(),
+                limit: MAX_RESULT_BYTES,
+            }),
+            Ok(bytes) => Ok(bytes),
+            Err(message) => Err(self.rejected(message)),
+        }
+    }
+
+    /// One call: fresh store and instance, limits armed, `f` run, failure classified.
+    /// Returns `f`'s value, the final host state (buffered writes) and fuel used.
+    fn run<R>(
+        &self,
+        view: Arc<dyn KvView>,
+        mode: Mode,
+        timestamp_ms: u64,
+        seed: u64,
+        f: impl FnOnce(&mut Store<HostState>, &Instance, &StateMachine) -> wasmtime::Result<R>,
+    ) -> Result<(R, HostState, u64), PluginError> {
+        let inner = &*self.inner;
+        let state = HostState::new(
+            inner.label.clone(),
+            wasi::context(&inner.label, timestamp_ms, seed),
+            view,
+            mode,
+            inner.limits.fuel,
+            inner.limits.memory_bytes,
+        );
+        let mut store = Store::new(&inner.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store
+            .set_fuel(inner.limits.fuel)
+            .map_err(|e| self.host(format!("set fuel: {e}")))?;
+        let ticks = (inner.backstop.as_millis() / TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+
+        let started = Instant::now();
+        let result = inner
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| (e, true))
+            .and_then(|instance| {
+                let sm = inner.indices.load(&mut store, &instance).map_err(|e| (e, true))?;
+                f(&mut store, &instance, &sm).map_err(|e| (e, false))
+            });
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let mut state = store.into_data();
+        match result {
+            Ok(value) => Ok((value, state, inner.limits.fuel - fuel_left.min(inner.limits.fuel))),
+            Err((e, instantiating)) => {
+                let err = self.classify(&e, &mut state, instantiating);
+                tracing::debug!(target: "keel::plugin", plugin = %inner.label, error = %err, detail = ?e, elapsed = ?started.elapsed(), "plugin call failed");
+                Err(err)
+            }
+        }
+    }
+
+    /// Maps a wasmtime error to the failure every node agrees on.
+    fn classify(&self, e: &wasmtime::Error, state: &mut HostState, instantiating: bool) -> PluginError {
+        let plugin = self.inner.id.clone();
+        match state.abort.take() {
+            Some(Abort::Storage(source)) => return PluginError::Storage { plugin, source },
+            Some(Abort::HostBudget) => {
+                return PluginError::FuelExhausted {
+                    plugin,
+                    budget: self.inner.limits.fuel,
+                };
+            }
+            None => {}
+        }
+        if state.limiter.hit {
+            return PluginError::MemoryLimit {
+                plugin,
+                limit: state.limiter.limit,
+            };
+        }
+        if let Some(trap) = e.downcast_ref::<Trap>() {
+            return match trap {
+                Trap::OutOfFuel => PluginError::FuelExhausted {
+                    plugin,
+                    budget: self.inner.limits.fuel,
+                },
+                Trap::Interrupt => PluginError::Deadline {
+                    plugin,
+                    seconds: self.inner.backstop.as_secs(),
+                },
+                other => PluginError::Trap {
+                    plugin,
+                    reason: other.to_string(),
+                },
+            };
+        }
+        if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return PluginError::Exited {
+                plugin,
+                status: exit.0,
+            };
+        }
+        if let Some(refusal) = e.downcast_ref::<wasi::WasiRefusal>() {
+            return PluginError::Trap {
+                plugin,
+                reason: refusal.0.to_string(),
+            };
+        }
+        if instantiating {
+            // Not a trap: the pool is exhausted or similar, which is about this node.
+            self.host(format!("instantiate: {e:#}"))
+        } else {
+            // Anything else during a call is the guest breaking the canonical ABI
+            // (invalid UTF-8, bad pointers): a fact of the guest, the same everywhere.
+            PluginError::Trap {
+                plugin,
+                reason: e.root_cause().to_string(),
+            }
+        }
+    }
+
+    fn host(&self, detail: String) -> PluginError {
+        PluginError::Host {
+            plugin: self.inner.id.clone(),
+            detail,
+        }
+    }
+}
