@@ -71,19 +71,41 @@ impl<T, E: Into<redb::Error>> Ctx<T> for Result<T, E> {
 impl RedbStorage {
     /// Opens (creating if needed) the data file in `dir`. Every page's checksum is verified first:
     /// a damaged file fails here, with an error naming it, instead of serving wrong data.
+    ///
+    /// A new file is laid out under a temporary name and renamed into place, so an existing
+    /// `keel.redb` always carries Keel's format marker: an empty or truncated one is refused
+    /// rather than mistaken for a new node (which would forget its vote).
     pub fn open(dir: &Path, options: StorageOptions) -> Result<Self, StorageError> {
         let path = dir.join(DATA_FILE);
-        std::fs::create_dir_all(dir).map_err(|e| StorageError::Open {
-            path: path.clone(),
-            source: redb::Error::Io(e),
-        })?;
-        let db = builder(&options)
-            .create(&path)
-            .map_err(|e| StorageError::Open {
-                path: path.clone(),
-                source: e.into(),
-            })?;
-        Self::init(db, path, options, true)
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e: std::io::Error| StorageError::Open {
+                path,
+                source: redb::Error::Io(e),
+            }
+        };
+        if !path.try_exists().map_err(io_err(&path))? {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            let tmp = dir.join(format!("{DATA_FILE}.new"));
+            match std::fs::remove_file(&tmp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&tmp)(e)),
+            }
+            let db = builder(&options)
+                .create(&tmp)
+                .map_err(|e| StorageError::Open {
+                    path: tmp.clone(),
+                    source: e.into(),
+                })?;
+            Self::init(db, tmp.clone(), options.clone(), true)?.close()?;
+            std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+            // The rename is durable only once the directory is.
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(dir))?;
+        }
+        Self::open_existing(dir, options)
     }
 
     /// Opens an existing data file in `dir`, never creating one (for the inspector).

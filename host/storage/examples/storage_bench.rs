@@ -1,0 +1,205 @@
+//! Storage benchmark (issue 3): durable appends of 128-byte entries at batch sizes 1, 16 and
+//! 256, next to the raw fsync rate of the same disk measured in the same run, plus apply
+//! throughput. Not a test.
+//!
+//! ```text
+//! cargo run --release -p keel-storage --example storage_bench [-- DIR [SECONDS_PER_CASE]]
+//! ```
+//! DIR defaults to a fresh directory under the system temp dir (pass a directory on the disk
+//! you care about); each case runs for SECONDS_PER_CASE (default 3).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use keel_raft::{Command, Entry, HardState, Payload, Record};
+use keel_storage::{
+    ApplyBatch, KvWrite, LogId, LogWrite, RedbStorage, Storage, StorageError, StorageOptions,
+};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let dir: PathBuf = match args.next() {
+        Some(d) => d.into(),
+        None => std::env::temp_dir().join(format!("keel-storage-bench-{}", std::process::id())),
+    };
+    let secs: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(3.0);
+    let per_case = Duration::from_secs_f64(secs);
+    std::fs::create_dir_all(&dir)?;
+    println!("directory: {}  ({secs} s per case)", dir.display());
+
+    let (fsync, fdatasync) = (
+        raw_sync(&dir, per_case, true)?,
+        raw_sync(&dir, per_case, false)?,
+    );
+    println!("raw write+fsync of 128 B:      {fsync:>9.0} /s");
+    println!("raw write+fdatasync of 128 B:  {fdatasync:>9.0} /s   (redb syncs with fdatasync)");
+
+    for two_phase in [true, false] {
+        println!(
+            "\ndurable appends, 128-byte entries, {} commit:",
+            if two_phase {
+                "two-phase (default)"
+            } else {
+                "one-phase"
+            }
+        );
+        println!("  batch   commits/s   entries/s   commits/s vs raw fdatasync");
+        for batch in [1usize, 16, 256] {
+            let (commits, entries) = appends(&dir, batch, two_phase, per_case)?;
+            println!(
+                "  {batch:>5} {commits:>11.0} {entries:>11.0}   {:>5.0}%",
+                100.0 * commits / fdatasync
+            );
+        }
+    }
+
+    println!(
+        "\napply throughput (non-durable commits, 64-byte values, 1 durable append per 16 batches):"
+    );
+    println!("  writes/batch   batches/s   KV writes/s");
+    for writes in [16usize, 256, 4096] {
+        let (batches, kv) = applies(&dir, writes, per_case)?;
+        println!("  {writes:>12} {batches:>11.0} {kv:>13.0}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
+/// Write+sync of a small file in a loop: the physical limit for durable commits.
+fn raw_sync(dir: &Path, per_case: Duration, full: bool) -> std::io::Result<f64> {
+    let path = dir.join("raw-fsync");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
+    let buf = [7u8; 128];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < per_case {
+        f.write_all(&buf)?;
+        if full {
+            f.sync_all()?
+        } else {
+            f.sync_data()?
+        }
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    std::fs::remove_file(&path)?;
+    Ok(rate)
+}
+
+fn entry(index: u64) -> Entry {
+    Entry {
+        index,
+        term: 1,
+        timestamp_ms: index,
+        // 128 bytes of payload: a typical small command.
+        record: Record::Command(Command {
+            plugin: "bench".into(),
+            client: None,
+            payload: Payload::Inline(vec![0xAB; 128]),
+        }),
+    }
+}
+
+fn fresh_store(
+    dir: &Path,
+    options: StorageOptions,
+) -> Result<(PathBuf, RedbStorage), StorageError> {
+    let sub = dir.join("db");
+    let _ = std::fs::remove_dir_all(&sub);
+    let store = RedbStorage::open(&sub, options)?;
+    Ok((sub, store))
+}
+
+/// Returns (commits/s, entries/s).
+fn appends(
+    dir: &Path,
+    batch: usize,
+    two_phase: bool,
+    per_case: Duration,
+) -> Result<(f64, f64), StorageError> {
+    let options = StorageOptions {
+        two_phase_commit: two_phase,
+        ..StorageOptions::default()
+    };
+    let (sub, store) = fresh_store(dir, options)?;
+    store.persist(LogWrite {
+        hard_state: Some(HardState {
+            term: 1,
+            vote: Some(1),
+        }),
+        ..LogWrite::default()
+    })?;
+    let mut next = 1u64;
+    let mut commits = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < per_case {
+        let entries: Vec<Entry> = (next..next + batch as u64).map(entry).collect();
+        store.persist(LogWrite {
+            entries: &entries,
+            ..LogWrite::default()
+        })?;
+        next += batch as u64;
+        commits += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(store);
+    let _ = std::fs::remove_dir_all(&sub);
+    Ok((commits as f64 / secs, (next - 1) as f64 / secs))
+}
+
+/// Returns (batches/s, KV writes/s). Each batch applies one log entry carrying `writes` puts;
+/// every 16th batch a durable append follows, as the log would in a loaded node.
+fn applies(dir: &Path, writes: usize, per_case: Duration) -> Result<(f64, f64), StorageError> {
+    let (sub, store) = fresh_store(dir, StorageOptions::default())?;
+    const AHEAD: u64 = 1024;
+    let ahead: Vec<Entry> = (1..=AHEAD).map(entry).collect();
+    store.persist(LogWrite {
+        entries: &ahead,
+        ..LogWrite::default()
+    })?;
+    let mut last = AHEAD;
+    let mut applied = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < per_case {
+        applied += 1;
+        let batch = ApplyBatch {
+            last_applied: LogId {
+                index: applied,
+                term: 1,
+            },
+            writes: (0..writes)
+                .map(|i| KvWrite {
+                    namespace: "bench".into(),
+                    key: format!(
+                        "key-{:08}",
+                        (applied as usize * 7919 + i * 104_729) % 1_000_000
+                    )
+                    .into_bytes(),
+                    value: Some(vec![0x5A; 64]),
+                })
+                .collect(),
+            ..ApplyBatch::default()
+        };
+        store.apply(&batch)?;
+        if applied % 16 == 0 || applied + 1 > last {
+            let more: Vec<Entry> = (last + 1..=last + 16).map(entry).collect();
+            store.persist(LogWrite {
+                entries: &more,
+                ..LogWrite::default()
+            })?;
+            last += 16;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(store);
+    let _ = std::fs::remove_dir_all(&sub);
+    Ok((
+        applied as f64 / secs,
+        (applied * writes as u64) as f64 / secs,
+    ))
+}
