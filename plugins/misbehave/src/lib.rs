@@ -92,7 +92,10 @@ impl StateMachine for Misbehave {
             Command::Alloc => {
                 let mut hoard = Vec::new();
                 loop {
-                    hoard.push(black_box(vec![1u8; 1 << 20]));
+                    // Reserve without filling: the limit, not fuel, must stop this.
+                    let mut block = Vec::<u8>::with_capacity(1 << 20);
+                    block.push(1);
+                    hoard.push(black_box(block));
                 }
             }
             Command::Recurse => Output::Count { calls: recurse(0) },
