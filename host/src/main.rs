@@ -16,9 +16,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Print what a node's data directory holds: cluster UUID, node id, term, vote, log bounds,
-    /// last applied, snapshot index and plugin namespaces. Fails on a corrupt or foreign file,
-    /// and while a node has the directory open.
+    /// Print what a node's data directory holds.
+    ///
+    /// Cluster UUID, node id, term, vote, first/last log index and term, last applied, snapshot
+    /// index and plugin namespaces with key counts. Exits non-zero on a missing, corrupt or
+    /// foreign file, and while a node has the directory open.
     Inspect {
         /// The node's data directory.
         #[arg(long, value_name = "DIR")]

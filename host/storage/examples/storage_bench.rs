@@ -186,7 +186,7 @@ fn applies(dir: &Path, writes: usize, per_case: Duration) -> Result<(f64, f64), 
             ..ApplyBatch::default()
         };
         store.apply(&batch)?;
-        if applied % 16 == 0 || applied + 1 > last {
+        if applied.is_multiple_of(16) || applied + 1 > last {
             let more: Vec<Entry> = (last + 1..=last + 16).map(entry).collect();
             store.persist(LogWrite {
                 entries: &more,

@@ -158,6 +158,9 @@ pub struct KvRange<'a> {
     pub limit: usize,
 }
 
+/// Key-value pairs of one namespace, in key order.
+pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One key-value pair of some namespace, as produced by a full scan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvRecord {
@@ -178,11 +181,7 @@ pub trait StateView {
     /// One key of one namespace.
     fn get(&self, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
     /// An ordered scan within one namespace.
-    fn range(
-        &self,
-        namespace: &str,
-        range: KvRange<'_>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    fn range(&self, namespace: &str, range: KvRange<'_>) -> Result<KvPairs, StorageError>;
     /// A client's session.
     fn session(&self, client_id: u64) -> Result<Option<Session>, StorageError>;
     /// Namespaces holding at least one key, with their key counts, in name order.

@@ -22,9 +22,9 @@ pub enum StorageError {
     Open {
         /// The data file.
         path: PathBuf,
-        /// What redb reported.
+        /// What redb reported (boxed: redb's error is large, and errors are rare).
         #[source]
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
     /// The file is a database, but not one Keel wrote (or one of a format this build cannot read).
     #[error("{path} is not a Keel data file: {reason}")]
@@ -42,9 +42,9 @@ pub enum StorageError {
         path: PathBuf,
         /// What was being done, naming the table where there is one.
         op: &'static str,
-        /// What redb reported.
+        /// What redb reported (boxed: redb's error is large, and errors are rare).
         #[source]
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
     /// A stored value could not be decoded.
     #[error("{path}: stored {what} is undecodable: {source}")]
@@ -169,7 +169,7 @@ impl StorageError {
             StorageError::Open { source, .. } | StorageError::Redb { source, .. } => source,
             _ => return false,
         };
-        match source {
+        match &**source {
             redb::Error::Io(e) => matches!(
                 e.kind(),
                 std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded

@@ -47,8 +47,8 @@ mod redb_store;
 mod snapshot;
 
 pub use api::{
-    AppliedState, ApplyBatch, Identity, KvRange, KvRecord, KvWrite, LogBounds, LogId, LogWrite,
-    RecoveredState, Session, StateView, Storage,
+    AppliedState, ApplyBatch, Identity, KvPairs, KvRange, KvRecord, KvWrite, LogBounds, LogId,
+    LogWrite, RecoveredState, Session, StateView, Storage,
 };
 pub use error::StorageError;
 pub use inspect::{InspectReport, inspect};

@@ -10,7 +10,7 @@ use keel_raft::{Entry, HardState, Index, SnapshotMeta, Term};
 
 use crate::plan::{self, PersistPlan};
 use crate::{
-    AppliedState, ApplyBatch, Identity, KvRange, KvRecord, LogBounds, LogId, LogWrite,
+    AppliedState, ApplyBatch, Identity, KvPairs, KvRange, KvRecord, LogBounds, LogId, LogWrite,
     RecoveredState, Session, StateView, Storage, StorageError, StorageOptions,
 };
 
@@ -325,11 +325,7 @@ impl StateView for MemView {
             .cloned())
     }
 
-    fn range(
-        &self,
-        namespace: &str,
-        range: KvRange<'_>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn range(&self, namespace: &str, range: KvRange<'_>) -> Result<KvPairs, StorageError> {
         let Some(ns) = self.state.kv.get(namespace) else {
             return Ok(Vec::new());
         };

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 
 use crate::plan::{self, PersistPlan};
 use crate::{
-    AppliedState, ApplyBatch, Identity, KvRange, KvRecord, LogBounds, LogId, LogWrite,
+    AppliedState, ApplyBatch, Identity, KvPairs, KvRange, KvRecord, LogBounds, LogId, LogWrite,
     RecoveredState, Session, StateView, Storage, StorageError, StorageOptions, codec,
 };
 
@@ -63,7 +63,7 @@ impl<T, E: Into<redb::Error>> Ctx<T> for Result<T, E> {
         self.map_err(|e| StorageError::Redb {
             path: path.to_path_buf(),
             op,
-            source: e.into(),
+            source: Box::new(e.into()),
         })
     }
 }
@@ -81,7 +81,7 @@ impl RedbStorage {
             let path = path.to_path_buf();
             move |e: std::io::Error| StorageError::Open {
                 path,
-                source: redb::Error::Io(e),
+                source: Box::new(redb::Error::Io(e)),
             }
         };
         if !path.try_exists().map_err(io_err(&path))? {
@@ -96,7 +96,7 @@ impl RedbStorage {
                 .create(&tmp)
                 .map_err(|e| StorageError::Open {
                     path: tmp.clone(),
-                    source: e.into(),
+                    source: Box::new(e.into()),
                 })?;
             Self::init(db, tmp.clone(), options.clone(), true)?.close()?;
             std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
@@ -115,7 +115,7 @@ impl RedbStorage {
             .open(&path)
             .map_err(|e| StorageError::Open {
                 path: path.clone(),
-                source: e.into(),
+                source: Box::new(e.into()),
             })?;
         Self::init(db, path, options, false)
     }
@@ -131,7 +131,7 @@ impl RedbStorage {
             .create_with_backend(backend)
             .map_err(|e| StorageError::Open {
                 path: path.clone(),
-                source: e.into(),
+                source: Box::new(e.into()),
             })?;
         Self::init(db, path, options, true)
     }
@@ -613,11 +613,7 @@ impl StateView for RedbView {
         Ok(v.map(|g| g.value().to_vec()))
     }
 
-    fn range(
-        &self,
-        namespace: &str,
-        range: KvRange<'_>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn range(&self, namespace: &str, range: KvRange<'_>) -> Result<KvPairs, StorageError> {
         let start = match range.start {
             Some(s) if s > range.prefix => s,
             _ => range.prefix,

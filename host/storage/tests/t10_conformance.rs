@@ -544,7 +544,7 @@ fn a_snapshot_streams_a_point_in_time_while_applies_go_on<H: Harness>() {
     let mut data = Vec::new();
     let mut count = 0;
     // Pull one chunk, then apply, and so on: the image must not see the later applies.
-    while let Some(chunk) = chunks.next() {
+    for chunk in chunks.by_ref() {
         data.extend(chunk.expect("chunk"));
         count += 1;
         if count == 1 {

@@ -181,3 +181,85 @@ fn a_foreign_file_is_refused() {
     assert!(matches!(err, StorageError::Foreign { .. }), "{err}");
     assert!(err.to_string().contains("accounts"), "{err}");
 }
+
+/// Why two-phase commit is on by default: damage to the pages of the newest commit. With
+/// one-phase commit redb cannot tell it from a commit torn by power loss, and silently opens
+/// the commit before — a node would forget its latest vote and log entries it acknowledged.
+/// With two-phase commit the newest commit is known complete, so the damage is reported.
+#[test]
+fn damage_to_the_newest_commit_is_refused_with_two_phase_commit_and_rolled_back_without() {
+    for two_phase_commit in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = StorageOptions {
+            two_phase_commit,
+            ..StorageOptions::default()
+        };
+        {
+            let s = RedbStorage::open(dir.path(), options.clone()).expect("open");
+            s.persist(LogWrite {
+                hard_state: Some(HardState {
+                    term: 1,
+                    vote: Some(1),
+                }),
+                entries: &entries(1, 10, 1),
+                ..LogWrite::default()
+            })
+            .expect("persist");
+            let mut newest = entries(11, 11, 2);
+            newest[0].record = keel_raft::Record::Command(keel_raft::Command {
+                plugin: "alpha".into(),
+                client: None,
+                payload: keel_raft::Payload::Inline(MARKER.to_vec()),
+            });
+            s.persist(LogWrite {
+                hard_state: Some(HardState {
+                    term: 2,
+                    vote: Some(3),
+                }),
+                entries: &newest,
+                ..LogWrite::default()
+            })
+            .expect("persist");
+            // Left as a crash leaves it: a clean close would add a later two-phase commit.
+            std::mem::forget(s);
+        }
+        // The crashed process still holds its lock on the file: examine a copy, as a restarted
+        // node would find it on disk.
+        let mut bytes = std::fs::read(dir.path().join(DATA_FILE)).expect("read");
+        let at = bytes
+            .windows(MARKER.len())
+            .position(|w| w == MARKER)
+            .expect("marker on disk");
+        bytes[at] ^= 0x01;
+        let copy = tempfile::tempdir().expect("tempdir");
+        std::fs::write(copy.path().join(DATA_FILE), &bytes).expect("write");
+
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            RedbStorage::open(copy.path(), options.clone()).and_then(|s| s.recover())
+        }))
+        .expect("no panic");
+        if two_phase_commit {
+            let err = opened.expect_err("two-phase: damage reported");
+            assert!(
+                matches!(&err, StorageError::Open { source, .. }
+                    if matches!(**source, redb::Error::Corrupted(_))),
+                "{err}"
+            );
+            assert!(err.to_string().contains(DATA_FILE), "{err}");
+        } else {
+            let r = opened.expect("one-phase: opens");
+            assert_eq!(
+                r.hard_state,
+                HardState {
+                    term: 1,
+                    vote: Some(1)
+                },
+                "one-phase: rolled back the vote"
+            );
+            assert_eq!(
+                r.log.last.index, 10,
+                "one-phase: rolled back the newest entry"
+            );
+        }
+    }
+}

@@ -11,7 +11,7 @@ pub fn entry(index: Index, term: Term) -> Entry {
         term,
         timestamp_ms: 1_700_000_000_000 + index,
         record: Record::Command(Command {
-            plugin: if index % 2 == 0 {
+            plugin: if index.is_multiple_of(2) {
                 "alpha".into()
             } else {
                 "beta".into()
@@ -41,7 +41,7 @@ pub fn effects(entry: &Entry) -> (Vec<KvWrite>, Vec<(u64, Session)>) {
         key: format!("k{:02}", entry.index % 17).into_bytes(),
         value: Some(format!("{}@{}", entry.index, entry.term).into_bytes()),
     }];
-    if entry.index % 3 == 0 {
+    if entry.index.is_multiple_of(3) {
         writes.push(KvWrite {
             namespace: cmd.plugin.clone(),
             key: format!("k{:02}", (entry.index * 7) % 17).into_bytes(),
