@@ -3,3 +3,33 @@
 # Idempotent: quick when everything is already there.
 set -euo pipefail
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+# --- Guest toolchains for the Python and JavaScript plugins (plugins/kv-py, kv-js) ---
+# Pinned versions. A failure here only warns: keel-plugin's tests then skip the
+# Python/JS cases with a message instead of failing the whole run.
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+COMPONENTIZE_PY_VERSION=0.25.1
+JCO_VERSION=1.15.1   # with @bytecodealliance/componentize-js 0.23.0, pinned in plugins/kv-js/package-lock.json
+
+install_componentize_py() {
+  if componentize-py --version 2>/dev/null | grep -q "$COMPONENTIZE_PY_VERSION"; then
+    return 0
+  fi
+  # Debian's own Python refuses global pip installs (PEP 668); a pyenv/upstream one
+  # does not need the flag. Try the clean way first.
+  python3 -m pip install --quiet "componentize-py==$COMPONENTIZE_PY_VERSION" ||
+    python3 -m pip install --quiet --break-system-packages "componentize-py==$COMPONENTIZE_PY_VERSION"
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
+  componentize-py --version
+}
+
+install_jco() {
+  local dir="$ROOT/plugins/kv-js"
+  if [ "$("$dir/node_modules/.bin/jco" --version 2>/dev/null)" = "$JCO_VERSION" ]; then
+    return 0
+  fi
+  npm ci --prefix "$dir" --no-audit --no-fund
+}
+
+install_componentize_py || echo "WARNING: componentize-py not installed; the Python plugin tests will be skipped" >&2
+install_jco || echo "WARNING: jco not installed; the JavaScript plugin tests will be skipped" >&2

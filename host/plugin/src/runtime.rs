@@ -423,6 +423,44 @@ impl Plugin {
         verdict.map_err(|message| self.rejected(message))
     }
 
+    /// Instantiates a fresh instance and drops it: what every call pays before the
+    /// guest runs. For health checks and benchmarks.
+    pub fn probe(&self) -> Result<(), PluginError> {
+        let view: Arc<dyn KvView> = Arc::new(crate::MemoryKv::new());
+        self.run(view, Mode::ReadOnly, 0, 0, |_, _, _| Ok(()))?;
+        Ok(())
+    }
+
+    /// Benchmark hook, not for nodes: runs `apply` `n` times on ONE instance (writes
+    /// discarded) to separate the call's own cost from instantiation. Reusing an
+    /// instance is exactly what the instance policy forbids (hidden state).
+    #[doc(hidden)]
+    pub fn bench_reused_instance(
+        &self,
+        view: Arc<dyn KvView>,
+        ctx: &ApplyContext,
+        command: &[u8],
+        n: u32,
+    ) -> Result<Duration, PluginError> {
+        let wit_ctx = WitContext {
+            index: ctx.index,
+            term: ctx.term,
+            timestamp_ms: ctx.timestamp_ms,
+            seed: ctx.seed(),
+            client_id: ctx.client_id.clone(),
+        };
+        let (elapsed, _, _) = self.run(view, Mode::Apply, ctx.timestamp_ms, ctx.seed(), |store, _, sm| {
+            let started = Instant::now();
+            for _ in 0..n {
+                // The budget is per call; refill it as `apply` would.
+                store.set_fuel(self.inner.limits.fuel)?;
+                let _ = sm.call_apply(&mut *store, &wit_ctx, command)?;
+            }
+            Ok(started.elapsed())
+        })?;
+        Ok(elapsed)
+    }
+
     fn rejected(&self, message: String) -> PluginError {
         if message.len() > MAX_RESULT_BYTES {
             return PluginError::ResultTooLarge {

@@ -9,7 +9,10 @@
 //!   filesystem interfaces can only fail;
 //! - waiting on a clock (`subscribe-duration`, `subscribe-instant`: sleeps) traps, since
 //!   a fixed clock would never fire and a real one would not be deterministic;
-//! - `wasi:sockets` is not linked at all: a plugin that imports it fails to load with
+//! - `wasi:sockets` is linked (componentize-py components import it) with every use
+//!   denied before any OS socket exists: creating a TCP or UDP socket fails with
+//!   `access-denied`, name lookup with `permanent-resolver-failure`. Anything else a
+//!   plugin imports fails to load with
 //!   [`PluginError::UnsatisfiedImport`](crate::PluginError::UnsatisfiedImport).
 
 use crate::store::HostState;
@@ -24,6 +27,7 @@ use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::sync as wasi;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::random::WasiRandom;
+use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder};
 
 /// The WASI version whose clock functions we override; wasmtime-wasi 48 serves 0.2.x
@@ -165,7 +169,7 @@ impl HasData for Io {
     type Data<'a> = &'a mut ResourceTable;
 }
 
-/// Links the deterministic WASI subset (everything but sockets).
+/// Links the deterministic WASI 0.2 interfaces.
 pub(crate) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     fn table(t: &mut HostState) -> &mut ResourceTable {
         &mut t.table
@@ -190,6 +194,18 @@ pub(crate) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasi::cli::terminal_stdin::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
     wasi::cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
     wasi::cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+
+    // Sockets: linked, but the context built in `context` allows no use at all.
+    // (These four have no blocking functions, so wasmtime-wasi has no sync variant.)
+    use wasmtime_wasi::p2::bindings::sockets as nonblocking;
+    let net = nonblocking::network::LinkOptions::default();
+    nonblocking::network::add_to_linker::<HostState, WasiSockets>(l, &net, HostState::sockets)?;
+    nonblocking::instance_network::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
+    nonblocking::tcp_create_socket::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
+    nonblocking::ip_name_lookup::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
+    wasi::sockets::udp_create_socket::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
+    wasi::sockets::tcp::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
+    wasi::sockets::udp::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
 
     // Sleeping: refuse, deterministically, instead of blocking the apply loop.
     l.allow_shadowing(true);

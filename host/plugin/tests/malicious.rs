@@ -102,12 +102,13 @@ fn a_component_importing_something_keel_does_not_provide_fails_to_load() {
     assert!(matches!(err, PluginError::UnsatisfiedImport { .. }), "{err}");
     assert!(err.to_string().contains("evil:net/socket"), "{err}");
 
-    // WASI sockets are deliberately not linked.
-    let sockets = r#"(component
-        (import "wasi:sockets/instance-network@0.2.0" (instance (export "instance-network" (func))))
-    )"#;
-    let err = load_error("sockets", sockets.as_bytes());
-    assert!(err.to_string().contains("wasi:sockets/instance-network"), "{err}");
+}
+
+#[test]
+fn the_network_is_unreachable_deterministically() {
+    let state = Arc::new(MemoryKv::new());
+    let out = apply(&misbehave(), &state, 1, r#"{"op":"net"}"#);
+    assert_eq!(out.result.ok(), Some(br#""connect failed: PermissionDenied""#.to_vec()));
 }
 
 #[test]

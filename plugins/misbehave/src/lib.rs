@@ -36,6 +36,8 @@ enum Command {
     Ambient,
     /// Writes to stdout and stderr, then answers "ok".
     Print,
+    /// Tries to open a TCP connection and reports how that failed.
+    Net,
     /// Writes `count` keys, then fails: none of the writes may survive.
     WriteThenFail { count: u32 },
 }
@@ -127,6 +129,10 @@ impl StateMachine for Misbehave {
                 eprintln!("hello from misbehave on stderr");
                 Output::Text("ok".into())
             }
+            Command::Net => match std::net::TcpStream::connect("127.0.0.1:9") {
+                Ok(_) => Output::Text("connected".into()),
+                Err(e) => Output::Text(format!("connect failed: {:?}", e.kind())),
+            },
             Command::WriteThenFail { count } => {
                 for i in 0..count {
                     kv::set(format!("doomed/{i}").as_bytes(), b"x")?;
