@@ -68,7 +68,8 @@ impl Config {
                 election_ticks: self.election_ticks,
             });
         }
-        if self.max_inflight == 0 || self.max_entries_per_message == 0 || self.max_apply_batch == 0 {
+        if self.max_inflight == 0 || self.max_entries_per_message == 0 || self.max_apply_batch == 0
+        {
             return Err(ZeroLimit);
         }
         Ok(())

@@ -78,7 +78,8 @@ impl RaftLog {
     /// later term is more up-to-date. If the logs end with the same term, then whichever log
     /// is longer is more up-to-date."
     pub(crate) fn is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
-        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
+        last_term > self.last_term()
+            || (last_term == self.last_term() && last_index >= self.last_index())
     }
 
     /// Entries in `[from, to]`, at most `max` of them. `None` if `from` is compacted.
@@ -91,7 +92,7 @@ impl RaftLog {
             return Some(Vec::new());
         }
         let lo = (from - self.base.index - 1) as usize;
-        let hi = ((to - self.base.index) as usize).min(lo + max);
+        let hi = ((to - self.base.index) as usize).min(lo.saturating_add(max));
         Some(self.entries[lo..hi].to_vec())
     }
 
@@ -130,7 +131,8 @@ impl RaftLog {
             "invariant violated: truncating committed entry {index} (commit {})",
             self.committed
         );
-        self.entries.truncate((index - self.base.index - 1) as usize);
+        self.entries
+            .truncate((index - self.base.index - 1) as usize);
         self.unstable = self.unstable.min(index);
         self.persisted = self.persisted.min(index - 1);
     }
@@ -139,7 +141,8 @@ impl RaftLog {
     pub(crate) fn take_unstable(&mut self) -> Vec<Entry> {
         let from = self.unstable;
         self.unstable = self.last_index() + 1;
-        self.slice(from, self.last_index(), usize::MAX).unwrap_or_default()
+        self.slice(from, self.last_index(), usize::MAX)
+            .unwrap_or_default()
     }
 
     /// The driver reports the log durable up to `(index, term)`. Ignored when that entry has

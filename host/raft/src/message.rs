@@ -127,7 +127,14 @@ impl MessageBody {
 impl std::fmt::Display for Message {
     /// One line per message, stable for transcripts: `1->2 t3 AppendEntries prev=4/2 n=3 c=4`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}->{} t{} {}", self.from, self.to, self.term, self.body.kind())?;
+        write!(
+            f,
+            "{}->{} t{} {}",
+            self.from,
+            self.to,
+            self.term,
+            self.body.kind()
+        )?;
         match &self.body {
             MessageBody::RequestVote {
                 last_index,
@@ -173,11 +180,9 @@ impl std::fmt::Display for Message {
                     write!(f, " reject prev={index} hint={hint_index}/{hint_term}")
                 }
             }
-            MessageBody::InstallSnapshot { snapshot } => write!(
-                f,
-                " snap={}/{}",
-                snapshot.meta.index, snapshot.meta.term
-            ),
+            MessageBody::InstallSnapshot { snapshot } => {
+                write!(f, " snap={}/{}", snapshot.meta.index, snapshot.meta.term)
+            }
             MessageBody::TimeoutNow => Ok(()),
             MessageBody::ReadIndex { ctx } => write!(f, " ctx={ctx}"),
             MessageBody::ReadIndexResponse { ctx, index } => match index {

@@ -10,7 +10,9 @@ use rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::error::{CompactError, ConfigChangeError, ConfigError, ProposeError, ReadError, StepError};
+use crate::error::{
+    CompactError, ConfigChangeError, ConfigError, ProposeError, ReadError, StepError,
+};
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
 use crate::progress::{Progress, ReplicationState};
@@ -277,7 +279,11 @@ impl Raft {
         // §5.2: "If a follower receives no communication over a period of time called the
         // election timeout, then it assumes there is no viable leader and begins an election".
         if self.promotable() && self.election_elapsed >= self.randomized_timeout {
-            self.campaign(if self.cfg.pre_vote { Campaign::PreVote } else { Campaign::Election });
+            self.campaign(if self.cfg.pre_vote {
+                Campaign::PreVote
+            } else {
+                Campaign::Election
+            });
         }
     }
 
@@ -320,10 +326,18 @@ impl Raft {
     /// Proposes a record. On success returns the `(index, term)` it will commit at — if it
     /// commits at all: the caller learns the outcome when an entry at that index is applied
     /// (same term: this record; another term: it was lost and may be retried).
-    pub fn propose(&mut self, record: Record, timestamp_ms: u64) -> Result<(Index, Term), ProposeError> {
+    pub fn propose(
+        &mut self,
+        record: Record,
+        timestamp_ms: u64,
+    ) -> Result<(Index, Term), ProposeError> {
         match self.role {
             Role::Leader => {}
-            Role::Follower => return Err(ProposeError::NotLeader { leader: self.leader }),
+            Role::Follower => {
+                return Err(ProposeError::NotLeader {
+                    leader: self.leader,
+                });
+            }
             Role::Candidate | Role::PreCandidate => return Err(ProposeError::Retry),
         }
         if let Some(to) = self.transferee {
@@ -397,7 +411,9 @@ impl Raft {
                 self.leader_read(ctx, None, mode);
                 Ok(())
             }
-            _ if mode == ReadMode::Lease => Err(ReadError::NotLeader { leader: self.leader }),
+            _ if mode == ReadMode::Lease => Err(ReadError::NotLeader {
+                leader: self.leader,
+            }),
             Role::Follower => match self.leader {
                 Some(leader) => {
                     self.forwarded_reads.insert(ctx);
@@ -448,7 +464,10 @@ impl Raft {
         }
         self.transferee = Some(to);
         self.election_elapsed = 0;
-        let caught_up = self.progress.get(&to).is_some_and(|pr| pr.match_index == self.log.last_index());
+        let caught_up = self
+            .progress
+            .get(&to)
+            .is_some_and(|pr| pr.match_index == self.log.last_index());
         if caught_up {
             self.send(to, MessageBody::TimeoutNow);
         } else {
@@ -490,7 +509,11 @@ impl Raft {
             current: self.log.base.index,
         })?;
         let (_, config) = self.log.config_at(index);
-        let meta = SnapshotMeta { index, term, config };
+        let meta = SnapshotMeta {
+            index,
+            term,
+            config,
+        };
         self.log.compact(meta.clone());
         self.snapshot = Snapshot { meta, data };
         Ok(())
@@ -553,7 +576,9 @@ impl Raft {
             // request." A stale leader is told our term so that it steps down (it may have
             // been partitioned away and would otherwise keep pinging with its old term).
             match m.body {
-                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
+                MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => {
                     self.send(
                         m.from,
                         MessageBody::AppendEntriesResponse {
@@ -615,7 +640,9 @@ impl Raft {
                 hint_term,
                 hint_index,
             } => self.handle_append_response(from, success, index, hint_term, hint_index),
-            MessageBody::HeartbeatResponse { read_round } => self.handle_heartbeat_response(from, read_round),
+            MessageBody::HeartbeatResponse { read_round } => {
+                self.handle_heartbeat_response(from, read_round)
+            }
             MessageBody::TimeoutNow => {
                 // Thesis §3.10: the target "starts an election immediately", skipping PreVote
                 // (the leader vouches for it).
@@ -650,13 +677,7 @@ impl Raft {
                 }
             }
         }
-        let mut hs = HardState {
-            term: self.term,
-            vote: self.vote,
-        };
-        if self.bug(Bug::VoteNotPersisted) {
-            hs.vote = self.saved_hard_state.vote.filter(|_| self.saved_hard_state.term == self.term);
-        }
+        let hs = self.hard_state();
         let hard_state = (hs != self.saved_hard_state).then(|| {
             self.saved_hard_state = hs;
             hs
@@ -683,11 +704,20 @@ impl Raft {
             || self.snapshot_to_install.is_some()
             || self.log.unstable <= self.log.last_index()
             || self.log.committed.min(self.log.persisted) > self.log.handed_out
-            || self.saved_hard_state
-                != (HardState {
-                    term: self.term,
-                    vote: self.vote,
-                })
+            || self.saved_hard_state != self.hard_state()
+    }
+
+    /// What must be durable now.
+    fn hard_state(&self) -> HardState {
+        let mut hs = HardState {
+            term: self.term,
+            vote: self.vote,
+        };
+        if self.bug(Bug::VoteNotPersisted) {
+            // Broken on purpose: the vote is never written.
+            hs.vote = None;
+        }
+        hs
     }
 
     // ---------------------------------------------------------------- roles
@@ -781,7 +811,13 @@ impl Raft {
             return self.won_election(pre);
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        let voters: Vec<NodeId> = self.config.voters.iter().copied().filter(|&v| v != self.cfg.id).collect();
+        let voters: Vec<NodeId> = self
+            .config
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != self.cfg.id)
+            .collect();
         for v in voters {
             self.send_with_term(
                 v,
@@ -860,7 +896,14 @@ impl Raft {
 
     // ---------------------------------------------------------------- votes
 
-    fn handle_vote_request(&mut self, from: NodeId, term: Term, pre: bool, last_index: Index, last_term: Term) {
+    fn handle_vote_request(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        pre: bool,
+        last_index: Index,
+        last_term: Term,
+    ) {
         // §5.2: "each server will vote for at most one candidate in a given term, on a
         // first-come-first-served basis". A pre-vote for a later term promises nothing.
         let can_vote = self.vote == Some(from)
@@ -869,7 +912,8 @@ impl Raft {
             || self.bug(Bug::DoubleVote);
         // §5.4.1: "the voter denies its vote if its own log is more up-to-date than that of
         // the candidate".
-        let up_to_date = self.log.is_up_to_date(last_index, last_term) || self.bug(Bug::SkipUpToDateCheck);
+        let up_to_date =
+            self.log.is_up_to_date(last_index, last_term) || self.bug(Bug::SkipUpToDateCheck);
         let granted = can_vote && up_to_date;
         if granted && !pre {
             self.vote = Some(from);
@@ -877,11 +921,22 @@ impl Raft {
             self.election_elapsed = 0;
         }
         let reply_term = if granted && pre { term } else { self.term };
-        self.send_with_term(from, reply_term, MessageBody::RequestVoteResponse { pre_vote: pre, granted });
+        self.send_with_term(
+            from,
+            reply_term,
+            MessageBody::RequestVoteResponse {
+                pre_vote: pre,
+                granted,
+            },
+        );
     }
 
     fn handle_vote_response(&mut self, from: NodeId, pre: bool, granted: bool) {
-        let expected = if pre { Role::PreCandidate } else { Role::Candidate };
+        let expected = if pre {
+            Role::PreCandidate
+        } else {
+            Role::Candidate
+        };
         if self.role != expected {
             return;
         }
@@ -895,7 +950,14 @@ impl Raft {
 
     // ---------------------------------------------------------------- replication: follower
 
-    fn handle_append(&mut self, from: NodeId, prev_index: Index, prev_term: Term, entries: Vec<Entry>, commit: Index) {
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+    ) {
         if prev_index < self.log.committed {
             // Everything up to our commit index already matches the leader (Log Matching).
             let index = self.log.committed;
@@ -922,7 +984,9 @@ impl Raft {
         let last_new = prev_index + entries.len() as Index;
         let keep_matching = !self.bug(Bug::TruncateMatchingSuffix);
         if let Some(first_changed) = self.log.merge(entries, keep_matching) {
-            if first_changed <= self.config_index || self.log.config_at(self.log.last_index()).0 >= first_changed {
+            if first_changed <= self.config_index
+                || self.log.config_at(self.log.last_index()).0 >= first_changed
+            {
                 self.refresh_config();
             }
         }
@@ -959,17 +1023,19 @@ impl Raft {
 
     fn refresh_config(&mut self) {
         let (index, config) = self.log.config_at(self.log.last_index());
-        if index == self.config_index && config == self.config {
-            return;
-        }
         self.config_index = index;
+        if config == self.config {
+            return; // same membership, e.g. now carried by a snapshot
+        }
         self.config = config.clone();
         if self.role == Role::Leader {
             let next = self.log.last_index() + 1;
             let me = self.cfg.id;
             self.progress.retain(|id, _| config.contains(*id));
             for id in config.members().filter(|&id| id != me) {
-                self.progress.entry(id).or_insert_with(|| Progress::new(next));
+                self.progress
+                    .entry(id)
+                    .or_insert_with(|| Progress::new(next));
             }
             if self.transferee.is_some_and(|t| !config.voters.contains(&t)) {
                 self.transferee = None;
@@ -980,7 +1046,14 @@ impl Raft {
 
     // ---------------------------------------------------------------- replication: leader
 
-    fn handle_append_response(&mut self, from: NodeId, success: bool, index: Index, hint_term: Term, hint_index: Index) {
+    fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        index: Index,
+        hint_term: Term,
+        hint_index: Index,
+    ) {
         if self.role != Role::Leader {
             return;
         }
@@ -990,7 +1063,9 @@ impl Raft {
         } else {
             hint_index + 1
         };
-        let Some(pr) = self.progress.get_mut(&from) else { return };
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
         pr.recent_active = true;
         if !success {
             if pr.maybe_decrease(index, probe_from) {
@@ -1026,7 +1101,9 @@ impl Raft {
         }
         let last_index = self.log.last_index();
         let max_inflight = self.cfg.max_inflight;
-        let Some(pr) = self.progress.get_mut(&from) else { return };
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
         pr.recent_active = true;
         pr.read_round_acked = pr.read_round_acked.max(read_round);
         // A lost append leaves the pipeline full or the probe waiting: make room for one.
@@ -1058,8 +1135,14 @@ impl Raft {
             })
             .collect();
         acked.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&confirmed) = acked.get(self.config.quorum() - 1) else { return };
-        while self.pending_reads.front().is_some_and(|r| r.round <= confirmed) {
+        let Some(&confirmed) = acked.get(self.config.quorum() - 1) else {
+            return;
+        };
+        while self
+            .pending_reads
+            .front()
+            .is_some_and(|r| r.round <= confirmed)
+        {
             if let Some(r) = self.pending_reads.pop_front() {
                 self.answer_read(r.ctx, r.from, Some(r.index));
             }
@@ -1088,7 +1171,9 @@ impl Raft {
             })
             .collect();
         matched.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&candidate) = matched.get(self.config.quorum() - 1) else { return };
+        let Some(&candidate) = matched.get(self.config.quorum() - 1) else {
+            return;
+        };
         if candidate <= self.log.committed {
             return;
         }
@@ -1140,18 +1225,25 @@ impl Raft {
         let max_entries = self.cfg.max_entries_per_message;
         let last = self.log.last_index();
         loop {
-            let Some(pr) = self.progress.get(&to) else { return };
+            let Some(pr) = self.progress.get(&to) else {
+                return;
+            };
             if pr.is_paused(max_inflight) {
                 return;
             }
             let next = pr.next_index;
             let replicate = pr.state == ReplicationState::Replicate;
-            if next > last && (replicate || !allow_empty) {
+            // With nothing new, an empty append still goes out when asked (`allow_empty`):
+            // it makes a follower whose last acknowledgement was lost acknowledge again, or
+            // else its match index, and the commit index it is told, would never advance.
+            if next > last && !allow_empty {
                 return;
             }
             let prev_index = next - 1;
-            let (Some(prev_term), Some(entries)) = (self.log.term(prev_index), self.log.slice(next, last, max_entries))
-            else {
+            let (Some(prev_term), Some(entries)) = (
+                self.log.term(prev_index),
+                self.log.slice(next, last, max_entries),
+            ) else {
                 // §7: the entries are compacted; the follower needs the snapshot.
                 let snapshot = self.snapshot.clone();
                 if let Some(pr) = self.progress.get_mut(&to) {
@@ -1174,7 +1266,7 @@ impl Raft {
                     commit,
                 },
             );
-            if !replicate {
+            if !replicate || sent_to == prev_index {
                 return;
             }
         }
