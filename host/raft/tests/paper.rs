@@ -838,7 +838,7 @@ fn a_pending_read_fails_when_the_leader_steps_down() {
 #[test]
 fn a_leader_refuses_a_config_change_before_it_has_committed_an_entry_of_its_term() {
     let mut c = ClusterBuilder::voters(3).build();
-    c.drop_if(|m| is_append(m));
+    c.drop_if(is_append);
     assert!(c.elect(1));
     assert_eq!(
         c.propose_config(1, &[1, 2, 3], &[4]),

@@ -90,6 +90,7 @@ pub(crate) struct Node {
 pub(crate) struct ClusterBuilder {
     voters: Vec<NodeId>,
     learners: Vec<NodeId>,
+    joining: Vec<NodeId>,
     pre_vote: bool,
     check_quorum: bool,
     election_ticks: u32,
@@ -106,6 +107,7 @@ impl ClusterBuilder {
         ClusterBuilder {
             voters: (1..=n).collect(),
             learners: Vec::new(),
+            joining: Vec::new(),
             pre_vote: true,
             check_quorum: true,
             election_ticks: 10,
@@ -126,6 +128,11 @@ impl ClusterBuilder {
 
     pub(crate) fn learners(mut self, ids: &[NodeId]) -> Self {
         self.learners = ids.to_vec();
+        self
+    }
+    /// Nodes that run but are in no configuration yet (waiting to be added, design §7).
+    pub(crate) fn joining(mut self, ids: &[NodeId]) -> Self {
+        self.joining = ids.to_vec();
         self
     }
     pub(crate) fn pre_vote(mut self, on: bool) -> Self {
@@ -175,7 +182,13 @@ impl ClusterBuilder {
             addresses: BTreeMap::new(),
         };
         let mut nodes = BTreeMap::new();
-        for &id in self.voters.iter().chain(&self.learners) {
+        let members: Vec<NodeId> = self.voters.iter().chain(&self.learners).copied().collect();
+        for &id in members.iter().chain(&self.joining) {
+            let initial_config = if members.contains(&id) {
+                config.clone()
+            } else {
+                ClusterConfig::default()
+            };
             let mut cfg = Config::new(id, CLUSTER);
             cfg.pre_vote = self.pre_vote;
             cfg.check_quorum = self.check_quorum;
@@ -195,7 +208,7 @@ impl ClusterBuilder {
                     term: terms.last().copied().unwrap_or(0),
                     vote: None,
                 },
-                snapshot: InitialState::bootstrap(config.clone()).snapshot,
+                snapshot: InitialState::bootstrap(initial_config).snapshot,
                 entries,
             };
             let mut node = Node {
@@ -448,8 +461,17 @@ impl Cluster {
     pub(crate) fn isolate(&mut self, id: NodeId) {
         self.isolated.insert(id);
     }
-    /// Restores every link and removes every drop rule.
+    /// Restores every link and removes every drop rule. Messages sent across the partition
+    /// while it stood are lost, not delivered late.
     pub(crate) fn heal(&mut self) {
+        let in_flight: Vec<Message> = self.in_flight.drain(..).collect();
+        for m in in_flight {
+            if self.dropped(&m) {
+                self.trace.push(format!("  drop: {m}"));
+            } else {
+                self.in_flight.push_back(m);
+            }
+        }
         self.isolated.clear();
         self.drop_rules.clear();
     }
