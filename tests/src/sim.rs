@@ -63,6 +63,8 @@ pub struct SimConfig {
     pub max_inflight: usize,
     /// Upper bound of one fsync's latency (ms): slow disks widen crash windows.
     pub fsync_max_ms: Time,
+    /// Mean gap between injected faults (ms); small values make fault storms.
+    pub fault_gap_ms: Time,
     /// Deliberately broken core, for proving the checks have teeth.
     pub bug: Option<Bug>,
     /// Print the transcript as it happens.
@@ -91,6 +93,7 @@ impl SimConfig {
             max_entries_per_message: [1, 4, 16][(r.next_u32() % 3) as usize],
             max_inflight: [1, 8][(r.next_u32() % 2) as usize],
             fsync_max_ms: [3, 30][(r.next_u32() % 2) as usize],
+            fault_gap_ms: [250, 250, 60][(r.next_u32() % 3) as usize],
             bug: None,
             trace: false,
         }
@@ -156,6 +159,8 @@ struct Node {
     disk: Disk,
     queue: VecDeque<Write>,
     fsync_scheduled: bool,
+    /// A stalled disk completes no fsync before this time.
+    stalled_until: Time,
     restarts: u64,
     /// index → (client, op id, term) of proposals made here.
     proposals: BTreeMap<Index, (usize, u64, Term)>,
@@ -216,6 +221,7 @@ impl Sim {
                     },
                     queue: VecDeque::new(),
                     fsync_scheduled: false,
+                    stalled_until: 0,
                     restarts: 0,
                     proposals: BTreeMap::new(),
                     reads: BTreeMap::new(),
@@ -437,7 +443,8 @@ impl Sim {
             Ev::Fault => {
                 if self.faults_on {
                     self.inject_fault();
-                    let next = 50 + self.rand(400);
+                    let gap = self.cfg.fault_gap_ms;
+                    let next = gap / 5 + self.rand(gap * 8 / 5);
                     self.schedule(next, Ev::Fault);
                 }
             }
@@ -588,7 +595,8 @@ impl Sim {
             node.queue.push_back(write);
             if !node.fsync_scheduled {
                 node.fsync_scheduled = true;
-                let d = 1 + self.rand(self.cfg.fsync_max_ms);
+                let stall = node.stalled_until.saturating_sub(self.now);
+                let d = stall.max(1 + self.rand(self.cfg.fsync_max_ms));
                 self.schedule(d, Ev::Fsync(id));
             }
         }
@@ -891,7 +899,16 @@ impl Sim {
     fn inject_fault(&mut self) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let n = ids.len() as u64;
-        match self.rand(9) {
+        match self.rand(10) {
+            9 => {
+                // A disk stall (fsync hiccup), most often the leader's.
+                let victim = self.leader_or_random(n, &ids);
+                let until = self.now + 100 + self.rand(500);
+                if let Some(node) = self.nodes.get_mut(&victim) {
+                    node.stalled_until = until;
+                }
+                self.trace(|| format!("n{victim} disk stalls until t={until}"));
+            }
             0 | 1 if self.cfg.partitions => {
                 // Split into two groups at random.
                 self.groups.clear();
@@ -913,7 +930,9 @@ impl Sim {
                 self.trace(|| "heal partitions".into());
             }
             4 | 5 if self.cfg.crashes => {
-                let victim = ids[self.rand(n) as usize];
+                // Half the time the leader: losing it mid-replication is where the
+                // persistence and commit rules matter most.
+                let victim = self.leader_or_random(n, &ids);
                 if self.up(victim) {
                     self.crash(victim);
                     let back = 50 + self.rand(600);
@@ -974,6 +993,21 @@ impl Sim {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The leader half the time (if there is one), else any node.
+    fn leader_or_random(&mut self, n: u64, ids: &[NodeId]) -> NodeId {
+        let leader = ids.iter().copied().find(|&id| {
+            self.nodes[&id]
+                .raft
+                .as_ref()
+                .is_some_and(|r| r.role() == Role::Leader)
+        });
+        let random = ids[self.rand(n) as usize];
+        match leader {
+            Some(l) if self.rand(2) == 0 => l,
+            _ => random,
         }
     }
 
