@@ -146,16 +146,35 @@ pub struct ApplyBatch {
     pub sessions: Vec<(u64, Session)>,
 }
 
-/// An ordered scan of one namespace: keys starting with `prefix`, from `start` (inclusive,
-/// or the first key with the prefix), at most `limit` pairs.
+/// An ordered scan of one namespace: keys starting with `prefix`, from `start` (inclusive; or
+/// the first key with the prefix) up to `end` (exclusive; or no bound), at most `limit` pairs.
+/// The plugin runtime's `range(start, end, limit)` is `prefix: b""`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KvRange<'a> {
     /// Only keys with this prefix.
     pub prefix: &'a [u8],
     /// First key to return, inclusive; keys before it are skipped.
     pub start: Option<&'a [u8]>,
+    /// Upper bound, exclusive.
+    pub end: Option<&'a [u8]>,
     /// Maximum number of pairs returned.
     pub limit: usize,
+}
+
+impl KvRange<'_> {
+    /// Where the scan starts: the later of `prefix` and `start`.
+    pub(crate) fn first_key(&self) -> &[u8] {
+        match self.start {
+            Some(s) if s > self.prefix => s,
+            _ => self.prefix,
+        }
+    }
+
+    /// Whether `key` (at or after [`Self::first_key`]) is in the range. Once a key in order
+    /// is not, no later one is: both conditions are prefixes of the key order.
+    pub(crate) fn admits(&self, key: &[u8]) -> bool {
+        key.starts_with(self.prefix) && self.end.is_none_or(|end| key < end)
+    }
 }
 
 /// Key-value pairs of one namespace, in key order.

@@ -31,7 +31,7 @@
 //! })?;
 //! let view = store.view()?;
 //! assert_eq!(view.get("counter", b"n")?, Some(b"1".to_vec()));
-//! assert_eq!(view.range("counter", KvRange { prefix: b"", start: None, limit: 10 })?.len(), 1);
+//! assert_eq!(view.range("counter", KvRange { prefix: b"", start: None, end: None, limit: 10 })?.len(), 1);
 //! # Ok::<(), keel_storage::StorageError>(())
 //! ```
 //!

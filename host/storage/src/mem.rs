@@ -329,13 +329,9 @@ impl StateView for MemView {
         let Some(ns) = self.state.kv.get(namespace) else {
             return Ok(Vec::new());
         };
-        let start = match range.start {
-            Some(s) if s > range.prefix => s,
-            _ => range.prefix,
-        };
         Ok(ns
-            .range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(range.prefix))
+            .range::<[u8], _>((Bound::Included(range.first_key()), Bound::Unbounded))
+            .take_while(|(k, _)| range.admits(k))
             .take(range.limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
@@ -401,5 +397,74 @@ impl StateView for MemView {
             .take(limit)
             .map(|(id, s)| (*id, s.clone()))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_raft::{Entry, Record};
+
+    use super::*;
+
+    fn noops(lo: Index, hi: Index) -> Vec<Entry> {
+        (lo..=hi)
+            .map(|index| Entry {
+                index,
+                term: 1,
+                timestamp_ms: 0,
+                record: Record::Noop,
+            })
+            .collect()
+    }
+
+    fn apply_to(s: &MemStorage, index: Index) {
+        s.apply(&ApplyBatch {
+            last_applied: LogId { index, term: 1 },
+            ..ApplyBatch::default()
+        })
+        .expect("apply");
+    }
+
+    #[test]
+    fn a_crash_loses_exactly_the_applies_after_the_last_durable_write() {
+        let s = MemStorage::new();
+        s.persist(LogWrite {
+            entries: &noops(1, 6),
+            ..LogWrite::default()
+        })
+        .expect("persist");
+        apply_to(&s, 2);
+        s.persist(LogWrite {
+            entries: &noops(7, 7),
+            ..LogWrite::default()
+        })
+        .expect("persist");
+        apply_to(&s, 4);
+        apply_to(&s, 5);
+        s.crash();
+        let r = s.recover().expect("recover");
+        assert_eq!(r.applied.last_applied.index, 2);
+        assert_eq!(r.log.last.index, 7);
+        // The lost applies replay from the log.
+        apply_to(&s, 5);
+        s.sync().expect("sync");
+        s.crash();
+        assert_eq!(s.recover().expect("recover").applied.last_applied.index, 5);
+    }
+
+    #[test]
+    fn with_durable_applies_a_crash_loses_nothing() {
+        let s = MemStorage::with_options(StorageOptions {
+            durable_applies: true,
+            ..StorageOptions::default()
+        });
+        s.persist(LogWrite {
+            entries: &noops(1, 3),
+            ..LogWrite::default()
+        })
+        .expect("persist");
+        apply_to(&s, 3);
+        s.crash();
+        assert_eq!(s.recover().expect("recover").applied.last_applied.index, 3);
     }
 }

@@ -614,14 +614,10 @@ impl StateView for RedbView {
     }
 
     fn range(&self, namespace: &str, range: KvRange<'_>) -> Result<KvPairs, StorageError> {
-        let start = match range.start {
-            Some(s) if s > range.prefix => s,
-            _ => range.prefix,
-        };
         let mut out = Vec::new();
         for item in self
             .kv
-            .range((namespace, start)..)
+            .range((namespace, range.first_key())..)
             .ctx(&self.path, "scan table kv")?
         {
             if out.len() >= range.limit {
@@ -629,7 +625,7 @@ impl StateView for RedbView {
             }
             let (k, v) = item.ctx(&self.path, "scan table kv")?;
             let (ns, key) = k.value();
-            if ns != namespace || !key.starts_with(range.prefix) {
+            if ns != namespace || !range.admits(key) {
                 break;
             }
             out.push((key.to_vec(), v.value().to_vec()));

@@ -414,6 +414,7 @@ fn range_scans_stay_in_their_namespace_and_order<H: Harness>() {
     let all = KvRange {
         prefix: b"",
         start: None,
+        end: None,
         limit: 100,
     };
     assert_eq!(
@@ -423,6 +424,7 @@ fn range_scans_stay_in_their_namespace_and_order<H: Harness>() {
     let users = KvRange {
         prefix: b"user/",
         start: None,
+        end: None,
         limit: 100,
     };
     assert_eq!(
@@ -432,15 +434,35 @@ fn range_scans_stay_in_their_namespace_and_order<H: Harness>() {
     let from2 = KvRange {
         prefix: b"user/",
         start: Some(b"user/2"),
+        end: None,
         limit: 100,
     };
     assert_eq!(keys(v.range("a", from2).expect("range")), ["user/2"]);
     let one = KvRange {
         prefix: b"",
         start: Some(b"user/15"),
+        end: None,
         limit: 1,
     };
     assert_eq!(keys(v.range("a", one).expect("range")), ["user/2"]);
+    // The plugin runtime's form: start..end, no prefix.
+    let window = KvRange {
+        prefix: b"",
+        start: Some(b"user/1"),
+        end: Some(b"usex"),
+        limit: 100,
+    };
+    assert_eq!(
+        keys(v.range("a", window).expect("range")),
+        ["user/1", "user/2"]
+    );
+    let empty = KvRange {
+        prefix: b"",
+        start: Some(b"user/2"),
+        end: Some(b"user/2"),
+        limit: 100,
+    };
+    assert!(v.range("a", empty).expect("range").is_empty());
     assert_eq!(keys(v.range("ab", all).expect("range")), ["user/0"]);
     assert!(v.range("b", all).expect("range").is_empty());
     assert_eq!(
