@@ -37,7 +37,8 @@ impl Cache {
     }
 
     fn path(&self, wasm_sha256: &str) -> PathBuf {
-        self.dir.join(format!("{wasm_sha256}-{}.cwasm", self.engine_key))
+        self.dir
+            .join(format!("{wasm_sha256}-{}.cwasm", self.engine_key))
     }
 
     /// The cached component for this wasm, if a sound one is on disk.
@@ -94,5 +95,8 @@ impl Cache {
 
 /// Lowercase hex SHA-256.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -88,7 +88,10 @@ impl KvView for MemoryKv {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
         Ok(map
-            .range::<[u8], _>((Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded)))
+            .range::<[u8], _>((
+                Bound::Included(start),
+                end.map_or(Bound::Unbounded, Bound::Excluded),
+            ))
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
@@ -134,7 +137,11 @@ impl WriteBuffer {
     }
 
     /// `key` as this call sees it: its own write if any, else the view.
-    pub(crate) fn get(&self, view: &dyn KvView, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    pub(crate) fn get(
+        &self,
+        view: &dyn KvView,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StorageError> {
         match self.writes.get(key) {
             Some(v) => Ok(v.clone()),
             None => view.get(key),
@@ -149,7 +156,10 @@ impl WriteBuffer {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
-        let bounds = (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded));
+        let bounds = (
+            Bound::Included(start),
+            end.map_or(Bound::Unbounded, Bound::Excluded),
+        );
         let own: Vec<_> = self.writes.range::<[u8], _>(bounds).collect();
         // Each buffered delete can hide at most one stored entry, so this many stored
         // entries always suffice to fill `limit` after merging.
@@ -184,9 +194,40 @@ impl WriteBuffer {
         Ok(merged)
     }
 
+    /// Adds writes already accepted (by an earlier command of the same batch).
+    pub(crate) fn absorb(&mut self, writes: &Writes) {
+        for (key, value) in writes {
+            let old = self.writes.get(key).map_or(0, |v| entry_bytes(key, v));
+            self.bytes = self.bytes - old + entry_bytes(key, value);
+            self.writes.insert(key.clone(), value.clone());
+        }
+    }
+
     /// The buffered writes, ascending by key.
     pub(crate) fn into_writes(self) -> Writes {
         self.writes.into_iter().collect()
+    }
+}
+
+/// A buffer seen over a view, itself a view: the writes of earlier commands of a batch
+/// over the stored state.
+pub(crate) struct Layered<'a> {
+    pub(crate) upper: &'a WriteBuffer,
+    pub(crate) lower: &'a dyn KvView,
+}
+
+impl KvView for Layered<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.upper.get(self.lower, key)
+    }
+
+    fn range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        self.upper.range(self.lower, start, end, limit)
     }
 }
 
@@ -205,7 +246,10 @@ mod tests {
     }
 
     fn keys(items: &[(Vec<u8>, Vec<u8>)]) -> Vec<String> {
-        items.iter().map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect()
+        items
+            .iter()
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+            .collect()
     }
 
     #[test]
@@ -216,7 +260,11 @@ mod tests {
         assert_eq!(buf.put(b"b".to_vec(), None), Ok(()));
         assert_eq!(buf.get(&view, b"a")?, Some(b"9".to_vec()));
         assert_eq!(buf.get(&view, b"b")?, None);
-        assert_eq!(view.get(b"a")?, Some(b"1".to_vec()), "the view itself is untouched");
+        assert_eq!(
+            view.get(b"a")?,
+            Some(b"1".to_vec()),
+            "the view itself is untouched"
+        );
         Ok(())
     }
 
@@ -239,7 +287,10 @@ mod tests {
     #[test]
     fn oversized_writes_are_refused_and_the_batch_is_bounded() {
         let mut buf = WriteBuffer::default();
-        assert_eq!(buf.put(vec![0; MAX_KEY_BYTES + 1], None), Err(Refused::KeyTooLarge));
+        assert_eq!(
+            buf.put(vec![0; MAX_KEY_BYTES + 1], None),
+            Err(Refused::KeyTooLarge)
+        );
         assert_eq!(
             buf.put(b"k".to_vec(), Some(vec![0; MAX_VALUE_BYTES + 1])),
             Err(Refused::ValueTooLarge)
@@ -255,7 +306,10 @@ mod tests {
         // Overwriting a key replaces its bytes instead of adding to them.
         let mut buf = WriteBuffer::default();
         for _ in 0..1000 {
-            assert_eq!(buf.put(b"k".to_vec(), Some(vec![0; MAX_VALUE_BYTES])), Ok(()));
+            assert_eq!(
+                buf.put(b"k".to_vec(), Some(vec![0; MAX_VALUE_BYTES])),
+                Ok(())
+            );
         }
     }
 }

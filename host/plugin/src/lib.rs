@@ -47,6 +47,7 @@
 //!
 //! See `docs/plugins.md` for the determinism rules, the instance policy and its cost.
 
+mod batch;
 mod bindings;
 mod cache;
 mod error;

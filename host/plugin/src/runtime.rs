@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
 use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre, Linker};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
@@ -88,6 +89,18 @@ impl ApplyContext {
     /// The deterministic seed the plugin sees: `splitmix64(index ^ splitmix64(term))`.
     pub fn seed(&self) -> u64 {
         splitmix64(self.index ^ splitmix64(self.term))
+    }
+}
+
+impl ApplyContext {
+    pub(crate) fn to_wit(&self) -> WitContext {
+        WitContext {
+            index: self.index,
+            term: self.term,
+            timestamp_ms: self.timestamp_ms,
+            seed: self.seed(),
+            client_id: self.client_id.clone(),
+        }
     }
 }
 
@@ -210,10 +223,11 @@ impl Runtime {
         let (component, source) = match cached {
             Some(c) => (c, CodeSource::Cache),
             None => {
-                let c = Component::new(&self.engine, wasm).map_err(|e| PluginError::InvalidWasm {
-                    plugin: id.clone(),
-                    detail: format!("{e:#}"),
-                })?;
+                let c =
+                    Component::new(&self.engine, wasm).map_err(|e| PluginError::InvalidWasm {
+                        plugin: id.clone(),
+                        detail: format!("{e:#}"),
+                    })?;
                 if let Some(cache) = &self.cache {
                     cache.store(&sha256, &c);
                 }
@@ -221,13 +235,12 @@ impl Runtime {
             }
         };
 
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| PluginError::UnsatisfiedImport {
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            PluginError::UnsatisfiedImport {
                 plugin: id.clone(),
                 detail: format!("{e:#}"),
-            })?;
+            }
+        })?;
         let indices = StateMachineIndices::new(&pre).map_err(|e| PluginError::MissingExport {
             plugin: id.clone(),
             detail: format!("{e:#}"),
@@ -366,16 +379,14 @@ impl Plugin {
         ctx: &ApplyContext,
         command: &[u8],
     ) -> Result<ApplyOutcome, PluginError> {
-        let wit_ctx = WitContext {
-            index: ctx.index,
-            term: ctx.term,
-            timestamp_ms: ctx.timestamp_ms,
-            seed: ctx.seed(),
-            client_id: ctx.client_id.clone(),
-        };
-        let run = self.run(view, Mode::Apply, ctx.timestamp_ms, ctx.seed(), |store, _, sm| {
-            sm.call_apply(store, &wit_ctx, command)
-        });
+        let wit_ctx = ctx.to_wit();
+        let run = self.run(
+            view,
+            Mode::Apply,
+            ctx.timestamp_ms,
+            ctx.seed(),
+            |store, _, sm| sm.call_apply(store, &wit_ctx, command),
+        );
         match run {
             Ok((answer, state, fuel_used)) => {
                 let result = self.answer(answer);
@@ -415,8 +426,8 @@ impl Plugin {
             return Ok(());
         };
         let (verdict, _, _) = self.run(view, Mode::ReadOnly, 0, 0, |store, instance, _| {
-            let f = instance
-                .get_typed_func::<(&[u8],), (Result<(), String>,)>(&mut *store, index)?;
+            let f =
+                instance.get_typed_func::<(&[u8],), (Result<(), String>,)>(&mut *store, index)?;
             let (verdict,) = f.call(&mut *store, (command,))?;
             Ok(verdict)
         })?;
@@ -442,22 +453,22 @@ impl Plugin {
         command: &[u8],
         n: u32,
     ) -> Result<Duration, PluginError> {
-        let wit_ctx = WitContext {
-            index: ctx.index,
-            term: ctx.term,
-            timestamp_ms: ctx.timestamp_ms,
-            seed: ctx.seed(),
-            client_id: ctx.client_id.clone(),
-        };
-        let (elapsed, _, _) = self.run(view, Mode::Apply, ctx.timestamp_ms, ctx.seed(), |store, _, sm| {
-            let started = Instant::now();
-            for _ in 0..n {
-                // The budget is per call; refill it as `apply` would.
-                store.set_fuel(self.inner.limits.fuel)?;
-                let _ = sm.call_apply(&mut *store, &wit_ctx, command)?;
-            }
-            Ok(started.elapsed())
-        })?;
+        let wit_ctx = ctx.to_wit();
+        let (elapsed, _, _) = self.run(
+            view,
+            Mode::Apply,
+            ctx.timestamp_ms,
+            ctx.seed(),
+            |store, _, sm| {
+                let started = Instant::now();
+                for _ in 0..n {
+                    // The budget is per call; refill it as `apply` would.
+                    store.set_fuel(self.inner.limits.fuel)?;
+                    let _ = sm.call_apply(&mut *store, &wit_ctx, command)?;
+                }
+                Ok(started.elapsed())
+            },
+        )?;
         Ok(elapsed)
     }
 
@@ -475,7 +486,7 @@ impl Plugin {
         }
     }
 
-    fn answer(&self, answer: Result<Vec<u8>, String>) -> Result<Vec<u8>, PluginError> {
+    pub(crate) fn answer(&self, answer: Result<Vec<u8>, String>) -> Result<Vec<u8>, PluginError> {
         match answer {
             Ok(bytes) if bytes.len() > MAX_RESULT_BYTES => Err(PluginError::ResultTooLarge {
                 plugin: self.inner.id.clone(),
@@ -485,6 +496,65 @@ impl Plugin {
             Ok(bytes) => Ok(bytes),
             Err(message) => Err(self.rejected(message)),
         }
+    }
+
+    /// A new store holding `state`, limits armed, with a fresh instance in it.
+    pub(crate) fn fresh_instance(
+        &self,
+        state: HostState,
+    ) -> Result<(Store<HostState>, Instance, StateMachine), PluginError> {
+        let inner = &*self.inner;
+        let mut store = Store::new(&inner.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        self.arm(&mut store)?;
+        let loaded = inner
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| Ok((instance, inner.indices.load(&mut store, &instance)?)));
+        match loaded {
+            Ok((instance, sm)) => Ok((store, instance, sm)),
+            Err(e) => {
+                let mut state = store.into_data();
+                Err(self.classify(&e, &mut state, true))
+            }
+        }
+    }
+
+    /// Refills the per-call fuel budget and restarts the backstop clock.
+    pub(crate) fn arm(&self, store: &mut Store<HostState>) -> Result<(), PluginError> {
+        let inner = &*self.inner;
+        store
+            .set_fuel(inner.limits.fuel)
+            .map_err(|e| self.host(format!("set fuel: {e}")))?;
+        let ticks = (inner.backstop.as_millis() / TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        Ok(())
+    }
+
+    /// The host state for one call (or one batch).
+    pub(crate) fn state(
+        &self,
+        view: Arc<dyn KvView>,
+        mode: Mode,
+        timestamp_ms: u64,
+        seed: u64,
+    ) -> HostState {
+        let inner = &*self.inner;
+        HostState::new(
+            inner.label.clone(),
+            wasi::context(&inner.label, timestamp_ms, seed),
+            view,
+            mode,
+            inner.limits.fuel,
+            inner.limits.memory_bytes,
+        )
+    }
+
+    /// Fuel consumed since the last [`Plugin::arm`].
+    pub(crate) fn fuel_used(&self, store: &Store<HostState>) -> u64 {
+        let budget = self.inner.limits.fuel;
+        budget - store.get_fuel().unwrap_or(0).min(budget)
     }
 
     /// One call: fresh store and instance, limits armed, `f` run, failure classified.
@@ -497,47 +567,31 @@ impl Plugin {
         seed: u64,
         f: impl FnOnce(&mut Store<HostState>, &Instance, &StateMachine) -> wasmtime::Result<R>,
     ) -> Result<(R, HostState, u64), PluginError> {
-        let inner = &*self.inner;
-        let state = HostState::new(
-            inner.label.clone(),
-            wasi::context(&inner.label, timestamp_ms, seed),
-            view,
-            mode,
-            inner.limits.fuel,
-            inner.limits.memory_bytes,
-        );
-        let mut store = Store::new(&inner.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store
-            .set_fuel(inner.limits.fuel)
-            .map_err(|e| self.host(format!("set fuel: {e}")))?;
-        let ticks = (inner.backstop.as_millis() / TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
-
-        let started = Instant::now();
-        let result = inner
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| (e, true))
-            .and_then(|instance| {
-                let sm = inner.indices.load(&mut store, &instance).map_err(|e| (e, true))?;
-                f(&mut store, &instance, &sm).map_err(|e| (e, false))
-            });
-        let fuel_left = store.get_fuel().unwrap_or(0);
+        let state = self.state(view, mode, timestamp_ms, seed);
+        let (mut store, instance, sm) = self.fresh_instance(state)?;
+        let result = f(&mut store, &instance, &sm);
+        let fuel_used = self.fuel_used(&store);
         let mut state = store.into_data();
         match result {
-            Ok(value) => Ok((value, state, inner.limits.fuel - fuel_left.min(inner.limits.fuel))),
-            Err((e, instantiating)) => {
-                let err = self.classify(&e, &mut state, instantiating);
-                tracing::debug!(target: "keel::plugin", plugin = %inner.label, error = %err, detail = ?e, elapsed = ?started.elapsed(), "plugin call failed");
-                Err(err)
-            }
+            Ok(value) => Ok((value, state, fuel_used)),
+            Err(e) => Err(self.call_failed(&e, &mut state)),
         }
     }
 
+    /// Classifies a failed call and logs the detail the error leaves out.
+    pub(crate) fn call_failed(&self, e: &wasmtime::Error, state: &mut HostState) -> PluginError {
+        let err = self.classify(e, state, false);
+        tracing::debug!(target: "keel::plugin", plugin = %self.inner.label, error = %err, detail = ?e, "plugin call failed");
+        err
+    }
+
     /// Maps a wasmtime error to the failure every node agrees on.
-    fn classify(&self, e: &wasmtime::Error, state: &mut HostState, instantiating: bool) -> PluginError {
+    pub(crate) fn classify(
+        &self,
+        e: &wasmtime::Error,
+        state: &mut HostState,
+        instantiating: bool,
+    ) -> PluginError {
         let plugin = self.inner.id.clone();
         match state.abort.take() {
             Some(Abort::Storage(source)) => return PluginError::Storage { plugin, source },

@@ -2,7 +2,7 @@
 
 use crate::bindings::keel::plugin::{kv, log};
 use crate::error::StorageError;
-use crate::kv::{KvView, MAX_RANGE_ITEMS, Refused, WriteBuffer};
+use crate::kv::{KvView, Layered, MAX_RANGE_ITEMS, Refused, WriteBuffer};
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Result};
@@ -60,7 +60,12 @@ impl Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> Result<bool> {
         // Called for every memory at creation (current = 0) and on each grow.
         let grow = desired.saturating_sub(current) as u64;
         if self.used.saturating_add(grow) > self.limit {
@@ -71,7 +76,12 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
@@ -85,6 +95,8 @@ pub(crate) struct HostState {
     view: Arc<dyn KvView>,
     mode: Mode,
     pub(crate) writes: WriteBuffer,
+    /// Writes of earlier commands of the same batch (read-only to this command).
+    pub(crate) earlier: WriteBuffer,
     host_budget: u64,
     host_used: u64,
     pub(crate) abort: Option<Abort>,
@@ -107,9 +119,25 @@ impl HostState {
             view,
             mode,
             writes: WriteBuffer::default(),
+            earlier: WriteBuffer::default(),
             host_budget: fuel,
             host_used: 0,
             abort: None,
+        }
+    }
+
+    /// Starts the next command of a batch: its own budget, writes and limit flag.
+    pub(crate) fn next_command(&mut self) {
+        self.host_used = 0;
+        self.limiter.hit = false;
+        self.writes = WriteBuffer::default();
+    }
+
+    /// What this command reads: its own writes over the batch's over the view.
+    fn layered(&self) -> Layered<'_> {
+        Layered {
+            upper: &self.earlier,
+            lower: self.view.as_ref(),
         }
     }
 
@@ -156,7 +184,7 @@ impl WasiView for HostState {
 impl kv::Host for HostState {
     fn get(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>> {
         self.charge(key.len())?;
-        match self.writes.get(self.view.as_ref(), &key) {
+        match self.writes.get(&self.layered(), &key) {
             Ok(value) => {
                 self.charge(value.as_ref().map_or(0, Vec::len))?;
                 Ok(value)
@@ -173,10 +201,18 @@ impl kv::Host for HostState {
         self.write(key, None)
     }
 
-    fn range(&mut self, start: Vec<u8>, end: Option<Vec<u8>>, limit: u32) -> Result<Vec<kv::Entry>> {
+    fn range(
+        &mut self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Result<Vec<kv::Entry>> {
         self.charge(start.len() + end.as_ref().map_or(0, Vec::len))?;
         let limit = limit.min(MAX_RANGE_ITEMS) as usize;
-        match self.writes.range(self.view.as_ref(), &start, end.as_deref(), limit) {
+        match self
+            .writes
+            .range(&self.layered(), &start, end.as_deref(), limit)
+        {
             Ok(items) => {
                 let bytes = items.iter().map(|(k, v)| k.len() + v.len()).sum();
                 self.charge(bytes)?;

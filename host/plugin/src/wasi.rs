@@ -180,7 +180,10 @@ pub(crate) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasi::clocks::wall_clock::add_to_linker::<HostState, WasiClocks>(l, HostState::clocks)?;
     wasi::clocks::monotonic_clock::add_to_linker::<HostState, WasiClocks>(l, HostState::clocks)?;
     wasi::filesystem::types::add_to_linker::<HostState, WasiFilesystem>(l, HostState::filesystem)?;
-    wasi::filesystem::preopens::add_to_linker::<HostState, WasiFilesystem>(l, HostState::filesystem)?;
+    wasi::filesystem::preopens::add_to_linker::<HostState, WasiFilesystem>(
+        l,
+        HostState::filesystem,
+    )?;
     wasi::random::random::add_to_linker::<HostState, WasiRandom>(l, |t| t.wasi.random())?;
     wasi::random::insecure::add_to_linker::<HostState, WasiRandom>(l, |t| t.wasi.random())?;
     wasi::random::insecure_seed::add_to_linker::<HostState, WasiRandom>(l, |t| t.wasi.random())?;
@@ -203,7 +206,10 @@ pub(crate) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     nonblocking::instance_network::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
     nonblocking::tcp_create_socket::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
     nonblocking::ip_name_lookup::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
-    wasi::sockets::udp_create_socket::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
+    wasi::sockets::udp_create_socket::add_to_linker::<HostState, WasiSockets>(
+        l,
+        HostState::sockets,
+    )?;
     wasi::sockets::tcp::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
     wasi::sockets::udp::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
 

@@ -17,12 +17,21 @@ fn node(cache: &Path) -> Runtime {
 }
 
 fn load(rt: &Runtime) -> keel_plugin::Plugin {
-    rt.load(PluginId::new("kv", "1"), &rust_guests().kv, Limits::default())
-        .expect("load kv")
+    rt.load(
+        PluginId::new("kv", "1"),
+        &rust_guests().kv,
+        Limits::default(),
+    )
+    .expect("load kv")
 }
 
 fn works(plugin: &keel_plugin::Plugin) {
-    let out = apply(plugin, &Arc::new(MemoryKv::new()), 1, r#"{"op":"put","key":"a","value":"1"}"#);
+    let out = apply(
+        plugin,
+        &Arc::new(MemoryKv::new()),
+        1,
+        r#"{"op":"put","key":"a","value":"1"}"#,
+    );
     assert_eq!(out.result.ok(), Some(br#"{"prev":null}"#.to_vec()));
 }
 
@@ -37,10 +46,16 @@ fn a_component_is_compiled_once_then_loaded_from_the_cache() {
     assert_eq!(first.sha256(), second.sha256());
     works(&second);
 
-    let entries: Vec<_> = std::fs::read_dir(dir.path()).expect("read cache").flatten().collect();
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read cache")
+        .flatten()
+        .collect();
     assert_eq!(entries.len(), 1, "one artifact, no temporary files left");
     let name = entries[0].file_name().into_string().expect("utf-8 name");
-    assert!(name.starts_with(first.sha256()) && name.ends_with(".cwasm"), "{name}");
+    assert!(
+        name.starts_with(first.sha256()) && name.ends_with(".cwasm"),
+        "{name}"
+    );
 }
 
 #[test]

@@ -19,14 +19,22 @@ fn node() -> Runtime {
 }
 
 fn misbehave_on(rt: &Runtime) -> Plugin {
-    rt.load(PluginId::new("misbehave", "1"), &rust_guests().misbehave, Limits::default())
-        .expect("load misbehave")
+    rt.load(
+        PluginId::new("misbehave", "1"),
+        &rust_guests().misbehave,
+        Limits::default(),
+    )
+    .expect("load misbehave")
 }
 
 fn answers(plugin: &Plugin, from: u64, to: u64, command: &str) -> Vec<Vec<u8>> {
     let state = Arc::new(MemoryKv::new());
     (from..=to)
-        .map(|i| apply(plugin, &state, i, command).result.expect("hidden-counter succeeds"))
+        .map(|i| {
+            apply(plugin, &state, i, command)
+                .result
+                .expect("hidden-counter succeeds")
+        })
         .collect()
 }
 
@@ -38,7 +46,11 @@ fn a_counter_kept_in_a_guest_global_never_survives_to_the_next_apply() {
     let command = r#"{"op":"hidden-counter"}"#;
     let a = answers(&misbehave_on(&node()), 1, 40, command);
     let b = answers(&misbehave_on(&node()), 21, 40, command);
-    assert!(a.iter().all(|x| x.as_slice() == br#"{"calls":1}"#), "{:?}", String::from_utf8_lossy(&a[39]));
+    assert!(
+        a.iter().all(|x| x.as_slice() == br#"{"calls":1}"#),
+        "{:?}",
+        String::from_utf8_lossy(&a[39])
+    );
     assert_eq!(a[20..], b[..]);
 }
 
@@ -55,8 +67,15 @@ fn ambient(plugin: &Plugin, index: u64, term: u64) -> Value {
 fn clocks_randomness_environment_and_files_are_fixed_by_the_entry() {
     let (a, b) = (misbehave_on(&node()), misbehave_on(&node()));
     let seen = ambient(&a, 7, 3);
-    assert_eq!(seen["wall_ms"], ctx(7).timestamp_ms, "wall clock = the leader's timestamp");
-    assert_eq!(seen["monotonic_elapsed_ns"], 0, "the monotonic clock does not advance");
+    assert_eq!(
+        seen["wall_ms"],
+        ctx(7).timestamp_ms,
+        "wall clock = the leader's timestamp"
+    );
+    assert_eq!(
+        seen["monotonic_elapsed_ns"], 0,
+        "the monotonic clock does not advance"
+    );
     assert_eq!(seen["env_vars"], 0);
     assert_eq!(seen["args"], 0);
     assert_eq!(seen["read_root"], false, "no preopened directories");
@@ -64,8 +83,16 @@ fn clocks_randomness_environment_and_files_are_fixed_by_the_entry() {
     expected.term = 3;
     assert_eq!(seen["ctx_seed"], expected.seed());
 
-    assert_eq!(ambient(&b, 7, 3), seen, "another node sees exactly the same");
-    assert_ne!(ambient(&a, 7, 4)["random"], seen["random"], "randomness follows the seed");
+    assert_eq!(
+        ambient(&b, 7, 3),
+        seen,
+        "another node sees exactly the same"
+    );
+    assert_ne!(
+        ambient(&a, 7, 4)["random"],
+        seen["random"],
+        "randomness follows the seed"
+    );
     assert_ne!(ambient(&a, 8, 3)["random"], seen["random"]);
 }
 
@@ -92,10 +119,20 @@ fn guest_output_goes_to_the_log_and_the_call_succeeds() {
 #[test]
 fn failures_are_identical_on_two_nodes() {
     let (a, b) = (misbehave_on(&node()), misbehave_on(&node()));
-    for command in [r#"{"op":"loop"}"#, r#"{"op":"alloc"}"#, r#"{"op":"panic"}"#, r#"{"op":"recurse"}"#, r#"{"op":"exit"}"#] {
+    for command in [
+        r#"{"op":"loop"}"#,
+        r#"{"op":"alloc"}"#,
+        r#"{"op":"panic"}"#,
+        r#"{"op":"recurse"}"#,
+        r#"{"op":"exit"}"#,
+    ] {
         let run = |p: &Plugin| {
             let out = apply(p, &Arc::new(MemoryKv::new()), 1, command);
-            (out.result.expect_err(command).to_string(), out.writes, out.fuel_used)
+            (
+                out.result.expect_err(command).to_string(),
+                out.writes,
+                out.fuel_used,
+            )
         };
         assert_eq!(run(&a), run(&b), "{command}");
     }

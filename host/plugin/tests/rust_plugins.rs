@@ -16,8 +16,14 @@ fn kv_plugin_answers_exactly_the_documented_json_contract() {
         i += 1;
         answer(apply(&kv, &state, i, cmd))
     };
-    assert_eq!(run(r#"{"op":"put","key":"a","value":"1"}"#), r#"{"prev":null}"#);
-    assert_eq!(run(r#"{"op":"put","key":"a","value":"2"}"#), r#"{"prev":"1"}"#);
+    assert_eq!(
+        run(r#"{"op":"put","key":"a","value":"1"}"#),
+        r#"{"prev":null}"#
+    );
+    assert_eq!(
+        run(r#"{"op":"put","key":"a","value":"2"}"#),
+        r#"{"prev":"1"}"#
+    );
     assert_eq!(
         run(r#"{"op":"cas","key":"a","expect":"1","value":"3"}"#),
         r#"{"ok":false,"current":"2"}"#
@@ -36,12 +42,23 @@ fn kv_plugin_answers_exactly_the_documented_json_contract() {
     );
     assert_eq!(run(r#"{"op":"delete","key":"b"}"#), r#"{"prev":"x"}"#);
     assert_eq!(run(r#"{"op":"delete","key":"b"}"#), r#"{"prev":null}"#);
-    for (k, v) in [("p/2", "two"), ("p/1", "one"), ("p/3", "three"), ("q", "no")] {
+    for (k, v) in [
+        ("p/2", "two"),
+        ("p/1", "one"),
+        ("p/3", "three"),
+        ("q", "no"),
+    ] {
         run(&format!(r#"{{"op":"put","key":"{k}","value":"{v}"}}"#));
     }
 
-    assert_eq!(query(&kv, &state, r#"{"op":"get","key":"a"}"#), r#"{"value":"3"}"#);
-    assert_eq!(query(&kv, &state, r#"{"op":"get","key":"b"}"#), r#"{"value":null}"#);
+    assert_eq!(
+        query(&kv, &state, r#"{"op":"get","key":"a"}"#),
+        r#"{"value":"3"}"#
+    );
+    assert_eq!(
+        query(&kv, &state, r#"{"op":"get","key":"b"}"#),
+        r#"{"value":null}"#
+    );
     assert_eq!(
         query(&kv, &state, r#"{"op":"range","prefix":"p/","limit":2}"#),
         r#"{"items":[["p/1","one"],["p/2","two"]]}"#
@@ -63,7 +80,10 @@ fn a_malformed_command_fails_deterministically_and_writes_nothing() {
     match outcome.result {
         Err(e @ PluginError::Rejected { .. }) => {
             assert!(e.is_deterministic());
-            assert!(e.to_string().starts_with("plugin kv@1: invalid command:"), "{e}");
+            assert!(
+                e.to_string().starts_with("plugin kv@1: invalid command:"),
+                "{e}"
+            );
         }
         other => panic!("expected a rejection, got {other:?}"),
     }
@@ -74,7 +94,12 @@ fn a_malformed_command_fails_deterministically_and_writes_nothing() {
 fn writes_of_a_failed_apply_are_discarded_and_successful_ones_returned_in_key_order() {
     let misbehave = load("misbehave", &rust_guests().misbehave);
     let state = Arc::new(MemoryKv::new());
-    let failed = apply(&misbehave, &state, 1, r#"{"op":"write-then-fail","count":5}"#);
+    let failed = apply(
+        &misbehave,
+        &state,
+        1,
+        r#"{"op":"write-then-fail","count":5}"#,
+    );
     assert!(matches!(failed.result, Err(PluginError::Rejected { .. })));
     assert!(failed.writes.is_empty());
     assert!(state.dump().is_empty());
@@ -92,7 +117,10 @@ fn a_query_cannot_write() {
     let err = misbehave
         .query(state.clone(), br#""key""#)
         .expect_err("the write must be refused");
-    assert_eq!(err.to_string(), "plugin misbehave@1: kv: writes are not allowed here");
+    assert_eq!(
+        err.to_string(),
+        "plugin misbehave@1: kv: writes are not allowed here"
+    );
     assert!(state.dump().is_empty());
 }
 
@@ -100,12 +128,41 @@ fn a_query_cannot_write() {
 fn counter_plugin_counts_and_refuses_overflow_without_changing_state() {
     let counter = load("counter", &rust_guests().counter);
     let state = Arc::new(MemoryKv::new());
-    assert_eq!(answer(apply(&counter, &state, 1, r#"{"op":"add","name":"c","by":5}"#)), r#"{"value":5}"#);
-    assert_eq!(answer(apply(&counter, &state, 2, r#"{"op":"add","name":"c","by":-7}"#)), r#"{"value":-2}"#);
-    let overflow = apply(&counter, &state, 3, &format!(r#"{{"op":"add","name":"c","by":{}}}"#, i64::MIN));
-    assert!(matches!(overflow.result, Err(PluginError::Rejected { ref message, .. }) if message == "counter c would overflow"));
-    assert_eq!(query(&counter, &state, r#"{"op":"get","name":"c"}"#), r#"{"value":-2}"#);
-    assert_eq!(answer(apply(&counter, &state, 4, r#"{"op":"reset","name":"c"}"#)), r#"{"value":0}"#);
+    assert_eq!(
+        answer(apply(
+            &counter,
+            &state,
+            1,
+            r#"{"op":"add","name":"c","by":5}"#
+        )),
+        r#"{"value":5}"#
+    );
+    assert_eq!(
+        answer(apply(
+            &counter,
+            &state,
+            2,
+            r#"{"op":"add","name":"c","by":-7}"#
+        )),
+        r#"{"value":-2}"#
+    );
+    let overflow = apply(
+        &counter,
+        &state,
+        3,
+        &format!(r#"{{"op":"add","name":"c","by":{}}}"#, i64::MIN),
+    );
+    assert!(
+        matches!(overflow.result, Err(PluginError::Rejected { ref message, .. }) if message == "counter c would overflow")
+    );
+    assert_eq!(
+        query(&counter, &state, r#"{"op":"get","name":"c"}"#),
+        r#"{"value":-2}"#
+    );
+    assert_eq!(
+        answer(apply(&counter, &state, 4, r#"{"op":"reset","name":"c"}"#)),
+        r#"{"value":0}"#
+    );
     assert!(state.dump().is_empty());
 }
 
@@ -114,10 +171,17 @@ fn validate_refuses_a_bad_command_before_it_is_proposed() {
     let counter = load("counter", &rust_guests().counter);
     let state = Arc::new(MemoryKv::new());
     assert!(counter.has_validate());
-    assert!(counter.validate(state.clone(), br#"{"op":"add","name":"ok","by":1}"#).is_ok());
+    assert!(
+        counter
+            .validate(state.clone(), br#"{"op":"add","name":"ok","by":1}"#)
+            .is_ok()
+    );
     let err = counter
         .validate(state.clone(), br#"{"op":"add","name":"","by":1}"#)
         .expect_err("empty name");
-    assert_eq!(err.to_string(), "plugin counter@1: a counter name has 1 to 64 bytes");
+    assert_eq!(
+        err.to_string(),
+        "plugin counter@1: a counter name has 1 to 64 bytes"
+    );
     assert!(counter.validate(state, b"not json").is_err());
 }

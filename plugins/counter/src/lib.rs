@@ -69,7 +69,9 @@ impl StateMachine for Counter {
 
     fn query(query: Query) -> Result<Value, Error> {
         let Query::Get { name } = query;
-        Ok(Value { value: current(&name)? })
+        Ok(Value {
+            value: current(&name)?,
+        })
     }
 
     fn validate(command: &Command) -> Result<(), Error> {

@@ -28,15 +28,26 @@ const MAX_RANGE: u32 = 1000;
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 enum Command {
-    Put { key: String, value: String },
-    Delete { key: String },
-    Cas { key: String, expect: Option<String>, value: String },
+    Put {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+    },
+    Cas {
+        key: String,
+        expect: Option<String>,
+        value: String,
+    },
 }
 
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 enum Query {
-    Get { key: String },
+    Get {
+        key: String,
+    },
     Range {
         prefix: String,
         #[serde(default = "default_limit")]
@@ -96,7 +107,10 @@ impl StateMachine for Kv {
                 let current = get(&key)?;
                 if current == expect {
                     kv::set(key.as_bytes(), value.as_bytes())?;
-                    Ok(Output::Cas { ok: true, current: Some(value) })
+                    Ok(Output::Cas {
+                        ok: true,
+                        current: Some(value),
+                    })
                 } else {
                     Ok(Output::Cas { ok: false, current })
                 }

@@ -9,7 +9,9 @@
 //! message, unless `KEEL_REQUIRE_GUEST_TOOLCHAINS=1`.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use keel_plugin::{ApplyContext, ApplyOutcome, Limits, MemoryKv, Plugin, PluginId, Runtime, RuntimeConfig};
+use keel_plugin::{
+    ApplyContext, ApplyOutcome, Limits, MemoryKv, Plugin, PluginId, Runtime, RuntimeConfig,
+};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,7 +35,12 @@ pub fn guest_dir() -> PathBuf {
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     // Nothing of the outer build may leak into the guest build.
-    for var in ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"] {
+    for var in [
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+    ] {
         c.env_remove(var);
     }
     c
@@ -95,11 +102,19 @@ fn external_guest(
     };
     let mut h = Sha256::new();
     h.update(&version);
-    for path in sources.iter().chain([&repo_root().join("wit/keel-plugin.wit")]) {
+    for path in sources
+        .iter()
+        .chain([&repo_root().join("wit/keel-plugin.wit")])
+    {
         h.update(path.to_string_lossy().as_bytes());
         h.update(std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())));
     }
-    let hash: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let hash: String = h
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let dir = guest_dir().join("external");
     let out = dir.join(format!("{name}-{hash}.wasm"));
     if let Ok(bytes) = std::fs::read(&out) {
@@ -108,7 +123,9 @@ fn external_guest(
     std::fs::create_dir_all(&dir).expect("create the guest output directory");
     let tmp = dir.join(format!("{name}-{hash}.{}.tmp.wasm", std::process::id()));
     let started = std::time::Instant::now();
-    let output = build(&tmp).output().unwrap_or_else(|e| panic!("run {tool}: {e}"));
+    let output = build(&tmp)
+        .output()
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"));
     assert!(
         output.status.success(),
         "building {name} with {tool} failed:\n{}\n{}",
@@ -126,16 +143,28 @@ pub fn python_kv() -> Option<&'static [u8]> {
     GUEST
         .get_or_init(|| {
             let src = repo_root().join("plugins/kv-py");
-            external_guest("kv-py", "componentize-py", &["--version"], &[src.join("app.py")], |out| {
-                let mut c = Command::new("componentize-py");
-                c.arg("-d")
-                    .arg(repo_root().join("wit"))
-                    .args(["-w", "keel:plugin/state-machine", "componentize", "app", "-p"])
-                    .arg(&src)
-                    .arg("-o")
-                    .arg(out);
-                c
-            })
+            external_guest(
+                "kv-py",
+                "componentize-py",
+                &["--version"],
+                &[src.join("app.py")],
+                |out| {
+                    let mut c = Command::new("componentize-py");
+                    c.arg("-d")
+                        .arg(repo_root().join("wit"))
+                        .args([
+                            "-w",
+                            "keel:plugin/state-machine",
+                            "componentize",
+                            "app",
+                            "-p",
+                        ])
+                        .arg(&src)
+                        .arg("-o")
+                        .arg(out);
+                    c
+                },
+            )
         })
         .as_deref()
 }
