@@ -18,10 +18,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{effects, entries, entry};
-use keel_raft::{HardState, SnapshotMeta};
+use common::{batch, effects, entries, entry};
+use keel_raft::{HardState, Snapshot, SnapshotMeta};
 use keel_storage::{
-    ApplyBatch, LogId, LogWrite, RedbStorage, Session, StateView, Storage, StorageOptions,
+    LogId, LogWrite, MemStorage, RedbStorage, Session, SnapshotChunks, StateView, Storage,
+    StorageOptions,
 };
 
 const CHILD_ENV: &str = "KEEL_CRASH_CHILD";
@@ -69,6 +70,14 @@ enum Event {
     Purged {
         index: u64,
     },
+    /// About to install a snapshot at `index`.
+    Install {
+        index: u64,
+    },
+    /// The install returned (durable).
+    Installed {
+        index: u64,
+    },
 }
 
 fn parse(line: &str) -> Option<Event> {
@@ -95,6 +104,8 @@ fn parse(line: &str) -> Option<Event> {
         "APPLY" => Event::ApplyBegin { index: n(1)? },
         "APPLIED" => Event::Applied { index: n(1)? },
         "PURGED" => Event::Purged { index: n(1)? },
+        "INSTALL" => Event::Install { index: n(1)? },
+        "INSTALLED" => Event::Installed { index: n(1)? },
         _ => return None,
     })
 }
@@ -137,7 +148,7 @@ fn crash_child() {
             }
         }
         let n = rng.range(1, 24);
-        let batch = entries(first, first + n - 1, hs.term);
+        let appended = entries(first, first + n - 1, hs.term);
         say(
             &mut out,
             format_args!(
@@ -150,11 +161,30 @@ fn crash_child() {
         last = store
             .persist(LogWrite {
                 hard_state: Some(hs),
-                entries: &batch,
+                entries: &appended,
                 ..LogWrite::default()
             })
             .expect("persist");
         say(&mut out, format_args!("DONE"));
+
+        // Now and then, install a snapshot a few entries ahead of last_applied, as a follower
+        // receiving one from its leader would (its log agrees, so the suffix is kept).
+        if rng.range(0, 24) == 0 && applied.index > 0 && last.index > applied.index {
+            let index = rng.range(applied.index + 1, last.index);
+            let snap = image_ahead(&store, applied.index, index);
+            say(&mut out, format_args!("INSTALL {index}"));
+            store
+                .persist(LogWrite {
+                    snapshot: Some(&snap),
+                    ..LogWrite::default()
+                })
+                .expect("install");
+            applied = LogId {
+                index,
+                term: snap.meta.term,
+            };
+            say(&mut out, format_args!("INSTALLED {index}"));
+        }
 
         // Apply: up to a few entries short of the end (those stay uncommitted), in batches of
         // one transaction each.
@@ -164,13 +194,7 @@ fn crash_child() {
             let es = store
                 .entries(applied.index + 1, upto + 1, None)
                 .expect("read log");
-            let mut b = ApplyBatch::default();
-            for e in &es {
-                let (w, s) = effects(e);
-                b.writes.extend(w);
-                b.sessions.extend(s);
-                b.last_applied = LogId::of(e);
-            }
+            let b = batch(&es);
             say(&mut out, format_args!("APPLY {upto}"));
             store.apply(&b).expect("apply");
             applied = b.last_applied;
@@ -194,6 +218,32 @@ fn crash_child() {
             say(&mut out, format_args!("PURGED {index}"));
         }
     }
+}
+
+/// The image a leader would send at `index`: this store's own image, plus the entries up to
+/// `index` applied on a memory store.
+fn image_ahead(store: &RedbStorage, applied: u64, index: u64) -> Snapshot {
+    let own = SnapshotChunks::new(store.view().expect("view"), 4096)
+        .into_snapshot()
+        .expect("image");
+    let mem = MemStorage::new();
+    mem.persist(LogWrite {
+        snapshot: Some(&own),
+        ..LogWrite::default()
+    })
+    .expect("seed");
+    let es = store
+        .entries(applied + 1, index + 1, None)
+        .expect("read log");
+    mem.persist(LogWrite {
+        entries: &es,
+        ..LogWrite::default()
+    })
+    .expect("append");
+    mem.apply(&batch(&es)).expect("apply");
+    SnapshotChunks::new(mem.view().expect("view"), 4096)
+        .into_snapshot()
+        .expect("image")
 }
 
 /// The parent's knowledge: the log as reported, and what was applied.
@@ -225,6 +275,7 @@ struct Counts {
     in_flight_landed: u32,
     in_flight_lost: u32,
     applies_lost: u64,
+    installs: u32,
 }
 
 #[test]
@@ -294,13 +345,14 @@ fn crash_consistency_under_sigkill() {
         check_after_kill(dir.path(), round, &events, &mut model, &mut counts);
     }
     eprintln!(
-        "crash test: {} SIGKILLs in {:.1?}; {} batches reported durable, all verified; in-flight persist landed {} / lost {}; {} non-durable applied entries rolled back and replayable; log purged up to {}",
+        "crash test: {} SIGKILLs in {:.1?}; {} batches reported durable, all verified; in-flight persist landed {} / lost {}; {} non-durable applied entries rolled back and replayable; {} snapshots installed; log purged up to {}",
         counts.kills,
         started.elapsed(),
         counts.durable_batches,
         counts.in_flight_landed,
         counts.in_flight_lost,
         counts.applies_lost,
+        counts.installs,
         model.purged,
     );
     assert!(counts.kills >= 50);
@@ -319,6 +371,7 @@ fn check_after_kill(
 ) {
     let mut pending: Option<(u64, u64, u64, HardState)> = None;
     let mut apply_in_flight = None;
+    let mut install_in_flight = None;
     for e in events {
         match *e {
             Event::Open => {}
@@ -338,6 +391,14 @@ fn check_after_kill(
             Event::Purged { index } => {
                 model.purged = index;
                 model.applied_floor = model.applied_reported;
+            }
+            Event::Install { index } => install_in_flight = Some(index),
+            Event::Installed { index } => {
+                model.applied_reported = index;
+                model.applied_floor = index;
+                model.purged = index;
+                install_in_flight = None;
+                counts.installs += 1;
             }
         }
     }
@@ -394,9 +455,10 @@ fn check_after_kill(
 
     // Applied state: a replay of the log up to last_applied, which is at least the durable floor.
     let applied = r.applied.last_applied.index;
-    let ceiling = apply_in_flight
-        .unwrap_or(model.applied_reported)
-        .max(model.applied_reported);
+    let ceiling = [apply_in_flight, install_in_flight]
+        .into_iter()
+        .flatten()
+        .fold(model.applied_reported, u64::max);
     assert!(
         applied >= model.applied_floor && applied <= ceiling,
         "round {round}: last_applied {applied} outside [{}, {ceiling}]",
