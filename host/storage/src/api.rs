@@ -111,6 +111,13 @@ pub struct LogWrite<'a> {
     pub entries: &'a [Entry],
 }
 
+impl LogWrite<'_> {
+    /// Nothing to write: persisting it commits nothing (and costs no fsync).
+    pub fn is_empty(&self) -> bool {
+        self.hard_state.is_none() && self.snapshot.is_none() && self.entries.is_empty()
+    }
+}
+
 /// One key's change in a plugin namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvWrite {

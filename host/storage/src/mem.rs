@@ -182,6 +182,9 @@ impl Storage for MemStorage {
     }
 
     fn persist(&self, write: LogWrite<'_>) -> Result<LogId, StorageError> {
+        if write.is_empty() {
+            return Ok(self.lock().bounds().last);
+        }
         let encoded = plan::encode_entries(write.entries, self.options.max_entry_bytes)?;
         let mut inner = self.writable()?;
         let plan = plan::plan_persist(
@@ -450,6 +453,20 @@ mod tests {
         s.sync().expect("sync");
         s.crash();
         assert_eq!(s.recover().expect("recover").applied.last_applied.index, 5);
+    }
+
+    #[test]
+    fn an_empty_write_is_no_durable_commit() {
+        let s = MemStorage::new();
+        s.persist(LogWrite {
+            entries: &noops(1, 3),
+            ..LogWrite::default()
+        })
+        .expect("persist");
+        apply_to(&s, 2);
+        s.persist(LogWrite::default()).expect("empty");
+        s.crash();
+        assert_eq!(s.recover().expect("recover").applied.last_applied.index, 0);
     }
 
     #[test]

@@ -408,6 +408,9 @@ impl Storage for RedbStorage {
     }
 
     fn persist(&self, write: LogWrite<'_>) -> Result<LogId, StorageError> {
+        if write.is_empty() {
+            return Ok(self.log_bounds()?.last);
+        }
         let p = self.path.as_path();
         // Sizes and contiguity are checked before a transaction even starts.
         let encoded = plan::encode_entries(write.entries, self.options.max_entry_bytes)?;

@@ -756,6 +756,13 @@ fn everything_durable_survives_a_restart<H: Harness>() {
     );
 }
 
+fn an_empty_write_returns_the_last_position<H: Harness>() {
+    let h = H::new();
+    assert_eq!(append(h.store(), &[]), id(0, 0));
+    append(h.store(), &entries(1, 4, 1));
+    assert_eq!(append(h.store(), &[]), id(4, 1));
+}
+
 fn a_durable_write_makes_earlier_applies_durable<H: Harness>() {
     let mut h = H::new();
     append(h.store(), &entries(1, 4, 1));
@@ -800,6 +807,7 @@ suite!(
     installing_a_snapshot_keeps_a_log_suffix_that_agrees,
     a_damaged_or_stale_snapshot_is_refused_whole,
     everything_durable_survives_a_restart,
+    an_empty_write_returns_the_last_position,
     a_durable_write_makes_earlier_applies_durable,
 );
 
