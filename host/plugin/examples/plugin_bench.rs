@@ -96,7 +96,8 @@ fn bench(name: &str, wasm: &[u8], applies: u32) {
     let t = Instant::now();
     for e in 0..entries {
         let cmds: Vec<String> = (0..PER_ENTRY).map(|j| cmd(e * PER_ENTRY + j)).collect();
-        let batch: Vec<(ApplyContext, &[u8])> = cmds.iter().map(|c| (ctx(e + 1), c.as_bytes())).collect();
+        let batch: Vec<(ApplyContext, &[u8])> =
+            cmds.iter().map(|c| (ctx(e + 1), c.as_bytes())).collect();
         for out in plugin.apply_batch(state.clone(), &batch).expect("batch") {
             out.result.as_ref().expect("put succeeds");
             state.commit(&out.writes);

@@ -37,8 +37,11 @@ pub trait KvView: Send + Sync {
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    ) -> Result<Entries, StorageError>;
 }
+
+/// Key-value pairs in ascending key order, as `range` returns them.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Writes one call made: `(key, Some(value))` sets, `(key, None)` deletes; ascending by
 /// key, at most one entry per key.
@@ -85,7 +88,7 @@ impl KvView for MemoryKv {
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Entries, StorageError> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
         Ok(map
             .range::<[u8], _>((
@@ -98,12 +101,12 @@ impl KvView for MemoryKv {
     }
 }
 
-/// Why the buffer refused a write; mirrors the WIT `kv-error`.
+/// Which limit a refused write exceeded; mirrors the WIT `kv-error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
-    KeyTooLarge,
-    ValueTooLarge,
-    BatchTooLarge,
+pub(crate) enum TooLarge {
+    Key,
+    Value,
+    Batch,
 }
 
 /// One call's buffered writes over a [`KvView`].
@@ -119,17 +122,17 @@ fn entry_bytes(key: &[u8], value: &Option<Vec<u8>>) -> usize {
 
 impl WriteBuffer {
     /// Buffers a set (`Some`) or delete (`None`), within the size limits.
-    pub(crate) fn put(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), Refused> {
+    pub(crate) fn put(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), TooLarge> {
         if key.len() > MAX_KEY_BYTES {
-            return Err(Refused::KeyTooLarge);
+            return Err(TooLarge::Key);
         }
         if value.as_ref().is_some_and(|v| v.len() > MAX_VALUE_BYTES) {
-            return Err(Refused::ValueTooLarge);
+            return Err(TooLarge::Value);
         }
         let old = self.writes.get(&key).map_or(0, |v| entry_bytes(&key, v));
         let bytes = self.bytes - old + entry_bytes(&key, &value);
         if bytes > MAX_BATCH_BYTES {
-            return Err(Refused::BatchTooLarge);
+            return Err(TooLarge::Batch);
         }
         self.bytes = bytes;
         self.writes.insert(key, value);
@@ -155,7 +158,7 @@ impl WriteBuffer {
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Entries, StorageError> {
         let bounds = (
             Bound::Included(start),
             end.map_or(Bound::Unbounded, Bound::Excluded),
@@ -226,7 +229,7 @@ impl KvView for Layered<'_> {
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Entries, StorageError> {
         self.upper.range(self.lower, start, end, limit)
     }
 }
@@ -289,11 +292,11 @@ mod tests {
         let mut buf = WriteBuffer::default();
         assert_eq!(
             buf.put(vec![0; MAX_KEY_BYTES + 1], None),
-            Err(Refused::KeyTooLarge)
+            Err(TooLarge::Key)
         );
         assert_eq!(
             buf.put(b"k".to_vec(), Some(vec![0; MAX_VALUE_BYTES + 1])),
-            Err(Refused::ValueTooLarge)
+            Err(TooLarge::Value)
         );
         let mut refused = None;
         for i in 0..=(MAX_BATCH_BYTES / MAX_VALUE_BYTES) {
@@ -302,7 +305,7 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(refused, Some(Refused::BatchTooLarge));
+        assert_eq!(refused, Some(TooLarge::Batch));
         // Overwriting a key replaces its bytes instead of adding to them.
         let mut buf = WriteBuffer::default();
         for _ in 0..1000 {

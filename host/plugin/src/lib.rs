@@ -58,7 +58,8 @@ mod wasi;
 
 pub use error::{PluginError, PluginId, StorageError};
 pub use kv::{
-    KvView, MAX_BATCH_BYTES, MAX_KEY_BYTES, MAX_RANGE_ITEMS, MAX_VALUE_BYTES, MemoryKv, Writes,
+    Entries, KvView, MAX_BATCH_BYTES, MAX_KEY_BYTES, MAX_RANGE_ITEMS, MAX_VALUE_BYTES, MemoryKv,
+    Writes,
 };
 pub use runtime::{
     ApplyContext, ApplyOutcome, CodeSource, Limits, MAX_FUEL, MAX_MEMORY_BYTES, MAX_RESULT_BYTES,

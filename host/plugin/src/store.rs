@@ -2,7 +2,7 @@
 
 use crate::bindings::keel::plugin::{kv, log};
 use crate::error::StorageError;
-use crate::kv::{KvView, Layered, MAX_RANGE_ITEMS, Refused, WriteBuffer};
+use crate::kv::{KvView, Layered, MAX_RANGE_ITEMS, TooLarge, WriteBuffer};
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Result};
@@ -165,9 +165,9 @@ impl HostState {
             return Ok(Err(kv::KvError::ReadOnly));
         }
         Ok(self.writes.put(key, value).map_err(|r| match r {
-            Refused::KeyTooLarge => kv::KvError::KeyTooLarge,
-            Refused::ValueTooLarge => kv::KvError::ValueTooLarge,
-            Refused::BatchTooLarge => kv::KvError::BatchTooLarge,
+            TooLarge::Key => kv::KvError::KeyTooLarge,
+            TooLarge::Value => kv::KvError::ValueTooLarge,
+            TooLarge::Batch => kv::KvError::BatchTooLarge,
         }))
     }
 }

@@ -11,9 +11,19 @@ use keel_plugin::{
 use std::sync::Arc;
 
 /// Applies one entry's commands as a batch and commits the writes in order.
-fn entry(plugin: &Plugin, state: &Arc<MemoryKv>, index: u64, commands: &[&str]) -> Vec<ApplyOutcome> {
-    let batch: Vec<(ApplyContext, &[u8])> = commands.iter().map(|c| (ctx(index), c.as_bytes())).collect();
-    let outcomes = plugin.apply_batch(state.clone(), &batch).expect("no node-local failure");
+fn entry(
+    plugin: &Plugin,
+    state: &Arc<MemoryKv>,
+    index: u64,
+    commands: &[&str],
+) -> Vec<ApplyOutcome> {
+    let batch: Vec<(ApplyContext, &[u8])> = commands
+        .iter()
+        .map(|c| (ctx(index), c.as_bytes()))
+        .collect();
+    let outcomes = plugin
+        .apply_batch(state.clone(), &batch)
+        .expect("no node-local failure");
     for o in &outcomes {
         state.commit(&o.writes);
     }
@@ -45,12 +55,19 @@ fn a_batch_gives_the_outcomes_of_applying_its_commands_one_by_one() {
     let batched = entry(&counter, &batched_state, 1, &commands);
 
     let single_state = Arc::new(MemoryKv::new());
-    let single: Vec<_> = commands.iter().map(|c| common::apply(&counter, &single_state, 1, c)).collect();
+    let single: Vec<_> = commands
+        .iter()
+        .map(|c| common::apply(&counter, &single_state, 1, c))
+        .collect();
 
     assert_eq!(answers(&batched), answers(&single));
     assert_eq!(
         answers(&batched)[..3],
-        [r#"{"value":1}"#, r#"{"value":3}"#, "error: plugin counter@1: counter c would overflow"]
+        [
+            r#"{"value":1}"#,
+            r#"{"value":3}"#,
+            "error: plugin counter@1: counter c would overflow"
+        ]
     );
     let writes = |o: &[ApplyOutcome]| o.iter().map(|o| o.writes.clone()).collect::<Vec<_>>();
     assert_eq!(writes(&batched), writes(&single));
@@ -67,8 +84,12 @@ fn guest_state_lives_for_one_entry_and_is_the_same_on_every_node() {
         .expect("runtime")
     };
     let plugin = |rt: &Runtime| {
-        rt.load(PluginId::new("misbehave", "1"), &rust_guests().misbehave, Limits::default())
-            .expect("load")
+        rt.load(
+            PluginId::new("misbehave", "1"),
+            &rust_guests().misbehave,
+            Limits::default(),
+        )
+        .expect("load")
     };
     let hidden = [r#"{"op":"hidden-counter"}"#; 3];
     let (a, b) = (plugin(&node()), plugin(&node()));
@@ -100,8 +121,15 @@ fn a_trap_fails_only_its_command_and_the_rest_run_on_a_new_instance() {
     );
     let got = answers(&outcomes);
     assert_eq!(got[0], r#"{"calls":1}"#);
-    assert!(matches!(outcomes[2].result, Err(PluginError::Trap { .. })), "{}", got[2]);
-    assert_eq!(got[3], r#"{"calls":1}"#, "the trapped instance was replaced");
+    assert!(
+        matches!(outcomes[2].result, Err(PluginError::Trap { .. })),
+        "{}",
+        got[2]
+    );
+    assert_eq!(
+        got[3], r#"{"calls":1}"#,
+        "the trapped instance was replaced"
+    );
     let keys: Vec<_> = state.dump().into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, [b"x".to_vec(), b"y".to_vec()]);
 }

@@ -36,7 +36,7 @@ const QUERIES: &[&str] = &[
 ];
 
 /// Runs the sequence; returns every answer and the final state.
-fn run(plugin: &Plugin) -> (Vec<String>, Vec<(Vec<u8>, Vec<u8>)>) {
+fn run(plugin: &Plugin) -> (Vec<String>, keel_plugin::Entries) {
     let state = Arc::new(MemoryKv::new());
     let mut answers = Vec::new();
     for (i, c) in COMMANDS.iter().enumerate() {

@@ -261,7 +261,7 @@ impl KvView for BrokenStorage {
         _: &[u8],
         _: Option<&[u8]>,
         _: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<keel_plugin::Entries, StorageError> {
         Err("disk on fire".into())
     }
 }
