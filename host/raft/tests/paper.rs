@@ -386,6 +386,40 @@ fn a_rejection_hint_skips_a_whole_conflicting_term_per_round_trip() {
     assert_eq!(c.log_terms(2), c.log_terms(1));
 }
 
+// Reference: §5.1, Fig. 2 (a follower acknowledges entries only once they are durable)
+#[test]
+fn a_follower_acknowledges_entries_only_after_writing_them() {
+    let mut c = three_with_leader(ClusterBuilder::voters(3));
+    c.hold_writes(2);
+    c.isolate(3);
+    let (index, _) = c.propose(1, "x").expect("leader");
+    c.stabilize();
+    assert_eq!(c.raft(1).status().progress[&2].match_index, 1);
+    assert_eq!(c.commit(1), 1, "no majority has it durably");
+    c.restart(2);
+    assert_eq!(
+        c.raft(2).last_index(),
+        1,
+        "the unwritten entry is lost in a crash"
+    );
+    c.heartbeat(1);
+    assert_eq!(c.commit(1), index, "and sent again");
+}
+
+// Reference: thesis §10.2.1 (a single voter commits on its own write alone)
+#[test]
+fn a_single_voter_elects_itself_and_commits_once_its_write_is_durable() {
+    let mut c = ClusterBuilder::voters(1).build();
+    c.hold_writes(1);
+    assert!(c.elect(1));
+    let (index, _) = c.propose(1, "x").expect("leader");
+    c.stabilize();
+    assert_eq!(c.commit(1), 0);
+    c.release_writes(1);
+    c.stabilize();
+    assert_eq!(c.commit(1), index);
+}
+
 // Reference: Fig. 2 ("set commitIndex = min(leaderCommit, index of last new entry)")
 #[test]
 fn a_follower_commits_up_to_the_leaders_commit_but_not_past_the_last_new_entry() {
@@ -1019,6 +1053,33 @@ fn a_leader_sends_its_snapshot_to_a_follower_whose_entries_it_compacted() {
         applied,
         vec![7],
         "entries after the snapshot are applied on top of it"
+    );
+}
+
+// Reference: §7 (a lost InstallSnapshot is retried after an election timeout)
+#[test]
+fn a_lost_snapshot_is_sent_again_after_an_election_timeout() {
+    let mut c = ClusterBuilder::voters(3).build();
+    c.isolate(3);
+    assert!(c.elect(1));
+    c.propose(1, "x").expect("leader");
+    c.stabilize();
+    c.compact(1, 2).expect("applied");
+    c.heal();
+    c.drop_if(|m| m.body.kind() == "InstallSnapshot");
+    c.heartbeat(1);
+    assert!(matches!(
+        c.raft(1).status().progress[&3].state,
+        ReplicationState::Snapshot { index: 2 }
+    ));
+    c.heal();
+    for _ in 0..10 {
+        c.heartbeat(1);
+    }
+    assert_eq!(c.raft(3).status().snapshot_index, 2);
+    assert_eq!(
+        c.raft(1).status().progress[&3].state,
+        ReplicationState::Replicate
     );
 }
 

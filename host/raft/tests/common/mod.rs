@@ -490,12 +490,14 @@ impl Cluster {
             self.complete_write(id, w);
         }
     }
-    /// Stops `id`, losing its unwritten state; messages to it are dropped while it is down.
+    /// Stops `id`, losing its unwritten state (a slow disk comes back normal); messages to it
+    /// are dropped while it is down.
     pub(crate) fn crash(&mut self, id: NodeId) {
         self.trace.push(format!("> {id} crashes"));
         let node = self.node_mut(id);
         node.raft = None;
         node.pending_writes.clear();
+        node.hold_writes = false;
     }
     /// Crashes `id` (if running) and starts it again from its disk.
     pub(crate) fn restart(&mut self, id: NodeId) {
