@@ -1,1 +1,13 @@
-//! Keel host library.
+//! Keel: a Raft host whose replicated state machines are WebAssembly components.
+//!
+//! This crate is the node: [`node`] drives the consensus core (`keel-raft`) over durable
+//! storage (`keel-storage`) and plugins (`keel-plugin`); [`net`] serves peers and clients
+//! over HTTP; [`dev`] starts a local cluster; [`client`] is the CLI's client.
+
+pub mod apply;
+pub mod client;
+pub mod config;
+pub mod dev;
+pub mod metrics;
+pub mod net;
+pub mod node;

@@ -983,12 +983,12 @@ impl Raft {
         }
         let last_new = prev_index + entries.len() as Index;
         let keep_matching = !self.bug(Bug::TruncateMatchingSuffix);
-        if let Some(first_changed) = self.log.merge(entries, keep_matching) {
-            if first_changed <= self.config_index
-                || self.log.config_at(self.log.last_index()).0 >= first_changed
-            {
-                self.refresh_config();
-            }
+        // A configuration entry added or truncated away changes the configuration in effect.
+        if let Some(first_changed) = self.log.merge(entries, keep_matching)
+            && (first_changed <= self.config_index
+                || self.log.config_at(self.log.last_index()).0 >= first_changed)
+        {
+            self.refresh_config();
         }
         // Fig. 2: "If leaderCommit > commitIndex, set commitIndex = min(leaderCommit, index of
         // last new entry)".

@@ -1,0 +1,140 @@
+//! The `keel put/get/submit/status` client: follows 307 redirects to the leader, retries
+//! 503 with backoff across endpoints, and sends an exactly-once session so that a retry
+//! after a lost answer is never applied twice.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::LOCATION;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+
+/// A client of a Keel cluster.
+pub struct Client {
+    endpoints: Vec<String>,
+    http: HttpClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client_id: u64,
+    serial: u64,
+}
+
+/// An answer: status, `Keel-Index` if any, body.
+pub struct Answer {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Log index the command was applied at.
+    pub index: Option<u64>,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+impl Client {
+    /// A client trying `endpoints` in turn.
+    pub fn new(endpoints: Vec<String>) -> Client {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Client {
+            endpoints,
+            http: HttpClient::builder(TokioExecutor::new()).build_http(),
+            client_id: seed ^ (u64::from(std::process::id()) << 32),
+            serial: 0,
+        }
+    }
+
+    /// Submits a command to a plugin, exactly once.
+    pub async fn submit(&mut self, plugin: &str, body: Vec<u8>) -> anyhow::Result<Answer> {
+        self.serial += 1;
+        let path = format!("/v1/plugins/{plugin}/commands");
+        self.call(Method::POST, &path, body, true).await
+    }
+
+    /// Runs a query (`consistency`: linearizable, lease or stale).
+    pub async fn query(
+        &mut self,
+        plugin: &str,
+        body: Vec<u8>,
+        consistency: &str,
+    ) -> anyhow::Result<Answer> {
+        let path = format!("/v1/plugins/{plugin}/query?consistency={consistency}");
+        self.call(Method::POST, &path, body, false).await
+    }
+
+    /// `GET path` on the first endpoint that answers.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<Answer> {
+        self.call(Method::GET, path, Vec::new(), false).await
+    }
+
+    async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        session: bool,
+    ) -> anyhow::Result<Answer> {
+        if self.endpoints.is_empty() {
+            bail!("no endpoints given");
+        }
+        let mut endpoint = 0;
+        let mut url = format!("{}{path}", self.endpoints[0]);
+        let mut backoff = Duration::from_millis(50);
+        let mut last_error = String::new();
+        for _ in 0..40 {
+            let mut req = Request::builder().method(method.clone()).uri(&url);
+            if session {
+                req = req
+                    .header("keel-client-id", self.client_id)
+                    .header("keel-serial", self.serial);
+            }
+            let req = req
+                .body(Full::new(Bytes::from(body.clone())))
+                .context("building the request")?;
+            match self.http.request(req).await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let location = resp
+                        .headers()
+                        .get(LOCATION)
+                        .and_then(|v| v.to_str().ok())
+                        .map(String::from);
+                    let index = resp
+                        .headers()
+                        .get("keel-index")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
+                    let bytes = resp
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    match (status, location) {
+                        (StatusCode::TEMPORARY_REDIRECT, Some(loc)) => {
+                            url = loc;
+                            continue;
+                        }
+                        (StatusCode::SERVICE_UNAVAILABLE, _) => {
+                            last_error = String::from_utf8_lossy(&bytes).into_owned();
+                        }
+                        _ => {
+                            return Ok(Answer {
+                                status,
+                                index,
+                                body: bytes,
+                            });
+                        }
+                    }
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+            // Unavailable or unreachable: back off, try the next endpoint.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            endpoint = (endpoint + 1) % self.endpoints.len();
+            url = format!("{}{path}", self.endpoints[endpoint]);
+        }
+        bail!("no answer from {:?}: {last_error}", self.endpoints)
+    }
+}

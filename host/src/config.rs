@@ -1,0 +1,171 @@
+//! A node's configuration: JSON, round-trips (`keel config show`), every field defaulted.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use keel_raft::{ClusterId, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// Everything one `keel serve` process needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id (stable; its address may change).
+    pub id: NodeId,
+    /// The cluster's UUID, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+    pub cluster_id: String,
+    /// Address the HTTP server (clients and peers) listens on.
+    pub listen: SocketAddr,
+    /// Every voter at bootstrap, by id, with its base URL (this node included).
+    pub peers: BTreeMap<NodeId, String>,
+    /// Where the node keeps its database, blobs and compiled-plugin cache.
+    pub data_dir: PathBuf,
+    /// Length of one Raft tick.
+    pub tick_ms: u64,
+    /// Minimum election timeout, in ticks (randomised up to twice that).
+    pub election_ticks: u32,
+    /// Heartbeat interval, in ticks.
+    pub heartbeat_ticks: u32,
+    /// Largest request body accepted from a client (413 beyond).
+    pub max_body_bytes: usize,
+    /// Command timeout when the client sends no `Keel-Timeout-Ms`.
+    pub default_timeout_ms: u64,
+    /// Take a snapshot and compact the log every this many applied entries.
+    pub snapshot_every: u64,
+    /// Deploy the built-in example kv plugin (as `kv`) when the cluster has none.
+    pub builtin_kv: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: 1,
+            cluster_id: "00000000-0000-0000-0000-000000000001".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            peers: BTreeMap::from([(1, "http://127.0.0.1:7001".to_string())]),
+            data_dir: PathBuf::from("keel-data"),
+            tick_ms: 50,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_body_bytes: 1 << 20,
+            default_timeout_ms: 5_000,
+            snapshot_every: 10_000,
+            builtin_kv: true,
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The cluster id is not a UUID.
+    #[error("cluster_id {0:?} is not a UUID (32 hex digits, dashes allowed)")]
+    ClusterId(String),
+    /// This node is not among the peers.
+    #[error("node {0} is not listed in peers")]
+    NotAPeer(NodeId),
+    /// Timing that would never elect a leader.
+    #[error("heartbeat_ticks ({heartbeat}) must be below election_ticks ({election}), tick_ms > 0")]
+    Timing {
+        /// Heartbeat ticks.
+        heartbeat: u32,
+        /// Election ticks.
+        election: u32,
+    },
+    /// The file could not be read or parsed.
+    #[error("config {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl NodeConfig {
+    /// Reads and checks a JSON config file.
+    pub fn load(path: &std::path::Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        let cfg: NodeConfig = serde_json::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Checks the fields against each other.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.cluster()?;
+        if !self.peers.contains_key(&self.id) {
+            return Err(ConfigError::NotAPeer(self.id));
+        }
+        if self.tick_ms == 0
+            || self.heartbeat_ticks == 0
+            || self.heartbeat_ticks >= self.election_ticks
+        {
+            return Err(ConfigError::Timing {
+                heartbeat: self.heartbeat_ticks,
+                election: self.election_ticks,
+            });
+        }
+        Ok(())
+    }
+
+    /// The cluster id as a number.
+    pub fn cluster(&self) -> Result<ClusterId, ConfigError> {
+        parse_uuid(&self.cluster_id).ok_or_else(|| ConfigError::ClusterId(self.cluster_id.clone()))
+    }
+
+    /// This node's own URL.
+    pub fn url(&self) -> String {
+        self.peers.get(&self.id).cloned().unwrap_or_default()
+    }
+}
+
+/// Parses `xxxxxxxx-xxxx-…` (dashes optional) into a [`ClusterId`].
+pub fn parse_uuid(s: &str) -> Option<ClusterId> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    u128::from_str_radix(&hex, 16).ok().map(ClusterId)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_through_json() {
+        let cfg = NodeConfig::default();
+        let text = serde_json::to_string_pretty(&cfg).unwrap_or_default();
+        let back: NodeConfig = serde_json::from_str(&text).unwrap_or_default();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn uuid_text_round_trips() {
+        let id = ClusterId(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        assert_eq!(parse_uuid(&id.to_string()), Some(id));
+        assert_eq!(parse_uuid("not-a-uuid"), None);
+    }
+
+    #[test]
+    fn a_node_missing_from_its_peers_is_refused() {
+        let cfg = NodeConfig {
+            id: 9,
+            ..NodeConfig::default()
+        };
+        assert!(matches!(cfg.check(), Err(ConfigError::NotAPeer(9))));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<NodeConfig>(r#"{"idd": 3}"#).is_err());
+    }
+}

@@ -1,0 +1,165 @@
+//! `keel dev`: a local cluster of real `keel serve` processes on loopback, with the example
+//! kv plugin, no configuration needed.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::config::NodeConfig;
+
+/// One node of a dev cluster, as written to `cluster.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DevNode {
+    /// Node id.
+    pub id: u64,
+    /// Base URL.
+    pub url: String,
+    /// Process id.
+    pub pid: u32,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// The command line that restarts this node as it was.
+    pub argv: Vec<String>,
+}
+
+/// `cluster.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DevCluster {
+    /// The nodes.
+    pub nodes: Vec<DevNode>,
+}
+
+/// Writes the configs of a new `n`-node cluster under `dir`, on free loopback ports.
+pub fn plan(n: usize, dir: &Path) -> anyhow::Result<Vec<(NodeConfig, PathBuf)>> {
+    if !(1..=7).contains(&n) {
+        bail!("--nodes must be between 1 and 7, not {n}");
+    }
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .context("finding free loopback ports")?;
+    let addrs: Vec<_> = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<_, _>>()?;
+    drop(listeners);
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i as u64 + 1, format!("http://{a}")))
+        .collect();
+    let uuid = random_uuid();
+    let mut out = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let node_dir = dir.join(format!("node-{id}"));
+        std::fs::create_dir_all(&node_dir)
+            .with_context(|| format!("creating {}", node_dir.display()))?;
+        let cfg = NodeConfig {
+            id,
+            cluster_id: uuid.clone(),
+            listen: *addr,
+            peers: std::collections::BTreeMap::clone(&peers),
+            data_dir: node_dir.join("data"),
+            ..NodeConfig::default()
+        };
+        let path = node_dir.join("config.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        out.push((cfg, path));
+    }
+    Ok(out)
+}
+
+fn random_uuid() -> String {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    if bytes == [0; 16] {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (t ^ (u128::from(std::process::id()) << 64)).to_be_bytes();
+    }
+    keel_raft::ClusterId(u128::from_be_bytes(bytes)).to_string()
+}
+
+/// Starts one `keel serve --config` process, logging to `keel.log` beside its config.
+pub fn spawn(exe: &Path, config: &Path) -> anyhow::Result<(Child, Vec<String>)> {
+    let argv = vec![
+        exe.display().to_string(),
+        "serve".to_string(),
+        "--config".to_string(),
+        config.display().to_string(),
+    ];
+    let log_path = config.with_file_name("keel.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let child = Command::new(exe)
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    Ok((child, argv))
+}
+
+/// Runs `keel dev` until Ctrl-C.
+pub async fn run(n: usize, dir: PathBuf) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the keel binary")?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let plan = plan(n, &dir)?;
+    let mut children: Vec<Child> = Vec::new();
+    let mut nodes = Vec::new();
+    for (cfg, path) in &plan {
+        let (child, argv) = spawn(&exe, path)?;
+        let url = cfg.url();
+        println!("node {}  {url}  pid {}", cfg.id, child.id());
+        nodes.push(DevNode {
+            id: cfg.id,
+            url,
+            pid: child.id(),
+            data_dir: cfg.data_dir.clone(),
+            argv,
+        });
+        children.push(child);
+    }
+    let cluster_file = dir.join("cluster.json");
+    std::fs::write(
+        &cluster_file,
+        serde_json::to_vec_pretty(&DevCluster { nodes })?,
+    )?;
+    let endpoints: Vec<String> = plan.iter().map(|(c, _)| c.url()).collect();
+    println!(
+        "cluster: {}  (logs: {}/node-*/keel.log)",
+        cluster_file.display(),
+        dir.display()
+    );
+    println!(
+        "try:     keel put hello world --endpoints {0}\n         keel get hello --endpoints {0}",
+        endpoints.join(",")
+    );
+    println!("Ctrl-C stops the cluster.");
+    // Ctrl-C or a plain `kill`: either way the children go too, never orphaned.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    println!("stopped");
+    Ok(())
+}

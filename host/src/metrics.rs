@@ -1,0 +1,97 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text format).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The node's metrics. Cheap to update from any thread.
+pub struct Metrics {
+    registry: Registry,
+    /// Commands proposed by this node as leader.
+    pub proposals: Counter,
+    /// Entries applied.
+    pub applied: Counter,
+    /// Durable log commits (each covers a whole batch).
+    pub fsyncs: Counter,
+    /// Messages refused for carrying another cluster's UUID.
+    pub foreign_cluster: Counter,
+    /// Current term.
+    pub term: Gauge,
+    /// Commit index.
+    pub commit_index: Gauge,
+    /// Applied index.
+    pub applied_index: Gauge,
+    /// 1 while this node leads.
+    pub is_leader: Gauge,
+    responses: Family<Vec<(String, String)>, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("keel");
+        let m = Metrics {
+            proposals: Counter::default(),
+            applied: Counter::default(),
+            fsyncs: Counter::default(),
+            foreign_cluster: Counter::default(),
+            term: Gauge::default(),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            is_leader: Gauge::default(),
+            responses: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "proposals",
+            "Commands proposed by this node as leader",
+            m.proposals.clone(),
+        );
+        registry.register("applied_entries", "Log entries applied", m.applied.clone());
+        registry.register(
+            "log_commits",
+            "Durable log commits (one per batch)",
+            m.fsyncs.clone(),
+        );
+        registry.register(
+            "foreign_cluster_messages",
+            "Peer messages refused for another cluster's UUID",
+            m.foreign_cluster.clone(),
+        );
+        registry.register("term", "Current Raft term", m.term.clone());
+        registry.register("commit_index", "Raft commit index", m.commit_index.clone());
+        registry.register(
+            "applied_index",
+            "Last applied index",
+            m.applied_index.clone(),
+        );
+        registry.register(
+            "is_leader",
+            "1 while this node is the leader",
+            m.is_leader.clone(),
+        );
+        registry.register(
+            "http_responses",
+            "HTTP responses by status",
+            m.responses.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Counts one HTTP response.
+    pub fn http(&self, status: u16) {
+        self.responses
+            .get_or_create(&vec![("status".into(), status.to_string())])
+            .inc();
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,465 @@
+//! Peer transport and the client HTTP API, over hyper (design §1, `docs/http-api.md`).
+//!
+//! Peers: each node POSTs batches of postcard-encoded messages to `/v1/raft` on each peer,
+//! one request in flight per peer on a kept-alive connection; messages that queue meanwhile
+//! go in the next batch. A lost batch is simply lost: Raft retries what matters.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keel_raft::{ClientSerial, Message, ReadMode};
+use keel_storage::{StateView, Storage};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::apply::{self, QueryView};
+use crate::node::{CommandReply, Input, NodeHandle, ReadRefused};
+
+/// Response body type: a whole buffer or a stream (server-sent events).
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Largest batch of peer messages accepted (snapshots travel this way too).
+const MAX_PEER_BODY: usize = 512 << 20;
+
+/// Serves clients and peers until the listener fails.
+pub async fn serve(listener: TcpListener, node: NodeHandle) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let node = node.clone();
+                async move { Ok::<_, Infallible>(route(node, req).await) }
+            });
+            // Malformed requests (bad framing, wrong content length, oversized headers) are
+            // answered by hyper itself with 400/431 and the connection closed.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(64 << 10)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let response = match (req.method(), parts.as_slice()) {
+        (&Method::POST, ["v1", "raft"]) => peer_messages(&node, req).await,
+        (&Method::POST, ["v1", "plugins", plugin, "commands"]) => {
+            let plugin = plugin.to_string();
+            command(&node, req, plugin).await
+        }
+        (&Method::POST, ["v1", "plugins", plugin, "query"]) => {
+            let plugin = plugin.to_string();
+            query(&node, req, plugin).await
+        }
+        (&Method::GET, ["v1", "status"]) => {
+            let status = node
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            json(StatusCode::OK, &status)
+        }
+        (&Method::GET, ["v1", "state-hash"]) => state_hash(&node).await,
+        (&Method::GET, ["v1", "events"]) => events(&node),
+        (&Method::POST, ["v1", "admin", "transfer-leadership", to]) => match to.parse() {
+            Ok(to) => {
+                let _ = node.inputs.send(Input::Transfer(to));
+                json(
+                    StatusCode::ACCEPTED,
+                    &serde_json::json!({"transfer_to": to}),
+                )
+            }
+            Err(_) => error(StatusCode::BAD_REQUEST, "node id must be a number"),
+        },
+        (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, ["metrics"]) => {
+            let mut r = text(StatusCode::OK, &node.metrics.render());
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+    };
+    node.metrics.http(response.status().as_u16());
+    response
+}
+
+// ------------------------------------------------------------------------- bodies
+
+fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    full(status, "text/plain; charset=utf-8", body.to_string())
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    full(
+        status,
+        "application/json",
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn retry_later(message: &str) -> Response<Body> {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+fn redirect(node: &NodeHandle, leader: Option<u64>, path_and_query: &str) -> Response<Body> {
+    let url = leader.and_then(|l| {
+        let status = node.status.lock().unwrap_or_else(|e| e.into_inner());
+        status
+            .members
+            .get(&l)
+            .cloned()
+            .or_else(|| node.config.peers.get(&l).cloned())
+    });
+    match url.and_then(|u| HeaderValue::from_str(&format!("{u}{path_and_query}")).ok()) {
+        Some(location) => {
+            let mut r = error(StatusCode::TEMPORARY_REDIRECT, "not the leader");
+            r.headers_mut().insert(LOCATION, location);
+            r
+        }
+        None => retry_later("no leader known yet"),
+    }
+}
+
+/// A request refused before it reaches the node, with the status it gets.
+#[derive(Debug)]
+enum Refusal {
+    /// 400.
+    BadRequest(String),
+    /// 413, with the limit.
+    TooLarge(usize),
+}
+
+impl Refusal {
+    fn response(self) -> Response<Body> {
+        match self {
+            Refusal::BadRequest(m) => error(StatusCode::BAD_REQUEST, &m),
+            Refusal::TooLarge(max) => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body larger than {max} bytes"),
+            ),
+        }
+    }
+}
+
+/// Reads a body of at most `max` bytes.
+async fn read_body(body: Incoming, max: usize) -> Result<Bytes, Refusal> {
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(Refusal::TooLarge(max))
+        }
+        Err(e) => Err(Refusal::BadRequest(format!("malformed body: {e}"))),
+    }
+}
+
+fn header_u64(req: &Request<Incoming>, name: &str) -> Result<Option<u64>, Refusal> {
+    match req.headers().get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| Refusal::BadRequest(format!("{name} must be an unsigned integer"))),
+    }
+}
+
+// ------------------------------------------------------------------------- peers
+
+async fn peer_messages(node: &NodeHandle, req: Request<Incoming>) -> Response<Body> {
+    let bytes = match read_body(req.into_body(), MAX_PEER_BODY).await {
+        Ok(b) => b,
+        Err(r) => return r.response(),
+    };
+    let Ok(batch) = postcard::from_bytes::<Vec<Message>>(&bytes) else {
+        return error(StatusCode::BAD_REQUEST, "malformed peer message batch");
+    };
+    // Design §7: every message carries the cluster UUID; a foreign one is refused whole.
+    if let Some(m) = batch.iter().find(|m| m.cluster != node.cluster) {
+        node.metrics.foreign_cluster.inc();
+        tracing::warn!(target: "keel::msg", from = m.from, cluster = %m.cluster, "refused message from another cluster");
+        return error(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "message from node {} belongs to cluster {}, not {}",
+                m.from, m.cluster, node.cluster
+            ),
+        );
+    }
+    if node.inputs.send(Input::Peer(batch)).is_err() {
+        return retry_later("node is stopping");
+    }
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(Full::new(Bytes::new()).boxed())
+        .unwrap_or_default()
+}
+
+/// Sends one peer's outbox, batching whatever queued while the previous request was out.
+pub async fn peer_sender(url: String, mut outbox: mpsc::UnboundedReceiver<Message>) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build_http();
+    let target = format!("{url}/v1/raft");
+    while let Some(first) = outbox.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match outbox.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let Ok(body) = postcard::to_allocvec(&batch) else {
+            continue;
+        };
+        let Ok(req) = Request::post(&target)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(Full::new(Bytes::from(body)))
+        else {
+            continue;
+        };
+        match tokio::time::timeout(Duration::from_secs(2), client.request(req)).await {
+            Ok(Ok(resp)) => {
+                let ok = resp.status().is_success();
+                let _ = resp.into_body().collect().await;
+                if !ok {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            // Peer down or slow: drop the batch (Raft resends), back off a little.
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+// ------------------------------------------------------------------------- clients
+
+async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> Response<Body> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let (client_id, serial, timeout_ms) = match (
+        header_u64(&req, "keel-client-id"),
+        header_u64(&req, "keel-serial"),
+        header_u64(&req, "keel-timeout-ms"),
+    ) {
+        (Ok(c), Ok(s), Ok(t)) => (c, s, t.unwrap_or(node.config.default_timeout_ms)),
+        (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r.response(),
+    };
+    let client = match (client_id, serial) {
+        (Some(client_id), Some(serial)) => Some(ClientSerial { client_id, serial }),
+        (None, None) => None,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Keel-Client-Id and Keel-Serial go together",
+            );
+        }
+    };
+    {
+        let status = node.status.lock().unwrap_or_else(|e| e.into_inner());
+        match status.role.as_str() {
+            "Leader" => {}
+            "Follower" => {
+                let leader = status.leader_id;
+                drop(status);
+                return redirect(node, leader, &path);
+            }
+            _ => return retry_later("election in progress"),
+        }
+    }
+    if node.registry.get(&plugin).is_none() {
+        return error(StatusCode::NOT_FOUND, &format!("unknown plugin {plugin:?}"));
+    }
+    let payload = match read_body(req.into_body(), node.config.max_body_bytes).await {
+        Ok(b) if b.is_empty() => return error(StatusCode::BAD_REQUEST, "empty command"),
+        Ok(b) => b.to_vec(),
+        Err(r) => return r.response(),
+    };
+    let (tx, rx) = oneshot::channel();
+    let input = Input::Propose {
+        plugin,
+        client,
+        payload,
+        reply: tx,
+    };
+    if node.inputs.send(input).is_err() {
+        return retry_later("node is stopping");
+    }
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), rx).await {
+        Ok(Ok(CommandReply::Done {
+            index,
+            term,
+            result,
+        })) => {
+            let mut r = match result {
+                Ok(bytes) => full(StatusCode::OK, "application/octet-stream", bytes),
+                Err(e) => json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &serde_json::json!({ "error": e }),
+                ),
+            };
+            let h = r.headers_mut();
+            h.insert("keel-index", HeaderValue::from(index));
+            h.insert("keel-term", HeaderValue::from(term));
+            r
+        }
+        Ok(Ok(CommandReply::NotLeader(leader))) => redirect(node, leader, &path),
+        Ok(Ok(CommandReply::Retry(reason))) => retry_later(&reason),
+        Ok(Err(_)) => retry_later("node is stopping"),
+        Err(_) => json(
+            StatusCode::GATEWAY_TIMEOUT,
+            &serde_json::json!({"error": "timeout", "outcome": "unknown"}),
+        ),
+    }
+}
+
+async fn query(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> Response<Body> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let consistency = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("consistency="))
+        .unwrap_or("linearizable")
+        .to_string();
+    let mode = match consistency.as_str() {
+        "linearizable" => Some(ReadMode::ReadIndex),
+        "lease" => Some(ReadMode::Lease),
+        "stale" => None,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("consistency {other:?}: use linearizable, lease or stale"),
+            );
+        }
+    };
+    let Some(plugin_impl) = node.registry.get(&plugin) else {
+        return error(StatusCode::NOT_FOUND, &format!("unknown plugin {plugin:?}"));
+    };
+    let body = match read_body(req.into_body(), node.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r.response(),
+    };
+    if let Some(mode) = mode {
+        // Thesis §6.4: confirm leadership (a follower asks its leader), then wait until the
+        // local state machine has applied up to the read index.
+        let (tx, rx) = oneshot::channel();
+        if node.inputs.send(Input::Read { mode, reply: tx }).is_err() {
+            return retry_later("node is stopping");
+        }
+        match tokio::time::timeout(Duration::from_millis(node.config.default_timeout_ms), rx).await
+        {
+            Ok(Ok(Ok(_index))) => {}
+            Ok(Ok(Err(ReadRefused::NotLeader(leader)))) => return redirect(node, leader, &path),
+            Ok(Ok(Err(ReadRefused::Retry))) | Ok(Err(_)) => {
+                return retry_later("no leader to confirm the read");
+            }
+            Err(_) => {
+                return json(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &serde_json::json!({"error": "timeout confirming the read"}),
+                );
+            }
+        }
+    }
+    let storage = node.storage.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        let view = storage.view().map_err(|e| e.to_string())?;
+        let kv = Arc::new(QueryView::new(Box::new(view), plugin));
+        plugin_impl.query(kv, &body).map_err(|e| e.to_string())
+    })
+    .await;
+    match answer {
+        Ok(Ok(bytes)) => full(StatusCode::OK, "application/octet-stream", bytes),
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn state_hash(node: &NodeHandle) -> Response<Body> {
+    let storage = node.storage.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let view = storage.view()?;
+        let index = view.applied().last_applied.index;
+        apply::state_hash(&view).map(|h| (index, h))
+    })
+    .await;
+    match result {
+        Ok(Ok((index, hash))) => json(
+            StatusCode::OK,
+            &serde_json::json!({"applied_index": index, "hash": hash}),
+        ),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// Server-sent events: one `data:` line of JSON per role, term, leader or config change.
+fn events(node: &NodeHandle) -> Response<Body> {
+    let rx = node.events.subscribe();
+    let first = serde_json::to_string(&*node.status.lock().unwrap_or_else(|e| e.into_inner()))
+        .unwrap_or_default();
+    let start = futures_util::stream::once(async move {
+        Ok(Frame::data(Bytes::from(format!("data: {first}\n\n"))))
+    });
+    let rest = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(s) => return Some((Ok(Frame::data(Bytes::from(format!("data: {s}\n\n")))), rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    use futures_util::StreamExt;
+    let body = BodyExt::boxed(StreamBody::new(start.chain(rest)));
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r
+}

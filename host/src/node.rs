@@ -1,0 +1,619 @@
+//! The driver: the one place where the Raft core, storage, plugins, timers and the network
+//! meet (design §2).
+//!
+//! One dedicated thread owns the core, the store and the apply path and runs the Ready
+//! handshake (see `keel_raft::Ready`). Everything else talks to it through a channel. While
+//! it waits on an fsync, new proposals and messages queue up; the next Ready carries them
+//! all, so one durable commit covers a whole batch (group commit) — and the leader's appends
+//! leave before its own write starts (thesis §10.2.1).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keel_plugin::Runtime;
+use keel_raft::{
+    ClientSerial, ClusterConfig, ClusterId, Command, Config, Deploy, Event, Index, InitialState,
+    Message, NodeId, Payload, ProposeError, Raft, ReadError, ReadMode, Ready, Record, Role,
+    Snapshot, Term,
+};
+use keel_storage::{Identity, LogWrite, RedbStorage, SnapshotChunks, Storage};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::apply::{self, Blobs, CommandResult, Registry};
+use crate::config::NodeConfig;
+use crate::metrics::Metrics;
+
+/// What a client's command came to.
+#[derive(Debug)]
+pub enum CommandReply {
+    /// Applied at `index` in `term`, with the plugin's answer.
+    Done {
+        /// Log index.
+        index: Index,
+        /// Term.
+        term: Term,
+        /// The plugin's result (or its deterministic failure).
+        result: CommandResult,
+    },
+    /// Not the leader (the client should go there).
+    NotLeader(Option<NodeId>),
+    /// Election under way, backpressure, or the entry was overwritten: retry (same serial).
+    Retry(String),
+}
+
+/// What a linearizable read came to: once `Ok`, the local state is at least as new as
+/// every write acknowledged before the read began.
+pub type ReadReply = Result<Index, ReadRefused>;
+
+/// Why a read could not be confirmed here.
+#[derive(Debug)]
+pub enum ReadRefused {
+    /// Lease reads must go to the leader.
+    NotLeader(Option<NodeId>),
+    /// No leader, or leadership changed mid-read: retry.
+    Retry,
+}
+
+/// An input for the driver thread.
+pub enum Input {
+    /// Messages from a peer.
+    Peer(Vec<Message>),
+    /// A client command.
+    Propose {
+        /// Plugin name.
+        plugin: String,
+        /// Exactly-once session, if any.
+        client: Option<ClientSerial>,
+        /// Command bytes.
+        payload: Vec<u8>,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<CommandReply>,
+    },
+    /// A read that must be confirmed by the log (ReadIndex or lease).
+    Read {
+        /// How to confirm it.
+        mode: ReadMode,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<ReadReply>,
+    },
+    /// Hand leadership to another voter (thesis §3.10).
+    Transfer(NodeId),
+}
+
+/// What `GET /v1/status` shows.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NodeStatus {
+    /// This node.
+    pub node_id: NodeId,
+    /// Follower, PreCandidate, Candidate or Leader.
+    pub role: String,
+    /// Current term.
+    pub term: Term,
+    /// Known leader.
+    pub leader_id: Option<NodeId>,
+    /// The leader's URL, if known.
+    pub leader_url: Option<String>,
+    /// Commit index.
+    pub commit_index: Index,
+    /// Applied index.
+    pub applied_index: Index,
+    /// Last log index.
+    pub last_log_index: Index,
+    /// The cluster UUID.
+    pub cluster_id: String,
+    /// Voters and learners with their URLs.
+    pub members: BTreeMap<NodeId, String>,
+    /// Active plugins.
+    pub plugins: Vec<String>,
+}
+
+/// The handle the HTTP layer holds.
+#[derive(Clone)]
+pub struct NodeHandle {
+    /// Inputs to the driver.
+    pub inputs: Sender<Input>,
+    /// Latest status, refreshed by the driver.
+    pub status: Arc<Mutex<NodeStatus>>,
+    /// State-change events, as JSON (for `GET /v1/events`).
+    pub events: broadcast::Sender<String>,
+    /// Active plugins.
+    pub registry: Registry,
+    /// The store (for queries and the state hash).
+    pub storage: Arc<RedbStorage>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The configuration.
+    pub config: Arc<NodeConfig>,
+    /// This node's cluster.
+    pub cluster: ClusterId,
+}
+
+/// Peer outboxes: one queue per peer, drained by that peer's sender task.
+pub type Outboxes = HashMap<NodeId, mpsc::UnboundedSender<Message>>;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// Storage could not be opened or recovered.
+    #[error("storage: {0}")]
+    Storage(#[from] keel_storage::StorageError),
+    /// The data directory belongs to another cluster or node.
+    #[error("data dir belongs to {found}, but this node is {expected}")]
+    ForeignData {
+        /// What the directory holds.
+        found: Identity,
+        /// What the config says.
+        expected: Identity,
+    },
+    /// The plugin runtime failed.
+    #[error("plugins: {0}")]
+    Plugin(String),
+    /// The core refused its configuration.
+    #[error("raft: {0}")]
+    Raft(#[from] keel_raft::ConfigError),
+}
+
+struct Driver {
+    cfg: Arc<NodeConfig>,
+    raft: Raft,
+    storage: Arc<RedbStorage>,
+    runtime: Runtime,
+    blobs: Blobs,
+    registry: Registry,
+    outboxes: Outboxes,
+    status: Arc<Mutex<NodeStatus>>,
+    events: broadcast::Sender<String>,
+    metrics: Arc<Metrics>,
+    /// index → (term, reply) of proposals made here.
+    proposals: HashMap<Index, (Term, oneshot::Sender<CommandReply>)>,
+    /// read ctx → reply, while the core confirms it.
+    reads: HashMap<u64, oneshot::Sender<ReadReply>>,
+    /// Confirmed reads waiting for the state machine to catch up.
+    reads_waiting: Vec<(Index, oneshot::Sender<ReadReply>)>,
+    next_ctx: u64,
+    applied: Index,
+    snapshot_index: Index,
+    deploy_in_flight: Option<Index>,
+}
+
+/// Opens storage, restores the core and starts the driver thread.
+pub fn start(cfg: NodeConfig, outboxes: Outboxes) -> Result<NodeHandle, StartError> {
+    cfg.check()?;
+    let cluster = cfg.cluster()?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| StartError::Plugin(e.to_string()))?;
+    let storage = Arc::new(RedbStorage::open(
+        &cfg.data_dir.join("db"),
+        keel_storage::StorageOptions::default(),
+    )?);
+    let identity = Identity {
+        cluster,
+        node: cfg.id,
+    };
+    let recovered = storage.recover()?;
+    match recovered.identity {
+        Some(found) if found != identity => {
+            return Err(StartError::ForeignData {
+                found,
+                expected: identity,
+            });
+        }
+        Some(_) => {}
+        None => storage.set_identity(identity)?,
+    }
+    let runtime = Runtime::new(keel_plugin::RuntimeConfig {
+        cache_dir: Some(cfg.data_dir.join("plugin-cache")),
+        ..keel_plugin::RuntimeConfig::default()
+    })
+    .map_err(|e| StartError::Plugin(e.to_string()))?;
+    let blobs = Blobs::new(Some(cfg.data_dir.join("blobs")));
+    let registry = Registry::default();
+    let view = storage.view()?;
+    apply::reload(&runtime, &blobs, &registry, &view)
+        .map_err(|e| StartError::Plugin(e.to_string()))?;
+
+    let fresh = recovered.log.last.index == 0
+        && recovered.hard_state.term == 0
+        && recovered.snapshot.index == 0;
+    let init = if fresh {
+        let config = ClusterConfig {
+            voters: cfg.peers.keys().copied().collect(),
+            learners: Default::default(),
+            addresses: cfg.peers.clone(),
+        };
+        InitialState::bootstrap(config)
+    } else {
+        // The core keeps a snapshot to send to followers that are too far behind; rebuild it
+        // from the applied state, which a restart never loses (design §4).
+        let snapshot = SnapshotChunks::new(storage.view()?, 1 << 20).into_snapshot()?;
+        let applied = snapshot.meta.index;
+        let entries = if recovered.log.last.index > applied {
+            storage.entries(applied + 1, recovered.log.last.index + 1, None)?
+        } else {
+            Vec::new()
+        };
+        InitialState {
+            hard_state: recovered.hard_state,
+            snapshot: Snapshot {
+                meta: snapshot.meta,
+                data: snapshot.data,
+            },
+            entries,
+            applied,
+        }
+    };
+    let applied = init.applied;
+    let snapshot_index = init.snapshot.meta.index;
+    let mut core_cfg = Config::new(cfg.id, cluster);
+    core_cfg.election_ticks = cfg.election_ticks;
+    core_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
+    core_cfg.seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(cfg.id, |d| d.as_nanos() as u64)
+        ^ cfg.id;
+    let raft = Raft::new(core_cfg, init)?;
+
+    let cfg = Arc::new(cfg);
+    let status = Arc::new(Mutex::new(NodeStatus::default()));
+    let (events, _) = broadcast::channel(256);
+    let metrics = Arc::new(Metrics::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = NodeHandle {
+        inputs: tx,
+        status: status.clone(),
+        events: events.clone(),
+        registry: registry.clone(),
+        storage: storage.clone(),
+        metrics: metrics.clone(),
+        config: cfg.clone(),
+        cluster,
+    };
+    let mut driver = Driver {
+        cfg,
+        raft,
+        storage,
+        runtime,
+        blobs,
+        registry,
+        outboxes,
+        status,
+        events,
+        metrics,
+        proposals: HashMap::new(),
+        reads: HashMap::new(),
+        reads_waiting: Vec::new(),
+        next_ctx: 1,
+        applied,
+        snapshot_index,
+        deploy_in_flight: None,
+    };
+    driver.publish_status();
+    std::thread::Builder::new()
+        .name("keel-driver".into())
+        .spawn(move || driver.run(rx))
+        .map_err(|e| StartError::Plugin(e.to_string()))?;
+    Ok(handle)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Driver {
+    fn run(&mut self, rx: Receiver<Input>) {
+        let tick = Duration::from_millis(self.cfg.tick_ms);
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(input) => self.input(input),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            // Everything that queued meanwhile joins this batch (bounded, to keep ticks).
+            for input in rx.try_iter().take(8192) {
+                self.input(input);
+            }
+            if Instant::now() >= next_tick {
+                self.raft.tick();
+                next_tick += tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + tick;
+                }
+                self.maybe_deploy_builtin();
+            }
+            if let Err(e) = self.process_ready() {
+                // Design §8: never continue on a state we cannot vouch for.
+                tracing::error!(target: "keel::raft", error = %e, "fail-stop");
+                eprintln!("keel: fail-stop: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Peer(msgs) => {
+                for m in msgs {
+                    tracing::debug!(target: "keel::msg", "recv {m}");
+                    if let Err(e) = self.raft.step(m) {
+                        self.metrics.foreign_cluster.inc();
+                        tracing::warn!(target: "keel::msg", error = %e, "message refused");
+                    }
+                }
+            }
+            Input::Propose {
+                plugin,
+                client,
+                payload,
+                reply,
+            } => {
+                let record = Record::Command(Command {
+                    plugin,
+                    client,
+                    payload: Payload::Inline(payload),
+                });
+                match self.raft.propose(record, now_ms()) {
+                    Ok((index, term)) => {
+                        tracing::debug!(target: "keel::txn", index, term, "proposed");
+                        self.metrics.proposals.inc();
+                        self.proposals.insert(index, (term, reply));
+                    }
+                    Err(ProposeError::NotLeader { leader }) => {
+                        let _ = reply.send(CommandReply::NotLeader(leader));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(CommandReply::Retry(e.to_string()));
+                    }
+                }
+            }
+            Input::Read { mode, reply } => {
+                let ctx = self.next_ctx;
+                self.next_ctx += 1;
+                match self.raft.read_index(ctx, mode) {
+                    Ok(()) => {
+                        self.reads.insert(ctx, reply);
+                    }
+                    Err(ReadError::NotLeader { leader }) => {
+                        let _ = reply.send(Err(ReadRefused::NotLeader(leader)));
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(ReadRefused::Retry));
+                    }
+                }
+            }
+            Input::Transfer(to) => {
+                let ok = self.raft.transfer_leadership(to);
+                tracing::info!(target: "keel::raft", to, ok, "leadership transfer requested");
+            }
+        }
+    }
+
+    /// The Ready handshake, until the core has nothing more to do.
+    fn process_ready(&mut self) -> anyhow::Result<()> {
+        while self.raft.has_ready() {
+            let rd = self.raft.ready();
+            self.handle_ready(rd)?;
+        }
+        self.publish_status();
+        Ok(())
+    }
+
+    fn handle_ready(&mut self, rd: Ready) -> anyhow::Result<()> {
+        let point = rd.persist_point();
+        for ev in &rd.events {
+            self.event(ev);
+        }
+        // 1. Leader appends and pre-votes leave now, in parallel with our own write.
+        for m in rd.messages {
+            self.send(m);
+        }
+        // 2. One durable commit for everything this Ready must persist.
+        let installs = rd.snapshot.is_some();
+        if rd.hard_state.is_some() || rd.snapshot.is_some() || !rd.entries.is_empty() {
+            self.storage.persist(LogWrite {
+                hard_state: rd.hard_state,
+                snapshot: rd.snapshot.as_ref(),
+                entries: &rd.entries,
+            })?;
+            self.metrics.fsyncs.inc();
+        }
+        if let Some(snap) = &rd.snapshot {
+            tracing::info!(target: "keel::raft", index = snap.meta.index, "installed snapshot");
+            self.applied = snap.meta.index;
+            self.snapshot_index = snap.meta.index;
+            let view = self.storage.view()?;
+            apply::reload(&self.runtime, &self.blobs, &self.registry, &view)?;
+        }
+        // 3. Acknowledgements promise durability: only now.
+        for m in rd.persisted_messages {
+            self.send(m);
+        }
+        if let Some((index, term)) = point {
+            self.raft.persisted(index, term);
+        }
+        // 4. Apply.
+        if !rd.committed_entries.is_empty() {
+            self.apply(&rd.committed_entries)?;
+        }
+        for rs in rd.read_states {
+            let Some(reply) = self.reads.remove(&rs.ctx) else {
+                continue;
+            };
+            match rs.index {
+                Some(i) if i <= self.applied => {
+                    let _ = reply.send(Ok(i));
+                }
+                Some(i) => self.reads_waiting.push((i, reply)),
+                None => {
+                    let _ = reply.send(Err(ReadRefused::Retry));
+                }
+            }
+        }
+        if installs {
+            self.release_reads();
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: &[keel_raft::Entry]) -> anyhow::Result<()> {
+        let view = Box::new(self.storage.view()?);
+        let applied =
+            apply::apply_batch(&self.runtime, &self.blobs, &self.registry, view, entries)?;
+        self.storage.apply(&applied.batch)?;
+        apply::activate(&self.registry, applied.deployed);
+        let last = applied.batch.last_applied;
+        tracing::debug!(target: "keel::txn", last = %last, n = entries.len(), "applied");
+        self.metrics.applied.inc_by(entries.len() as u64);
+        for (index, term, result) in applied.results {
+            if let Some((t, reply)) = self.proposals.remove(&index) {
+                let _ = reply.send(if t == term {
+                    CommandReply::Done {
+                        index,
+                        term,
+                        result,
+                    }
+                } else {
+                    CommandReply::Retry("the entry was replaced by a new leader".into())
+                });
+            }
+        }
+        // Proposals whose index was taken by another record (a no-op of a new leader, say).
+        for e in entries {
+            if let Some((_, reply)) = self.proposals.remove(&e.index) {
+                let _ = reply.send(CommandReply::Retry(
+                    "the entry was replaced by a new leader".into(),
+                ));
+            }
+            if self.deploy_in_flight == Some(e.index) {
+                self.deploy_in_flight = None;
+            }
+        }
+        self.applied = last.index;
+        self.raft.applied(last.index);
+        self.release_reads();
+        self.maybe_snapshot()?;
+        Ok(())
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .reads_waiting
+            .drain(..)
+            .partition(|(i, _)| *i <= applied);
+        self.reads_waiting = waiting;
+        for (i, reply) in ready {
+            let _ = reply.send(Ok(i));
+        }
+    }
+
+    /// Snapshots are built from the applied (hence committed) state, from a read
+    /// transaction that does not block writes.
+    fn maybe_snapshot(&mut self) -> anyhow::Result<()> {
+        if self.applied < self.snapshot_index + self.cfg.snapshot_every {
+            return Ok(());
+        }
+        let snap = SnapshotChunks::new(self.storage.view()?, 1 << 20).into_snapshot()?;
+        let index = snap.meta.index;
+        if self.raft.compact(index, snap.data).is_ok() {
+            self.storage.purge(&snap.meta)?;
+            self.snapshot_index = index;
+            tracing::info!(target: "keel::raft", index, "snapshot taken, log compacted");
+        }
+        Ok(())
+    }
+
+    /// A new cluster gets the embedded kv plugin, deployed through the log like any other.
+    fn maybe_deploy_builtin(&mut self) {
+        if !self.cfg.builtin_kv
+            || self.raft.role() != Role::Leader
+            || self.deploy_in_flight.is_some()
+            || self.registry.get("kv").is_some()
+        {
+            return;
+        }
+        let sha256 = self.blobs.add(apply::BUILTIN_KV.to_vec());
+        let deploy = Deploy {
+            plugin: "kv".into(),
+            version: format!("builtin-{}", &apply::hex(&sha256)[..12]),
+            sha256,
+            fuel_per_apply: 100_000_000,
+            memory_limit: 128 << 20,
+        };
+        if let Ok((index, _)) = self.raft.propose(Record::Deploy(deploy), now_ms()) {
+            tracing::info!(target: "keel::txn", index, "proposed deployment of the built-in kv plugin");
+            self.deploy_in_flight = Some(index);
+        }
+    }
+
+    fn send(&mut self, m: Message) {
+        tracing::debug!(target: "keel::msg", "send {m}");
+        if let Some(outbox) = self.outboxes.get(&m.to) {
+            let _ = outbox.send(m);
+        }
+    }
+
+    fn event(&mut self, ev: &Event) {
+        let json = match ev {
+            Event::State { role, term, leader } => {
+                tracing::info!(target: "keel::raft", ?role, term, ?leader, "state");
+                if *role != Role::Leader {
+                    self.deploy_in_flight = None;
+                }
+                serde_json::json!({"type": "state", "role": format!("{role:?}"), "term": term, "leader": leader})
+            }
+            Event::Config { index, config } => {
+                tracing::info!(target: "keel::raft", index, ?config, "configuration");
+                serde_json::json!({"type": "config", "index": index, "voters": config.voters, "learners": config.learners})
+            }
+        };
+        let _ = self.events.send(json.to_string());
+    }
+
+    fn publish_status(&mut self) {
+        let s = self.raft.status();
+        let leader_url = s.leader.and_then(|l| self.member_url(l));
+        let members = s
+            .config
+            .members()
+            .map(|id| (id, self.member_url(id).unwrap_or_default()))
+            .collect();
+        self.metrics.term.set(s.term as i64);
+        self.metrics.commit_index.set(s.commit as i64);
+        self.metrics.applied_index.set(self.applied as i64);
+        self.metrics
+            .is_leader
+            .set(i64::from(s.role == Role::Leader));
+        let status = NodeStatus {
+            node_id: s.id,
+            role: format!("{:?}", s.role),
+            term: s.term,
+            leader_id: s.leader,
+            leader_url,
+            commit_index: s.commit,
+            applied_index: self.applied,
+            last_log_index: s.last_index,
+            cluster_id: self.cfg.cluster_id.clone(),
+            members,
+            plugins: self.registry.names(),
+        };
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    fn member_url(&self, id: NodeId) -> Option<String> {
+        self.raft
+            .config()
+            .addresses
+            .get(&id)
+            .cloned()
+            .or_else(|| self.cfg.peers.get(&id).cloned())
+    }
+}

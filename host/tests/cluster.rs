@@ -1,0 +1,388 @@
+//! Real `keel serve` processes on loopback: commands through every node, linearizable reads,
+//! kill -9 of the leader under load, catch-up after restart, exactly-once across a leader
+//! change, and bad input. Every wait is bounded.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use keel::client::Client;
+use keel::config::NodeConfig;
+
+struct Cluster {
+    nodes: Vec<(NodeConfig, PathBuf, Option<Child>)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plan = keel::dev::plan(n, dir.path()).expect("plan");
+        let nodes = plan
+            .into_iter()
+            .map(|(cfg, path)| {
+                let child = spawn(&path);
+                (cfg, path, Some(child))
+            })
+            .collect();
+        Cluster { nodes, _dir: dir }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|(c, _, _)| c.url()).collect()
+    }
+
+    fn kill(&mut self, id: u64) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|(c, _, _)| c.id == id)
+            .expect("node");
+        if let Some(mut child) = node.2.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self, id: u64) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|(c, _, _)| c.id == id)
+            .expect("node");
+        node.2 = Some(spawn(&node.1));
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, _, child) in &mut self.nodes {
+            if let Some(c) = child.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn spawn(config: &Path) -> Child {
+    let exe = Path::new(env!("CARGO_BIN_EXE_keel"));
+    keel::dev::spawn(exe, config).expect("spawn keel serve").0
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn status(url: &str) -> Option<serde_json::Value> {
+    let mut c = Client::new(vec![url.to_string()]);
+    let a = tokio::time::timeout(Duration::from_secs(1), c.get("/v1/status"))
+        .await
+        .ok()?
+        .ok()?;
+    serde_json::from_slice(&a.body).ok()
+}
+
+/// Waits until some node leads with the kv plugin active; returns the leader's id.
+async fn wait_for_leader(urls: &[String], deadline: Duration) -> u64 {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        for url in urls {
+            if let Some(s) = status(url).await {
+                let has_kv = s["plugins"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|n| n == "kv"));
+                if s["role"] == "Leader" && has_kv {
+                    return s["node_id"].as_u64().unwrap_or(0);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no leader with the kv plugin within {deadline:?}");
+}
+
+async fn put(c: &mut Client, key: &str, value: &str) -> (u16, String) {
+    let body = serde_json::json!({"op": "put", "key": key, "value": value}).to_string();
+    match c.submit("kv", body.into_bytes()).await {
+        Ok(a) => (
+            a.status.as_u16(),
+            String::from_utf8_lossy(&a.body).into_owned(),
+        ),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+async fn get(c: &mut Client, key: &str) -> serde_json::Value {
+    let body = serde_json::json!({"op": "get", "key": key}).to_string();
+    let a = c
+        .query("kv", body.into_bytes(), "linearizable")
+        .await
+        .expect("query");
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    serde_json::from_slice::<serde_json::Value>(&a.body).expect("json")["value"].clone()
+}
+
+async fn state_hashes(urls: &[String]) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    for url in urls {
+        let mut c = Client::new(vec![url.clone()]);
+        let a = c.get("/v1/state-hash").await.expect("state hash");
+        let v: serde_json::Value = serde_json::from_slice(&a.body).expect("json");
+        out.push((
+            v["applied_index"].as_u64().unwrap_or(0),
+            v["hash"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    out
+}
+
+#[test]
+fn a_three_node_cluster_survives_kill_9_of_its_leader_without_losing_an_acknowledged_write() {
+    let mut cluster = Cluster::start(3);
+    let urls = cluster.urls();
+    let rt = rt();
+    rt.block_on(async {
+        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
+
+        // Commands through every node: followers redirect to the leader.
+        for (i, url) in urls.iter().enumerate() {
+            let mut c = Client::new(vec![url.clone()]);
+            let (status, body) = put(&mut c, &format!("via-{i}"), &format!("v{i}")).await;
+            assert_eq!(status, 200, "put through {url}: {body}");
+            assert_eq!(body, r#"{"prev":null}"#);
+        }
+        // Linearizable reads from every node see every acknowledged write.
+        for url in &urls {
+            let mut c = Client::new(vec![url.clone()]);
+            for i in 0..urls.len() {
+                assert_eq!(
+                    get(&mut c, &format!("via-{i}")).await,
+                    format!("v{i}"),
+                    "read via {url}"
+                );
+            }
+        }
+
+        // Load, then kill -9 the leader in the middle of it.
+        let load_urls = urls.clone();
+        let load = tokio::spawn(async move {
+            let mut c = Client::new(load_urls);
+            let mut acked = Vec::new();
+            let start = Instant::now();
+            let mut i = 0;
+            while start.elapsed() < Duration::from_secs(6) {
+                let (status, _) = put(&mut c, &format!("load-{i}"), &format!("{i}")).await;
+                if status == 200 {
+                    acked.push(i);
+                }
+                i += 1;
+            }
+            acked
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let killed_at = Instant::now();
+        cluster.kill(leader);
+        let survivors: Vec<String> = cluster
+            .nodes
+            .iter()
+            .filter(|(c, _, _)| c.id != leader)
+            .map(|(c, _, _)| c.url())
+            .collect();
+        let new_leader = wait_for_leader(&survivors, Duration::from_secs(10)).await;
+        let failover = killed_at.elapsed();
+        assert_ne!(new_leader, leader);
+        // Election timeouts are 0.5–1 s here: "a few" of them.
+        assert!(
+            failover < Duration::from_secs(5),
+            "failover took {failover:?}"
+        );
+        let acked = load.await.expect("load task");
+        assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+
+        // No acknowledged write is lost.
+        let mut c = Client::new(survivors.clone());
+        for i in &acked {
+            assert_eq!(
+                get(&mut c, &format!("load-{i}")).await,
+                format!("{i}"),
+                "acknowledged write {i} lost"
+            );
+        }
+
+        // The killed node restarts and catches up; all replicas hold the same state.
+        cluster.restart(leader);
+        let (_, _) = put(&mut c, "after-restart", "x").await;
+        let start = Instant::now();
+        loop {
+            let hashes = state_hashes(&urls).await;
+            let same = hashes.windows(2).all(|w| w[0] == w[1]);
+            if same {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "replicas did not converge: {hashes:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
+#[test]
+fn a_retried_serial_is_applied_once_even_across_a_leader_change() {
+    let mut cluster = Cluster::start(3);
+    let urls = cluster.urls();
+    let rt = rt();
+    rt.block_on(async {
+        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let leader_url = urls[(leader - 1) as usize].clone();
+        let send = |url: String, value: &'static str| async move {
+            let body = serde_json::json!({"op": "put", "key": "once", "value": value}).to_string();
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>();
+            let req = hyper::Request::post(format!("{url}/v1/plugins/kv/commands"))
+                .header("keel-client-id", "77")
+                .header("keel-serial", "1")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .expect("request");
+            let resp = client.request(req).await.expect("send");
+            let status = resp.status().as_u16();
+            let index = resp
+                .headers()
+                .get("keel-index")
+                .map(|v| v.to_str().unwrap_or("").to_string());
+            use http_body_util::BodyExt;
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            (status, index, String::from_utf8_lossy(&body).into_owned())
+        };
+        let (status, index, body) = send(leader_url.clone(), "first").await;
+        assert_eq!((status, body.as_str()), (200, r#"{"prev":null}"#));
+
+        cluster.kill(leader);
+        let survivors: Vec<String> = urls.iter().filter(|u| **u != leader_url).cloned().collect();
+        let new_leader = wait_for_leader(&survivors, Duration::from_secs(10)).await;
+        let new_url = urls[(new_leader - 1) as usize].clone();
+        // The same (client, serial) with another body: the stored answer comes back, and
+        // nothing is applied again (a second apply would answer {"prev":"first"}).
+        let (status, again_index, body) = send(new_url.clone(), "second").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, r#"{"prev":null}"#),
+            "retry was applied again"
+        );
+        assert_ne!(again_index, None);
+        assert_ne!(index, None);
+        let mut c = Client::new(vec![new_url]);
+        assert_eq!(get(&mut c, "once").await, "first");
+    });
+}
+
+fn raw(url: &str, request: &[u8]) -> String {
+    let addr = url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    // No half-close: hyper (rightly) drops a connection whose client stopped sending.
+    let _ = s.write_all(request);
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn status_line(response: &str) -> &str {
+    response.lines().next().unwrap_or("")
+}
+
+#[test]
+fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
+    let cluster = Cluster::start(1);
+    let urls = cluster.urls();
+    let url = urls[0].clone();
+    let rt = rt();
+    rt.block_on(async {
+        wait_for_leader(&urls, Duration::from_secs(20)).await;
+    });
+    let post = |path: &str, headers: &str, body: &[u8]| {
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        raw(&url, &req)
+    };
+    // Garbage command: the plugin refuses it, deterministically.
+    let r = post("/v1/plugins/kv/commands", "", b"\xff\x00garbage");
+    assert!(status_line(&r).contains("422"), "{r}");
+    // Unknown plugin.
+    let r = post("/v1/plugins/nope/commands", "", b"{}");
+    assert!(status_line(&r).contains("404"), "{r}");
+    // Too large.
+    let r = post("/v1/plugins/kv/commands", "", &vec![b'x'; 2 << 20]);
+    assert!(status_line(&r).contains("413"), "{r}");
+    // Malformed session header.
+    let r = post(
+        "/v1/plugins/kv/commands",
+        "Keel-Serial: banana\r\nKeel-Client-Id: 1\r\n",
+        b"{}",
+    );
+    assert!(status_line(&r).contains("400"), "{r}");
+    // Unknown consistency.
+    let r = post("/v1/plugins/kv/query?consistency=eventual", "", b"{}");
+    assert!(status_line(&r).contains("400"), "{r}");
+    // Truncated body: Content-Length promises more than arrives.
+    let r = raw(
+        &url,
+        b"POST /v1/plugins/kv/commands HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 100\r\n\r\n{\"op\":",
+    );
+    assert!(!status_line(&r).contains("200"), "{r}");
+    // Not HTTP at all.
+    let r = raw(&url, b"\x16\x03\x01 hello?\r\n\r\n");
+    assert!(status_line(&r).contains("400") || r.is_empty(), "{r}");
+    // Huge headers.
+    let big = format!("X-Big: {}\r\n", "a".repeat(200_000));
+    let r = post("/v1/plugins/kv/commands", &big, b"{}");
+    assert!(status_line(&r).contains("431") || r.is_empty(), "{r}");
+    // A peer batch from another cluster is refused and counted.
+    let foreign = vec![keel_raft::Message {
+        from: 9,
+        to: 1,
+        cluster: keel_raft::ClusterId(42),
+        term: 99,
+        body: keel_raft::MessageBody::TimeoutNow,
+    }];
+    let r = post(
+        "/v1/raft",
+        "",
+        &postcard::to_allocvec(&foreign).expect("encode"),
+    );
+    assert!(status_line(&r).contains("403"), "{r}");
+    let r = post("/v1/raft", "", b"not postcard");
+    assert!(status_line(&r).contains("400"), "{r}");
+    let metrics = raw(
+        &url,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        metrics.contains("keel_foreign_cluster_messages_total 1"),
+        "{metrics}"
+    );
+
+    // Still serving, and the foreign message did not disturb its term.
+    rt.block_on(async {
+        let mut c = Client::new(urls.clone());
+        let (code, body) = put(&mut c, "still", "here").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(get(&mut c, "still").await, "here");
+        let s = status(&url).await.expect("status");
+        assert_eq!(s["role"], "Leader");
+        assert!(s["term"].as_u64().unwrap_or(99) < 99);
+    });
+}
