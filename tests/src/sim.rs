@@ -899,7 +899,37 @@ impl Sim {
     fn inject_fault(&mut self) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let n = ids.len() as u64;
-        match self.rand(10) {
+        match self.rand(11) {
+            10 => {
+                // Single-server membership change (thesis §4.1): demote a voter to learner
+                // or promote a learner back, through the leader.
+                let leader = ids.iter().copied().find(|&id| {
+                    self.nodes[&id]
+                        .raft
+                        .as_ref()
+                        .is_some_and(|r| r.role() == Role::Leader)
+                });
+                let target = ids[self.rand(n) as usize];
+                let now = self.now;
+                if let Some(l) = leader {
+                    let Some(raft) = self.raft(l) else { return };
+                    let mut config = raft.config().clone();
+                    if config.voters.contains(&target) {
+                        if config.voters.len() <= 2 {
+                            return;
+                        }
+                        config.voters.remove(&target);
+                        config.learners.insert(target);
+                    } else {
+                        config.learners.remove(&target);
+                        config.voters.insert(target);
+                    }
+                    let voters = config.voters.clone();
+                    let result = raft.propose(Record::Config(config), now);
+                    self.trace(|| format!("n{l} proposes voters={voters:?}: {result:?}"));
+                    self.drive(l);
+                }
+            }
             9 => {
                 // A disk stall (fsync hiccup), most often the leader's.
                 let victim = self.leader_or_random(n, &ids);
