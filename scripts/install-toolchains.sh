@@ -31,5 +31,7 @@ install_jco() {
   npm ci --prefix "$dir" --no-audit --no-fund
 }
 
-install_componentize_py || echo "WARNING: componentize-py not installed; the Python plugin tests will be skipped" >&2
-install_jco || echo "WARNING: jco not installed; the JavaScript plugin tests will be skipped" >&2
+# Registries have bad moments: try each install three times before giving up.
+retry() { "$@" || { sleep 5; "$@"; } || { sleep 15; "$@"; }; }
+retry install_componentize_py || echo "WARNING: componentize-py not installed; the Python plugin tests will be skipped" >&2
+retry install_jco || echo "WARNING: jco not installed; the JavaScript plugin tests will be skipped" >&2
