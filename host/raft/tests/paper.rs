@@ -144,6 +144,33 @@ fn randomized_election_timeouts_differ_between_seeds_and_stay_in_range() {
     );
 }
 
+// Reference: §5.2, Fig. 2 ("If election timeout elapses without … granting vote to candidate: convert to candidate")
+#[test]
+fn a_follower_that_grants_a_vote_restarts_its_election_timeout() {
+    // Node 3 starts in term 1 with no vote; T is its (seeded) election timeout.
+    let build = || {
+        ClusterBuilder::voters(3)
+            .pre_vote(false)
+            .log(3, &[1])
+            .build()
+    };
+    let mut probe = build();
+    let t = (1..100)
+        .find(|_| {
+            probe.tick(3, 1);
+            probe.role(3) != Role::Follower
+        })
+        .expect("campaigns");
+    let mut c = build();
+    c.tick(3, t - 1);
+    assert_eq!(
+        vote_answer(&c.exchange(vote_request(1, 3, 1, 1, 1))),
+        Some(true)
+    );
+    c.tick(3, t - 1);
+    assert_eq!(c.role(3), Role::Follower, "the vote restarted the timeout");
+}
+
 /// Node 3 is asked by candidate 1, then by candidate 2, in term 1. Returns the two answers.
 fn votes_in_one_term(bugs: &[Bug]) -> (Option<bool>, Option<bool>) {
     let mut c = ClusterBuilder::voters(3).pre_vote(false).bugs(bugs).build();
