@@ -609,10 +609,10 @@ impl Cluster {
         }
         self.trace.extend(lines);
         self.in_flight.extend(w.persisted_messages);
-        if let Some((index, term)) = w.persist_point {
-            if let Some(raft) = self.node_mut(id).raft.as_mut() {
-                raft.persisted(index, term);
-            }
+        if let (Some((index, term)), Some(raft)) =
+            (w.persist_point, self.node_mut(id).raft.as_mut())
+        {
+            raft.persisted(index, term);
         }
     }
 
