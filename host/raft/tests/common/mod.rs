@@ -660,6 +660,38 @@ impl Cluster {
         arrived
     }
 
+    /// How many messages are in the network.
+    pub(crate) fn in_flight_len(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Delivers only the `i`th message in the network (reordering), unless it is dropped.
+    pub(crate) fn deliver_nth(&mut self, i: usize) {
+        let Some(m) = self.in_flight.remove(i) else {
+            return;
+        };
+        if self.dropped(&m) {
+            return;
+        }
+        let to = m.to;
+        self.delivered.push(m.clone());
+        if let Err(e) = self.raft_mut(to).step(m) {
+            self.trace.push(format!("  refused: {e}"));
+        }
+    }
+
+    /// Loses the `i`th message in the network.
+    pub(crate) fn drop_nth(&mut self, i: usize) {
+        self.in_flight.remove(i);
+    }
+
+    /// Sends the `i`th message in the network a second time.
+    pub(crate) fn duplicate_nth(&mut self, i: usize) {
+        if let Some(m) = self.in_flight.get(i).cloned() {
+            self.in_flight.push_back(m);
+        }
+    }
+
     /// Handles Readies and delivers messages until the cluster is quiet.
     pub(crate) fn stabilize(&mut self) {
         for _ in 0..10_000 {
