@@ -20,7 +20,7 @@ use keel_storage::{
 
 /// Each case alternates this many slices of raw syncs and of the case itself, so that both
 /// see the same disk weather on a shared machine.
-const ROUNDS: u32 = 8;
+const ROUNDS: u32 = 40;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
