@@ -35,6 +35,11 @@
 //! # Ok::<(), keel_storage::StorageError>(())
 //! ```
 //!
+//! For the simulator, [`MemStorage`] keeps the same contract and refuses the same writes (one
+//! conformance suite runs against both), and models the failures: [`MemStorage::crash`] loses
+//! exactly the applies made since the last durable write, as redb does, and
+//! [`MemStorage::fail_writes`] makes writes fail as a full disk would.
+//!
 //! Durability and crash behaviour are argued in `docs/storage.md`.
 
 mod api;

@@ -718,6 +718,41 @@ fn a_damaged_or_stale_snapshot_is_refused_whole<H: Harness>() {
     assert!(matches!(err, StorageError::SnapshotImage { .. }), "{err}");
 }
 
+fn persist_and_apply_may_run_on_different_threads<H: Harness>() {
+    let h = H::new();
+    let s = h.store();
+    append(s, &entries(1, 1, 1));
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for i in 2..=200 {
+                append(s, &entries(i, i, 1));
+            }
+        });
+        scope.spawn(|| {
+            // Apply whatever is in the log, as a separate apply thread would.
+            let mut applied = 0;
+            while applied < 200 {
+                let last = s.log_bounds().expect("bounds").last.index;
+                if last > applied {
+                    s.apply(&batch(
+                        &s.entries(applied + 1, last + 1, None).expect("entries"),
+                    ))
+                    .expect("apply");
+                    applied = last;
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        });
+    });
+    let v = s.view().expect("view");
+    assert_eq!(v.applied().last_applied, id(200, 1));
+    assert_eq!(
+        v.get("alpha", b"k13").expect("get"),
+        Some(b"200@1".to_vec())
+    );
+}
+
 // ---- restart ----------------------------------------------------------------------------------
 
 fn everything_durable_survives_a_restart<H: Harness>() {
@@ -806,6 +841,7 @@ suite!(
     installing_a_snapshot_replaces_state_and_conflicting_log,
     installing_a_snapshot_keeps_a_log_suffix_that_agrees,
     a_damaged_or_stale_snapshot_is_refused_whole,
+    persist_and_apply_may_run_on_different_threads,
     everything_durable_survives_a_restart,
     an_empty_write_returns_the_last_position,
     a_durable_write_makes_earlier_applies_durable,
