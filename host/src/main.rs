@@ -73,7 +73,7 @@ enum Cmd {
     /// index and plugin namespaces with key counts. Exits non-zero on a missing, corrupt or
     /// foreign file, and while a node has the directory open.
     Inspect {
-        /// The node's data directory.
+        /// The node's data directory (as given to `keel serve --data-dir`).
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
     },
@@ -257,7 +257,8 @@ fn main() -> ExitCode {
             c.submit(&plugin, body.into_bytes()).await
         }),
         Cmd::Status { endpoints } => client_call(&endpoints, async |c| c.get("/v1/status").await),
-        Cmd::Inspect { data_dir } => match keel_storage::inspect(&data_dir) {
+        // A node keeps its store in DATA_DIR/db (node::start); the operator names DATA_DIR.
+        Cmd::Inspect { data_dir } => match keel_storage::inspect(&data_dir.join("db")) {
             Ok(report) => {
                 print!("{report}");
                 ExitCode::SUCCESS
