@@ -26,6 +26,12 @@ pub enum StorageError {
         #[source]
         source: Box<redb::Error>,
     },
+    /// Another process (a running node?) has the data file open.
+    #[error("{path} is in use by another process (is a node running on it?)")]
+    InUse {
+        /// The data file.
+        path: PathBuf,
+    },
     /// The file is a database, but not one Keel wrote (or one of a format this build cannot read).
     #[error("{path} is not a Keel data file: {reason}")]
     Foreign {

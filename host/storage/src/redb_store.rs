@@ -111,12 +111,13 @@ impl RedbStorage {
     /// Opens an existing data file in `dir`, never creating one (for the inspector).
     pub fn open_existing(dir: &Path, options: StorageOptions) -> Result<Self, StorageError> {
         let path = dir.join(DATA_FILE);
-        let db = builder(&options)
-            .open(&path)
-            .map_err(|e| StorageError::Open {
+        let db = builder(&options).open(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse { path: path.clone() },
+            e => StorageError::Open {
                 path: path.clone(),
                 source: Box::new(e.into()),
-            })?;
+            },
+        })?;
         Self::init(db, path, options, false)
     }
 

@@ -74,7 +74,7 @@ fn inspect_reports_identity_term_log_applied_and_namespaces() {
 }
 
 #[test]
-fn inspect_refuses_a_missing_corrupt_or_foreign_file_naming_it() {
+fn inspect_refuses_a_missing_busy_corrupt_or_foreign_file_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let err = inspect(dir.path()).expect_err("missing");
     assert!(err.to_string().contains(DATA_FILE), "{err}");
@@ -82,6 +82,16 @@ fn inspect_refuses_a_missing_corrupt_or_foreign_file_naming_it() {
         !dir.path().join(DATA_FILE).exists(),
         "inspect created a data file"
     );
+
+    {
+        let _node = RedbStorage::open(dir.path(), StorageOptions::default()).expect("open");
+        let err = inspect(dir.path()).expect_err("in use");
+        assert!(
+            matches!(err, keel_storage::StorageError::InUse { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains(DATA_FILE), "{err}");
+    }
 
     std::fs::write(dir.path().join(DATA_FILE), b"not a database").expect("write");
     let err = inspect(dir.path()).expect_err("foreign");
