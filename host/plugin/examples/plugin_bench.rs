@@ -8,7 +8,7 @@
 //! Python and JavaScript ones: first load (compile) vs cached load, instantiation of
 //! a fresh instance, and the amortised cost of one `apply` (one kv get + one kv set)
 //! under Keel's instance policy (a fresh instance per call), next to the same call on
-//! a reused instance (what the policy costs).
+//! a reused instance (what the policy costs). Arguments: `[applies] [rust-only]`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -462,7 +462,8 @@ impl Plugin {
             |store, _, sm| {
                 let started = Instant::now();
                 for _ in 0..n {
-                    // The budget is per call; refill it as `apply` would.
+                    // Budgets are per call; reset them as `apply_batch` does.
+                    store.data_mut().next_command();
                     store.set_fuel(self.inner.limits.fuel)?;
                     let _ = sm.call_apply(&mut *store, &wit_ctx, command)?;
                 }
