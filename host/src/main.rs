@@ -180,7 +180,15 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         let (id, url) = (cfg.id, cfg.url());
         let node = keel::node::start(cfg, outboxes)?;
         tracing::info!(target: "keel::raft", id, %url, "serving");
-        keel::net::serve(listener, node).await.context("serving")
+        let storage = node.storage.clone();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            served = keel::net::serve(listener, node) => served.context("serving"),
+            // A clean stop makes the (non-durable) applies durable too, so a restart need not
+            // replay them (docs/storage.md).
+            _ = tokio::signal::ctrl_c() => Ok(storage.sync()?),
+            _ = term.recv() => Ok(storage.sync()?),
+        }
     })
 }
 

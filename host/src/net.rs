@@ -407,16 +407,26 @@ async fn query(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> Res
             }
         }
     }
+    // Waits for a free slot rather than failing: the pool's remaining instances belong to
+    // the apply path.
+    let Ok(_slot) = node.query_slots.clone().acquire_owned().await else {
+        return retry_later("node is stopping");
+    };
     let storage = node.storage.clone();
     let answer = tokio::task::spawn_blocking(move || {
-        let view = storage.view().map_err(|e| e.to_string())?;
+        let view = storage.view().map_err(|e| (false, e.to_string()))?;
         let kv = Arc::new(QueryView::new(Box::new(view), plugin));
-        plugin_impl.query(kv, &body).map_err(|e| e.to_string())
+        plugin_impl
+            .query(kv, &body)
+            .map_err(|e| (e.is_deterministic(), e.to_string()))
     })
     .await;
     match answer {
         Ok(Ok(bytes)) => full(StatusCode::OK, "application/octet-stream", bytes),
-        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+        // The plugin refused the query: its answer, the same on every node.
+        Ok(Err((true, e))) => error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+        // This node could not run it (resources, storage): not the plugin's fault.
+        Ok(Err((false, e))) => retry_later(&e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }

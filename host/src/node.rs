@@ -129,7 +129,15 @@ pub struct NodeHandle {
     pub config: Arc<NodeConfig>,
     /// This node's cluster.
     pub cluster: ClusterId,
+    /// Queries running at once. Fewer than the plugin runtime's instance pool, so that the
+    /// apply path always finds an instance (it fail-stops if it does not).
+    pub query_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Plugin instances live at once: queries plus the one apply in progress.
+const PLUGIN_INSTANCES: u32 = 64;
+/// Of those, how many queries may use at once.
+const QUERY_SLOTS: usize = 48;
 
 /// Peer outboxes: one queue per peer, drained by that peer's sender task.
 pub type Outboxes = HashMap<NodeId, mpsc::UnboundedSender<Message>>;
@@ -208,6 +216,7 @@ pub fn start(cfg: NodeConfig, outboxes: Outboxes) -> Result<NodeHandle, StartErr
     }
     let runtime = Runtime::new(keel_plugin::RuntimeConfig {
         cache_dir: Some(cfg.data_dir.join("plugin-cache")),
+        max_concurrent_calls: PLUGIN_INSTANCES,
         ..keel_plugin::RuntimeConfig::default()
     })
     .map_err(|e| StartError::Plugin(e.to_string()))?;
@@ -272,6 +281,7 @@ pub fn start(cfg: NodeConfig, outboxes: Outboxes) -> Result<NodeHandle, StartErr
         metrics: metrics.clone(),
         config: cfg.clone(),
         cluster,
+        query_slots: Arc::new(tokio::sync::Semaphore::new(QUERY_SLOTS)),
     };
     let mut driver = Driver {
         cfg,

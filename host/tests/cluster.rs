@@ -386,3 +386,52 @@ fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
         assert!(s["term"].as_u64().unwrap_or(99) < 99);
     });
 }
+
+#[test]
+fn a_query_burst_larger_than_the_plugin_pool_is_served_and_never_starves_apply() {
+    let cluster = Cluster::start(1);
+    let urls = cluster.urls();
+    let rt = rt();
+    rt.block_on(async {
+        wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let mut tasks = Vec::new();
+        // 128 concurrent readers (the runtime pools 64 instances), with writers among them:
+        // were queries to take every instance, an apply would find none and the node would
+        // fail-stop.
+        for t in 0..128 {
+            let urls = urls.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut c = Client::new(urls);
+                let mut failures = Vec::new();
+                for i in 0..10 {
+                    if t % 8 == 0 {
+                        let (code, body) = put(&mut c, &format!("w{t}-{i}"), "x").await;
+                        if code != 200 {
+                            failures.push(format!("put {code} {body}"));
+                        }
+                    } else {
+                        let body = serde_json::json!({"op": "get", "key": "w0-0"}).to_string();
+                        match c.query("kv", body.into_bytes(), "linearizable").await {
+                            Ok(a) if a.status == 200 => {}
+                            Ok(a) => failures.push(format!(
+                                "get {} {}",
+                                a.status,
+                                String::from_utf8_lossy(&a.body)
+                            )),
+                            Err(e) => failures.push(format!("get {e}")),
+                        }
+                    }
+                }
+                failures
+            }));
+        }
+        for t in tasks {
+            let failures = t.await.expect("task");
+            assert!(failures.is_empty(), "{failures:?}");
+        }
+        assert_eq!(
+            status(&urls[0]).await.expect("node still up")["role"],
+            "Leader"
+        );
+    });
+}

@@ -45,6 +45,10 @@
 //! (not a component, garbage, missing exports, imports Keel does not provide) fails
 //! [`Runtime::load`] with a clear error. Nothing a plugin does panics the host.
 //!
+//! # Several commands per log entry
+//! [`Plugin::apply_batch`] runs the commands of one log entry on one fresh instance
+//! (same outcomes as one `apply` each, one instantiation instead of many).
+//!
 //! See `docs/plugins.md` for the determinism rules, the instance policy and its cost.
 
 mod batch;

@@ -3,7 +3,8 @@
 //! compactions and reads. After every step it checks Election Safety (§5.2: one leader per
 //! term), State Machine Safety (§5.4.3: no two nodes apply different entries at one index)
 //! and read linearizability (thesis §6.4: a read's index is at least every index applied
-//! anywhere before the read was asked). The simulator in `keel-tests` does this at scale;
+//! anywhere before the read was asked); at the end, with every fault repaired, a leader must
+//! accept a proposal and every node commit it. The simulator in `keel-tests` does this at scale;
 //! this test keeps the core's own crate honest and shows the checks have teeth.
 
 mod common;
@@ -131,11 +132,45 @@ fn storm(seed: u64, shape: Shape, bugs: &[Bug], steps: u64) -> Result<(), String
         seen.check(&c)
             .map_err(|e| format!("seed {seed} {shape:?} step {step}: {e}"))?;
     }
-    Ok(())
+    settle(&mut c).map_err(|e| format!("seed {seed} {shape:?} after healing: {e}"))
+}
+
+/// Liveness: once every fault is repaired, some leader accepts a proposal within a few
+/// election timeouts and every node commits it.
+fn settle(c: &mut Cluster) -> Result<(), String> {
+    c.heal();
+    let ids: Vec<NodeId> = c.nodes.keys().copied().collect();
+    for &id in &ids {
+        if c.nodes[&id].raft.is_none() {
+            c.restart(id);
+        }
+        c.release_writes(id);
+    }
+    let mut proposed = None;
+    for _ in 0..200 {
+        c.tick_all(1);
+        if let Some(leader) = c.leader() {
+            proposed = c
+                .propose(leader, "final")
+                .ok()
+                .map(|(index, _)| (leader, index));
+            if proposed.is_some() {
+                break;
+            }
+        }
+    }
+    let (leader, index) = proposed.ok_or("no leader accepts proposals")?;
+    c.tick_all(50);
+    match ids.iter().find(|&&id| c.commit(id) < index) {
+        Some(id) => Err(format!(
+            "node {id} never committed {index} (leader {leader})"
+        )),
+        None => Ok(()),
+    }
 }
 
 #[test]
-fn random_faults_never_break_election_safety_state_machine_safety_or_reads() {
+fn random_faults_never_break_safety_or_reads_and_the_healed_cluster_commits() {
     for seed in 0..60 {
         for shape in SHAPES {
             if let Err(violation) = storm(seed, shape, &[], 3000) {

@@ -15,7 +15,8 @@ use keel_plugin::{
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -206,10 +207,20 @@ pub fn runtime() -> &'static Runtime {
     })
 }
 
+/// Loads with default limits on the shared runtime, once per (name, wasm) per process:
+/// tests running in parallel threads would otherwise compile a big guest twice.
 pub fn load(name: &str, wasm: &[u8]) -> Plugin {
-    runtime()
-        .load(PluginId::new(name, "1"), wasm, Limits::default())
-        .unwrap_or_else(|e| panic!("load {name}: {e}"))
+    static LOADED: Mutex<BTreeMap<(String, Vec<u8>), Plugin>> = Mutex::new(BTreeMap::new());
+    let key = (name.to_string(), Sha256::digest(wasm).to_vec());
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    loaded
+        .entry(key)
+        .or_insert_with(|| {
+            runtime()
+                .load(PluginId::new(name, "1"), wasm, Limits::default())
+                .unwrap_or_else(|e| panic!("load {name}: {e}"))
+        })
+        .clone()
 }
 
 pub fn ctx(index: u64) -> ApplyContext {
