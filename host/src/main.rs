@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use keel::client::Client;
 use keel::config::NodeConfig;
+use keel_storage::Storage;
 
 /// Keel: a Raft host whose replicated state machines are WebAssembly components.
 #[derive(Debug, Parser)]
