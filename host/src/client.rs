@@ -62,6 +62,11 @@ impl Client {
         self.call(Method::POST, &path, body, false).await
     }
 
+    /// `POST path` with an empty body (admin endpoints).
+    pub async fn call_raw(&mut self, path: &str) -> anyhow::Result<Answer> {
+        self.call(Method::POST, path, Vec::new(), false).await
+    }
+
     /// `GET path` on the first endpoint that answers.
     pub async fn get(&mut self, path: &str) -> anyhow::Result<Answer> {
         self.call(Method::GET, path, Vec::new(), false).await

@@ -196,6 +196,7 @@ fn a_three_node_cluster_survives_kill_9_of_its_leader_without_losing_an_acknowle
             .collect();
         let new_leader = wait_for_leader(&survivors, Duration::from_secs(10)).await;
         let failover = killed_at.elapsed();
+        println!("failover: node {new_leader} leads {failover:?} after kill -9 of node {leader}");
         assert_ne!(new_leader, leader);
         // Election timeouts are 0.5–1 s here: "a few" of them.
         assert!(
@@ -432,6 +433,52 @@ fn a_query_burst_larger_than_the_plugin_pool_is_served_and_never_starves_apply()
         assert_eq!(
             status(&urls[0]).await.expect("node still up")["role"],
             "Leader"
+        );
+    });
+}
+
+#[test]
+fn the_event_stream_reports_a_leadership_change() {
+    let cluster = Cluster::start(3);
+    let urls = cluster.urls();
+    let rt = rt();
+    rt.block_on(async {
+        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let watched = urls[(leader - 1) as usize].clone();
+        let addr = watched.trim_start_matches("http://").to_string();
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let _ = s.write_all(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut seen = String::new();
+            let mut buf = [0u8; 4096];
+            // The status first, then events; stop once this node reports it follows.
+            while !seen.contains(r#""role":"Follower""#) {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+            seen
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let target = if leader == 1 { 2 } else { 1 };
+        let mut c = Client::new(vec![watched.clone()]);
+        let a = c
+            .call_raw(&format!("/v1/admin/transfer-leadership/{target}"))
+            .await
+            .expect("transfer");
+        assert_eq!(a.status, 202);
+        let seen = reader.await.expect("reader");
+        assert!(seen.contains("text/event-stream"), "{seen}");
+        assert!(
+            seen.contains(r#""role":"Leader""#),
+            "no initial status: {seen}"
+        );
+        assert!(
+            seen.contains(r#""type":"state""#) && seen.contains(r#""role":"Follower""#),
+            "no state event: {seen}"
         );
     });
 }
