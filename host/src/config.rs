@@ -35,6 +35,10 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Deploy the built-in example kv plugin (as `kv`) when the cluster has none.
     pub builtin_kv: bool,
+    /// redb two-phase commit: a second fsync per durable write, so that damage to the newest
+    /// commit fails the open instead of silently reopening the one before (which would
+    /// forget a vote or acknowledged entries). See docs/storage.md.
+    pub two_phase_commit: bool,
 }
 
 impl Default for NodeConfig {
@@ -52,6 +56,7 @@ impl Default for NodeConfig {
             default_timeout_ms: 5_000,
             snapshot_every: 10_000,
             builtin_kv: true,
+            two_phase_commit: true,
         }
     }
 }

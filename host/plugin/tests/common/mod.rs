@@ -13,9 +13,9 @@ use keel_plugin::{
     ApplyContext, ApplyOutcome, Limits, MemoryKv, Plugin, PluginId, Runtime, RuntimeConfig,
 };
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub fn repo_root() -> PathBuf {
