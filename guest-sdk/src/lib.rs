@@ -39,8 +39,8 @@
 //! component to deploy.
 //!
 //! # Rules the host enforces
-//! - **No state outside [`kv`]**: every `apply` runs on a fresh instance, so globals,
-//!   statics and caches are reset before each command.
+//! - **No state outside [`kv`]**: every call (or the commands of one log entry) runs on
+//!   a fresh instance, so globals, statics and caches do not survive.
 //! - `apply` writes are buffered and read back by later `kv` calls in the same call;
 //!   they become durable only if `apply` returns `Ok`.
 //! - `query` and `validate` may read, never write ([`KvError::ReadOnly`]).
@@ -144,8 +144,8 @@ impl From<KvError> for Error {
 
 /// A replicated state machine whose state lives entirely in [`kv`].
 ///
-/// There is no `self`: the host runs each call on a fresh instance, so a value kept
-/// between calls would not survive anyway. Commands, queries and their answers are
+/// There is no `self`: the host runs each call (or each log entry's commands) on a
+/// fresh instance, so a value kept between calls would not survive anyway. Commands, queries and their answers are
 /// JSON on the wire (serde).
 pub trait StateMachine {
     /// A command, decoded from the JSON bytes the client proposed.
