@@ -699,6 +699,10 @@ impl Cluster {
             if self.in_flight.is_empty() {
                 return;
             }
+            assert!(
+                self.in_flight.len() < 100_000,
+                "message storm: the cluster never quiets"
+            );
             self.deliver(None);
         }
         panic!("cluster did not stabilize");
