@@ -226,6 +226,20 @@ impl RaftLog {
         (self.base.index, self.base.config.clone())
     }
 
+    /// Whether any entry from `index` to the end is a configuration.
+    pub(crate) fn has_config_from(&self, index: Index) -> bool {
+        let from = index.max(self.first_index());
+        (from..=self.last_index()).any(|i| {
+            matches!(
+                self.entry(i),
+                Some(Entry {
+                    record: Record::Config(_),
+                    ..
+                })
+            )
+        })
+    }
+
     /// Timestamp of the last entry, so the leader's clock as seen by plugins never runs back.
     pub(crate) fn last_timestamp(&self) -> u64 {
         self.entries.last().map_or(0, |e| e.timestamp_ms)

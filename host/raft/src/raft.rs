@@ -984,9 +984,10 @@ impl Raft {
         let last_new = prev_index + entries.len() as Index;
         let keep_matching = !self.bug(Bug::TruncateMatchingSuffix);
         // A configuration entry added or truncated away changes the configuration in effect.
+        // Only the merged entries are looked at: scanning back to the last configuration on
+        // every append made a follower's cost grow with its log.
         if let Some(first_changed) = self.log.merge(entries, keep_matching)
-            && (first_changed <= self.config_index
-                || self.log.config_at(self.log.last_index()).0 >= first_changed)
+            && (first_changed <= self.config_index || self.log.has_config_from(first_changed))
         {
             self.refresh_config();
         }

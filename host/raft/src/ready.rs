@@ -13,7 +13,8 @@ use crate::types::{ClusterConfig, Entry, HardState, Index, NodeId, Role, Snapsho
 ///    appends and heartbeats, which may go out in parallel with the leader's own disk write
 ///    (thesis §10.2.1), and pre-votes and read forwarding, which promise nothing.
 /// 2. Durably write, in one atomic step, [`Ready::hard_state`] (if any), [`Ready::snapshot`]
-///    (if any: it replaces the log prefix and the state machine) and [`Ready::entries`]
+///    (if any: it replaces the state machine and the whole log — the core kept nothing after
+///    it) and [`Ready::entries`]
 ///    (truncating any stored entries at or after `entries[0].index` first). Writes of
 ///    successive `Ready`s must become durable in order.
 /// 3. Only then send [`Ready::persisted_messages`]: votes and append acknowledgements, which
