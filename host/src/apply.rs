@@ -381,48 +381,17 @@ pub fn activate(registry: &Registry, deployed: Vec<(String, Arc<Plugin>)>) {
     }
 }
 
-/// A plugin's namespace of a committed-state view, for queries.
-pub struct QueryView {
-    view: Mutex<Box<dyn StateView + Send>>,
-    name: String,
-}
-
-impl QueryView {
-    /// Wraps `view` for plugin `name`.
-    pub fn new(view: Box<dyn StateView + Send>, name: String) -> QueryView {
-        QueryView {
-            view: Mutex::new(view),
-            name,
-        }
-    }
-}
-
-impl KvView for QueryView {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, keel_plugin::StorageError> {
-        let v = self.view.lock().unwrap_or_else(|e| e.into_inner());
-        v.get(&self.name, key).map_err(plugin_storage_error)
-    }
-
-    fn range(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, keel_plugin::StorageError> {
-        let v = self.view.lock().unwrap_or_else(|e| e.into_inner());
-        let pairs = v
-            .range(
-                &self.name,
-                KvRange {
-                    prefix: b"",
-                    start: Some(start),
-                    end,
-                    limit,
-                },
-            )
-            .map_err(plugin_storage_error)?;
-        Ok(pairs)
-    }
+/// A plugin's namespace of a committed-state view, for queries: a namespace with nothing
+/// pending on top.
+pub fn query_view(view: Box<dyn StateView + Send>, name: String) -> Arc<dyn KvView> {
+    Arc::new(Namespace {
+        overlay: Arc::new(Mutex::new(Overlay {
+            base: view,
+            writes: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+        })),
+        name,
+    })
 }
 
 /// A hash of the whole applied state (every namespace and session), to compare replicas.

@@ -5,7 +5,6 @@
 //! go in the next batch. A lost batch is simply lost: Raft retries what matters.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,7 +21,7 @@ use keel_storage::{StateView, Storage};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::apply::{self, QueryView};
+use crate::apply;
 use crate::node::{CommandReply, Input, NodeHandle, ReadRefused};
 
 /// Response body type: a whole buffer or a stream (server-sent events).
@@ -415,7 +414,7 @@ async fn query(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> Res
     let storage = node.storage.clone();
     let answer = tokio::task::spawn_blocking(move || {
         let view = storage.view().map_err(|e| (false, e.to_string()))?;
-        let kv = Arc::new(QueryView::new(Box::new(view), plugin));
+        let kv = apply::query_view(Box::new(view), plugin);
         plugin_impl
             .query(kv, &body)
             .map_err(|e| (e.is_deterministic(), e.to_string()))

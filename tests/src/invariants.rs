@@ -176,13 +176,13 @@ impl Invariants {
                     s.meta.index, s.meta.term
                 )));
             }
-            if let Some(c) = self.committed.get(&s.meta.index) {
-                if c.hash != hash {
-                    return Err(Violation::StateMachineSafety(format!(
-                        "n{id} installs a snapshot at {} that differs from the committed entry",
-                        s.meta.index
-                    )));
-                }
+            if let Some(c) = self.committed.get(&s.meta.index)
+                && c.hash != hash
+            {
+                return Err(Violation::StateMachineSafety(format!(
+                    "n{id} installs a snapshot at {} that differs from the committed entry",
+                    s.meta.index
+                )));
             }
             self.views.insert(
                 id,
@@ -337,12 +337,13 @@ impl Invariants {
         }
         // Leader Append-Only, in memory: while it leads a term, its last index never drops
         // and the entry there never changes.
-        if let Some(&(t, prev_last)) = self.leader_last.get(&id) {
-            if t == term && last < prev_last {
-                return Err(Violation::LeaderAppendOnly(format!(
-                    "leader n{id} of term {term}: last index went from {prev_last} to {last}"
-                )));
-            }
+        if let Some(&(t, prev_last)) = self.leader_last.get(&id)
+            && t == term
+            && last < prev_last
+        {
+            return Err(Violation::LeaderAppendOnly(format!(
+                "leader n{id} of term {term}: last index went from {prev_last} to {last}"
+            )));
         }
         let _ = raft;
         self.leader_last.insert(id, (term, last));

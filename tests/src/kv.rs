@@ -92,12 +92,11 @@ pub struct KvState {
 impl KvState {
     /// Applies a write from `client` with `serial`, exactly once.
     pub fn apply(&mut self, client: Option<(u64, u64)>, op: &Op) -> OpResult {
-        if let Some((id, serial)) = client {
-            if let Some((last, result)) = self.sessions.get(&id) {
-                if *last == serial {
-                    return *result;
-                }
-            }
+        if let Some((id, serial)) = client
+            && let Some((last, result)) = self.sessions.get(&id)
+            && *last == serial
+        {
+            return *result;
         }
         let key = op.key();
         let (new, result) = step(self.map.get(&key).copied(), op);

@@ -89,12 +89,12 @@ fn check_key(calls: &[Call], budget: usize) -> Option<bool> {
             .map(|i| calls[i].complete)
             .min()
             .unwrap_or(u64::MAX);
-        for i in 0..n {
-            if done & (1u128 << i) != 0 || calls[i].invoke > min_complete {
+        for (i, call) in calls.iter().enumerate() {
+            if done & (1u128 << i) != 0 || call.invoke > min_complete {
                 continue;
             }
-            let (next, result) = step(state, &calls[i].op);
-            let ok = match calls[i].result {
+            let (next, result) = step(state, &call.op);
+            let ok = match call.result {
                 Some(r) => r == result,
                 None => true,
             };
@@ -107,8 +107,8 @@ fn check_key(calls: &[Call], budget: usize) -> Option<bool> {
             }
         }
         // An unanswered write may also never have happened: allow skipping it.
-        for i in 0..n {
-            if done & (1u128 << i) == 0 && calls[i].result.is_none() {
+        for (i, call) in calls.iter().enumerate() {
+            if done & (1u128 << i) == 0 && call.result.is_none() {
                 let key = (done | (1u128 << i), state);
                 if seen.insert(key) {
                     stack.push(key);

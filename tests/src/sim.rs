@@ -487,14 +487,13 @@ impl Sim {
             if !self.connected(m.from, m.to) || self.chance(self.cfg.drop) {
                 return;
             }
-            if let Some((from, to, kind)) = self.pause_pattern {
-                if from.is_none_or(|f| f == m.from)
-                    && to.is_none_or(|t| t == m.to)
-                    && m.body.kind() == kind
-                {
-                    self.paused.push((self.now, m));
-                    return;
-                }
+            if let Some((from, to, kind)) = self.pause_pattern
+                && from.is_none_or(|f| f == m.from)
+                && to.is_none_or(|t| t == m.to)
+                && m.body.kind() == kind
+            {
+                self.paused.push((self.now, m));
+                return;
             }
             if self.chance(self.cfg.duplicate) {
                 let later = 1 + self.rand(40);
@@ -519,11 +518,11 @@ impl Sim {
             let line = m.to_string();
             self.trace(|| format!("deliver {line}"));
         }
-        if let Some(raft) = self.raft(to) {
-            if let Err(e) = raft.step(m) {
-                let e = e.to_string();
-                self.fail(Violation::Harness(format!("step refused: {e}")));
-            }
+        if let Some(raft) = self.raft(to)
+            && let Err(e) = raft.step(m)
+        {
+            let e = e.to_string();
+            self.fail(Violation::Harness(format!("step refused: {e}")));
         }
         self.drive(to);
     }
@@ -1014,10 +1013,10 @@ impl Sim {
                 });
                 if let Some(l) = leader {
                     let to = ids[self.rand(n) as usize];
-                    if let Some(raft) = self.raft(l) {
-                        if raft.transfer_leadership(to) {
-                            self.trace(|| format!("n{l} transfer leadership to n{to}"));
-                        }
+                    if let Some(raft) = self.raft(l)
+                        && raft.transfer_leadership(to)
+                    {
+                        self.trace(|| format!("n{l} transfer leadership to n{to}"));
                     }
                     self.drive(l);
                 }

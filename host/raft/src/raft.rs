@@ -17,6 +17,7 @@ use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
 use crate::progress::{Progress, ReplicationState};
 use crate::ready::{Event, ReadState, Ready};
+use crate::testkit::Bug;
 use crate::types::{
     ClusterConfig, Entry, HardState, Index, NodeId, Record, Role, Snapshot, SnapshotMeta, Term,
 };
@@ -1348,22 +1349,4 @@ fn ack(index: Index) -> MessageBody {
         hint_term: 0,
         hint_index: 0,
     }
-}
-
-#[cfg(feature = "testkit")]
-use crate::testkit::Bug;
-
-/// Stand-in so that `self.bug(Bug::X)` compiles away without the testkit feature.
-#[cfg(not(feature = "testkit"))]
-#[derive(Clone, Copy)]
-#[allow(dead_code)]
-enum Bug {
-    CommitPreviousTermByCounting,
-    DoubleVote,
-    SkipUpToDateCheck,
-    VoteNotPersisted,
-    LeaderIgnoresHigherTerm,
-    LeaderCountsSelfBeforePersist,
-    TruncateMatchingSuffix,
-    ReadIndexWithoutNoop,
 }
