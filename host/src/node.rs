@@ -159,9 +159,20 @@ pub enum StartError {
         /// What the config says.
         expected: Identity,
     },
+    /// The data directory could not be created.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The plugin runtime failed.
     #[error("plugins: {0}")]
     Plugin(String),
+    /// The driver thread could not be started.
+    #[error("starting the driver thread: {0}")]
+    Thread(std::io::Error),
     /// The core refused its configuration.
     #[error("raft: {0}")]
     Raft(#[from] keel_raft::ConfigError),
@@ -194,7 +205,10 @@ struct Driver {
 pub fn start(cfg: NodeConfig, outboxes: Outboxes) -> Result<NodeHandle, StartError> {
     cfg.check()?;
     let cluster = cfg.cluster()?;
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| StartError::Plugin(e.to_string()))?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
     let storage = Arc::new(RedbStorage::open(
         &cfg.data_dir.join("db"),
         keel_storage::StorageOptions::default(),
@@ -306,7 +320,7 @@ pub fn start(cfg: NodeConfig, outboxes: Outboxes) -> Result<NodeHandle, StartErr
     std::thread::Builder::new()
         .name("keel-driver".into())
         .spawn(move || driver.run(rx))
-        .map_err(|e| StartError::Plugin(e.to_string()))?;
+        .map_err(StartError::Thread)?;
     Ok(handle)
 }
 
