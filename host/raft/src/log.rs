@@ -245,3 +245,62 @@ impl RaftLog {
         self.entries.last().map_or(0, |e| e.timestamp_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: Index, term: Term) -> Entry {
+        Entry {
+            index,
+            term,
+            timestamp_ms: 0,
+            record: Record::Noop,
+        }
+    }
+
+    /// §5.3 truncation must also forget durability: the overwritten entries were durable, the
+    /// new ones at the same indices are not until the driver says so, and only durable
+    /// committed entries may be applied.
+    #[test]
+    fn overwritten_entries_no_longer_count_as_persisted() {
+        let entries = (1..=10).map(|i| entry(i, 1)).collect();
+        let mut log = RaftLog::restore(SnapshotMeta::default(), entries, 0);
+        assert_eq!(log.persisted, 10);
+        log.commit_to(5);
+        assert_eq!(log.take_committed(100).len(), 5);
+
+        // A new leader's entries conflict from index 8 on.
+        let changed = log.merge(vec![entry(8, 2), entry(9, 2)], true);
+        assert_eq!(changed, Some(8));
+        assert_eq!(log.last_index(), 9);
+        assert_eq!(
+            log.persisted, 7,
+            "entries 8 and 9 are new and not yet durable"
+        );
+
+        // Committed up to 9, but only 6..=7 are durable here: nothing beyond may be applied.
+        log.commit_to(9);
+        let applied: Vec<Index> = log.take_committed(100).iter().map(|e| e.index).collect();
+        assert_eq!(applied, vec![6, 7]);
+
+        // Once the driver reports the new entries durable, they may be applied.
+        let unstable: Vec<Index> = log.take_unstable().iter().map(|e| e.index).collect();
+        assert_eq!(unstable, vec![8, 9]);
+        assert!(log.persisted_to(9, 2));
+        let applied: Vec<Index> = log.take_committed(100).iter().map(|e| e.index).collect();
+        assert_eq!(applied, vec![8, 9]);
+    }
+
+    #[test]
+    fn a_stale_persist_report_for_an_overwritten_entry_is_ignored() {
+        let mut log = RaftLog::restore(SnapshotMeta::default(), Vec::new(), 0);
+        log.append(entry(1, 1));
+        log.append(entry(2, 1));
+        let _ = log.take_unstable();
+        log.merge(vec![entry(2, 2)], true);
+        // The report for the old (2, term 1) write arrives late: it proves nothing about (2, 2).
+        assert!(!log.persisted_to(2, 1));
+        assert!(log.persisted < 2);
+    }
+}
