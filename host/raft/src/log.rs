@@ -303,4 +303,23 @@ mod tests {
         assert!(!log.persisted_to(2, 1));
         assert!(log.persisted < 2);
     }
+
+    /// The persisted cursor only moves forward, and only over entries the driver was given.
+    #[test]
+    fn persist_reports_never_move_durability_backwards_or_past_what_was_handed_out() {
+        let entries = (1..=10).map(|i| entry(i, 1)).collect();
+        let mut log = RaftLog::restore(SnapshotMeta::default(), entries, 0);
+        // A late report of an earlier write changes nothing.
+        assert!(!log.persisted_to(5, 1));
+        assert_eq!(log.persisted, 10);
+        // Nor does a repeat of the latest one.
+        assert!(!log.persisted_to(10, 1));
+        // An entry not yet handed to the driver cannot have been written.
+        log.append(entry(11, 1));
+        assert!(!log.persisted_to(11, 1));
+        assert_eq!(log.persisted, 10);
+        assert_eq!(log.take_unstable().len(), 1);
+        assert!(log.persisted_to(11, 1));
+        assert_eq!(log.persisted, 11);
+    }
 }
