@@ -155,13 +155,9 @@ impl RaftLog {
         false
     }
 
-    pub(crate) fn commit_to(&mut self, index: Index) -> bool {
-        let index = index.min(self.last_index());
-        if index > self.committed {
-            self.committed = index;
-            return true;
-        }
-        false
+    /// Raises the commit index to `index` (capped at the log's end); never lowers it.
+    pub(crate) fn commit_to(&mut self, index: Index) {
+        self.committed = self.committed.max(index.min(self.last_index()));
     }
 
     /// Committed entries that are also durable here and not yet handed out for apply;
