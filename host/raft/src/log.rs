@@ -318,4 +318,23 @@ mod tests {
         assert!(log.persisted_to(11, 1));
         assert_eq!(log.persisted, 11);
     }
+
+    /// After a snapshot install the driver reports the snapshot point durable; that report
+    /// must count, or nothing after it could be applied until later entries are written.
+    #[test]
+    fn an_installed_snapshot_counts_as_persisted_once_reported() {
+        let entries = (1..=3).map(|i| entry(i, 1)).collect();
+        let mut log = RaftLog::restore(SnapshotMeta::default(), entries, 0);
+        let meta = SnapshotMeta {
+            index: 20,
+            term: 4,
+            config: ClusterConfig::default(),
+        };
+        log.install_snapshot(meta);
+        assert_eq!((log.committed, log.last_index()), (20, 20));
+        assert!(log.take_unstable().is_empty());
+        assert!(log.persisted < 20);
+        assert!(log.persisted_to(20, 4));
+        assert_eq!(log.persisted, 20);
+    }
 }
