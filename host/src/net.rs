@@ -153,6 +153,21 @@ fn redirect(node: &NodeHandle, leader: Option<u64>, path_and_query: &str) -> Res
     }
 }
 
+/// 404 only when this node has applied its whole log: until then the plugin may be deployed
+/// by an entry it has not applied yet (a new leader catching up), so the client retries.
+fn unknown_plugin(node: &NodeHandle, plugin: &str) -> Response<Body> {
+    let (applied, last) = {
+        let s = node.status.lock().unwrap_or_else(|e| e.into_inner());
+        (s.applied_index, s.last_log_index)
+    };
+    if applied < last {
+        return retry_later(&format!(
+            "plugin {plugin:?} is not active here yet; applying the log"
+        ));
+    }
+    error(StatusCode::NOT_FOUND, &format!("unknown plugin {plugin:?}"))
+}
+
 /// A request refused before it reaches the node, with the status it gets.
 #[derive(Debug)]
 enum Refusal {
@@ -307,7 +322,7 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
         }
     }
     if node.registry.get(&plugin).is_none() {
-        return error(StatusCode::NOT_FOUND, &format!("unknown plugin {plugin:?}"));
+        return unknown_plugin(node, &plugin);
     }
     let payload = match read_body(req.into_body(), node.config.max_body_bytes).await {
         Ok(b) if b.is_empty() => return error(StatusCode::BAD_REQUEST, "empty command"),
@@ -378,7 +393,7 @@ async fn query(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> Res
         }
     };
     let Some(plugin_impl) = node.registry.get(&plugin) else {
-        return error(StatusCode::NOT_FOUND, &format!("unknown plugin {plugin:?}"));
+        return unknown_plugin(node, &plugin);
     };
     let body = match read_body(req.into_body(), node.config.max_body_bytes).await {
         Ok(b) => b,
