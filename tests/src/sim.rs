@@ -902,12 +902,7 @@ impl Sim {
             10 => {
                 // Single-server membership change (thesis §4.1): demote a voter to learner
                 // or promote a learner back, through the leader.
-                let leader = ids.iter().copied().find(|&id| {
-                    self.nodes[&id]
-                        .raft
-                        .as_ref()
-                        .is_some_and(|r| r.role() == Role::Leader)
-                });
+                let leader = self.some_leader();
                 let target = ids[self.rand(n) as usize];
                 let now = self.now;
                 if let Some(l) = leader {
@@ -1005,12 +1000,7 @@ impl Sim {
             }
             8 => {
                 // Leadership transfer, if someone leads.
-                let leader = ids.iter().copied().find(|&id| {
-                    self.nodes[&id]
-                        .raft
-                        .as_ref()
-                        .is_some_and(|r| r.role() == Role::Leader)
-                });
+                let leader = self.some_leader();
                 if let Some(l) = leader {
                     let to = ids[self.rand(n) as usize];
                     if let Some(raft) = self.raft(l)
@@ -1025,14 +1015,17 @@ impl Sim {
         }
     }
 
+    /// A live node that believes it leads (the lowest id, if several do in different terms).
+    fn some_leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .find(|(_, n)| n.raft.as_ref().is_some_and(|r| r.role() == Role::Leader))
+            .map(|(&id, _)| id)
+    }
+
     /// The leader half the time (if there is one), else any node.
     fn leader_or_random(&mut self, n: u64, ids: &[NodeId]) -> NodeId {
-        let leader = ids.iter().copied().find(|&id| {
-            self.nodes[&id]
-                .raft
-                .as_ref()
-                .is_some_and(|r| r.role() == Role::Leader)
-        });
+        let leader = self.some_leader();
         let random = ids[self.rand(n) as usize];
         match leader {
             Some(l) if self.rand(2) == 0 => l,
