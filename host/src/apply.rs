@@ -246,12 +246,25 @@ fn decode_result(b: &[u8]) -> CommandResult {
     }
 }
 
-/// What applying a batch produced: the storage batch to commit and each entry's result.
+/// One client command's outcome: where it sits in the log and what it came to.
+#[derive(Debug)]
+pub struct CommandOutcome {
+    /// Its entry's index.
+    pub index: u64,
+    /// Its entry's term.
+    pub term: u64,
+    /// Its place within the entry (0 unless the entry is a [`Record::Batch`]).
+    pub position: u32,
+    /// The plugin's answer, identical on every node.
+    pub result: CommandResult,
+}
+
+/// What applying a batch produced: the storage batch to commit and each command's result.
 pub struct Applied {
     /// To commit with [`keel_storage::Storage::apply`].
     pub batch: ApplyBatch,
-    /// `(index, term, result)` of every command entry.
-    pub results: Vec<(u64, u64, CommandResult)>,
+    /// Every client command of the batch, in log order.
+    pub results: Vec<CommandOutcome>,
     /// Plugins deployed by this batch, to activate once it is committed.
     pub deployed: Vec<(String, Arc<Plugin>)>,
 }
@@ -264,114 +277,201 @@ pub fn apply_batch(
     base: Box<dyn StateView + Send>,
     entries: &[Entry],
 ) -> Result<Applied, ApplyError> {
-    let overlay = Arc::new(Mutex::new(Overlay {
-        base,
-        writes: BTreeMap::new(),
-        sessions: BTreeMap::new(),
-    }));
-    let mut batch = ApplyBatch::default();
-    let mut results = Vec::new();
-    let mut deployed: BTreeMap<String, Arc<Plugin>> = BTreeMap::new();
+    let mut applier = Applier {
+        registry,
+        overlay: Arc::new(Mutex::new(Overlay {
+            base,
+            writes: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+        })),
+        batch: ApplyBatch::default(),
+        results: Vec::new(),
+        deployed: BTreeMap::new(),
+    };
     for e in entries {
-        batch.last_applied = LogId::of(e);
+        applier.batch.last_applied = LogId::of(e);
         match &e.record {
             Record::Noop => {}
-            Record::Config(c) => batch.config = Some(c.clone()),
+            Record::Config(c) => applier.batch.config = Some(c.clone()),
             Record::Deploy(d) => {
                 let plugin = Arc::new(load(runtime, blobs, d)?);
-                deployed.insert(d.plugin.clone(), plugin);
+                applier.deployed.insert(d.plugin.clone(), plugin);
                 let key = format!("plugin/{}", d.plugin).into_bytes();
                 let value = postcard::to_allocvec(d).unwrap_or_default();
-                overlay
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .writes
-                    .insert((SYSTEM_NAMESPACE.into(), key.clone()), Some(value.clone()));
-                batch.writes.push(KvWrite {
-                    namespace: SYSTEM_NAMESPACE.into(),
-                    key,
-                    value: Some(value),
-                });
+                applier.write(SYSTEM_NAMESPACE, key, Some(value));
             }
-            Record::Command(cmd) => {
-                // Raft paper §8: a retried serial gets the stored answer, never a second apply.
-                if let Some(cs) = cmd.client {
-                    let o = overlay.lock().unwrap_or_else(|e| e.into_inner());
-                    let stored = match o.sessions.get(&cs.client_id) {
-                        Some(s) => Some(s.clone()),
-                        None => o.base.session(cs.client_id)?,
-                    };
-                    drop(o);
-                    if let Some(s) = stored {
-                        if s.serial == cs.serial {
-                            results.push((e.index, e.term, decode_result(&s.result)));
-                            continue;
-                        }
-                        if cs.serial < s.serial {
-                            let r = Err(format!(
-                                "stale serial {} (session is at {})",
-                                cs.serial, s.serial
-                            ));
-                            results.push((e.index, e.term, r));
-                            continue;
-                        }
+            Record::Command(cmd) => applier.commands(e, std::slice::from_ref(cmd))?,
+            Record::Batch(cmds) => applier.commands(e, cmds)?,
+        }
+    }
+    Ok(Applied {
+        batch: applier.batch,
+        results: applier.results,
+        deployed: applier.deployed.into_iter().collect(),
+    })
+}
+
+/// The state of one [`apply_batch`] call.
+struct Applier<'a> {
+    registry: &'a Registry,
+    overlay: Arc<Mutex<Overlay>>,
+    batch: ApplyBatch,
+    results: Vec<CommandOutcome>,
+    /// Deployed earlier in this batch: active for the entries after theirs.
+    deployed: BTreeMap<String, Arc<Plugin>>,
+}
+
+/// One plugin's commands of an entry: `(position, context, bytes)` each.
+type Group<'e> = (Arc<Plugin>, Vec<(usize, ApplyContext, &'e [u8])>);
+
+/// What one command of an entry comes to before any plugin runs.
+enum Plan {
+    /// Decided without the plugin (a stored answer, a stale serial, an unknown plugin).
+    Answer(CommandResult),
+    /// A retry of the command at this position of the same entry: its answer.
+    SameAs(usize),
+    /// Runs in its plugin's group.
+    Run,
+}
+
+impl Applier<'_> {
+    fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.overlay.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&mut self, namespace: &str, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.overlay()
+            .writes
+            .insert((namespace.to_owned(), key.clone()), value.clone());
+        self.batch.writes.push(KvWrite {
+            namespace: namespace.to_owned(),
+            key,
+            value,
+        });
+    }
+
+    fn session(&self, client: u64) -> Result<Option<Session>, StorageError> {
+        let o = self.overlay();
+        match o.sessions.get(&client) {
+            Some(s) => Ok(Some(s.clone())),
+            None => o.base.session(client),
+        }
+    }
+
+    /// The commands of one entry, in order. Each plugin's commands run together on one
+    /// fresh instance ([`Plugin::apply_batch`]): plugins have disjoint namespaces, so the
+    /// grouping changes no answer, and it is a function of the entry alone, the same on
+    /// every node.
+    fn commands(&mut self, e: &Entry, cmds: &[keel_raft::Command]) -> Result<(), ApplyError> {
+        let mut plans = Vec::with_capacity(cmds.len());
+        let mut groups: BTreeMap<&str, Group<'_>> = BTreeMap::new();
+        // Sessions as this entry leaves them: client → (serial, position that set it).
+        let mut in_entry: HashMap<u64, (u64, usize)> = HashMap::new();
+        for (pos, cmd) in cmds.iter().enumerate() {
+            // Raft paper §8: a retried serial gets the stored answer, never a second apply.
+            if let Some(cs) = cmd.client {
+                if let Some(&(serial, at)) = in_entry.get(&cs.client_id) {
+                    if cs.serial == serial {
+                        plans.push(Plan::SameAs(at));
+                        continue;
+                    }
+                    if cs.serial < serial {
+                        plans.push(Plan::Answer(Err(stale(cs.serial, serial))));
+                        continue;
+                    }
+                } else if let Some(s) = self.session(cs.client_id)? {
+                    if cs.serial == s.serial {
+                        plans.push(Plan::Answer(decode_result(&s.result)));
+                        continue;
+                    }
+                    if cs.serial < s.serial {
+                        plans.push(Plan::Answer(Err(stale(cs.serial, s.serial))));
+                        continue;
                     }
                 }
-                let plugin = deployed
-                    .get(&cmd.plugin)
-                    .cloned()
-                    .or_else(|| registry.get(&cmd.plugin));
-                let result = match (&cmd.payload, plugin) {
-                    (_, None) => Err(format!("unknown plugin {:?}", cmd.plugin)),
-                    (Payload::Ref { .. }, Some(_)) => {
-                        Err("reference-only payloads are not supported yet".into())
-                    }
-                    (Payload::Inline(bytes), Some(plugin)) => {
-                        let ctx = ApplyContext {
-                            index: e.index,
-                            term: e.term,
-                            timestamp_ms: e.timestamp_ms,
-                            client_id: cmd.client.map(|c| c.client_id.to_string()),
-                        };
-                        let view = Arc::new(Namespace {
-                            overlay: overlay.clone(),
-                            name: cmd.plugin.clone(),
-                        });
-                        let outcome = plugin.apply(view, &ctx, bytes).map_err(ApplyError::Host)?;
-                        let mut o = overlay.lock().unwrap_or_else(|e| e.into_inner());
-                        for (key, value) in outcome.writes {
-                            o.writes
-                                .insert((cmd.plugin.clone(), key.clone()), value.clone());
-                            batch.writes.push(KvWrite {
-                                namespace: cmd.plugin.clone(),
-                                key,
-                                value,
-                            });
-                        }
-                        outcome.result.map_err(|e| e.to_string())
-                    }
-                };
-                if let Some(cs) = cmd.client {
+                in_entry.insert(cs.client_id, (cs.serial, pos));
+            }
+            let plugin = self
+                .deployed
+                .get(&cmd.plugin)
+                .cloned()
+                .or_else(|| self.registry.get(&cmd.plugin));
+            let plan = match (&cmd.payload, plugin) {
+                (_, None) => Plan::Answer(Err(format!("unknown plugin {:?}", cmd.plugin))),
+                (Payload::Ref { .. }, Some(_)) => {
+                    Plan::Answer(Err("reference-only payloads are not supported yet".into()))
+                }
+                (Payload::Inline(bytes), Some(plugin)) => {
+                    let ctx = ApplyContext {
+                        index: e.index,
+                        term: e.term,
+                        timestamp_ms: e.timestamp_ms,
+                        client_id: cmd.client.map(|c| c.client_id.to_string()),
+                    };
+                    let group = groups
+                        .entry(cmd.plugin.as_str())
+                        .or_insert_with(|| (plugin, Vec::new()));
+                    group.1.push((pos, ctx, bytes.as_slice()));
+                    Plan::Run
+                }
+            };
+            plans.push(plan);
+        }
+
+        // Run each plugin's group; record its writes in command order.
+        let mut ran: HashMap<usize, CommandResult> = HashMap::new();
+        for (name, (plugin, group)) in groups {
+            let view = Arc::new(Namespace {
+                overlay: self.overlay.clone(),
+                name: name.to_owned(),
+            });
+            let calls: Vec<(ApplyContext, &[u8])> =
+                group.iter().map(|(_, c, b)| (c.clone(), *b)).collect();
+            let outcomes = plugin.apply_batch(view, &calls).map_err(ApplyError::Host)?;
+            for ((pos, _, _), outcome) in group.iter().zip(outcomes) {
+                for (key, value) in outcome.writes {
+                    self.write(name, key, value);
+                }
+                ran.insert(*pos, outcome.result.map_err(|e| e.to_string()));
+            }
+        }
+
+        let mut answers: Vec<CommandResult> = Vec::with_capacity(cmds.len());
+        for (pos, plan) in plans.into_iter().enumerate() {
+            let result = match plan {
+                Plan::Answer(r) => r,
+                Plan::SameAs(at) => answers[at].clone(),
+                Plan::Run => ran
+                    .remove(&pos)
+                    .unwrap_or_else(|| Err("internal: command did not run".into())),
+            };
+            if let Some(cs) = cmds[pos].client {
+                let fresh = in_entry.get(&cs.client_id) == Some(&(cs.serial, pos));
+                if fresh {
                     let session = Session {
                         serial: cs.serial,
                         result: encode_result(&result),
                     };
-                    overlay
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                    self.overlay()
                         .sessions
                         .insert(cs.client_id, session.clone());
-                    batch.sessions.push((cs.client_id, session));
+                    self.batch.sessions.push((cs.client_id, session));
                 }
-                results.push((e.index, e.term, result));
             }
+            answers.push(result.clone());
+            self.results.push(CommandOutcome {
+                index: e.index,
+                term: e.term,
+                position: pos as u32,
+                result,
+            });
         }
+        Ok(())
     }
-    Ok(Applied {
-        batch,
-        results,
-        deployed: deployed.into_iter().collect(),
-    })
+}
+
+fn stale(serial: u64, at: u64) -> String {
+    format!("stale serial {serial} (session is at {at})")
 }
 
 /// Activates plugins once the batch that deployed them is committed.
@@ -425,4 +525,153 @@ pub fn state_hash(view: &dyn StateView) -> Result<String, StorageError> {
         }
     }
     Ok(hex(&h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_raft::{ClientSerial, Command};
+    use keel_storage::{MemStorage, Storage};
+
+    fn kv() -> (Runtime, Registry) {
+        let runtime = Runtime::new(keel_plugin::RuntimeConfig::default()).expect("runtime");
+        let blobs = Blobs::new(None);
+        let registry = Registry::default();
+        let deploy = Deploy {
+            plugin: "kv".into(),
+            version: "test".into(),
+            sha256: Sha256::digest(BUILTIN_KV).into(),
+            fuel_per_apply: 100_000_000,
+            memory_limit: 64 << 20,
+        };
+        let plugin = load(&runtime, &blobs, &deploy).expect("the built-in kv loads");
+        registry.set("kv".into(), Arc::new(plugin));
+        (runtime, registry)
+    }
+
+    fn put(key: &str, value: &str, client: Option<(u64, u64)>) -> Command {
+        Command {
+            plugin: "kv".into(),
+            client: client.map(|(client_id, serial)| ClientSerial { client_id, serial }),
+            payload: Payload::Inline(
+                format!(r#"{{"op":"put","key":"{key}","value":"{value}"}}"#).into_bytes(),
+            ),
+        }
+    }
+
+    fn entry(index: u64, record: Record) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            timestamp_ms: 1,
+            record,
+        }
+    }
+
+    fn run(runtime: &Runtime, registry: &Registry, entries: &[Entry]) -> Applied {
+        let view = Box::new(MemStorage::new().view().expect("view"));
+        apply_batch(runtime, &Blobs::new(None), registry, view, entries).expect("applies")
+    }
+
+    fn answers(a: &Applied) -> Vec<String> {
+        a.results
+            .iter()
+            .map(|o| match &o.result {
+                Ok(b) => String::from_utf8_lossy(b).into_owned(),
+                Err(e) => format!("error: {e}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batched_entry_answers_as_one_entry_per_command_would() {
+        let (runtime, registry) = kv();
+        let cmds = vec![
+            put("a", "1", Some((7, 1))),
+            put("a", "2", None),
+            Command {
+                plugin: "nope".into(),
+                client: None,
+                payload: Payload::Inline(b"{}".to_vec()),
+            },
+            put("a", "3", Some((8, 1))),
+            Command {
+                plugin: "kv".into(),
+                client: None,
+                payload: Payload::Inline(b"not json".to_vec()),
+            },
+            put("b", "4", Some((7, 2))),
+        ];
+        let batched = run(
+            &runtime,
+            &registry,
+            &[entry(1, Record::Batch(cmds.clone()))],
+        );
+        let single: Vec<Entry> = cmds
+            .iter()
+            .enumerate()
+            .map(|(i, c)| entry(i as u64 + 1, Record::Command(c.clone())))
+            .collect();
+        let single = run(&runtime, &registry, &single);
+        assert_eq!(answers(&batched), answers(&single));
+        assert_eq!(
+            answers(&batched)[..2],
+            [
+                r#"{"prev":null}"#.to_string(),
+                r#"{"prev":"1"}"#.to_string()
+            ]
+        );
+        assert!(answers(&batched)[2].contains("unknown plugin"));
+        let final_state = |a: &Applied| {
+            let mut m = BTreeMap::new();
+            for w in &a.batch.writes {
+                m.insert((w.namespace.clone(), w.key.clone()), w.value.clone());
+            }
+            let sessions: BTreeMap<u64, Session> = a.batch.sessions.iter().cloned().collect();
+            (m, sessions)
+        };
+        assert_eq!(final_state(&batched), final_state(&single));
+        let positions: Vec<u32> = batched.results.iter().map(|o| o.position).collect();
+        assert_eq!(positions, [0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_serial_repeated_inside_one_entry_is_applied_once() {
+        // Raft paper §8, within an entry: a client that retried before its first attempt was
+        // applied can land twice in one batch. Applying both would answer {"prev":"x"} to the
+        // retry; the session must hand back the first answer instead.
+        let (runtime, registry) = kv();
+        let cmds = vec![
+            put("k", "x", Some((5, 3))),
+            put("k", "x", Some((5, 3))),
+            put("k", "y", Some((5, 2))),
+            put("k", "z", Some((5, 4))),
+        ];
+        let a = run(&runtime, &registry, &[entry(1, Record::Batch(cmds))]);
+        let got = answers(&a);
+        assert_eq!(got[0], r#"{"prev":null}"#);
+        assert_eq!(got[1], got[0], "the retry gets the stored answer");
+        assert!(got[2].contains("stale serial 2"), "{}", got[2]);
+        assert_eq!(got[3], r#"{"prev":"x"}"#, "the duplicate wrote nothing");
+        let last = a.batch.sessions.last().expect("a session");
+        assert_eq!((last.0, last.1.serial), (5, 4));
+    }
+
+    #[test]
+    fn a_serial_already_in_the_session_table_is_answered_from_it() {
+        let (runtime, registry) = kv();
+        let first = entry(1, Record::Command(put("k", "x", Some((9, 1)))));
+        let retry = entry(
+            2,
+            Record::Batch(vec![put("k", "x", Some((9, 1))), put("j", "y", None)]),
+        );
+        let a = run(&runtime, &registry, &[first, retry]);
+        let got = answers(&a);
+        assert_eq!(got[1], got[0]);
+        assert_eq!(
+            a.batch.writes.iter().filter(|w| w.key == b"k").count(),
+            1,
+            "the retried put was not applied again"
+        );
+    }
 }

@@ -343,6 +343,7 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
         Ok(Ok(CommandReply::Done {
             index,
             term,
+            position,
             result,
         })) => {
             let mut r = match result {
@@ -355,6 +356,7 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
             let h = r.headers_mut();
             h.insert("keel-index", HeaderValue::from(index));
             h.insert("keel-term", HeaderValue::from(term));
+            h.insert("keel-position", HeaderValue::from(position));
             r
         }
         Ok(Ok(CommandReply::NotLeader(leader))) => redirect(node, leader, &path),

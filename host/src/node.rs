@@ -35,6 +35,8 @@ pub enum CommandReply {
         index: Index,
         /// Term.
         term: Term,
+        /// Place within the entry: commands that queue together share one entry.
+        position: u32,
         /// The plugin's result (or its deterministic failure).
         result: CommandResult,
     },
@@ -139,6 +141,13 @@ const PLUGIN_INSTANCES: u32 = 64;
 /// Of those, how many queries may use at once.
 const QUERY_SLOTS: usize = 48;
 
+type Reply = oneshot::Sender<CommandReply>;
+
+/// Bounds on one batched entry: well under storage's 4 MiB entry limit, and a single
+/// command (at most `max_body_bytes`, 1 MiB by default) always fits.
+const MAX_BATCH_BYTES: usize = 2 << 20;
+const MAX_BATCH_COMMANDS: usize = 1024;
+
 /// Peer outboxes: one queue per peer, drained by that peer's sender task.
 pub type Outboxes = HashMap<NodeId, mpsc::UnboundedSender<Message>>;
 
@@ -189,8 +198,11 @@ struct Driver {
     status: Arc<Mutex<NodeStatus>>,
     events: broadcast::Sender<String>,
     metrics: Arc<Metrics>,
-    /// index → (term, reply) of proposals made here.
-    proposals: HashMap<Index, (Term, oneshot::Sender<CommandReply>)>,
+    /// Commands waiting to be proposed together, and their encoded size.
+    pending: Vec<(Command, Reply)>,
+    pending_bytes: usize,
+    /// index → (term, one reply per command of the entry) of proposals made here.
+    proposals: HashMap<Index, (Term, Vec<Option<Reply>>)>,
     /// read ctx → reply, while the core confirms it.
     reads: HashMap<u64, oneshot::Sender<ReadReply>>,
     /// Confirmed reads waiting for the state machine to catch up.
@@ -211,7 +223,10 @@ pub fn start(cfg: NodeConfig, outboxes: Outboxes) -> Result<NodeHandle, StartErr
     })?;
     let storage = Arc::new(RedbStorage::open(
         &cfg.data_dir.join("db"),
-        keel_storage::StorageOptions::default(),
+        keel_storage::StorageOptions {
+            two_phase_commit: cfg.two_phase_commit,
+            ..keel_storage::StorageOptions::default()
+        },
     )?);
     let identity = Identity {
         cluster,
@@ -308,6 +323,8 @@ pub fn start(cfg: NodeConfig, outboxes: Outboxes) -> Result<NodeHandle, StartErr
         status,
         events,
         metrics,
+        pending: Vec::new(),
+        pending_bytes: 0,
         proposals: HashMap::new(),
         reads: HashMap::new(),
         reads_waiting: Vec::new(),
@@ -353,6 +370,7 @@ impl Driver {
                 }
                 self.maybe_deploy_builtin();
             }
+            self.propose_pending();
             if let Err(e) = self.process_ready() {
                 // Design §8: never continue on a state we cannot vouch for.
                 tracing::error!(target: "keel::raft", error = %e, "fail-stop");
@@ -379,24 +397,19 @@ impl Driver {
                 payload,
                 reply,
             } => {
-                let record = Record::Command(Command {
+                let size = plugin.len() + payload.len() + 32;
+                if self.pending_bytes + size > MAX_BATCH_BYTES
+                    || self.pending.len() >= MAX_BATCH_COMMANDS
+                {
+                    self.propose_pending();
+                }
+                self.pending_bytes += size;
+                let command = Command {
                     plugin,
                     client,
                     payload: Payload::Inline(payload),
-                });
-                match self.raft.propose(record, now_ms()) {
-                    Ok((index, term)) => {
-                        tracing::debug!(target: "keel::txn", index, term, "proposed");
-                        self.metrics.proposals.inc();
-                        self.proposals.insert(index, (term, reply));
-                    }
-                    Err(ProposeError::NotLeader { leader }) => {
-                        let _ = reply.send(CommandReply::NotLeader(leader));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(CommandReply::Retry(e.to_string()));
-                    }
-                }
+                };
+                self.pending.push((command, reply));
             }
             Input::Read { mode, reply } => {
                 let ctx = self.next_ctx;
@@ -416,6 +429,44 @@ impl Driver {
             Input::Transfer(to) => {
                 let ok = self.raft.transfer_leadership(to);
                 tracing::info!(target: "keel::raft", to, ok, "leadership transfer requested");
+            }
+        }
+    }
+
+    /// Everything that queued since the last proposal becomes one entry: one log record,
+    /// one storage row and one plugin instance per plugin for the lot, on every node.
+    fn propose_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.pending_bytes = 0;
+        let (mut commands, replies): (Vec<Command>, Vec<_>) =
+            std::mem::take(&mut self.pending).into_iter().unzip();
+        let n = commands.len();
+        let record = match commands.pop() {
+            Some(only) if commands.is_empty() => Record::Command(only),
+            Some(last) => {
+                commands.push(last);
+                Record::Batch(commands)
+            }
+            None => return,
+        };
+        match self.raft.propose(record, now_ms()) {
+            Ok((index, term)) => {
+                tracing::debug!(target: "keel::txn", index, term, commands = n, "proposed");
+                self.metrics.proposals.inc_by(n as u64);
+                self.proposals
+                    .insert(index, (term, replies.into_iter().map(Some).collect()));
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                for reply in replies {
+                    let _ = reply.send(CommandReply::NotLeader(leader));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(CommandReply::Retry(e.to_string()));
+                }
             }
         }
     }
@@ -496,22 +547,33 @@ impl Driver {
         let last = applied.batch.last_applied;
         tracing::debug!(target: "keel::txn", last = %last, n = entries.len(), "applied");
         self.metrics.applied.inc_by(entries.len() as u64);
-        for (index, term, result) in applied.results {
-            if let Some((t, reply)) = self.proposals.remove(&index) {
-                let _ = reply.send(if t == term {
-                    CommandReply::Done {
-                        index,
-                        term,
-                        result,
-                    }
-                } else {
-                    CommandReply::Retry("the entry was replaced by a new leader".into())
+        for out in applied.results {
+            let Some((t, replies)) = self.proposals.get_mut(&out.index) else {
+                continue;
+            };
+            if *t != out.term {
+                continue;
+            }
+            if let Some(reply) = replies
+                .get_mut(out.position as usize)
+                .and_then(Option::take)
+            {
+                let _ = reply.send(CommandReply::Done {
+                    index: out.index,
+                    term: out.term,
+                    position: out.position,
+                    result: out.result,
                 });
             }
         }
         // Proposals whose index was taken by another record (a no-op of a new leader, say).
         for e in entries {
-            if let Some((_, reply)) = self.proposals.remove(&e.index) {
+            for reply in self
+                .proposals
+                .remove(&e.index)
+                .into_iter()
+                .flat_map(|(_, replies)| replies.into_iter().flatten())
+            {
                 let _ = reply.send(CommandReply::Retry(
                     "the entry was replaced by a new leader".into(),
                 ));

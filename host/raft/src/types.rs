@@ -72,6 +72,11 @@ pub enum Record {
     Config(ClusterConfig),
     /// A plugin version becomes active at this index on every node.
     Deploy(Deploy),
+    /// Several client commands proposed together, applied in order as if each had an entry
+    /// of its own. The entry, which every node sees alike, is the unit that lets one plugin's
+    /// commands share a fresh instance (docs/plugins.md); the leader fills it with whatever
+    /// queued while it was busy (log-level group commit). Last, so older logs still decode.
+    Batch(Vec<Command>),
 }
 
 /// An application command addressed to one plugin.

@@ -734,6 +734,7 @@ pub(crate) fn fmt_record(r: &Record) -> String {
             fmt_ids(&c.learners)
         ),
         Record::Deploy(d) => format!("deploy {}@{}", d.plugin, d.version),
+        Record::Batch(cs) => format!("batch of {}", cs.len()),
     }
 }
 
