@@ -11,3 +11,4 @@ pub mod dev;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod transport;

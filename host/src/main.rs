@@ -12,6 +12,9 @@ use keel::client::Client;
 use keel::config::NodeConfig;
 use keel_storage::Storage;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Keel: a Raft host whose replicated state machines are WebAssembly components.
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, about)]
@@ -168,11 +171,12 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .init();
     runtime()?.block_on(async move {
         let mut outboxes = keel::node::Outboxes::new();
+        let mut senders = Vec::new();
         for (&id, url) in &cfg.peers {
             if id != cfg.id {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 outboxes.insert(id, tx);
-                tokio::spawn(keel::net::peer_sender(url.clone(), rx));
+                senders.push((url.clone(), rx));
             }
         }
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -180,6 +184,9 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("listening on {}", cfg.listen))?;
         let (id, url) = (cfg.id, cfg.url());
         let node = keel::node::start(cfg, outboxes)?;
+        for (url, rx) in senders {
+            tokio::spawn(keel::transport::peer_sender(url, rx, node.metrics.clone()));
+        }
         tracing::info!(target: "keel::raft", id, %url, "serving");
         let storage = node.storage.clone();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -17,6 +17,10 @@ pub struct Metrics {
     pub fsyncs: Counter,
     /// Messages refused for carrying another cluster's UUID.
     pub foreign_cluster: Counter,
+    /// Peer messages dropped because a peer was down or not reading fast enough.
+    pub peer_dropped: Counter,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: Counter,
     /// Current term.
     pub term: Gauge,
     /// Commit index.
@@ -36,6 +40,8 @@ impl Default for Metrics {
             applied: Counter::default(),
             fsyncs: Counter::default(),
             foreign_cluster: Counter::default(),
+            peer_dropped: Counter::default(),
+            snapshots_installed: Counter::default(),
             term: Gauge::default(),
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
@@ -58,6 +64,16 @@ impl Default for Metrics {
             "foreign_cluster_messages",
             "Peer messages refused for another cluster's UUID",
             m.foreign_cluster.clone(),
+        );
+        registry.register(
+            "peer_messages_dropped",
+            "Peer messages dropped: peer down or not reading (Raft resends what matters)",
+            m.peer_dropped.clone(),
+        );
+        registry.register(
+            "snapshots_installed",
+            "Snapshots received from a leader and installed",
+            m.snapshots_installed.clone(),
         );
         registry.register("term", "Current Raft term", m.term.clone());
         registry.register("commit_index", "Raft commit index", m.commit_index.clone());

@@ -1,8 +1,5 @@
-//! Peer transport and the client HTTP API, over hyper (design §1, `docs/http-api.md`).
-//!
-//! Peers: each node POSTs batches of postcard-encoded messages to `/v1/raft` on each peer,
-//! one request in flight per peer on a kept-alive connection; messages that queue meanwhile
-//! go in the next batch. A lost batch is simply lost: Raft retries what matters.
+//! The HTTP server: the client API (`docs/http-api.md`) and the peer endpoints, whose
+//! protocol lives in [`crate::transport`] (design §1).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -14,21 +11,17 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use keel_raft::{ClientSerial, Message, ReadMode};
+use hyper_util::rt::TokioIo;
+use keel_raft::{ClientSerial, ReadMode};
 use keel_storage::{StateView, Storage};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::apply;
 use crate::node::{CommandReply, Input, NodeHandle, ReadRefused};
+use crate::{apply, transport};
 
 /// Response body type: a whole buffer or a stream (server-sent events).
 pub type Body = BoxBody<Bytes, Infallible>;
-
-/// Largest batch of peer messages accepted (snapshots travel this way too).
-const MAX_PEER_BODY: usize = 512 << 20;
 
 /// Serves clients and peers until the listener fails.
 pub async fn serve(listener: TcpListener, node: NodeHandle) -> std::io::Result<()> {
@@ -55,7 +48,8 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let response = match (req.method(), parts.as_slice()) {
-        (&Method::POST, ["v1", "raft"]) => peer_messages(&node, req).await,
+        (&Method::POST, ["v1", "raft"]) => transport::peer_messages(&node, req).await,
+        (&Method::POST, ["v1", "raft", "stream"]) => transport::peer_stream(&node, req).await,
         (&Method::POST, ["v1", "plugins", plugin, "commands"]) => {
             let plugin = plugin.to_string();
             command(&node, req, plugin).await
@@ -123,11 +117,11 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     )
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response<Body> {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-fn retry_later(message: &str) -> Response<Body> {
+pub(crate) fn retry_later(message: &str) -> Response<Body> {
     let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message);
     r.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -170,7 +164,7 @@ fn unknown_plugin(node: &NodeHandle, plugin: &str) -> Response<Body> {
 
 /// A request refused before it reaches the node, with the status it gets.
 #[derive(Debug)]
-enum Refusal {
+pub(crate) enum Refusal {
     /// 400.
     BadRequest(String),
     /// 413, with the limit.
@@ -178,7 +172,7 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn response(self) -> Response<Body> {
+    pub(crate) fn response(self) -> Response<Body> {
         match self {
             Refusal::BadRequest(m) => error(StatusCode::BAD_REQUEST, &m),
             Refusal::TooLarge(max) => error(
@@ -190,7 +184,7 @@ impl Refusal {
 }
 
 /// Reads a body of at most `max` bytes.
-async fn read_body(body: Incoming, max: usize) -> Result<Bytes, Refusal> {
+pub(crate) async fn read_body(body: Incoming, max: usize) -> Result<Bytes, Refusal> {
     match Limited::new(body, max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e)
@@ -212,74 +206,6 @@ fn header_u64(req: &Request<Incoming>, name: &str) -> Result<Option<u64>, Refusa
             .and_then(|s| s.trim().parse().ok())
             .map(Some)
             .ok_or_else(|| Refusal::BadRequest(format!("{name} must be an unsigned integer"))),
-    }
-}
-
-// ------------------------------------------------------------------------- peers
-
-async fn peer_messages(node: &NodeHandle, req: Request<Incoming>) -> Response<Body> {
-    let bytes = match read_body(req.into_body(), MAX_PEER_BODY).await {
-        Ok(b) => b,
-        Err(r) => return r.response(),
-    };
-    let Ok(batch) = postcard::from_bytes::<Vec<Message>>(&bytes) else {
-        return error(StatusCode::BAD_REQUEST, "malformed peer message batch");
-    };
-    // Design §7: every message carries the cluster UUID; a foreign one is refused whole.
-    if let Some(m) = batch.iter().find(|m| m.cluster != node.cluster) {
-        node.metrics.foreign_cluster.inc();
-        tracing::warn!(target: "keel::msg", from = m.from, cluster = %m.cluster, "refused message from another cluster");
-        return error(
-            StatusCode::FORBIDDEN,
-            &format!(
-                "message from node {} belongs to cluster {}, not {}",
-                m.from, m.cluster, node.cluster
-            ),
-        );
-    }
-    if node.inputs.send(Input::Peer(batch)).is_err() {
-        return retry_later("node is stopping");
-    }
-    Response::builder()
-        .status(StatusCode::NO_CONTENT)
-        .body(Full::new(Bytes::new()).boxed())
-        .unwrap_or_default()
-}
-
-/// Sends one peer's outbox, batching whatever queued while the previous request was out.
-pub async fn peer_sender(url: String, mut outbox: mpsc::UnboundedReceiver<Message>) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build_http();
-    let target = format!("{url}/v1/raft");
-    while let Some(first) = outbox.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < 4096 {
-            match outbox.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
-        }
-        let Ok(body) = postcard::to_allocvec(&batch) else {
-            continue;
-        };
-        let Ok(req) = Request::post(&target)
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .body(Full::new(Bytes::from(body)))
-        else {
-            continue;
-        };
-        match tokio::time::timeout(Duration::from_secs(2), client.request(req)).await {
-            Ok(Ok(resp)) => {
-                let ok = resp.status().is_success();
-                let _ = resp.into_body().collect().await;
-                if !ok {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-            // Peer down or slow: drop the batch (Raft resends), back off a little.
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
     }
 }
 

@@ -264,6 +264,10 @@ pub fn start(cfg: NodeConfig, outboxes: Outboxes) -> Result<NodeHandle, StartErr
             learners: Default::default(),
             addresses: cfg.peers.clone(),
         };
+        // Storage keeps it too: snapshot images and restarts must carry the membership even
+        // if no configuration entry is ever applied (Raft §7: a snapshot holds the latest
+        // configuration).
+        storage.bootstrap(&config)?;
         InitialState::bootstrap(config)
     } else {
         // The core keeps a snapshot to send to followers that are too far behind; rebuild it
@@ -502,6 +506,7 @@ impl Driver {
         }
         if let Some(snap) = &rd.snapshot {
             tracing::info!(target: "keel::raft", index = snap.meta.index, "installed snapshot");
+            self.metrics.snapshots_installed.inc();
             self.applied = snap.meta.index;
             self.snapshot_index = snap.meta.index;
             let view = self.storage.view()?;

@@ -18,11 +18,19 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, |_| {})
+    }
+
+    /// A cluster whose node configs `tune` adjusts first.
+    fn start_with(n: usize, tune: impl Fn(&mut NodeConfig)) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let plan = keel::dev::plan(n, dir.path()).expect("plan");
         let nodes = plan
             .into_iter()
-            .map(|(cfg, path)| {
+            .map(|(mut cfg, path)| {
+                tune(&mut cfg);
+                std::fs::write(&path, serde_json::to_vec_pretty(&cfg).expect("json"))
+                    .expect("config");
                 let child = spawn(&path);
                 (cfg, path, Some(child))
             })
@@ -44,6 +52,15 @@ impl Cluster {
             let _ = child.kill(); // SIGKILL
             let _ = child.wait();
         }
+    }
+
+    fn log_of(&self, id: u64) -> PathBuf {
+        let node = self
+            .nodes
+            .iter()
+            .find(|(c, _, _)| c.id == id)
+            .expect("node");
+        node.1.with_file_name("keel.log")
     }
 
     fn restart(&mut self, id: u64) {
@@ -235,6 +252,108 @@ fn a_three_node_cluster_survives_kill_9_of_its_leader_without_losing_an_acknowle
     });
 }
 
+/// Raft §7: a follower that missed entries the leader has compacted away gets a snapshot
+/// (sent on its own streamed request, beside the append stream), then the rest of the log.
+#[test]
+fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
+    let mut cluster = Cluster::start_with(3, |cfg| cfg.snapshot_every = 50);
+    let urls = cluster.urls();
+    let rt = rt();
+    rt.block_on(async {
+        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let behind = cluster
+            .nodes
+            .iter()
+            .map(|(c, _, _)| c.id)
+            .find(|&id| id != leader)
+            .expect("a follower");
+        cluster.kill(behind);
+        let live: Vec<String> = cluster
+            .nodes
+            .iter()
+            .filter(|(c, _, _)| c.id != behind)
+            .map(|(c, _, _)| c.url())
+            .collect();
+        let mut c = Client::new(live);
+        for i in 0..300 {
+            let (code, body) = put(&mut c, &format!("s-{i}"), &"v".repeat(200)).await;
+            assert_eq!(code, 200, "{body}");
+        }
+        cluster.restart(behind);
+        let behind_url = cluster
+            .nodes
+            .iter()
+            .find(|(c, _, _)| c.id == behind)
+            .map(|(c, _, _)| c.url())
+            .expect("url");
+        let start = Instant::now();
+        loop {
+            let hashes = http_get(&format!("{behind_url}/v1/state-hash"));
+            let leader_hash = http_get(&format!("{}/v1/state-hash", urls[leader as usize - 1]));
+            let body = |r: &str| r.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+            if !body(&hashes).is_empty() && body(&hashes) == body(&leader_hash) {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let log = std::fs::read_to_string(cluster.log_of(behind)).unwrap_or_default();
+                panic!("the restarted follower did not catch up: {hashes} vs {leader_hash}\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let metrics = http_get(&format!("{behind_url}/metrics"));
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("keel_snapshots_installed_total ") && !l.ends_with(" 0")),
+            "caught up without a snapshot? {metrics}"
+        );
+    });
+}
+
+/// Every node killed at once and restarted: the membership comes back from storage (no
+/// configuration entry was ever applied; it is the bootstrap one), so they elect a leader
+/// and keep every acknowledged write.
+#[test]
+fn a_whole_cluster_killed_and_restarted_elects_a_leader_and_keeps_its_writes() {
+    let mut cluster = Cluster::start(3);
+    let urls = cluster.urls();
+    let rt = rt();
+    rt.block_on(async {
+        wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let mut c = Client::new(urls.clone());
+        for i in 0..20 {
+            let (code, body) = put(&mut c, &format!("r-{i}"), &format!("{i}")).await;
+            assert_eq!(code, 200, "{body}");
+        }
+        for id in 1..=3 {
+            cluster.kill(id);
+        }
+        for id in 1..=3 {
+            cluster.restart(id);
+        }
+        wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let mut c = Client::new(urls.clone());
+        for i in 0..20 {
+            assert_eq!(get(&mut c, &format!("r-{i}")).await, format!("{i}"));
+        }
+    });
+}
+
+fn http_get(url: &str) -> String {
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let Ok(mut s) = TcpStream::connect(host) else {
+        return String::new(); // not listening (yet)
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(
+        format!("GET /{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
 #[test]
 fn a_retried_serial_is_applied_once_even_across_a_leader_change() {
     let mut cluster = Cluster::start(3);
@@ -367,12 +486,41 @@ fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
     assert!(status_line(&r).contains("403"), "{r}");
     let r = post("/v1/raft", "", b"not postcard");
     assert!(status_line(&r).contains("400"), "{r}");
+    // The same on the peer stream (length-prefixed frames in a chunked body), where the
+    // frame can arrive split across chunks.
+    let stream = |frames: &[u8]| {
+        let mut req = b"POST /v1/raft/stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for chunk in frames.chunks(3) {
+            req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            req.extend_from_slice(chunk);
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(b"0\r\n\r\n");
+        raw(&url, &req)
+    };
+    let frame = |payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(payload);
+        f
+    };
+    let encoded = postcard::to_allocvec(&foreign).expect("encode");
+    let r = stream(&frame(&encoded));
+    assert!(status_line(&r).contains("403"), "{r}");
+    let r = stream(&frame(b"not postcard"));
+    assert!(status_line(&r).contains("400"), "{r}");
+    let r = stream(&frame(&encoded)[..6]);
+    assert!(
+        status_line(&r).contains("400"),
+        "a stream cut inside a frame: {r}"
+    );
+    let r = stream(&u32::MAX.to_le_bytes());
+    assert!(status_line(&r).contains("413"), "{r}");
     let metrics = raw(
         &url,
         b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert!(
-        metrics.contains("keel_foreign_cluster_messages_total 1"),
+        metrics.contains("keel_foreign_cluster_messages_total 2"),
         "{metrics}"
     );
 

@@ -241,6 +241,11 @@ pub trait Storage: Send + Sync {
     fn recover(&self) -> Result<RecoveredState, StorageError>;
     /// Records the node's identity at bootstrap (durably); a different stored identity is refused.
     fn set_identity(&self, identity: Identity) -> Result<(), StorageError>;
+    /// Records, durably, the configuration a brand-new cluster starts from (the core's index-0
+    /// snapshot), so that snapshot images and restarts carry the membership even when no
+    /// configuration entry was ever applied. Only while nothing is applied; repeating it with
+    /// the same configuration is a no-op.
+    fn bootstrap(&self, config: &ClusterConfig) -> Result<(), StorageError>;
     /// The stored term and vote.
     fn hard_state(&self) -> Result<HardState, StorageError>;
     /// First/last positions; O(log n).

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use keel_raft::{Entry, HardState, Index, SnapshotMeta, Term};
+use keel_raft::{ClusterConfig, Entry, HardState, Index, SnapshotMeta, Term};
 
 use crate::plan::{self, PersistPlan};
 use crate::{
@@ -144,6 +144,16 @@ impl Storage for MemStorage {
                 Ok(())
             }
         }
+    }
+
+    fn bootstrap(&self, config: &ClusterConfig) -> Result<(), StorageError> {
+        let mut inner = self.writable()?;
+        plan::check_bootstrap(&inner.state.applied, config)?;
+        if inner.state.applied.last_applied.index == 0 {
+            Arc::make_mut(&mut inner.state).applied.config = config.clone();
+        }
+        inner.made_durable();
+        Ok(())
     }
 
     fn hard_state(&self) -> Result<HardState, StorageError> {

@@ -115,6 +115,21 @@ pub(crate) fn plan_persist(
     })
 }
 
+/// A bootstrap configuration is recorded only before anything is applied.
+pub(crate) fn check_bootstrap(
+    applied: &crate::AppliedState,
+    config: &keel_raft::ClusterConfig,
+) -> Result<(), StorageError> {
+    if applied.last_applied.index != 0 && applied.config != *config {
+        return Err(StorageError::ApplyRefused {
+            index: 0,
+            term: 0,
+            reason: "a bootstrap configuration after entries were applied",
+        });
+    }
+    Ok(())
+}
+
 /// Term never goes back; within a term, a cast vote never changes (paper §5.1, Fig. 2).
 fn check_hard_state(stored: HardState, new: HardState) -> Result<(), StorageError> {
     let regressed = new.term < stored.term

@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use keel_raft::{Entry, HardState, Index, SnapshotMeta, Term};
+use keel_raft::{ClusterConfig, Entry, HardState, Index, SnapshotMeta, Term};
 use redb::{
     Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
     StorageBackend, TableDefinition, TableHandle, WriteTransaction,
@@ -356,6 +356,21 @@ impl Storage for RedbStorage {
             }
         }
         txn.commit().ctx(p, "commit (identity)")
+    }
+
+    fn bootstrap(&self, config: &ClusterConfig) -> Result<(), StorageError> {
+        let p = self.path.as_path();
+        let txn = self.begin_write("begin write (bootstrap)", true)?;
+        {
+            let mut meta = txn.open_table(META).ctx(p, "open table meta")?;
+            let mut applied = read_meta(p, &meta)?.applied;
+            plan::check_bootstrap(&applied, config)?;
+            if applied.last_applied.index == 0 {
+                applied.config = config.clone();
+                meta_put(p, &mut meta, K_APPLIED, &applied)?;
+            }
+        }
+        txn.commit().ctx(p, "commit (bootstrap)")
     }
 
     fn hard_state(&self) -> Result<HardState, StorageError> {

@@ -810,6 +810,38 @@ fn a_durable_write_makes_earlier_applies_durable<H: Harness>() {
     );
 }
 
+/// Raft §7: a snapshot holds the latest configuration. A cluster that never applied a
+/// configuration entry must still put its bootstrap membership in snapshots and restarts.
+fn the_bootstrap_configuration_is_in_snapshots_and_survives_a_restart<H: Harness>() {
+    let mut h = H::new();
+    let config = ClusterConfig {
+        voters: [1, 2, 3].into(),
+        learners: Default::default(),
+        addresses: [(1, "http://a".to_string())].into(),
+    };
+    h.store().bootstrap(&config).expect("bootstrap");
+    h.store()
+        .bootstrap(&config)
+        .expect("the same again is a no-op");
+    h.restart();
+    assert_eq!(h.store().recover().expect("recover").applied.config, config);
+    append(h.store(), &entries(1, 3, 1));
+    h.store().apply(&batch(&entries(1, 3, 1))).expect("apply");
+    let snap = SnapshotChunks::new(h.store().view().expect("view"), 100)
+        .into_snapshot()
+        .expect("snapshot");
+    assert_eq!(snap.meta.config, config, "the image carries the membership");
+    let other = ClusterConfig {
+        voters: [9].into(),
+        ..ClusterConfig::default()
+    };
+    assert!(matches!(
+        h.store().bootstrap(&other),
+        Err(StorageError::ApplyRefused { .. })
+    ));
+    assert_eq!(h.store().recover().expect("recover").applied.config, config);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod redb {
@@ -845,6 +877,7 @@ suite!(
     everything_durable_survives_a_restart,
     an_empty_write_returns_the_last_position,
     a_durable_write_makes_earlier_applies_durable,
+    the_bootstrap_configuration_is_in_snapshots_and_survives_a_restart,
 );
 
 /// Both stores produce the same image byte for byte from the same history.

@@ -1,0 +1,271 @@
+//! The peer transport: Raft messages between nodes over HTTP/1.1 (design §1).
+//!
+//! Each node keeps one long-lived `POST /v1/raft/stream` request open to each peer and
+//! writes its messages into the request body as they are produced: a stream of frames
+//! (`u32` little-endian length, then a postcard `Vec<Message>` of whatever queued). Nothing
+//! waits for a round trip, so appends are pipelined — the core bounds how many are in flight
+//! (thesis §10.2.1 style `Replicate` progress) — and batched. Answers travel the same way in
+//! the other direction, on the peer's own stream. Snapshots go on a request of their own,
+//! streamed in chunks, so a large one never holds up the appends and heartbeats behind it.
+//!
+//! A lost frame is simply lost: Raft retries what matters. When a peer stops reading (a
+//! paused process), at most [`STREAM_FRAMES`] frames wait for it; later messages are dropped
+//! and counted rather than piling up in memory.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::header::CONTENT_TYPE;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use keel_raft::{Message, MessageBody};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::net::{Body, error, read_body, retry_later};
+use crate::node::{Input, NodeHandle};
+
+/// Largest frame, or one-shot batch, accepted from a peer (snapshots travel one-shot).
+pub const MAX_PEER_BODY: usize = 512 << 20;
+/// Frames that may wait for a slow peer before new ones are dropped.
+const STREAM_FRAMES: usize = 256;
+/// Messages in one frame at most (more wait for the next frame).
+const FRAME_MESSAGES: usize = 4096;
+/// Chunks of a snapshot request body.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Pause before reconnecting to a peer that is down or refused us.
+const RECONNECT_AFTER: Duration = Duration::from_millis(50);
+
+/// The request body of a stream: frames handed over by the sender task.
+struct FrameBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for FrameBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|frame| frame.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// Sends one peer's outbox for as long as the node runs.
+pub async fn peer_sender(
+    url: String,
+    mut outbox: mpsc::UnboundedReceiver<Message>,
+    metrics: std::sync::Arc<Metrics>,
+) {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    let streams: Client<_, FrameBody> = Client::builder(TokioExecutor::new()).build(http.clone());
+    let (snapshots, snapshot_rx) = mpsc::channel::<Message>(1);
+    tokio::spawn(snapshot_sender(url.clone(), snapshot_rx, http));
+    let target = format!("{url}/v1/raft/stream");
+    'connect: loop {
+        let (frames, rx) = mpsc::channel::<Bytes>(STREAM_FRAMES);
+        let Ok(req) = Request::post(&target)
+            .header(CONTENT_TYPE, "application/x-keel-raft-stream")
+            .body(FrameBody(rx))
+        else {
+            return;
+        };
+        // The response comes only when the stream ends: the peer went away, restarted, or
+        // refused us (another cluster).
+        let mut ended = tokio::spawn(streams.request(req));
+        loop {
+            tokio::select! {
+                outcome = &mut ended => {
+                    match outcome {
+                        Ok(Ok(resp)) if resp.status() == StatusCode::FORBIDDEN => {
+                            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            tracing::warn!(target: "keel::msg", peer = %url, answer = %String::from_utf8_lossy(&body), "peer refused our stream");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        _ => tokio::time::sleep(RECONNECT_AFTER).await,
+                    }
+                    continue 'connect;
+                }
+                first = outbox.recv() => {
+                    let Some(first) = first else { return };
+                    let mut batch = Vec::with_capacity(16);
+                    let mut next = Some(first);
+                    while let Some(m) = next.take() {
+                        if matches!(m.body, MessageBody::InstallSnapshot { .. }) {
+                            // One at a time: the core resends if this one is dropped.
+                            if snapshots.try_send(m).is_err() {
+                                metrics.peer_dropped.inc();
+                            }
+                        } else {
+                            batch.push(m);
+                        }
+                        if batch.len() < FRAME_MESSAGES {
+                            next = outbox.try_recv().ok();
+                        }
+                    }
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let n = batch.len() as u64;
+                    let Some(frame) = encode_frame(&batch) else { continue };
+                    match frames.try_send(frame) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            metrics.peer_dropped.inc_by(n);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            metrics.peer_dropped.inc_by(n);
+                            continue 'connect;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn encode_frame(batch: &[Message]) -> Option<Bytes> {
+    let mut out = vec![0u8; 4];
+    out = postcard::to_extend(batch, out).ok()?;
+    let len = u32::try_from(out.len() - 4).ok()?;
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    Some(Bytes::from(out))
+}
+
+/// Sends snapshots, each as one `POST /v1/raft` whose body goes out in chunks.
+async fn snapshot_sender(url: String, mut rx: mpsc::Receiver<Message>, http: HttpConnector) {
+    type Chunks = http_body_util::StreamBody<
+        futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>,
+    >;
+    let client: Client<_, Chunks> = Client::builder(TokioExecutor::new()).build(http);
+    let target = format!("{url}/v1/raft");
+    while let Some(m) = rx.recv().await {
+        let Ok(encoded) = postcard::to_allocvec(&vec![m]) else {
+            continue;
+        };
+        let encoded = Bytes::from(encoded);
+        let chunks: Vec<_> = (0..encoded.len())
+            .step_by(SNAPSHOT_CHUNK)
+            .map(|at| {
+                let end = (at + SNAPSHOT_CHUNK).min(encoded.len());
+                Ok(Frame::data(encoded.slice(at..end)))
+            })
+            .collect();
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+        let Ok(req) = Request::post(&target)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+        else {
+            continue;
+        };
+        match tokio::time::timeout(Duration::from_secs(60), client.request(req)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => {}
+            Ok(Ok(resp)) => {
+                tracing::warn!(target: "keel::msg", peer = %url, status = %resp.status(), "snapshot refused");
+            }
+            _ => {
+                tracing::warn!(target: "keel::msg", peer = %url, "snapshot not delivered");
+            }
+        }
+    }
+}
+
+/// `POST /v1/raft/stream`: reads frames until the peer closes the stream.
+pub async fn peer_stream(node: &NodeHandle, req: Request<Incoming>) -> Response<Body> {
+    let mut body = req.into_body();
+    let mut buf = BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(_)) => break, // the peer went away mid-frame; it reconnects
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+        while buf.len() >= 4 {
+            let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if len > MAX_PEER_BODY {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("peer frame of {len} bytes; the limit is {MAX_PEER_BODY}"),
+                );
+            }
+            if buf.len() < 4 + len {
+                break;
+            }
+            buf.advance(4);
+            let frame = buf.split_to(len);
+            if let Err(refused) = deliver(node, &frame) {
+                return refused.response();
+            }
+        }
+    }
+    if !buf.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "peer stream ended inside a frame");
+    }
+    no_content()
+}
+
+/// `POST /v1/raft`: one batch of messages (snapshots, and peers that do not stream).
+pub async fn peer_messages(node: &NodeHandle, req: Request<Incoming>) -> Response<Body> {
+    let bytes = match read_body(req.into_body(), MAX_PEER_BODY).await {
+        Ok(b) => b,
+        Err(r) => return r.response(),
+    };
+    match deliver(node, &bytes) {
+        Ok(()) => no_content(),
+        Err(refused) => refused.response(),
+    }
+}
+
+/// Why a batch from a peer was not delivered.
+enum Refused {
+    Malformed,
+    Foreign(String),
+    Stopping,
+}
+
+impl Refused {
+    fn response(self) -> Response<Body> {
+        match self {
+            Refused::Malformed => error(StatusCode::BAD_REQUEST, "malformed peer message batch"),
+            Refused::Foreign(why) => error(StatusCode::FORBIDDEN, &why),
+            Refused::Stopping => retry_later("node is stopping"),
+        }
+    }
+}
+
+/// Decodes one batch, checks its cluster, and hands it to the driver.
+fn deliver(node: &NodeHandle, bytes: &[u8]) -> Result<(), Refused> {
+    let batch = postcard::from_bytes::<Vec<Message>>(bytes).map_err(|_| Refused::Malformed)?;
+    // Design §7: every message carries the cluster UUID; a foreign one is refused whole.
+    if let Some(m) = batch.iter().find(|m| m.cluster != node.cluster) {
+        node.metrics.foreign_cluster.inc();
+        tracing::warn!(target: "keel::msg", from = m.from, cluster = %m.cluster, "refused message from another cluster");
+        return Err(Refused::Foreign(format!(
+            "message from node {} belongs to cluster {}, not {}",
+            m.from, m.cluster, node.cluster
+        )));
+    }
+    node.inputs
+        .send(Input::Peer(batch))
+        .map_err(|_| Refused::Stopping)
+}
+
+fn no_content() -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
