@@ -56,7 +56,7 @@ done
 [[ -n "$leader" ]] || { echo "keel cluster did not elect a leader" >&2; cat "$out/keel-dev.log" >&2; exit 1; }
 echo "# keel leader $leader"
 "$peers/kv-load.sh" -u "$leader" -s "$peers/keel-kv.lua" -d "$dur" -r "$reps" -c "$concs" -g "64" | tee "$out/keel.txt"
-curl -fsS "$leader/metrics" | grep -E '^keel_(log_commits|applied_entries)_total' | sed 's/^/# leader /' || true
+curl -fsS "$leader/metrics" | grep -E '^keel_(proposals|log_commits|applied_entries)_total' | sed 's/^/# leader /' || true
 cleanup; dev_pid=""
 
 # --- etcd
