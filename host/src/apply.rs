@@ -164,11 +164,141 @@ pub fn reload(
     Ok(())
 }
 
-/// The state as of the entry being applied: the storage view plus the batch's writes so far.
-struct Overlay {
-    base: Box<dyn StateView + Send>,
+/// Applied state not yet written to storage (write-back): the merged effect of the batches
+/// applied since the last flush. Storage plus this is the applied state.
+///
+/// Writing every applied batch to redb made each durable log commit also flush the KV
+/// pages those applies dirtied — about one 4 KiB leaf per command with random keys, most of
+/// the ~160 KiB a commit wrote (docs/benchmarks.md). Kept here and flushed in one
+/// transaction every so often, a hot page is written once per flush instead. Losing it in
+/// a crash loses nothing: storage's `last_applied` stays where the last flush left it and
+/// the log, which is durable, is applied again from there.
+#[derive(Clone, Debug, Default)]
+pub struct Unflushed {
     writes: BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>,
     sessions: BTreeMap<u64, Session>,
+    last_applied: Option<LogId>,
+    config: Option<keel_raft::ClusterConfig>,
+}
+
+impl Unflushed {
+    /// Adds an applied batch on top (later writes win).
+    pub fn absorb(&mut self, batch: ApplyBatch) {
+        for w in batch.writes {
+            self.writes.insert((w.namespace, w.key), w.value);
+        }
+        self.sessions.extend(batch.sessions);
+        self.last_applied = Some(batch.last_applied);
+        if batch.config.is_some() {
+            self.config = batch.config;
+        }
+    }
+
+    /// Nothing applied since the last flush.
+    pub fn is_empty(&self) -> bool {
+        self.last_applied.is_none()
+    }
+
+    /// Keys and sessions held.
+    pub fn len(&self) -> usize {
+        self.writes.len() + self.sessions.len()
+    }
+
+    /// Everything as one storage batch, to flush.
+    pub fn to_batch(&self) -> Option<ApplyBatch> {
+        Some(ApplyBatch {
+            last_applied: self.last_applied?,
+            config: self.config.clone(),
+            writes: self
+                .writes
+                .iter()
+                .map(|((namespace, key), value)| KvWrite {
+                    namespace: namespace.clone(),
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            sessions: self.sessions.iter().map(|(c, s)| (*c, s.clone())).collect(),
+        })
+    }
+
+    fn in_range<'a>(
+        map: &'a BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>,
+        ns: &'a str,
+        start: &'a [u8],
+        end: Option<&'a [u8]>,
+    ) -> impl Iterator<Item = (&'a [u8], &'a Option<Vec<u8>>)> + 'a {
+        map.range((ns.to_owned(), start.to_vec())..)
+            .take_while(move |((n, k), _)| n == ns && end.is_none_or(|e| k.as_slice() < e))
+            .map(|((_, k), v)| (k.as_slice(), v))
+    }
+}
+
+/// The state as of the entry being applied: the storage view, the applied state not yet
+/// flushed, and the batch's writes so far, newest last.
+struct Overlay {
+    base: Box<dyn StateView + Send>,
+    unflushed: Arc<Unflushed>,
+    writes: BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>,
+    sessions: BTreeMap<u64, Session>,
+}
+
+impl Overlay {
+    fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let k = (ns.to_owned(), key.to_vec());
+        if let Some(v) = self
+            .writes
+            .get(&k)
+            .or_else(|| self.unflushed.writes.get(&k))
+        {
+            return Ok(v.clone());
+        }
+        self.base.get(ns, key)
+    }
+
+    fn session(&self, client: u64) -> Result<Option<Session>, StorageError> {
+        match self
+            .sessions
+            .get(&client)
+            .or_else(|| self.unflushed.sessions.get(&client))
+        {
+            Some(s) => Ok(Some(s.clone())),
+            None => self.base.session(client),
+        }
+    }
+
+    fn range(
+        &self,
+        ns: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<keel_storage::KvPairs, StorageError> {
+        let mut pending: BTreeMap<&[u8], &Option<Vec<u8>>> =
+            Unflushed::in_range(&self.unflushed.writes, ns, start, end).collect();
+        pending.extend(Unflushed::in_range(&self.writes, ns, start, end));
+        // Each pending delete can hide at most one stored pair: ask for that many more.
+        let base = self.base.range(
+            ns,
+            KvRange {
+                prefix: b"",
+                start: Some(start),
+                end,
+                limit: limit.saturating_add(pending.len()),
+            },
+        )?;
+        let in_range = |k: &[u8]| k >= start && end.is_none_or(|e| k < e);
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = base
+            .into_iter()
+            .filter(|(k, _)| in_range(k) && !pending.contains_key(k.as_slice()))
+            .collect();
+        for (k, v) in pending {
+            if let Some(v) = v {
+                merged.insert(k.to_vec(), v.clone());
+            }
+        }
+        Ok(merged.into_iter().take(limit).collect())
+    }
 }
 
 /// One plugin's namespace of an [`Overlay`], as the plugin runtime sees it.
@@ -180,10 +310,7 @@ struct Namespace {
 impl KvView for Namespace {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, keel_plugin::StorageError> {
         let o = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = o.writes.get(&(self.name.clone(), key.to_vec())) {
-            return Ok(v.clone());
-        }
-        o.base.get(&self.name, key).map_err(plugin_storage_error)
+        o.get(&self.name, key).map_err(plugin_storage_error)
     }
 
     fn range(
@@ -193,36 +320,8 @@ impl KvView for Namespace {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, keel_plugin::StorageError> {
         let o = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
-        let in_range = |k: &[u8]| k >= start && end.is_none_or(|e| k < e);
-        let pending: BTreeMap<&[u8], &Option<Vec<u8>>> = o
-            .writes
-            .iter()
-            .filter(|((ns, k), _)| *ns == self.name && in_range(k))
-            .map(|((_, k), v)| (k.as_slice(), v))
-            .collect();
-        // Each pending delete can hide at most one stored pair: ask for that many more.
-        let base = o
-            .base
-            .range(
-                &self.name,
-                KvRange {
-                    prefix: b"",
-                    start: Some(start),
-                    end,
-                    limit: limit.saturating_add(pending.len()),
-                },
-            )
-            .map_err(plugin_storage_error)?;
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = base
-            .into_iter()
-            .filter(|(k, _)| in_range(k) && !pending.contains_key(k.as_slice()))
-            .collect();
-        for (k, v) in pending {
-            if let Some(v) = v {
-                merged.insert(k.to_vec(), v.clone());
-            }
-        }
-        Ok(merged.into_iter().take(limit).collect())
+        o.range(&self.name, start, end, limit)
+            .map_err(plugin_storage_error)
     }
 }
 
@@ -275,12 +374,14 @@ pub fn apply_batch(
     blobs: &Blobs,
     registry: &Registry,
     base: Box<dyn StateView + Send>,
+    unflushed: Arc<Unflushed>,
     entries: &[Entry],
 ) -> Result<Applied, ApplyError> {
     let mut applier = Applier {
         registry,
         overlay: Arc::new(Mutex::new(Overlay {
             base,
+            unflushed,
             writes: BTreeMap::new(),
             sessions: BTreeMap::new(),
         })),
@@ -351,11 +452,7 @@ impl Applier<'_> {
     }
 
     fn session(&self, client: u64) -> Result<Option<Session>, StorageError> {
-        let o = self.overlay();
-        match o.sessions.get(&client) {
-            Some(s) => Ok(Some(s.clone())),
-            None => o.base.session(client),
-        }
+        self.overlay().session(client)
     }
 
     /// The commands of one entry, in order. Each plugin's commands run together on one
@@ -481,12 +578,17 @@ pub fn activate(registry: &Registry, deployed: Vec<(String, Arc<Plugin>)>) {
     }
 }
 
-/// A plugin's namespace of a committed-state view, for queries: a namespace with nothing
-/// pending on top.
-pub fn query_view(view: Box<dyn StateView + Send>, name: String) -> Arc<dyn KvView> {
+/// A plugin's namespace of the applied state, for queries: a storage view with what was
+/// applied since it was last flushed on top (taken together: see `NodeHandle::applied_view`).
+pub fn query_view(
+    view: Box<dyn StateView + Send>,
+    unflushed: Arc<Unflushed>,
+    name: String,
+) -> Arc<dyn KvView> {
     Arc::new(Namespace {
         overlay: Arc::new(Mutex::new(Overlay {
             base: view,
+            unflushed,
             writes: BTreeMap::new(),
             sessions: BTreeMap::new(),
         })),
@@ -570,7 +672,15 @@ mod tests {
 
     fn run(runtime: &Runtime, registry: &Registry, entries: &[Entry]) -> Applied {
         let view = Box::new(MemStorage::new().view().expect("view"));
-        apply_batch(runtime, &Blobs::new(None), registry, view, entries).expect("applies")
+        apply_batch(
+            runtime,
+            &Blobs::new(None),
+            registry,
+            view,
+            Arc::default(),
+            entries,
+        )
+        .expect("applies")
     }
 
     fn answers(a: &Applied) -> Vec<String> {
@@ -673,5 +783,135 @@ mod tests {
             1,
             "the retried put was not applied again"
         );
+    }
+
+    fn kv_write(key: &str, value: Option<&str>) -> KvWrite {
+        KvWrite {
+            namespace: "kv".into(),
+            key: key.as_bytes().to_vec(),
+            value: value.map(|v| v.as_bytes().to_vec()),
+        }
+    }
+
+    /// Storage with a..d applied at index 1, and a log reaching index 3.
+    fn stored() -> MemStorage {
+        let s = MemStorage::new();
+        let log: Vec<Entry> = (1..=3).map(|i| entry(i, Record::Noop)).collect();
+        s.persist(keel_storage::LogWrite {
+            entries: &log,
+            ..Default::default()
+        })
+        .expect("persist");
+        s.apply(&ApplyBatch {
+            last_applied: LogId { index: 1, term: 1 },
+            writes: ["a", "b", "c", "d"]
+                .iter()
+                .map(|k| kv_write(k, Some(k)))
+                .collect(),
+            ..Default::default()
+        })
+        .expect("apply");
+        s
+    }
+
+    fn unflushed() -> Unflushed {
+        let mut u = Unflushed::default();
+        u.absorb(ApplyBatch {
+            last_applied: LogId { index: 2, term: 1 },
+            writes: vec![
+                kv_write("b", None),
+                kv_write("c", Some("C2")),
+                kv_write("e", Some("E")),
+            ],
+            sessions: vec![(
+                4,
+                Session {
+                    serial: 9,
+                    result: vec![0],
+                },
+            )],
+            ..Default::default()
+        });
+        u
+    }
+
+    fn pairs(v: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<String> {
+        v.into_iter()
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    String::from_utf8_lossy(&k),
+                    String::from_utf8_lossy(&v)
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_layer_the_batch_over_the_unflushed_state_over_storage() {
+        let storage = stored();
+        let overlay = Overlay {
+            base: Box::new(storage.view().expect("view")),
+            unflushed: Arc::new(unflushed()),
+            writes: [
+                (("kv".to_string(), b"d".to_vec()), None),
+                (("kv".to_string(), b"f".to_vec()), Some(b"F".to_vec())),
+                (("other".to_string(), b"a".to_vec()), Some(b"no".to_vec())),
+            ]
+            .into(),
+            sessions: BTreeMap::new(),
+        };
+        assert_eq!(
+            overlay.get("kv", b"b").expect("get"),
+            None,
+            "deleted unflushed"
+        );
+        assert_eq!(overlay.get("kv", b"c").expect("get"), Some(b"C2".to_vec()));
+        assert_eq!(overlay.get("kv", b"a").expect("get"), Some(b"a".to_vec()));
+        let all = overlay.range("kv", b"", None, 100).expect("range");
+        assert_eq!(pairs(all), ["a=a", "c=C2", "e=E", "f=F"]);
+        // Deletes in both upper layers hide stored pairs without shortening the page.
+        let two = overlay.range("kv", b"b", None, 2).expect("range");
+        assert_eq!(pairs(two), ["c=C2", "e=E"]);
+        let bounded = overlay.range("kv", b"a", Some(b"e"), 100).expect("range");
+        assert_eq!(pairs(bounded), ["a=a", "c=C2"]);
+        assert_eq!(
+            overlay.session(4).expect("session").map(|s| s.serial),
+            Some(9)
+        );
+    }
+
+    #[test]
+    fn a_flush_leaves_the_same_state_in_storage() {
+        let storage = stored();
+        let u = unflushed();
+        let through = Overlay {
+            base: Box::new(storage.view().expect("view")),
+            unflushed: Arc::new(u.clone()),
+            writes: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+        }
+        .range("kv", b"", None, 100)
+        .expect("range");
+        storage
+            .apply(&u.to_batch().expect("a batch"))
+            .expect("flush");
+        let view = storage.view().expect("view");
+        assert_eq!(view.applied().last_applied.index, 2);
+        let flushed = Overlay {
+            base: Box::new(view),
+            unflushed: Arc::default(),
+            writes: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+        };
+        assert_eq!(
+            pairs(flushed.range("kv", b"", None, 100).expect("range")),
+            pairs(through)
+        );
+        assert_eq!(
+            flushed.session(4).expect("session").map(|s| s.serial),
+            Some(9)
+        );
+        assert!(Unflushed::default().to_batch().is_none());
     }
 }

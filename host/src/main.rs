@@ -189,13 +189,21 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         }
         tracing::info!(target: "keel::raft", id, %url, "serving");
         let storage = node.storage.clone();
+        let stopping = node.clone();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stop = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            // A clean stop writes the applied state through and makes it durable, so a
+            // restart need not replay it (docs/storage.md).
+            stopping.flush().await;
+            storage.sync()
+        };
         tokio::select! {
             served = keel::net::serve(listener, node) => served.context("serving"),
-            // A clean stop makes the (non-durable) applies durable too, so a restart need not
-            // replay them (docs/storage.md).
-            _ = tokio::signal::ctrl_c() => Ok(storage.sync()?),
-            _ = term.recv() => Ok(storage.sync()?),
+            stopped = stop => Ok(stopped?),
         }
     })
 }

@@ -354,10 +354,10 @@ async fn query(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> Res
     let Ok(_slot) = node.query_slots.clone().acquire_owned().await else {
         return retry_later("node is stopping");
     };
-    let storage = node.storage.clone();
+    let handle = node.clone();
     let answer = tokio::task::spawn_blocking(move || {
-        let view = storage.view().map_err(|e| (false, e.to_string()))?;
-        let kv = apply::query_view(Box::new(view), plugin);
+        let (view, unflushed) = handle.applied_view().map_err(|e| (false, e.to_string()))?;
+        let kv = apply::query_view(Box::new(view), unflushed, plugin);
         plugin_impl
             .query(kv, &body)
             .map_err(|e| (e.is_deterministic(), e.to_string()))
@@ -373,7 +373,9 @@ async fn query(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> Res
     }
 }
 
+/// The hash of the applied state as stored, after writing through what is not yet.
 async fn state_hash(node: &NodeHandle) -> Response<Body> {
+    node.flush().await;
     let storage = node.storage.clone();
     let result = tokio::task::spawn_blocking(move || {
         let view = storage.view()?;

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keel_plugin::Runtime;
@@ -22,7 +22,7 @@ use keel_storage::{Identity, LogWrite, RedbStorage, SnapshotChunks, Storage};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::apply::{self, Blobs, CommandResult, Registry};
+use crate::apply::{self, Blobs, CommandResult, Registry, Unflushed};
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 
@@ -83,6 +83,8 @@ pub enum Input {
     },
     /// Hand leadership to another voter (thesis §3.10).
     Transfer(NodeId),
+    /// Write the applied state through to storage now; answered once it is there.
+    Flush(oneshot::Sender<()>),
 }
 
 /// What `GET /v1/status` shows.
@@ -131,10 +133,38 @@ pub struct NodeHandle {
     pub config: Arc<NodeConfig>,
     /// This node's cluster.
     pub cluster: ClusterId,
+    /// Applied state not yet written to storage; see [`NodeHandle::applied_view`].
+    pub unflushed: Arc<RwLock<Arc<Unflushed>>>,
     /// Queries running at once. Fewer than the plugin runtime's instance pool, so that the
     /// apply path always finds an instance (it fail-stops if it does not).
     pub query_slots: Arc<tokio::sync::Semaphore>,
 }
+
+impl NodeHandle {
+    /// The applied state as of one index: a storage view and what was applied since the last
+    /// flush, taken under the read lock so that no flush falls between the two (the pair is
+    /// then a point in time: a flush moves writes from the second into the first).
+    pub fn applied_view(
+        &self,
+    ) -> Result<(keel_storage::RedbView, Arc<Unflushed>), keel_storage::StorageError> {
+        let slot = self.unflushed.read().unwrap_or_else(|e| e.into_inner());
+        let view = self.storage.view()?;
+        Ok((view, Arc::clone(&slot)))
+    }
+
+    /// Asks the driver to flush the applied state to storage, and waits for it.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inputs.send(Input::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// How often the applied state is written through to storage at the latest.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Flush sooner when this many keys and sessions are waiting.
+const FLUSH_AT: usize = 50_000;
 
 /// Plugin instances live at once: queries plus the one apply in progress.
 const PLUGIN_INSTANCES: u32 = 64;
@@ -211,6 +241,8 @@ struct Driver {
     applied: Index,
     snapshot_index: Index,
     deploy_in_flight: Option<Index>,
+    unflushed: Arc<RwLock<Arc<Unflushed>>>,
+    last_flush: Instant,
 }
 
 /// Opens storage, restores the core and starts the driver thread.
@@ -315,6 +347,7 @@ pub fn start(cfg: NodeConfig, outboxes: Outboxes) -> Result<NodeHandle, StartErr
         config: cfg.clone(),
         cluster,
         query_slots: Arc::new(tokio::sync::Semaphore::new(QUERY_SLOTS)),
+        unflushed: Arc::default(),
     };
     let mut driver = Driver {
         cfg,
@@ -336,6 +369,8 @@ pub fn start(cfg: NodeConfig, outboxes: Outboxes) -> Result<NodeHandle, StartErr
         applied,
         snapshot_index,
         deploy_in_flight: None,
+        unflushed: handle.unflushed.clone(),
+        last_flush: Instant::now(),
     };
     driver.publish_status();
     std::thread::Builder::new()
@@ -373,6 +408,9 @@ impl Driver {
                     next_tick = Instant::now() + tick;
                 }
                 self.maybe_deploy_builtin();
+                if self.last_flush.elapsed() >= FLUSH_EVERY {
+                    self.flush_or_stop();
+                }
             }
             self.propose_pending();
             if let Err(e) = self.process_ready() {
@@ -429,6 +467,10 @@ impl Driver {
                         let _ = reply.send(Err(ReadRefused::Retry));
                     }
                 }
+            }
+            Input::Flush(done) => {
+                self.flush_or_stop();
+                let _ = done.send(());
             }
             Input::Transfer(to) => {
                 let ok = self.raft.transfer_leadership(to);
@@ -497,11 +539,18 @@ impl Driver {
         // 2. One durable commit for everything this Ready must persist.
         let installs = rd.snapshot.is_some();
         if rd.hard_state.is_some() || rd.snapshot.is_some() || !rd.entries.is_empty() {
+            // A snapshot replaces the applied state, the part not yet flushed included (it is
+            // all at or below the commit index, which the snapshot is past): drop that part in
+            // the same step, so no reader sees the old storage without it.
+            let slot = installs.then(|| self.unflushed.write().unwrap_or_else(|e| e.into_inner()));
             self.storage.persist(LogWrite {
                 hard_state: rd.hard_state,
                 snapshot: rd.snapshot.as_ref(),
                 entries: &rd.entries,
             })?;
+            if let Some(mut slot) = slot {
+                *slot = Arc::default();
+            }
             self.metrics.fsyncs.inc();
         }
         if let Some(snap) = &rd.snapshot {
@@ -545,11 +594,26 @@ impl Driver {
 
     fn apply(&mut self, entries: &[keel_raft::Entry]) -> anyhow::Result<()> {
         let view = Box::new(self.storage.view()?);
-        let applied =
-            apply::apply_batch(&self.runtime, &self.blobs, &self.registry, view, entries)?;
-        self.storage.apply(&applied.batch)?;
+        let unflushed = Arc::clone(&self.unflushed.read().unwrap_or_else(|e| e.into_inner()));
+        let applied = apply::apply_batch(
+            &self.runtime,
+            &self.blobs,
+            &self.registry,
+            view,
+            unflushed,
+            entries,
+        )?;
         apply::activate(&self.registry, applied.deployed);
         let last = applied.batch.last_applied;
+        let waiting = {
+            let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
+            let unflushed = Arc::make_mut(&mut slot);
+            unflushed.absorb(applied.batch);
+            unflushed.len()
+        };
+        if waiting >= FLUSH_AT {
+            self.flush()?;
+        }
         tracing::debug!(target: "keel::txn", last = %last, n = entries.len(), "applied");
         self.metrics.applied.inc_by(entries.len() as u64);
         for out in applied.results {
@@ -594,6 +658,29 @@ impl Driver {
         Ok(())
     }
 
+    /// Writes the applied state through to storage in one transaction (non-durable: the next
+    /// durable log commit carries it to disk). Holds the write lock throughout, so readers
+    /// see storage and the unflushed part as a pair (see `NodeHandle::applied_view`).
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.last_flush = Instant::now();
+        let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
+        let Some(batch) = slot.to_batch() else {
+            return Ok(());
+        };
+        self.storage.apply(&batch)?;
+        *slot = Arc::default();
+        tracing::debug!(target: "keel::txn", last = %batch.last_applied, keys = batch.writes.len(), "flushed");
+        Ok(())
+    }
+
+    fn flush_or_stop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::error!(target: "keel::raft", error = %e, "fail-stop");
+            eprintln!("keel: fail-stop: {e}");
+            std::process::exit(2);
+        }
+    }
+
     fn release_reads(&mut self) {
         let applied = self.applied;
         let (ready, waiting): (Vec<_>, Vec<_>) = self
@@ -612,6 +699,7 @@ impl Driver {
         if self.applied < self.snapshot_index + self.cfg.snapshot_every {
             return Ok(());
         }
+        self.flush()?;
         let snap = SnapshotChunks::new(self.storage.view()?, 1 << 20).into_snapshot()?;
         let index = snap.meta.index;
         if self.raft.compact(index, snap.data).is_ok() {
