@@ -170,7 +170,7 @@ pub fn reload(
 /// Writing every applied batch to redb made each durable log commit also flush the KV
 /// pages those applies dirtied — about one 4 KiB leaf per command with random keys, most of
 /// the ~160 KiB a commit wrote (docs/benchmarks.md). Kept here and flushed in one
-/// transaction every so often, a hot page is written once per flush instead. Losing it in
+/// transaction every `apply_flush_ms`, a hot page is written once per flush instead. Losing it in
 /// a crash loses nothing: storage's `last_applied` stays where the last flush left it and
 /// the log, which is durable, is applied again from there.
 #[derive(Clone, Debug, Default)]

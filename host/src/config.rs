@@ -39,6 +39,10 @@ pub struct NodeConfig {
     /// commit fails the open instead of silently reopening the one before (which would
     /// forget a vote or acknowledged entries). See docs/storage.md.
     pub two_phase_commit: bool,
+    /// Applied state is kept in memory and written to storage at most this many
+    /// milliseconds apart (write-back; docs/storage.md). Longer batches more page writes
+    /// together; shorter keeps each write, and the stall it causes, small.
+    pub apply_flush_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -57,6 +61,7 @@ impl Default for NodeConfig {
             snapshot_every: 10_000,
             builtin_kv: true,
             two_phase_commit: true,
+            apply_flush_ms: 20,
         }
     }
 }

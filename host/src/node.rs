@@ -161,8 +161,6 @@ impl NodeHandle {
     }
 }
 
-/// How often the applied state is written through to storage at the latest.
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Flush sooner when this many keys and sessions are waiting.
 const FLUSH_AT: usize = 50_000;
 
@@ -408,9 +406,9 @@ impl Driver {
                     next_tick = Instant::now() + tick;
                 }
                 self.maybe_deploy_builtin();
-                if self.last_flush.elapsed() >= FLUSH_EVERY {
-                    self.flush_or_stop();
-                }
+            }
+            if self.last_flush.elapsed() >= Duration::from_millis(self.cfg.apply_flush_ms) {
+                self.flush_or_stop();
             }
             self.propose_pending();
             if let Err(e) = self.process_ready() {
