@@ -94,6 +94,13 @@ pub async fn peer_sender(
                         }
                         _ => tokio::time::sleep(RECONNECT_AFTER).await,
                     }
+                    // What queued while the peer was unreachable is stale (Raft resends what
+                    // still matters); dropping it keeps a long outage from growing the queue.
+                    let mut stale = 0;
+                    while outbox.try_recv().is_ok() {
+                        stale += 1;
+                    }
+                    metrics.peer_dropped.inc_by(stale);
                     continue 'connect;
                 }
                 first = outbox.recv() => {

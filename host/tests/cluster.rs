@@ -42,6 +42,15 @@ impl Cluster {
         self.nodes.iter().map(|(c, _, _)| c.url()).collect()
     }
 
+    /// Every node's URL but `id`'s.
+    fn urls_except(&self, id: u64) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|(c, _, _)| c.id != id)
+            .map(|(c, _, _)| c.url())
+            .collect()
+    }
+
     fn kill(&mut self, id: u64) {
         let node = self
             .nodes
@@ -205,12 +214,7 @@ fn a_three_node_cluster_survives_kill_9_of_its_leader_without_losing_an_acknowle
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let killed_at = Instant::now();
         cluster.kill(leader);
-        let survivors: Vec<String> = cluster
-            .nodes
-            .iter()
-            .filter(|(c, _, _)| c.id != leader)
-            .map(|(c, _, _)| c.url())
-            .collect();
+        let survivors = cluster.urls_except(leader);
         let new_leader = wait_for_leader(&survivors, Duration::from_secs(10)).await;
         let failover = killed_at.elapsed();
         println!("failover: node {new_leader} leads {failover:?} after kill -9 of node {leader}");
@@ -268,24 +272,13 @@ fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
             .find(|&id| id != leader)
             .expect("a follower");
         cluster.kill(behind);
-        let live: Vec<String> = cluster
-            .nodes
-            .iter()
-            .filter(|(c, _, _)| c.id != behind)
-            .map(|(c, _, _)| c.url())
-            .collect();
-        let mut c = Client::new(live);
+        let mut c = Client::new(cluster.urls_except(behind));
         for i in 0..300 {
             let (code, body) = put(&mut c, &format!("s-{i}"), &"v".repeat(200)).await;
             assert_eq!(code, 200, "{body}");
         }
         cluster.restart(behind);
-        let behind_url = cluster
-            .nodes
-            .iter()
-            .find(|(c, _, _)| c.id == behind)
-            .map(|(c, _, _)| c.url())
-            .expect("url");
+        let behind_url = urls[behind as usize - 1].clone();
         let start = Instant::now();
         loop {
             let hashes = http_get(&format!("{behind_url}/v1/state-hash"));
