@@ -44,6 +44,13 @@ impl Client {
         }
     }
 
+    /// The same client with a chosen session id (ids must be unique per client; the
+    /// default one comes from the clock and the pid).
+    pub fn with_client_id(mut self, client_id: u64) -> Client {
+        self.client_id = client_id;
+        self
+    }
+
     /// Submits a command to a plugin, exactly once.
     pub async fn submit(&mut self, plugin: &str, body: Vec<u8>) -> anyhow::Result<Answer> {
         self.serial += 1;

@@ -332,6 +332,120 @@ fn a_whole_cluster_killed_and_restarted_elects_a_leader_and_keeps_its_writes() {
     });
 }
 
+/// Jepsen-style: concurrent clients put, compare-and-set and read (linearizable queries)
+/// a few keys on real processes while the leader is killed with -9 and restarted; the
+/// history must be linearizable (the simulator's Wing-Gong/Lowe checker). This covers what
+/// the simulator does not run: batched entries, the write-back layer readers go through,
+/// the streamed transport, and restart replay.
+#[test]
+fn a_history_with_a_leader_killed_mid_way_is_linearizable() {
+    use keel_tests::kv::{Op, OpResult};
+    use keel_tests::linearizability::{Call, Verdict, check};
+
+    let mut cluster = Cluster::start(3);
+    let urls = cluster.urls();
+    let rt = rt();
+    let history = rt.block_on(async {
+        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let start = Instant::now();
+        let run_for = Duration::from_secs(6);
+        let mut tasks = Vec::new();
+        for client in 0..8u64 {
+            let urls = urls.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut c = Client::new(urls).with_client_id(0x11AE_0000 + client);
+                let mut calls = Vec::new();
+                let mut n = 0u64;
+                // Enough keys and few enough calls per key that the checker always decides.
+                while start.elapsed() < run_for && n < 250 {
+                    n += 1;
+                    let key = ((client * 7 + n) % 24) as u8;
+                    let k = format!("lin-{key}");
+                    let value = client * 1_000_000 + n;
+                    let op = match n % 3 {
+                        0 => Op::Get { key },
+                        1 => Op::Put { key, value },
+                        _ => Op::Cas {
+                            key,
+                            expect: Some(value - 1),
+                            value,
+                        },
+                    };
+                    let invoke = start.elapsed().as_micros() as u64;
+                    let answer = match op {
+                        Op::Get { .. } => {
+                            let q = serde_json::json!({"op": "get", "key": k}).to_string();
+                            c.query("kv", q.into_bytes(), "linearizable").await
+                        }
+                        Op::Put { .. } => {
+                            let b = serde_json::json!({"op": "put", "key": k, "value": value.to_string()});
+                            c.submit("kv", b.to_string().into_bytes()).await
+                        }
+                        Op::Cas { expect, .. } => {
+                            let b = serde_json::json!({"op": "cas", "key": k,
+                                "expect": expect.map(|e| e.to_string()), "value": value.to_string()});
+                            c.submit("kv", b.to_string().into_bytes()).await
+                        }
+                    };
+                    let complete = start.elapsed().as_micros() as u64;
+                    let parsed = answer.ok().filter(|a| a.status == 200).and_then(|a| {
+                        serde_json::from_slice::<serde_json::Value>(&a.body).ok()
+                    });
+                    let num = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<u64>().ok());
+                    let result = parsed.map(|v| match op {
+                        Op::Get { .. } => OpResult::Get(num(&v["value"])),
+                        Op::Put { .. } => OpResult::Put(num(&v["prev"])),
+                        Op::Cas { .. } => {
+                            OpResult::Cas(v["ok"].as_bool().unwrap_or(false), num(&v["current"]))
+                        }
+                    });
+                    let complete = if result.is_some() { complete } else { u64::MAX };
+                    calls.push(Call {
+                        op,
+                        invoke,
+                        complete,
+                        result,
+                    });
+                    // Spread the calls over the run, so that they straddle the kill.
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+                calls
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster.kill(leader);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster.restart(leader);
+        let mut history = Vec::new();
+        for t in tasks {
+            history.extend(t.await.expect("client task"));
+        }
+        history
+    });
+    let answered = history.iter().filter(|c| c.result.is_some()).count();
+    let during = history
+        .iter()
+        .filter(|c| (2_000_000..4_000_000).contains(&c.invoke))
+        .count();
+    println!(
+        "{} calls, {answered} answered, {during} invoked while the old leader was down",
+        history.len()
+    );
+    assert!(answered > 100, "too few answered calls: {answered}");
+    assert!(
+        during > 20,
+        "the history does not straddle the kill: {during}"
+    );
+    match check(&history, 2_000_000) {
+        Verdict::Linearizable => {}
+        Verdict::Unknown => panic!("the checker gave up: the history is too big to decide"),
+        Verdict::Violation { key } => {
+            let calls: Vec<_> = history.iter().filter(|c| c.op.key() == key).collect();
+            panic!("not linearizable on key {key}: {calls:#?}");
+        }
+    }
+}
+
 fn http_get(url: &str) -> String {
     let rest = url.trim_start_matches("http://");
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
