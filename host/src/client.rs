@@ -74,6 +74,16 @@ impl Client {
         self.call(Method::POST, path, Vec::new(), false).await
     }
 
+    /// Any request (admin endpoints), following redirects and retrying 503 like the rest.
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Answer> {
+        self.call(method, path, body, false).await
+    }
+
     /// `GET path` on the first endpoint that answers.
     pub async fn get(&mut self, path: &str) -> anyhow::Result<Answer> {
         self.call(Method::GET, path, Vec::new(), false).await

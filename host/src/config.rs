@@ -43,6 +43,10 @@ pub struct NodeConfig {
     /// milliseconds apart (write-back; docs/storage.md). Longer batches more page writes
     /// together; shorter keeps each write, and the stall it causes, small.
     pub apply_flush_ms: u64,
+    /// Start detached and wait to be added (`POST /v1/admin/members` on the leader) instead
+    /// of bootstrapping a new cluster from `peers`. `peers` must still list the current
+    /// members, so that this node can answer them.
+    pub join: bool,
 }
 
 impl Default for NodeConfig {
@@ -62,6 +66,7 @@ impl Default for NodeConfig {
             builtin_kv: true,
             two_phase_commit: true,
             apply_flush_ms: 20,
+            join: false,
         }
     }
 }

@@ -66,6 +66,13 @@ enum Cmd {
         #[command(flatten)]
         endpoints: Endpoints,
     },
+    /// Change the membership, one server at a time (thesis §4.1).
+    Member {
+        #[command(subcommand)]
+        command: MemberCmd,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
     /// Show a node's status.
     Status {
         #[command(flatten)]
@@ -80,6 +87,27 @@ enum Cmd {
         /// The node's data directory (as given to `keel serve --data-dir`).
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MemberCmd {
+    /// Add a node as a learner (start it first with `"join": true` in its config).
+    Add {
+        /// Its id, unique in the cluster.
+        id: u64,
+        /// Its URL.
+        url: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// The learner's id.
+        id: u64,
+    },
+    /// Remove a voter or learner.
+    Remove {
+        /// Its id.
+        id: u64,
     },
 }
 
@@ -170,23 +198,11 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         )
         .init();
     runtime()?.block_on(async move {
-        let mut outboxes = keel::node::Outboxes::new();
-        let mut senders = Vec::new();
-        for (&id, url) in &cfg.peers {
-            if id != cfg.id {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                outboxes.insert(id, tx);
-                senders.push((url.clone(), rx));
-            }
-        }
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
         let (id, url) = (cfg.id, cfg.url());
-        let node = keel::node::start(cfg, outboxes)?;
-        for (url, rx) in senders {
-            tokio::spawn(keel::transport::peer_sender(url, rx, node.metrics.clone()));
-        }
+        let node = keel::node::start(cfg)?;
         tracing::info!(target: "keel::raft", id, %url, "serving");
         let storage = node.storage.clone();
         let stopping = node.clone();
@@ -280,6 +296,23 @@ fn main() -> ExitCode {
         } => client_call(&endpoints, async move |c| {
             c.submit(&plugin, body.into_bytes()).await
         }),
+        Cmd::Member { command, endpoints } => {
+            client_call(&endpoints, async move |c| match command {
+                MemberCmd::Add { id, url } => {
+                    let body = serde_json::json!({"id": id, "url": url}).to_string();
+                    c.request(hyper::Method::POST, "/v1/admin/members", body.into_bytes())
+                        .await
+                }
+                MemberCmd::Promote { id } => {
+                    let path = format!("/v1/admin/members/{id}/promote");
+                    c.request(hyper::Method::POST, &path, Vec::new()).await
+                }
+                MemberCmd::Remove { id } => {
+                    let path = format!("/v1/admin/members/{id}");
+                    c.request(hyper::Method::DELETE, &path, Vec::new()).await
+                }
+            })
+        }
         Cmd::Status { endpoints } => client_call(&endpoints, async |c| c.get("/v1/status").await),
         // A node keeps its store in DATA_DIR/db (node::start); the operator names DATA_DIR.
         Cmd::Inspect { data_dir } => match keel_storage::inspect(&data_dir.join("db")) {

@@ -17,7 +17,7 @@ use keel_storage::{StateView, Storage};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::node::{CommandReply, Input, NodeHandle, ReadRefused};
+use crate::node::{CommandReply, Input, MemberChange, MemberReply, NodeHandle, ReadRefused};
 use crate::{apply, transport};
 
 /// Response body type: a whole buffer or a stream (server-sent events).
@@ -76,6 +76,15 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
                     &serde_json::json!({"transfer_to": to}),
                 )
             }
+            Err(_) => error(StatusCode::BAD_REQUEST, "node id must be a number"),
+        },
+        (&Method::POST, ["v1", "admin", "members"]) => add_member(&node, req).await,
+        (&Method::POST, ["v1", "admin", "members", id, "promote"]) => match id.parse() {
+            Ok(id) => change_members(&node, MemberChange::Promote(id), &path).await,
+            Err(_) => error(StatusCode::BAD_REQUEST, "node id must be a number"),
+        },
+        (&Method::DELETE, ["v1", "admin", "members", id]) => match id.parse() {
+            Ok(id) => change_members(&node, MemberChange::Remove(id), &path).await,
             Err(_) => error(StatusCode::BAD_REQUEST, "node id must be a number"),
         },
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
@@ -370,6 +379,66 @@ async fn query(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> Res
         // This node could not run it (resources, storage): not the plugin's fault.
         Ok(Err((false, e))) => retry_later(&e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// `POST /v1/admin/members` with `{"id": N, "url": "http://…"}`: adds a learner.
+async fn add_member(node: &NodeHandle, req: Request<Incoming>) -> Response<Body> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Add {
+        id: u64,
+        url: String,
+    }
+    let path = req.uri().path().to_string();
+    let body = match read_body(req.into_body(), 64 << 10).await {
+        Ok(b) => b,
+        Err(r) => return r.response(),
+    };
+    match serde_json::from_slice::<Add>(&body) {
+        Ok(Add { id, url }) if id > 0 && url.starts_with("http://") => {
+            change_members(node, MemberChange::AddLearner { id, url }, &path).await
+        }
+        Ok(_) => error(
+            StatusCode::BAD_REQUEST,
+            "id must be positive and url an http:// URL",
+        ),
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            &format!("expected {{\"id\": N, \"url\": \"http://…\"}}: {e}"),
+        ),
+    }
+}
+
+/// Proposes a membership change on the leader and answers once it is applied.
+async fn change_members(node: &NodeHandle, change: MemberChange, path: &str) -> Response<Body> {
+    let (tx, rx) = oneshot::channel();
+    if node
+        .inputs
+        .send(Input::Members { change, reply: tx })
+        .is_err()
+    {
+        return retry_later("node is stopping");
+    }
+    let timeout = Duration::from_millis(node.config.default_timeout_ms);
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(MemberReply::Done { index, config })) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "index": index,
+                "voters": config.voters,
+                "learners": config.learners,
+                "members": config.addresses,
+            }),
+        ),
+        Ok(Ok(MemberReply::NotLeader(leader))) => redirect(node, leader, path),
+        Ok(Ok(MemberReply::Retry(why))) => retry_later(&why),
+        Ok(Ok(MemberReply::Refused(why))) => error(StatusCode::CONFLICT, &why),
+        Ok(Err(_)) => retry_later("node is stopping"),
+        Err(_) => json(
+            StatusCode::GATEWAY_TIMEOUT,
+            &serde_json::json!({"error": "timeout", "outcome": "unknown"}),
+        ),
     }
 }
 

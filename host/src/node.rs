@@ -85,6 +85,47 @@ pub enum Input {
     Transfer(NodeId),
     /// Write the applied state through to storage now; answered once it is there.
     Flush(oneshot::Sender<()>),
+    /// Change the membership, one server at a time (thesis §4.1).
+    Members {
+        /// The change.
+        change: MemberChange,
+        /// Answered once the new configuration is committed and applied.
+        reply: oneshot::Sender<MemberReply>,
+    },
+}
+
+/// One single-server membership change (thesis §4.1; learners §4.2.1).
+#[derive(Clone, Debug)]
+pub enum MemberChange {
+    /// Add a node as a learner: it receives the log but neither votes nor counts.
+    AddLearner {
+        /// Its id (unique in the cluster, never reused).
+        id: NodeId,
+        /// Its URL.
+        url: String,
+    },
+    /// Make a learner a voter.
+    Promote(NodeId),
+    /// Remove a voter or learner.
+    Remove(NodeId),
+}
+
+/// What a membership change came to.
+#[derive(Debug)]
+pub enum MemberReply {
+    /// Committed and applied at `index`: the new voters and learners.
+    Done {
+        /// The configuration entry's index.
+        index: Index,
+        /// The configuration now in force.
+        config: ClusterConfig,
+    },
+    /// Not the leader.
+    NotLeader(Option<NodeId>),
+    /// Election, transfer, or another change in flight: retry.
+    Retry(String),
+    /// The change does not apply to this membership (unknown id, already a member, …).
+    Refused(String),
 }
 
 /// What `GET /v1/status` shows.
@@ -110,6 +151,10 @@ pub struct NodeStatus {
     pub cluster_id: String,
     /// Voters and learners with their URLs.
     pub members: BTreeMap<NodeId, String>,
+    /// Voting members.
+    pub voters: Vec<NodeId>,
+    /// Non-voting members (thesis §4.2.1).
+    pub learners: Vec<NodeId>,
     /// Active plugins.
     pub plugins: Vec<String>,
 }
@@ -241,10 +286,17 @@ struct Driver {
     deploy_in_flight: Option<Index>,
     unflushed: Arc<RwLock<Arc<Unflushed>>>,
     last_flush: Instant,
+    /// Membership changes proposed here: index → (term, reply).
+    member_changes: HashMap<Index, (Term, oneshot::Sender<MemberReply>)>,
+    /// Where peer sender tasks run (they are started as members appear).
+    tokio: tokio::runtime::Handle,
 }
 
 /// Opens storage, restores the core and starts the driver thread.
-pub fn start(cfg: NodeConfig, outboxes: Outboxes) -> Result<NodeHandle, StartError> {
+/// Must be called from within a tokio runtime: peer senders run on it.
+pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
+    let tokio = tokio::runtime::Handle::try_current()
+        .map_err(|e| StartError::Thread(std::io::Error::other(format!("no tokio runtime: {e}"))))?;
     cfg.check()?;
     let cluster = cfg.cluster()?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
@@ -288,7 +340,11 @@ pub fn start(cfg: NodeConfig, outboxes: Outboxes) -> Result<NodeHandle, StartErr
     let fresh = recovered.log.last.index == 0
         && recovered.hard_state.term == 0
         && recovered.snapshot.index == 0;
-    let init = if fresh {
+    let init = if fresh && cfg.join {
+        // Design §7: a node that joins waits, detached, for a leader to add it; it learns
+        // the membership from the log or a snapshot.
+        InitialState::default()
+    } else if fresh {
         let config = ClusterConfig {
             voters: cfg.peers.keys().copied().collect(),
             learners: Default::default(),
@@ -354,7 +410,7 @@ pub fn start(cfg: NodeConfig, outboxes: Outboxes) -> Result<NodeHandle, StartErr
         runtime,
         blobs,
         registry,
-        outboxes,
+        outboxes: Outboxes::new(),
         status,
         events,
         metrics,
@@ -369,7 +425,10 @@ pub fn start(cfg: NodeConfig, outboxes: Outboxes) -> Result<NodeHandle, StartErr
         deploy_in_flight: None,
         unflushed: handle.unflushed.clone(),
         last_flush: Instant::now(),
+        member_changes: HashMap::new(),
+        tokio,
     };
+    driver.connect_peers(&driver.member_addresses());
     driver.publish_status();
     std::thread::Builder::new()
         .name("keel-driver".into())
@@ -466,6 +525,7 @@ impl Driver {
                     }
                 }
             }
+            Input::Members { change, reply } => self.change_members(change, reply),
             Input::Flush(done) => {
                 self.flush_or_stop();
                 let _ = done.send(());
@@ -633,6 +693,17 @@ impl Driver {
                 });
             }
         }
+        for e in entries {
+            if let Some((term, reply)) = self.member_changes.remove(&e.index) {
+                let _ = reply.send(match &e.record {
+                    Record::Config(config) if e.term == term => MemberReply::Done {
+                        index: e.index,
+                        config: config.clone(),
+                    },
+                    _ => MemberReply::Retry("the change was replaced by a new leader".into()),
+                });
+            }
+        }
         // Proposals whose index was taken by another record (a no-op of a new leader, say).
         for e in entries {
             for reply in self
@@ -731,6 +802,96 @@ impl Driver {
         }
     }
 
+    /// Proposes a single-server change against the configuration in force (thesis §4.1: it
+    /// takes effect as soon as it is in the log; the core refuses a second one until the
+    /// first is committed).
+    fn change_members(&mut self, change: MemberChange, reply: oneshot::Sender<MemberReply>) {
+        let mut config = self.raft.config().clone();
+        let refused = |m: String| MemberReply::Refused(m);
+        let invalid = match &change {
+            MemberChange::AddLearner { id, url } => {
+                if config.contains(*id) {
+                    Some(refused(format!("node {id} is already a member")))
+                } else {
+                    config.learners.insert(*id);
+                    config.addresses.insert(*id, url.clone());
+                    None
+                }
+            }
+            MemberChange::Promote(id) => {
+                if config.learners.remove(id) {
+                    config.voters.insert(*id);
+                    None
+                } else {
+                    Some(refused(format!("node {id} is not a learner")))
+                }
+            }
+            MemberChange::Remove(id) => {
+                if config.contains(*id) {
+                    config.voters.remove(id);
+                    config.learners.remove(id);
+                    config.addresses.remove(id);
+                    None
+                } else {
+                    Some(refused(format!("node {id} is not a member")))
+                }
+            }
+        };
+        if let Some(answer) = invalid {
+            let _ = reply.send(answer);
+            return;
+        }
+        match self.raft.propose(Record::Config(config), now_ms()) {
+            Ok((index, term)) => {
+                tracing::info!(target: "keel::raft", index, ?change, "membership change proposed");
+                self.member_changes.insert(index, (term, reply));
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                let _ = reply.send(MemberReply::NotLeader(leader));
+            }
+            Err(ProposeError::Config(keel_raft::ConfigChangeError::NoVoters)) => {
+                let _ = reply.send(refused("the last voter cannot be removed".into()));
+            }
+            Err(e) => {
+                let _ = reply.send(MemberReply::Retry(e.to_string()));
+            }
+        }
+    }
+
+    /// Every member's address but ours: from the configuration in force, falling back to the
+    /// config file's peers (a joining node knows the cluster only from there).
+    fn member_addresses(&self) -> BTreeMap<NodeId, String> {
+        let config = self.raft.config();
+        let mut out: BTreeMap<NodeId, String> = if config.members().next().is_some() {
+            config
+                .members()
+                .filter_map(|id| self.member_url(id).map(|u| (id, u)))
+                .collect()
+        } else {
+            self.cfg.peers.clone()
+        };
+        out.remove(&self.cfg.id);
+        out
+    }
+
+    /// Starts a sender for each new member and stops those of members that left.
+    fn connect_peers(&mut self, members: &BTreeMap<NodeId, String>) {
+        self.outboxes.retain(|id, _| members.contains_key(id));
+        for (&id, url) in members {
+            if self.outboxes.contains_key(&id) {
+                continue;
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.outboxes.insert(id, tx);
+            self.tokio.spawn(crate::transport::peer_sender(
+                url.clone(),
+                rx,
+                self.metrics.clone(),
+            ));
+            tracing::info!(target: "keel::msg", peer = id, %url, "connecting to peer");
+        }
+    }
+
     fn send(&mut self, m: Message) {
         tracing::debug!(target: "keel::msg", "send {m}");
         if let Some(outbox) = self.outboxes.get(&m.to) {
@@ -749,6 +910,8 @@ impl Driver {
             }
             Event::Config { index, config } => {
                 tracing::info!(target: "keel::raft", index, ?config, "configuration");
+                let members = self.member_addresses();
+                self.connect_peers(&members);
                 serde_json::json!({"type": "config", "index": index, "voters": config.voters, "learners": config.learners})
             }
         };
@@ -780,6 +943,8 @@ impl Driver {
             last_log_index: s.last_index,
             cluster_id: self.cfg.cluster_id.clone(),
             members,
+            voters: s.config.voters.iter().copied().collect(),
+            learners: s.config.learners.iter().copied().collect(),
             plugins: self.registry.names(),
         };
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;

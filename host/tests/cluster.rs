@@ -446,6 +446,95 @@ fn a_history_with_a_leader_killed_mid_way_is_linearizable() {
     }
 }
 
+/// Thesis §4.1/§4.2.1: a fourth node joins as a learner, catches up, is promoted; a follower
+/// is removed; then one more original node is killed, and writes still commit — which they
+/// can only if the new node counts as a voter (2 of the 3 voters left).
+#[test]
+fn a_node_joins_as_learner_is_promoted_and_carries_the_quorum() {
+    let mut cluster = Cluster::start_with(4, |cfg| {
+        if cfg.id == 4 {
+            cfg.join = true;
+        } else {
+            cfg.peers.remove(&4);
+        }
+    });
+    let urls = cluster.urls();
+    let rt = rt();
+    rt.block_on(async {
+        let founders = urls[..3].to_vec();
+        let leader = wait_for_leader(&founders, Duration::from_secs(20)).await;
+        let mut c = Client::new(founders.clone());
+        for i in 0..20 {
+            let (code, body) = put(&mut c, &format!("m-{i}"), &format!("{i}")).await;
+            assert_eq!(code, 200, "{body}");
+        }
+        let members = |a: keel::client::Answer| {
+            assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+            serde_json::from_slice::<serde_json::Value>(&a.body).expect("json")
+        };
+        let add = serde_json::json!({"id": 4, "url": urls[3]}).to_string();
+        let r = c
+            .request(
+                hyper::Method::POST,
+                "/v1/admin/members",
+                add.clone().into_bytes(),
+            )
+            .await
+            .expect("add");
+        assert_eq!(members(r)["learners"], serde_json::json!([4]));
+        // Adding it again is refused, not applied twice.
+        let again = c
+            .request(hyper::Method::POST, "/v1/admin/members", add.into_bytes())
+            .await
+            .expect("add again");
+        assert_eq!(again.status, 409);
+
+        // The learner catches up (the kv plugin and every key arrive through the log).
+        let start = Instant::now();
+        loop {
+            let body = |r: String| r.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+            let new = body(http_get(&format!("{}/v1/state-hash", urls[3])));
+            let old = body(http_get(&format!(
+                "{}/v1/state-hash",
+                urls[leader as usize - 1]
+            )));
+            if !new.is_empty() && new == old {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the learner did not catch up: {new} vs {old}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let r = c
+            .request(
+                hyper::Method::POST,
+                "/v1/admin/members/4/promote",
+                Vec::new(),
+            )
+            .await
+            .expect("promote");
+        let voters = members(r)["voters"].clone();
+        assert_eq!(voters, serde_json::json!([1, 2, 3, 4]));
+
+        // Remove one follower, then kill the other: the leader and node 4 are 2 of 3 voters.
+        let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+        let path = format!("/v1/admin/members/{}", followers[0]);
+        let r = c
+            .request(hyper::Method::DELETE, &path, Vec::new())
+            .await
+            .expect("remove");
+        assert_eq!(members(r)["voters"].as_array().map(Vec::len), Some(3));
+        cluster.kill(followers[0]);
+        cluster.kill(followers[1]);
+        let mut c = Client::new(vec![urls[leader as usize - 1].clone(), urls[3].clone()]);
+        let (code, body) = put(&mut c, "after", "quorum").await;
+        assert_eq!(code, 200, "no quorum without the new voter? {body}");
+        assert_eq!(get(&mut c, "after").await, "quorum");
+    });
+}
+
 fn http_get(url: &str) -> String {
     let rest = url.trim_start_matches("http://");
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
