@@ -128,6 +128,9 @@ pub struct Raft {
     randomized_timeout: u32,
     transferee: Option<NodeId>,
     read_round: u64,
+    /// Reads are waiting for the next round: it goes out with the next Ready, once for all
+    /// of them.
+    read_round_wanted: bool,
     pending_reads: VecDeque<PendingRead>,
     /// Leader: reads that wait for the first commit of the term (thesis §6.4 step 1).
     reads_awaiting_commit: Vec<(u64, Option<NodeId>, ReadMode)>,
@@ -171,6 +174,7 @@ impl Raft {
             randomized_timeout: cfg.election_ticks,
             transferee: None,
             read_round: 0,
+            read_round_wanted: false,
             pending_reads: VecDeque::new(),
             reads_awaiting_commit: Vec::new(),
             forwarded_reads: BTreeSet::new(),
@@ -440,14 +444,15 @@ impl Raft {
             return;
         }
         // Thesis §6.4 step 3: confirm leadership with a round of heartbeats to a majority.
-        self.read_round += 1;
+        // The round is sent after this read was recorded, with the next Ready, and serves
+        // every read recorded before it (as etcd-raft batches ReadIndex requests).
         self.pending_reads.push_back(PendingRead {
-            round: self.read_round,
+            round: self.read_round + 1,
             index,
             ctx,
             from,
         });
-        self.broadcast_heartbeat();
+        self.read_round_wanted = true;
     }
 
     fn answer_read(&mut self, ctx: u64, from: Option<NodeId>, index: Option<Index>) {
@@ -669,6 +674,10 @@ impl Raft {
 
     /// Collects everything the driver must do; see [`Ready`] for the handshake.
     pub fn ready(&mut self) -> Ready {
+        if std::mem::take(&mut self.read_round_wanted) && self.role == Role::Leader {
+            self.read_round += 1;
+            self.broadcast_heartbeat();
+        }
         if self.needs_broadcast {
             self.needs_broadcast = false;
             if self.role == Role::Leader {
@@ -698,6 +707,7 @@ impl Raft {
     /// Whether [`Raft::ready`] would return anything.
     pub fn has_ready(&self) -> bool {
         self.needs_broadcast
+            || self.read_round_wanted
             || !self.messages.is_empty()
             || !self.persisted_messages.is_empty()
             || !self.read_states.is_empty()

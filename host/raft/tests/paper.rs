@@ -824,6 +824,38 @@ fn read_index_needs_a_heartbeat_round_acknowledged_by_a_majority() {
     );
 }
 
+// Reference: thesis §6.4 step 3: the round that confirms a read must be sent after the read
+// was recorded. Reads recorded before one Ready share its round (one heartbeat per follower
+// for all of them); a read recorded while that round is out waits for the next.
+#[test]
+fn a_read_is_confirmed_only_by_a_round_sent_after_it_and_reads_share_rounds() {
+    let mut c = three_with_leader(ClusterBuilder::voters(3));
+    c.take_in_flight();
+    c.read_index(1, 1, ReadMode::ReadIndex).expect("leader");
+    c.read_index(1, 2, ReadMode::ReadIndex).expect("leader");
+    c.handle_ready(1);
+    let beats = c
+        .in_flight()
+        .filter(|m| m.body.kind() == "Heartbeat")
+        .count();
+    assert_eq!(
+        beats, 2,
+        "one round, one heartbeat per follower, for both reads"
+    );
+    c.read_index(1, 3, ReadMode::ReadIndex).expect("leader");
+    // Round 1 goes out and comes back before node 1 sends round 2.
+    c.deliver(Some(2));
+    c.deliver(Some(3));
+    c.handle_ready(2);
+    c.handle_ready(3);
+    c.deliver(Some(1));
+    c.handle_ready(1);
+    let ctxs = |c: &Cluster| reads(c, 1).iter().map(|r| r.ctx).collect::<Vec<_>>();
+    assert_eq!(ctxs(&c), [1, 2], "read 3 came after round 1 was sent");
+    c.stabilize();
+    assert_eq!(ctxs(&c), [1, 2, 3]);
+}
+
 // Reference: thesis §6.4.1 (lease reads rely on CheckQuorum)
 #[test]
 fn lease_reads_need_check_quorum_and_skip_the_heartbeat_round() {
