@@ -277,27 +277,17 @@ impl Overlay {
         let mut pending: BTreeMap<&[u8], &Option<Vec<u8>>> =
             Unflushed::in_range(&self.unflushed.writes, ns, start, end).collect();
         pending.extend(Unflushed::in_range(&self.writes, ns, start, end));
-        // Each pending delete can hide at most one stored pair: ask for that many more.
-        let base = self.base.range(
+        let pending: Vec<_> = pending.into_iter().collect();
+        let stored = self.base.range(
             ns,
             KvRange {
                 prefix: b"",
                 start: Some(start),
                 end,
-                limit: limit.saturating_add(pending.len()),
+                limit: keel_plugin::stored_needed(limit, &pending),
             },
         )?;
-        let in_range = |k: &[u8]| k >= start && end.is_none_or(|e| k < e);
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = base
-            .into_iter()
-            .filter(|(k, _)| in_range(k) && !pending.contains_key(k.as_slice()))
-            .collect();
-        for (k, v) in pending {
-            if let Some(v) = v {
-                merged.insert(k.to_vec(), v.clone());
-            }
-        }
-        Ok(merged.into_iter().take(limit).collect())
+        Ok(keel_plugin::merge_writes(stored, pending, limit))
     }
 }
 

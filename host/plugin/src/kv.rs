@@ -163,38 +163,13 @@ impl WriteBuffer {
             Bound::Included(start),
             end.map_or(Bound::Unbounded, Bound::Excluded),
         );
-        let own: Vec<_> = self.writes.range::<[u8], _>(bounds).collect();
-        // Each buffered delete can hide at most one stored entry, so this many stored
-        // entries always suffice to fill `limit` after merging.
-        let deletes = own.iter().filter(|(_, v)| v.is_none()).count();
-        let stored = view.range(start, end, limit.saturating_add(deletes))?;
-
-        let mut merged = Vec::with_capacity(limit.min(stored.len() + own.len()));
-        let mut stored = stored.into_iter().peekable();
-        let mut own = own.into_iter().peekable();
-        while merged.len() < limit {
-            let take_own = match (stored.peek(), own.peek()) {
-                (None, None) => break,
-                (Some(_), None) => false,
-                (None, Some(_)) => true,
-                (Some((sk, _)), Some((ok, _))) => {
-                    if sk.as_slice() == ok.as_slice() {
-                        stored.next(); // shadowed by this call's write
-                        true
-                    } else {
-                        ok.as_slice() < sk.as_slice()
-                    }
-                }
-            };
-            if take_own {
-                if let Some((k, Some(v))) = own.next() {
-                    merged.push((k.clone(), v.clone()));
-                }
-            } else if let Some(kv) = stored.next() {
-                merged.push(kv);
-            }
-        }
-        Ok(merged)
+        let own: Vec<_> = self
+            .writes
+            .range::<[u8], _>(bounds)
+            .map(|(k, v)| (k.as_slice(), v))
+            .collect();
+        let stored = view.range(start, end, stored_needed(limit, &own))?;
+        Ok(merge_writes(stored, own, limit))
     }
 
     /// Adds writes already accepted (by an earlier command of the same batch).
@@ -210,6 +185,48 @@ impl WriteBuffer {
     pub(crate) fn into_writes(self) -> Writes {
         self.writes.into_iter().collect()
     }
+}
+
+/// How many stored pairs a range must read so that, after `own` writes are merged over them,
+/// `limit` pairs remain: each delete can hide at most one stored pair.
+pub fn stored_needed(limit: usize, own: &[(&[u8], &Option<Vec<u8>>)]) -> usize {
+    limit.saturating_add(own.iter().filter(|(_, v)| v.is_none()).count())
+}
+
+/// Merges writes (`own`, ascending by key; `None` deletes) over `stored` pairs (ascending by
+/// key, read with [`stored_needed`]): the first `limit` pairs of the result.
+pub fn merge_writes<'a>(
+    stored: Entries,
+    own: impl IntoIterator<Item = (&'a [u8], &'a Option<Vec<u8>>)>,
+    limit: usize,
+) -> Entries {
+    let own = own.into_iter();
+    let mut merged = Vec::with_capacity(limit.min(stored.len() + own.size_hint().0));
+    let mut stored = stored.into_iter().peekable();
+    let mut own = own.peekable();
+    while merged.len() < limit {
+        let take_own = match (stored.peek(), own.peek()) {
+            (None, None) => break,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some((sk, _)), Some((ok, _))) => {
+                if sk.as_slice() == *ok {
+                    stored.next(); // shadowed by the write
+                    true
+                } else {
+                    *ok < sk.as_slice()
+                }
+            }
+        };
+        if take_own {
+            if let Some((k, Some(v))) = own.next() {
+                merged.push((k.to_vec(), v.clone()));
+            }
+        } else if let Some(kv) = stored.next() {
+            merged.push(kv);
+        }
+    }
+    merged
 }
 
 /// A buffer seen over a view, itself a view: the writes of earlier commands of a batch

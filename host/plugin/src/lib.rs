@@ -63,7 +63,7 @@ mod wasi;
 pub use error::{PluginError, PluginId, StorageError};
 pub use kv::{
     Entries, KvView, MAX_BATCH_BYTES, MAX_KEY_BYTES, MAX_RANGE_ITEMS, MAX_VALUE_BYTES, MemoryKv,
-    Writes,
+    Writes, merge_writes, stored_needed,
 };
 pub use runtime::{
     ApplyContext, ApplyOutcome, CodeSource, Limits, MAX_FUEL, MAX_MEMORY_BYTES, MAX_RESULT_BYTES,
