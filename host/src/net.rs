@@ -130,6 +130,14 @@ pub(crate) fn error(status: StatusCode, message: &str) -> Response<Body> {
     json(status, &serde_json::json!({ "error": message }))
 }
 
+/// 504: not applied in time; it may still be (retry with the same serial to find out).
+fn outcome_unknown() -> Response<Body> {
+    json(
+        StatusCode::GATEWAY_TIMEOUT,
+        &serde_json::json!({"error": "timeout", "outcome": "unknown"}),
+    )
+}
+
 pub(crate) fn retry_later(message: &str) -> Response<Body> {
     let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message);
     r.headers_mut()
@@ -297,10 +305,7 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
         Ok(Ok(CommandReply::NotLeader(leader))) => redirect(node, leader, &path),
         Ok(Ok(CommandReply::Retry(reason))) => retry_later(&reason),
         Ok(Err(_)) => retry_later("node is stopping"),
-        Err(_) => json(
-            StatusCode::GATEWAY_TIMEOUT,
-            &serde_json::json!({"error": "timeout", "outcome": "unknown"}),
-        ),
+        Err(_) => outcome_unknown(),
     }
 }
 
@@ -435,10 +440,7 @@ async fn change_members(node: &NodeHandle, change: MemberChange, path: &str) -> 
         Ok(Ok(MemberReply::Retry(why))) => retry_later(&why),
         Ok(Ok(MemberReply::Refused(why))) => error(StatusCode::CONFLICT, &why),
         Ok(Err(_)) => retry_later("node is stopping"),
-        Err(_) => json(
-            StatusCode::GATEWAY_TIMEOUT,
-            &serde_json::json!({"error": "timeout", "outcome": "unknown"}),
-        ),
+        Err(_) => outcome_unknown(),
     }
 }
 

@@ -222,7 +222,7 @@ const MAX_BATCH_BYTES: usize = 2 << 20;
 const MAX_BATCH_COMMANDS: usize = 1024;
 
 /// Peer outboxes: one queue per peer, drained by that peer's sender task.
-pub type Outboxes = HashMap<NodeId, mpsc::UnboundedSender<Message>>;
+type Outboxes = HashMap<NodeId, mpsc::UnboundedSender<Message>>;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +252,9 @@ pub enum StartError {
     /// The plugin runtime failed.
     #[error("plugins: {0}")]
     Plugin(String),
+    /// `start` was called outside a tokio runtime (peer senders need one).
+    #[error("no tokio runtime to run peer senders on: {0}")]
+    NoRuntime(tokio::runtime::TryCurrentError),
     /// The driver thread could not be started.
     #[error("starting the driver thread: {0}")]
     Thread(std::io::Error),
@@ -295,8 +298,7 @@ struct Driver {
 /// Opens storage, restores the core and starts the driver thread.
 /// Must be called from within a tokio runtime: peer senders run on it.
 pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
-    let tokio = tokio::runtime::Handle::try_current()
-        .map_err(|e| StartError::Thread(std::io::Error::other(format!("no tokio runtime: {e}"))))?;
+    let tokio = tokio::runtime::Handle::try_current().map_err(StartError::NoRuntime)?;
     cfg.check()?;
     let cluster = cfg.cluster()?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
@@ -428,13 +430,20 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         member_changes: HashMap::new(),
         tokio,
     };
-    driver.connect_peers(&driver.member_addresses());
+    driver.connect_peers();
     driver.publish_status();
     std::thread::Builder::new()
         .name("keel-driver".into())
         .spawn(move || driver.run(rx))
         .map_err(StartError::Thread)?;
     Ok(handle)
+}
+
+/// Design §8: never continue on a state we cannot vouch for.
+fn fail_stop(e: &anyhow::Error) -> ! {
+    tracing::error!(target: "keel::raft", error = %e, "fail-stop");
+    eprintln!("keel: fail-stop: {e}");
+    std::process::exit(2);
 }
 
 fn now_ms() -> u64 {
@@ -471,10 +480,7 @@ impl Driver {
             }
             self.propose_pending();
             if let Err(e) = self.process_ready() {
-                // Design §8: never continue on a state we cannot vouch for.
-                tracing::error!(target: "keel::raft", error = %e, "fail-stop");
-                eprintln!("keel: fail-stop: {e}");
-                std::process::exit(2);
+                fail_stop(&e);
             }
         }
     }
@@ -547,13 +553,10 @@ impl Driver {
         let (mut commands, replies): (Vec<Command>, Vec<_>) =
             std::mem::take(&mut self.pending).into_iter().unzip();
         let n = commands.len();
-        let record = match commands.pop() {
-            Some(only) if commands.is_empty() => Record::Command(only),
-            Some(last) => {
-                commands.push(last);
-                Record::Batch(commands)
-            }
-            None => return,
+        let record = if n == 1 {
+            Record::Command(commands.remove(0))
+        } else {
+            Record::Batch(commands)
         };
         match self.raft.propose(record, now_ms()) {
             Ok((index, term)) => {
@@ -703,9 +706,7 @@ impl Driver {
                     _ => MemberReply::Retry("the change was replaced by a new leader".into()),
                 });
             }
-        }
-        // Proposals whose index was taken by another record (a no-op of a new leader, say).
-        for e in entries {
+            // Proposals whose index was taken by another record (a no-op of a new leader).
             for reply in self
                 .proposals
                 .remove(&e.index)
@@ -744,9 +745,7 @@ impl Driver {
 
     fn flush_or_stop(&mut self) {
         if let Err(e) = self.flush() {
-            tracing::error!(target: "keel::raft", error = %e, "fail-stop");
-            eprintln!("keel: fail-stop: {e}");
-            std::process::exit(2);
+            fail_stop(&e);
         }
     }
 
@@ -807,11 +806,12 @@ impl Driver {
     /// first is committed).
     fn change_members(&mut self, change: MemberChange, reply: oneshot::Sender<MemberReply>) {
         let mut config = self.raft.config().clone();
-        let refused = |m: String| MemberReply::Refused(m);
         let invalid = match &change {
             MemberChange::AddLearner { id, url } => {
                 if config.contains(*id) {
-                    Some(refused(format!("node {id} is already a member")))
+                    Some(MemberReply::Refused(format!(
+                        "node {id} is already a member"
+                    )))
                 } else {
                     config.learners.insert(*id);
                     config.addresses.insert(*id, url.clone());
@@ -823,7 +823,7 @@ impl Driver {
                     config.voters.insert(*id);
                     None
                 } else {
-                    Some(refused(format!("node {id} is not a learner")))
+                    Some(MemberReply::Refused(format!("node {id} is not a learner")))
                 }
             }
             MemberChange::Remove(id) => {
@@ -833,7 +833,7 @@ impl Driver {
                     config.addresses.remove(id);
                     None
                 } else {
-                    Some(refused(format!("node {id} is not a member")))
+                    Some(MemberReply::Refused(format!("node {id} is not a member")))
                 }
             }
         };
@@ -850,7 +850,9 @@ impl Driver {
                 let _ = reply.send(MemberReply::NotLeader(leader));
             }
             Err(ProposeError::Config(keel_raft::ConfigChangeError::NoVoters)) => {
-                let _ = reply.send(refused("the last voter cannot be removed".into()));
+                let _ = reply.send(MemberReply::Refused(
+                    "the last voter cannot be removed".into(),
+                ));
             }
             Err(e) => {
                 let _ = reply.send(MemberReply::Retry(e.to_string()));
@@ -875,20 +877,18 @@ impl Driver {
     }
 
     /// Starts a sender for each new member and stops those of members that left.
-    fn connect_peers(&mut self, members: &BTreeMap<NodeId, String>) {
+    fn connect_peers(&mut self) {
+        let members = self.member_addresses();
         self.outboxes.retain(|id, _| members.contains_key(id));
-        for (&id, url) in members {
+        for (id, url) in members {
             if self.outboxes.contains_key(&id) {
                 continue;
             }
             let (tx, rx) = mpsc::unbounded_channel();
             self.outboxes.insert(id, tx);
-            self.tokio.spawn(crate::transport::peer_sender(
-                url.clone(),
-                rx,
-                self.metrics.clone(),
-            ));
             tracing::info!(target: "keel::msg", peer = id, %url, "connecting to peer");
+            self.tokio
+                .spawn(crate::transport::peer_sender(url, rx, self.metrics.clone()));
         }
     }
 
@@ -910,8 +910,7 @@ impl Driver {
             }
             Event::Config { index, config } => {
                 tracing::info!(target: "keel::raft", index, ?config, "configuration");
-                let members = self.member_addresses();
-                self.connect_peers(&members);
+                self.connect_peers();
                 serde_json::json!({"type": "config", "index": index, "voters": config.voters, "learners": config.learners})
             }
         };
