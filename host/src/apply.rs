@@ -173,12 +173,18 @@ pub fn reload(
 /// transaction every `apply_flush_ms`, a hot page is written once per flush instead. Losing it in
 /// a crash loses nothing: storage's `last_applied` stays where the last flush left it and
 /// the log, which is durable, is applied again from there.
+///
+/// A flush runs beside the driver (on the log writer), so the layer being written stays
+/// readable below the one that takes new applies until storage holds it: readers see
+/// this layer, then `flushing`, then storage.
 #[derive(Clone, Debug, Default)]
 pub struct Unflushed {
     writes: BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>,
     sessions: BTreeMap<u64, Session>,
     last_applied: Option<LogId>,
     config: Option<keel_raft::ClusterConfig>,
+    /// The layer a flush under way is writing to storage (never itself flushing).
+    flushing: Option<Arc<Unflushed>>,
 }
 
 impl Unflushed {
@@ -194,17 +200,77 @@ impl Unflushed {
         }
     }
 
-    /// Nothing applied since the last flush.
+    /// Nothing applied since the last flush started.
     pub fn is_empty(&self) -> bool {
         self.last_applied.is_none()
     }
 
-    /// Keys and sessions held.
+    /// Keys and sessions held, the layer being flushed included.
     pub fn len(&self) -> usize {
-        self.writes.len() + self.sessions.len()
+        self.writes.len() + self.sessions.len() + self.flushing.as_ref().map_or(0, |f| f.len())
     }
 
-    /// Everything as one storage batch, to flush.
+    /// Starts a flush: the layer in `slot` becomes the one being flushed, under a new empty
+    /// one, and is returned for writing to storage. `None` if there is nothing to flush or a
+    /// flush is already under way. Moves no data: the old layer is shared as it is.
+    pub fn freeze(slot: &mut Arc<Unflushed>) -> Option<Arc<Unflushed>> {
+        if slot.is_empty() || slot.flushing.is_some() {
+            return None;
+        }
+        let frozen = Arc::clone(slot);
+        *slot = Arc::new(Unflushed {
+            flushing: Some(Arc::clone(&frozen)),
+            ..Unflushed::default()
+        });
+        Some(frozen)
+    }
+
+    /// Whether a flush is under way.
+    pub fn is_flushing_any(&self) -> bool {
+        self.flushing.is_some()
+    }
+
+    /// Whether `layer` is the one this flush is writing.
+    pub fn is_flushing(&self, layer: &Arc<Unflushed>) -> bool {
+        self.flushing
+            .as_ref()
+            .is_some_and(|f| Arc::ptr_eq(f, layer))
+    }
+
+    /// Storage now holds the layer being flushed: readers no longer need it.
+    pub fn flushed(&mut self) {
+        self.flushing = None;
+    }
+
+    fn get(&self, k: &(String, Vec<u8>)) -> Option<&Option<Vec<u8>>> {
+        self.writes
+            .get(k)
+            .or_else(|| self.flushing.as_ref()?.writes.get(k))
+    }
+
+    fn session(&self, client: u64) -> Option<&Session> {
+        self.sessions
+            .get(&client)
+            .or_else(|| self.flushing.as_ref()?.sessions.get(&client))
+    }
+
+    /// This layer's writes in a range over the flushing layer's (newer wins).
+    fn pending<'a>(
+        &'a self,
+        ns: &'a str,
+        start: &'a [u8],
+        end: Option<&'a [u8]>,
+    ) -> BTreeMap<&'a [u8], &'a Option<Vec<u8>>> {
+        let mut out: BTreeMap<_, _> = self
+            .flushing
+            .iter()
+            .flat_map(|f| Unflushed::in_range(&f.writes, ns, start, end))
+            .collect();
+        out.extend(Unflushed::in_range(&self.writes, ns, start, end));
+        out
+    }
+
+    /// This layer (not the one being flushed) as one storage batch, to flush.
     pub fn to_batch(&self) -> Option<ApplyBatch> {
         Some(ApplyBatch {
             last_applied: self.last_applied?,
@@ -246,11 +312,7 @@ struct Overlay {
 impl Overlay {
     fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let k = (ns.to_owned(), key.to_vec());
-        if let Some(v) = self
-            .writes
-            .get(&k)
-            .or_else(|| self.unflushed.writes.get(&k))
-        {
+        if let Some(v) = self.writes.get(&k).or_else(|| self.unflushed.get(&k)) {
             return Ok(v.clone());
         }
         self.base.get(ns, key)
@@ -260,7 +322,7 @@ impl Overlay {
         match self
             .sessions
             .get(&client)
-            .or_else(|| self.unflushed.sessions.get(&client))
+            .or_else(|| self.unflushed.session(client))
         {
             Some(s) => Ok(Some(s.clone())),
             None => self.base.session(client),
@@ -274,8 +336,7 @@ impl Overlay {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<keel_storage::KvPairs, StorageError> {
-        let mut pending: BTreeMap<&[u8], &Option<Vec<u8>>> =
-            Unflushed::in_range(&self.unflushed.writes, ns, start, end).collect();
+        let mut pending = self.unflushed.pending(ns, start, end);
         pending.extend(Unflushed::in_range(&self.writes, ns, start, end));
         let pending: Vec<_> = pending.into_iter().collect();
         let stored = self.base.range(
@@ -868,6 +929,56 @@ mod tests {
         assert_eq!(
             overlay.session(4).expect("session").map(|s| s.serial),
             Some(9)
+        );
+    }
+
+    #[test]
+    fn a_layer_being_flushed_stays_readable_under_new_applies_until_storage_has_it() {
+        let storage = stored();
+        let mut slot = Arc::new(unflushed());
+        let frozen = Unflushed::freeze(&mut slot).expect("something to flush");
+        assert!(
+            Unflushed::freeze(&mut slot).is_none(),
+            "one flush at a time"
+        );
+        Arc::make_mut(&mut slot).absorb(ApplyBatch {
+            last_applied: LogId { index: 3, term: 1 },
+            writes: vec![kv_write("c", Some("C3")), kv_write("e", None)],
+            ..Default::default()
+        });
+        let read = |slot: &Arc<Unflushed>, storage: &MemStorage| {
+            let overlay = Overlay {
+                base: Box::new(storage.view().expect("view")),
+                unflushed: Arc::clone(slot),
+                writes: BTreeMap::new(),
+                sessions: BTreeMap::new(),
+            };
+            let pairs = pairs(overlay.range("kv", b"", None, 100).expect("range"));
+            let session = overlay.session(4).expect("session").map(|s| s.serial);
+            (pairs, session)
+        };
+        // Before the flush commits: b deleted and the session from the frozen layer, c and e
+        // from the new one.
+        let expected = (
+            vec!["a=a".to_string(), "c=C3".into(), "d=d".into()],
+            Some(9),
+        );
+        assert_eq!(read(&slot, &storage), expected);
+        // The writer commits it; until the driver drops the layer, it is read twice: same.
+        storage
+            .apply(&frozen.to_batch().expect("a batch"))
+            .expect("flush");
+        assert_eq!(read(&slot, &storage), expected);
+        // A report about another layer (one a snapshot install dropped) changes nothing.
+        assert!(!slot.is_flushing(&Arc::new(unflushed())));
+        assert!(slot.is_flushing(&frozen));
+        Arc::make_mut(&mut slot).flushed();
+        assert_eq!(read(&slot, &storage), expected);
+        assert_eq!(slot.len(), 2, "only the newer layer is left in memory");
+        assert_eq!(
+            slot.to_batch().expect("newer layer").last_applied.index,
+            3,
+            "the next flush writes only the newer layer"
         );
     }
 

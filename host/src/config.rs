@@ -65,7 +65,7 @@ impl Default for NodeConfig {
             snapshot_every: 10_000,
             builtin_kv: true,
             two_phase_commit: true,
-            apply_flush_ms: 20,
+            apply_flush_ms: 100,
             join: false,
         }
     }

@@ -8,6 +8,7 @@ pub mod apply;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod log_writer;
 pub mod metrics;
 pub mod net;
 pub mod node;

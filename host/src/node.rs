@@ -1,11 +1,12 @@
 //! The driver: the one place where the Raft core, storage, plugins, timers and the network
 //! meet (design §2).
 //!
-//! One dedicated thread owns the core, the store and the apply path and runs the Ready
-//! handshake (see `keel_raft::Ready`). Everything else talks to it through a channel. While
-//! it waits on an fsync, new proposals and messages queue up; the next Ready carries them
-//! all, so one durable commit covers a whole batch (group commit) — and the leader's appends
-//! leave before its own write starts (thesis §10.2.1).
+//! One dedicated thread owns the core and the apply path and runs the Ready handshake (see
+//! `keel_raft::Ready`). Everything else talks to it through a channel. Durable writes go to
+//! the log writer (`crate::log_writer`), which syncs while this thread applies and proposes;
+//! whatever queues meanwhile becomes one durable commit (group commit), and the leader's
+//! appends leave before its own write starts (thesis §10.2.1). Flushes of the applied state
+//! and snapshot builds run beside it too, so the driver never waits on a disk.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -18,13 +19,15 @@ use keel_raft::{
     Message, NodeId, Payload, ProposeError, Raft, ReadError, ReadMode, Ready, Record, Role,
     Snapshot, Term,
 };
-use keel_storage::{Identity, LogWrite, RedbStorage, SnapshotChunks, Storage};
+use keel_storage::{Identity, LogWrite, RedbStorage, SnapshotChunks, StateView, Storage};
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 use crate::apply::{self, Blobs, CommandResult, Registry, Unflushed};
 use crate::config::NodeConfig;
+use crate::log_writer::{LogWriter, Write};
 use crate::metrics::Metrics;
+use crate::transport::Outboxes;
 
 /// What a client's command came to.
 #[derive(Debug)]
@@ -85,6 +88,12 @@ pub enum Input {
     Transfer(NodeId),
     /// Write the applied state through to storage now; answered once it is there.
     Flush(oneshot::Sender<()>),
+    /// The log writer made the log durable up to this entry (handshake step 3).
+    Persisted(Index, Term),
+    /// The log writer wrote this layer of the applied state to storage.
+    Flushed(Arc<Unflushed>),
+    /// A snapshot of the applied state, built beside the driver.
+    SnapshotBuilt(Result<Snapshot, keel_storage::StorageError>),
     /// Change the membership, one server at a time (thesis §4.1).
     Members {
         /// The change.
@@ -221,9 +230,6 @@ type Reply = oneshot::Sender<CommandReply>;
 const MAX_BATCH_BYTES: usize = 2 << 20;
 const MAX_BATCH_COMMANDS: usize = 1024;
 
-/// Peer outboxes: one queue per peer, drained by that peer's sender task.
-type Outboxes = HashMap<NodeId, mpsc::UnboundedSender<Message>>;
-
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -263,6 +269,16 @@ pub enum StartError {
     Raft(#[from] keel_raft::ConfigError),
 }
 
+/// Where the next snapshot stands (see `Driver::maybe_snapshot`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SnapshotState {
+    Idle,
+    /// Waiting for storage to hold the applied state (a flush under way).
+    AwaitingFlush,
+    /// Being built on its own thread.
+    Building,
+}
+
 struct Driver {
     cfg: Arc<NodeConfig>,
     raft: Raft,
@@ -271,6 +287,7 @@ struct Driver {
     blobs: Blobs,
     registry: Registry,
     outboxes: Outboxes,
+    writer: LogWriter,
     status: Arc<Mutex<NodeStatus>>,
     events: broadcast::Sender<String>,
     metrics: Arc<Metrics>,
@@ -286,6 +303,9 @@ struct Driver {
     next_ctx: u64,
     applied: Index,
     snapshot_index: Index,
+    snapshot_state: SnapshotState,
+    /// The driver's own input channel, for threads it starts to report back on.
+    inputs: Sender<Input>,
     deploy_in_flight: Option<Index>,
     unflushed: Arc<RwLock<Arc<Unflushed>>>,
     last_flush: Instant,
@@ -394,7 +414,7 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     let metrics = Arc::new(Metrics::default());
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = NodeHandle {
-        inputs: tx,
+        inputs: tx.clone(),
         status: status.clone(),
         events: events.clone(),
         registry: registry.clone(),
@@ -405,6 +425,14 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         query_slots: Arc::new(tokio::sync::Semaphore::new(QUERY_SLOTS)),
         unflushed: Arc::default(),
     };
+    let outboxes = Outboxes::default();
+    let writer = LogWriter::start(
+        storage.clone(),
+        outboxes.clone(),
+        tx.clone(),
+        metrics.clone(),
+    )
+    .map_err(StartError::Thread)?;
     let mut driver = Driver {
         cfg,
         raft,
@@ -412,7 +440,8 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         runtime,
         blobs,
         registry,
-        outboxes: Outboxes::new(),
+        outboxes,
+        writer,
         status,
         events,
         metrics,
@@ -424,6 +453,8 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         next_ctx: 1,
         applied,
         snapshot_index,
+        snapshot_state: SnapshotState::Idle,
+        inputs: tx.clone(),
         deploy_in_flight: None,
         unflushed: handle.unflushed.clone(),
         last_flush: Instant::now(),
@@ -440,7 +471,7 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
 }
 
 /// Design §8: never continue on a state we cannot vouch for.
-fn fail_stop(e: &anyhow::Error) -> ! {
+pub(crate) fn fail_stop(e: &anyhow::Error) -> ! {
     tracing::error!(target: "keel::raft", error = %e, "fail-stop");
     eprintln!("keel: fail-stop: {e}");
     std::process::exit(2);
@@ -476,8 +507,9 @@ impl Driver {
                 self.maybe_deploy_builtin();
             }
             if self.last_flush.elapsed() >= Duration::from_millis(self.cfg.apply_flush_ms) {
-                self.flush_or_stop();
+                self.start_flush();
             }
+
             self.propose_pending();
             if let Err(e) = self.process_ready() {
                 fail_stop(&e);
@@ -531,6 +563,24 @@ impl Driver {
                     }
                 }
             }
+            Input::Persisted(index, term) => self.raft.persisted(index, term),
+            Input::Flushed(layer) => {
+                {
+                    let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
+                    if slot.is_flushing(&layer) {
+                        Arc::make_mut(&mut slot).flushed();
+                    }
+                }
+                if self.snapshot_state == SnapshotState::AwaitingFlush
+                    && let Err(e) = self.build_snapshot()
+                {
+                    fail_stop(&e);
+                }
+            }
+            Input::SnapshotBuilt(built) => match built {
+                Ok(snap) => self.snapshot_built(snap),
+                Err(e) => fail_stop(&e.into()),
+            },
             Input::Members { change, reply } => self.change_members(change, reply),
             Input::Flush(done) => {
                 self.flush_or_stop();
@@ -595,41 +645,50 @@ impl Driver {
         }
         // 1. Leader appends and pre-votes leave now, in parallel with our own write.
         for m in rd.messages {
-            self.send(m);
+            self.outboxes.send(m);
         }
-        // 2. One durable commit for everything this Ready must persist.
         let installs = rd.snapshot.is_some();
-        if rd.hard_state.is_some() || rd.snapshot.is_some() || !rd.entries.is_empty() {
-            // A snapshot replaces the applied state, the part not yet flushed included (it is
-            // all at or below the commit index, which the snapshot is past): drop that part in
-            // the same step, so no reader sees the old storage without it.
-            let slot = installs.then(|| self.unflushed.write().unwrap_or_else(|e| e.into_inner()));
+        if let Some(snap) = &rd.snapshot {
+            // 2 and 3 here, in this thread: a snapshot replaces the applied state, which
+            // the driver owns. Earlier writes go first (they must be durable in order).
+            self.writer.wait_idle();
+            // The part of the applied state not yet flushed goes too (it is all at or below
+            // the commit index, which the snapshot is past): drop it in the same step, so no
+            // reader sees the old storage without it.
+            let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
             self.storage.persist(LogWrite {
                 hard_state: rd.hard_state,
-                snapshot: rd.snapshot.as_ref(),
+                snapshot: Some(snap),
                 entries: &rd.entries,
             })?;
-            if let Some(mut slot) = slot {
-                *slot = Arc::default();
-            }
+            *slot = Arc::default();
+            drop(slot);
             self.metrics.fsyncs.inc();
-        }
-        if let Some(snap) = &rd.snapshot {
             tracing::info!(target: "keel::raft", index = snap.meta.index, "installed snapshot");
             self.metrics.snapshots_installed.inc();
             self.applied = snap.meta.index;
             self.snapshot_index = snap.meta.index;
             let view = self.storage.view()?;
             apply::reload(&self.runtime, &self.blobs, &self.registry, &view)?;
+            for m in rd.persisted_messages {
+                self.outboxes.send(m);
+            }
+            if let Some((index, term)) = point {
+                self.raft.persisted(index, term);
+            }
+        } else if rd.hard_state.is_some()
+            || !rd.entries.is_empty()
+            || !rd.persisted_messages.is_empty()
+        {
+            // 2 and 3 on the log writer: durable in order, then the acknowledgements, then
+            // `Input::Persisted` back here. Meanwhile this thread applies and proposes.
+            self.writer.submit(Write {
+                hard_state: rd.hard_state,
+                entries: rd.entries,
+                then_send: rd.persisted_messages,
+            });
         }
-        // 3. Acknowledgements promise durability: only now.
-        for m in rd.persisted_messages {
-            self.send(m);
-        }
-        if let Some((index, term)) = point {
-            self.raft.persisted(index, term);
-        }
-        // 4. Apply.
+        // 4. Apply (the core hands out only entries durable here).
         if !rd.committed_entries.is_empty() {
             self.apply(&rd.committed_entries)?;
         }
@@ -728,18 +787,34 @@ impl Driver {
         Ok(())
     }
 
-    /// Writes the applied state through to storage in one transaction (non-durable: the next
-    /// durable log commit carries it to disk). Holds the write lock throughout, so readers
-    /// see storage and the unflushed part as a pair (see `NodeHandle::applied_view`).
-    fn flush(&mut self) -> anyhow::Result<()> {
+    /// Hands what was applied since the last flush to the log writer, which writes it to
+    /// storage in one transaction (non-durable: the next durable log commit carries it to
+    /// disk) while this thread goes on. Readers see it as a layer of its own until then
+    /// (`Unflushed::freeze`); `Input::Flushed` drops that layer. One flush at a time.
+    /// Returns whether a flush is under way.
+    fn start_flush(&mut self) -> bool {
         self.last_flush = Instant::now();
         let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
-        let Some(batch) = slot.to_batch() else {
-            return Ok(());
-        };
-        self.storage.apply(&batch)?;
+        if let Some(layer) = Unflushed::freeze(&mut slot) {
+            self.writer.flush(layer);
+        }
+        slot.is_flushing_any()
+    }
+
+    /// Writes the whole applied state through to storage before returning (for snapshots,
+    /// the state hash, a clean stop, and a layer grown too large). Holds the write lock
+    /// across the write, so readers see storage and the layers as a pair (see
+    /// `NodeHandle::applied_view`).
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.last_flush = Instant::now();
+        // A flush under way on the writer is in storage once this returns.
+        self.writer.wait_idle();
+        let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(batch) = slot.to_batch() {
+            self.storage.apply(&batch)?;
+            tracing::debug!(target: "keel::txn", last = %batch.last_applied, keys = batch.writes.len(), "flushed");
+        }
         *slot = Arc::default();
-        tracing::debug!(target: "keel::txn", last = %batch.last_applied, keys = batch.writes.len(), "flushed");
         Ok(())
     }
 
@@ -761,21 +836,50 @@ impl Driver {
         }
     }
 
-    /// Snapshots are built from the applied (hence committed) state, from a read
-    /// transaction that does not block writes.
+    /// Snapshots are built from the applied (hence committed) state as storage holds it
+    /// after a flush (thesis §5.1: a snapshot covers a committed prefix), on a thread of
+    /// their own from a read transaction, so neither the driver nor writes wait for one.
+    /// Steps: start a flush here; `Input::Flushed` builds; `Input::SnapshotBuilt` compacts.
     fn maybe_snapshot(&mut self) -> anyhow::Result<()> {
-        if self.applied < self.snapshot_index + self.cfg.snapshot_every {
+        if self.snapshot_state != SnapshotState::Idle
+            || self.applied < self.snapshot_index + self.cfg.snapshot_every
+        {
             return Ok(());
         }
-        self.flush()?;
-        let snap = SnapshotChunks::new(self.storage.view()?, 1 << 20).into_snapshot()?;
-        let index = snap.meta.index;
-        if self.raft.compact(index, snap.data).is_ok() {
-            self.storage.purge(&snap.meta)?;
-            self.snapshot_index = index;
-            tracing::info!(target: "keel::raft", index, "snapshot taken, log compacted");
+        self.snapshot_state = SnapshotState::AwaitingFlush;
+        if !self.start_flush() {
+            // Storage holds everything applied already.
+            self.build_snapshot()?;
         }
         Ok(())
+    }
+
+    fn build_snapshot(&mut self) -> anyhow::Result<()> {
+        let view = self.storage.view()?;
+        if view.applied().last_applied.index <= self.snapshot_index {
+            self.snapshot_state = SnapshotState::Idle;
+            return Ok(());
+        }
+        self.snapshot_state = SnapshotState::Building;
+        let inputs = self.inputs.clone();
+        std::thread::Builder::new()
+            .name("keel-snapshot".into())
+            .spawn(move || {
+                let built = SnapshotChunks::new(view, 1 << 20).into_snapshot();
+                let _ = inputs.send(Input::SnapshotBuilt(built));
+            })?;
+        Ok(())
+    }
+
+    fn snapshot_built(&mut self, snap: Snapshot) {
+        self.snapshot_state = SnapshotState::Idle;
+        let meta = snap.meta.clone();
+        // Refused as stale if a leader's snapshot was installed meanwhile.
+        if self.raft.compact(meta.index, snap.data).is_ok() {
+            tracing::info!(target: "keel::raft", index = meta.index, "snapshot taken, log compacted");
+            self.snapshot_index = meta.index;
+            self.writer.purge(meta);
+        }
     }
 
     /// A new cluster gets the embedded kv plugin, deployed through the log like any other.
@@ -879,23 +983,11 @@ impl Driver {
     /// Starts a sender for each new member and stops those of members that left.
     fn connect_peers(&mut self) {
         let members = self.member_addresses();
-        self.outboxes.retain(|id, _| members.contains_key(id));
-        for (id, url) in members {
-            if self.outboxes.contains_key(&id) {
-                continue;
-            }
-            let (tx, rx) = mpsc::unbounded_channel();
-            self.outboxes.insert(id, tx);
+        for (id, rx) in self.outboxes.connect(&members) {
+            let url = members[&id].clone();
             tracing::info!(target: "keel::msg", peer = id, %url, "connecting to peer");
             self.tokio
                 .spawn(crate::transport::peer_sender(url, rx, self.metrics.clone()));
-        }
-    }
-
-    fn send(&mut self, m: Message) {
-        tracing::debug!(target: "keel::msg", "send {m}");
-        if let Some(outbox) = self.outboxes.get(&m.to) {
-            let _ = outbox.send(m);
         }
     }
 

@@ -12,8 +12,10 @@
 //! paused process), at most [`STREAM_FRAMES`] frames wait for it; later messages are dropped
 //! and counted rather than piling up in memory.
 
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,7 +27,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use keel_raft::{Message, MessageBody};
+use keel_raft::{Message, MessageBody, NodeId};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -42,6 +44,45 @@ const FRAME_MESSAGES: usize = 4096;
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// Pause before reconnecting to a peer that is down or refused us.
 const RECONNECT_AFTER: Duration = Duration::from_millis(50);
+
+/// One queue per peer, drained by that peer's sender task ([`peer_sender`]). Shared: the
+/// driver sends what may leave at once and connects and drops peers as the membership
+/// changes; the log writer sends what may leave only once durable.
+#[derive(Clone, Default)]
+pub struct Outboxes(Arc<Mutex<HashMap<NodeId, mpsc::UnboundedSender<Message>>>>);
+
+impl Outboxes {
+    /// Queues `m` for its peer (dropped if that peer is not, or no longer, a member).
+    pub fn send(&self, m: Message) {
+        tracing::debug!(target: "keel::msg", "send {m}");
+        if let Some(outbox) = self.lock().get(&m.to) {
+            let _ = outbox.send(m);
+        }
+    }
+
+    /// Keeps the peers in `members` (dropping the others' queues ends their senders) and
+    /// returns those of `members` that have no queue yet, each with a new one.
+    pub fn connect(
+        &self,
+        members: &BTreeMap<NodeId, String>,
+    ) -> Vec<(NodeId, mpsc::UnboundedReceiver<Message>)> {
+        let mut map = self.lock();
+        map.retain(|id, _| members.contains_key(id));
+        let mut new = Vec::new();
+        for &id in members.keys() {
+            if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(id) {
+                let (tx, rx) = mpsc::unbounded_channel();
+                slot.insert(tx);
+                new.push((id, rx));
+            }
+        }
+        new
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, mpsc::UnboundedSender<Message>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// The request body of a stream: frames handed over by the sender task.
 struct FrameBody(mpsc::Receiver<Bytes>);
