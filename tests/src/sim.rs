@@ -124,6 +124,7 @@ enum Ev {
     Fault,
     Heal,
     Restart(NodeId),
+    Crash(NodeId),
     Release,
 }
 
@@ -469,6 +470,13 @@ impl Sim {
                     self.trace(|| format!("n{id} restart"));
                     self.start_node(id);
                     self.drive(id);
+                }
+            }
+            Ev::Crash(id) => {
+                if self.faults_on && self.up(id) {
+                    self.crash(id);
+                    let back = 50 + self.rand(600);
+                    self.schedule(back, Ev::Restart(id));
                 }
             }
             Ev::Release => self.release_paused(),
@@ -932,6 +940,13 @@ impl Sim {
                     node.stalled_until = until;
                 }
                 self.trace(|| format!("n{victim} disk stalls until t={until}"));
+                // Half the time it dies before the stall ends, with writes it never made
+                // durable: whatever it counted, acknowledged or voted must not depend on them
+                // (§5.1 Fig. 2, thesis §10.2.1).
+                if self.cfg.crashes && self.rand(2) == 0 {
+                    let at = 1 + self.rand(until - self.now);
+                    self.schedule(at, Ev::Crash(victim));
+                }
             }
             0 | 1 if self.cfg.partitions => {
                 // Split into two groups at random.
