@@ -180,7 +180,8 @@ pub fn reload(
 #[derive(Clone, Debug, Default)]
 pub struct Unflushed {
     writes: BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>,
-    sessions: BTreeMap<u64, Session>,
+    /// `None`: expired (hides a stored session).
+    sessions: BTreeMap<u64, Option<Session>>,
     last_applied: Option<LogId>,
     config: Option<keel_raft::ClusterConfig>,
     /// The layer a flush under way is writing to storage (never itself flushing).
@@ -248,10 +249,22 @@ impl Unflushed {
             .or_else(|| self.flushing.as_ref()?.writes.get(k))
     }
 
-    fn session(&self, client: u64) -> Option<&Session> {
+    /// `Some(None)`: expired here, whatever storage holds.
+    fn session(&self, client: u64) -> Option<&Option<Session>> {
         self.sessions
             .get(&client)
             .or_else(|| self.flushing.as_ref()?.sessions.get(&client))
+    }
+
+    /// Sessions this layer and the flushing one hold or expired (newer wins).
+    fn sessions(&self) -> BTreeMap<u64, &Option<Session>> {
+        let mut out: BTreeMap<u64, &Option<Session>> = self
+            .flushing
+            .iter()
+            .flat_map(|f| f.sessions.iter().map(|(c, s)| (*c, s)))
+            .collect();
+        out.extend(self.sessions.iter().map(|(c, s)| (*c, s)));
+        out
     }
 
     /// This layer's writes in a range over the flushing layer's (newer wins).
@@ -306,7 +319,7 @@ struct Overlay {
     base: Box<dyn StateView + Send>,
     unflushed: Arc<Unflushed>,
     writes: BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>,
-    sessions: BTreeMap<u64, Session>,
+    sessions: BTreeMap<u64, Option<Session>>,
 }
 
 impl Overlay {
@@ -324,9 +337,34 @@ impl Overlay {
             .get(&client)
             .or_else(|| self.unflushed.session(client))
         {
-            Some(s) => Ok(Some(s.clone())),
+            Some(s) => Ok(s.clone()),
             None => self.base.session(client),
         }
+    }
+
+    /// Ids of the sessions last used before `before_ms`, over every layer.
+    fn sessions_unused_since(&self, before_ms: u64) -> Result<Vec<u64>, StorageError> {
+        let mut upper = self.unflushed.sessions();
+        upper.extend(self.sessions.iter().map(|(c, s)| (*c, s)));
+        let old = |s: &Session| s.last_ms < before_ms;
+        let mut out: Vec<u64> = upper
+            .iter()
+            .filter_map(|(c, s)| s.as_ref().filter(|s| old(s)).map(|_| *c))
+            .collect();
+        let mut after = None;
+        loop {
+            let page = self.base.scan_sessions(after, 1_000)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0);
+            // Stored sessions a newer layer rewrote or expired were judged above.
+            out.extend(
+                page.iter()
+                    .filter(|(c, s)| !upper.contains_key(c) && old(s))
+                    .map(|(c, _)| *c),
+            );
+        }
+        out.sort_unstable();
+        Ok(out)
     }
 
     fn range(
@@ -407,6 +445,9 @@ pub struct CommandOutcome {
     pub position: u32,
     /// The plugin's answer, identical on every node.
     pub result: CommandResult,
+    /// Refused without running: the command's session is unknown or expired (thesis
+    /// §6.3). Whether an earlier command of that session was applied cannot be told.
+    pub unknown_session: bool,
 }
 
 /// What applying a batch produced: the storage batch to commit and each command's result.
@@ -454,6 +495,13 @@ pub fn apply_batch(
             }
             Record::Command(cmd) => applier.commands(e, std::slice::from_ref(cmd))?,
             Record::Batch(cmds) => applier.commands(e, cmds)?,
+            Record::OpenSession => applier.open_session(e),
+            Record::ExpireSessions { before_ms } => {
+                let expired = applier.overlay().sessions_unused_since(*before_ms)?;
+                for client in expired {
+                    applier.set_session(client, None);
+                }
+            }
         }
     }
     Ok(Applied {
@@ -506,6 +554,30 @@ impl Applier<'_> {
         self.overlay().session(client)
     }
 
+    fn set_session(&mut self, client: u64, session: Option<Session>) {
+        self.overlay().sessions.insert(client, session.clone());
+        self.batch.sessions.push((client, session));
+    }
+
+    /// Thesis §6.3: the session's id is the index of the entry that opened it.
+    fn open_session(&mut self, e: &Entry) {
+        self.set_session(
+            e.index,
+            Some(Session {
+                serial: 0,
+                result: Vec::new(),
+                last_ms: e.timestamp_ms,
+            }),
+        );
+        self.results.push(CommandOutcome {
+            index: e.index,
+            term: e.term,
+            position: 0,
+            result: Ok(format!("{{\"client_id\":{}}}", e.index).into_bytes()),
+            unknown_session: false,
+        });
+    }
+
     /// The commands of one entry, in order. Each plugin's commands run together on one
     /// fresh instance ([`Plugin::apply_batch`]): plugins have disjoint namespaces, so the
     /// grouping changes no answer, and it is a function of the entry alone, the same on
@@ -515,6 +587,7 @@ impl Applier<'_> {
         let mut groups: BTreeMap<&str, Group<'_>> = BTreeMap::new();
         // Sessions as this entry leaves them: client → (serial, position that set it).
         let mut in_entry: HashMap<u64, (u64, usize)> = HashMap::new();
+        let mut unknown: Vec<usize> = Vec::new();
         for (pos, cmd) in cmds.iter().enumerate() {
             // Raft paper §8: a retried serial gets the stored answer, never a second apply.
             if let Some(cs) = cmd.client {
@@ -527,7 +600,17 @@ impl Applier<'_> {
                         plans.push(Plan::Answer(Err(stale(cs.serial, serial))));
                         continue;
                     }
-                } else if let Some(s) = self.session(cs.client_id)? {
+                } else {
+                    // Thesis §6.3: a command of a session that was never opened, or has
+                    // expired, is refused: it may be a retry of one applied long ago.
+                    let Some(s) = self.session(cs.client_id)? else {
+                        unknown.push(pos);
+                        plans.push(Plan::Answer(Err(format!(
+                            "session {} is unknown or expired",
+                            cs.client_id
+                        ))));
+                        continue;
+                    };
                     if cs.serial == s.serial {
                         plans.push(Plan::Answer(decode_result(&s.result)));
                         continue;
@@ -599,11 +682,9 @@ impl Applier<'_> {
                     let session = Session {
                         serial: cs.serial,
                         result: encode_result(&result),
+                        last_ms: e.timestamp_ms,
                     };
-                    self.overlay()
-                        .sessions
-                        .insert(cs.client_id, session.clone());
-                    self.batch.sessions.push((cs.client_id, session));
+                    self.set_session(cs.client_id, Some(session));
                 }
             }
             answers.push(result.clone());
@@ -612,6 +693,7 @@ impl Applier<'_> {
                 term: e.term,
                 position: pos as u32,
                 result,
+                unknown_session: unknown.contains(&pos),
             });
         }
         Ok(())
@@ -673,6 +755,7 @@ pub fn state_hash(view: &dyn StateView) -> Result<String, StorageError> {
         for (id, s) in &page {
             h.update(id.to_le_bytes());
             h.update(s.serial.to_le_bytes());
+            h.update(s.last_ms.to_le_bytes());
             h.update((s.result.len() as u64).to_le_bytes());
             h.update(&s.result);
         }
@@ -721,8 +804,28 @@ mod tests {
         }
     }
 
+    /// Storage where clients 5, 7, 8 and 9 have open sessions (opened at log time 0).
+    fn with_sessions() -> MemStorage {
+        let s = MemStorage::new();
+        s.persist(keel_storage::LogWrite {
+            entries: &[entry(1, Record::Noop)],
+            ..Default::default()
+        })
+        .expect("persist");
+        s.apply(&ApplyBatch {
+            last_applied: LogId { index: 1, term: 1 },
+            sessions: [5, 7, 8, 9]
+                .into_iter()
+                .map(|c| (c, Some(Session::default())))
+                .collect(),
+            ..Default::default()
+        })
+        .expect("apply");
+        s
+    }
+
     fn run(runtime: &Runtime, registry: &Registry, entries: &[Entry]) -> Applied {
-        let view = Box::new(MemStorage::new().view().expect("view"));
+        let view = Box::new(with_sessions().view().expect("view"));
         apply_batch(
             runtime,
             &Blobs::new(None),
@@ -788,7 +891,8 @@ mod tests {
             for w in &a.batch.writes {
                 m.insert((w.namespace.clone(), w.key.clone()), w.value.clone());
             }
-            let sessions: BTreeMap<u64, Session> = a.batch.sessions.iter().cloned().collect();
+            let sessions: BTreeMap<u64, Option<Session>> =
+                a.batch.sessions.iter().cloned().collect();
             (m, sessions)
         };
         assert_eq!(final_state(&batched), final_state(&single));
@@ -815,7 +919,7 @@ mod tests {
         assert!(got[2].contains("stale serial 2"), "{}", got[2]);
         assert_eq!(got[3], r#"{"prev":"x"}"#, "the duplicate wrote nothing");
         let last = a.batch.sessions.last().expect("a session");
-        assert_eq!((last.0, last.1.serial), (5, 4));
+        assert_eq!((last.0, last.1.as_ref().map(|s| s.serial)), (5, Some(4)));
     }
 
     #[test]
@@ -833,6 +937,119 @@ mod tests {
             a.batch.writes.iter().filter(|w| w.key == b"k").count(),
             1,
             "the retried put was not applied again"
+        );
+    }
+
+    fn at(index: u64, timestamp_ms: u64, record: Record) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            timestamp_ms,
+            record,
+        }
+    }
+
+    /// Thesis §6.3: sessions are opened through the log, expire by the log's clock on every
+    /// node alike, and a command of an unknown or expired session is refused, not applied
+    /// (it may be the retry of one applied before the expiry).
+    #[test]
+    fn sessions_open_and_expire_by_the_log_and_an_expired_one_is_refused() {
+        let (runtime, registry) = kv();
+        let storage = with_sessions(); // 5, 7, 8, 9 opened at log time 0
+        let entries = [
+            at(2, 1_000, Record::OpenSession),
+            at(3, 2_000, Record::Command(put("k", "a", Some((2, 1))))),
+            at(4, 2_500, Record::Command(put("k", "b", Some((7, 1))))),
+            // Unused since before 2,200: the stored 5, 8, 9 and the session opened at 2.
+            at(5, 3_000, Record::ExpireSessions { before_ms: 2_200 }),
+            at(6, 3_100, Record::Command(put("k", "c", Some((2, 1))))),
+            at(7, 3_200, Record::Command(put("k", "d", Some((9, 1))))),
+            at(8, 3_300, Record::Command(put("k", "e", Some((7, 2))))),
+            at(9, 3_400, Record::Command(put("k", "f", Some((424_242, 1))))),
+        ];
+        let a = apply_batch(
+            &runtime,
+            &Blobs::new(None),
+            &registry,
+            Box::new(storage.view().expect("view")),
+            Arc::default(),
+            &entries,
+        )
+        .expect("applies");
+        let got = answers(&a);
+        assert_eq!(got[0], r#"{"client_id":2}"#, "the id is the entry's index");
+        assert_eq!(got[1], r#"{"prev":null}"#);
+        assert_eq!(got[2], r#"{"prev":"a"}"#);
+        // Session 2 was last used at 2,000 < 2,200: its retry is refused, not re-applied
+        // (which would answer {"prev":"b"}).
+        let refused: Vec<bool> = a.results.iter().map(|o| o.unknown_session).collect();
+        assert_eq!(refused, [false, false, false, true, true, false, true]);
+        assert!(
+            got[3].contains("session 2 is unknown or expired"),
+            "{}",
+            got[3]
+        );
+        assert_eq!(got[5], r#"{"prev":"b"}"#, "7 was used at 2,500 and lives");
+        let ks: Vec<_> = a.batch.writes.iter().filter(|w| w.key == b"k").collect();
+        assert_eq!(ks.len(), 3, "refused commands write nothing");
+        // Storage ends as the replicas must: 7 alone, at serial 2.
+        storage
+            .persist(keel_storage::LogWrite {
+                entries: &entries,
+                ..Default::default()
+            })
+            .expect("persist");
+        storage.apply(&a.batch).expect("flush");
+        let view = storage.view().expect("view");
+        let left = view.scan_sessions(None, 100).expect("scan");
+        assert_eq!(
+            left.iter().map(|(c, s)| (*c, s.serial)).collect::<Vec<_>>(),
+            [(7, 2)]
+        );
+        assert_eq!(left[0].1.last_ms, 3_300);
+    }
+
+    #[test]
+    fn expiry_sees_sessions_in_every_layer() {
+        let (runtime, registry) = kv();
+        let storage = with_sessions();
+        // 7 was used again, in the layer not yet flushed; 8 expired there already.
+        let mut upper = Unflushed::default();
+        upper.absorb(ApplyBatch {
+            last_applied: LogId { index: 2, term: 1 },
+            sessions: vec![
+                (
+                    7,
+                    Some(Session {
+                        serial: 1,
+                        result: vec![0],
+                        last_ms: 5_000,
+                    }),
+                ),
+                (8, None),
+            ],
+            ..Default::default()
+        });
+        let a = apply_batch(
+            &runtime,
+            &Blobs::new(None),
+            &registry,
+            Box::new(storage.view().expect("view")),
+            Arc::new(upper),
+            &[at(3, 6_000, Record::ExpireSessions { before_ms: 4_000 })],
+        )
+        .expect("applies");
+        let expired: Vec<u64> = a
+            .batch
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.is_none())
+            .map(|(c, _)| *c)
+            .collect();
+        assert_eq!(
+            expired,
+            [5, 9],
+            "7 is fresh above storage; 8 is gone already"
         );
     }
 
@@ -876,10 +1093,11 @@ mod tests {
             ],
             sessions: vec![(
                 4,
-                Session {
+                Some(Session {
                     serial: 9,
                     result: vec![0],
-                },
+                    last_ms: 0,
+                }),
             )],
             ..Default::default()
         });

@@ -1,6 +1,7 @@
 //! The `keel put/get/submit/status` client: follows 307 redirects to the leader, retries
 //! 503 with backoff across endpoints, and sends an exactly-once session so that a retry
-//! after a lost answer is never applied twice.
+//! after a lost answer is never applied twice. The session is opened (`POST /v1/sessions`)
+//! before the first command.
 
 use std::time::Duration;
 
@@ -16,7 +17,8 @@ use hyper_util::rt::TokioExecutor;
 pub struct Client {
     endpoints: Vec<String>,
     http: HttpClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    client_id: u64,
+    /// The session, once opened (or given).
+    client_id: Option<u64>,
     serial: u64,
 }
 
@@ -33,26 +35,48 @@ pub struct Answer {
 impl Client {
     /// A client trying `endpoints` in turn.
     pub fn new(endpoints: Vec<String>) -> Client {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
         Client {
             endpoints,
             http: HttpClient::builder(TokioExecutor::new()).build_http(),
-            client_id: seed ^ (u64::from(std::process::id()) << 32),
+            client_id: None,
             serial: 0,
         }
     }
 
-    /// The same client with a chosen session id (ids must be unique per client; the
-    /// default one comes from the clock and the pid).
-    pub fn with_client_id(mut self, client_id: u64) -> Client {
-        self.client_id = client_id;
+    /// The same client resuming an open session whose last serial was `serial`.
+    pub fn with_session(mut self, client_id: u64, serial: u64) -> Client {
+        self.client_id = Some(client_id);
+        self.serial = serial;
         self
     }
 
-    /// Submits a command to a plugin, exactly once.
+    /// The session id, opening a session first if there is none.
+    pub async fn session(&mut self) -> anyhow::Result<u64> {
+        if let Some(id) = self.client_id {
+            return Ok(id);
+        }
+        let a = self
+            .call(Method::POST, "/v1/sessions", Vec::new(), false)
+            .await?;
+        let id = (a.status == StatusCode::OK)
+            .then(|| serde_json::from_slice::<serde_json::Value>(&a.body).ok())
+            .flatten()
+            .and_then(|v| v["client_id"].as_u64());
+        let Some(id) = id else {
+            bail!(
+                "opening a session: {} {}",
+                a.status,
+                String::from_utf8_lossy(&a.body)
+            );
+        };
+        self.client_id = Some(id);
+        Ok(id)
+    }
+
+    /// Submits a command to a plugin, exactly once. A 410 answer means the session expired
+    /// (it was unused for longer than the cluster's `session_ttl_ms`).
     pub async fn submit(&mut self, plugin: &str, body: Vec<u8>) -> anyhow::Result<Answer> {
+        self.session().await?;
         self.serial += 1;
         let path = format!("/v1/plugins/{plugin}/commands");
         self.call(Method::POST, &path, body, true).await
@@ -105,9 +129,9 @@ impl Client {
         let mut last_error = String::new();
         for _ in 0..40 {
             let mut req = Request::builder().method(method.clone()).uri(&url);
-            if session {
+            if let (true, Some(id)) = (session, self.client_id) {
                 req = req
-                    .header("keel-client-id", self.client_id)
+                    .header("keel-client-id", id)
                     .header("keel-serial", self.serial);
             }
             let req = req

@@ -43,6 +43,10 @@ pub struct NodeConfig {
     /// milliseconds apart (write-back; docs/storage.md). Longer batches more page writes
     /// together; shorter keeps each write, and the stall it causes, small.
     pub apply_flush_ms: u64,
+    /// A client session unused for this long (by the log's clock) expires on every node;
+    /// its commands are then refused with 410 (thesis §6.3). 0 keeps sessions for ever.
+    /// Only the leader's value matters: it proposes the expiries.
+    pub session_ttl_ms: u64,
     /// Start detached and wait to be added (`POST /v1/admin/members` on the leader) instead
     /// of bootstrapping a new cluster from `peers`. `peers` must still list the current
     /// members, so that this node can answer them.
@@ -66,6 +70,7 @@ impl Default for NodeConfig {
             builtin_kv: true,
             two_phase_commit: true,
             apply_flush_ms: 100,
+            session_ttl_ms: 3_600_000,
             join: false,
         }
     }

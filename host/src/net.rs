@@ -58,6 +58,7 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
             let plugin = plugin.to_string();
             query(&node, req, plugin).await
         }
+        (&Method::POST, ["v1", "sessions"]) => open_session(&node, &path).await,
         (&Method::GET, ["v1", "status"]) => {
             let status = node
                 .status
@@ -243,6 +244,9 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r.response(),
     };
     let client = match (client_id, serial) {
+        (Some(_), Some(0)) => {
+            return error(StatusCode::BAD_REQUEST, "Keel-Serial starts at 1");
+        }
         (Some(client_id), Some(serial)) => Some(ClientSerial { client_id, serial }),
         (None, None) => None,
         _ => {
@@ -252,17 +256,8 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
             );
         }
     };
-    {
-        let status = node.status.lock().unwrap_or_else(|e| e.into_inner());
-        match status.role.as_str() {
-            "Leader" => {}
-            "Follower" => {
-                let leader = status.leader_id;
-                drop(status);
-                return redirect(node, leader, &path);
-            }
-            _ => return retry_later("election in progress"),
-        }
+    if let Some(elsewhere) = not_leader(node, &path) {
+        return elsewhere;
     }
     if node.registry.get(&plugin).is_none() {
         return unknown_plugin(node, &plugin);
@@ -282,6 +277,44 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
     if node.inputs.send(input).is_err() {
         return retry_later("node is stopping");
     }
+    answer(node, rx, timeout_ms, &path).await
+}
+
+/// Where a request that only the leader may serve goes instead: 307 to the leader from a
+/// follower, 503 during an election; `None` on the leader.
+fn not_leader(node: &NodeHandle, path: &str) -> Option<Response<Body>> {
+    let status = node.status.lock().unwrap_or_else(|e| e.into_inner());
+    match status.role.as_str() {
+        "Leader" => None,
+        "Follower" => {
+            let leader = status.leader_id;
+            drop(status);
+            Some(redirect(node, leader, path))
+        }
+        _ => Some(retry_later("election in progress")),
+    }
+}
+
+/// `POST /v1/sessions`: a new client session (thesis §6.3), answered once applied with
+/// `{"client_id": N}` (N is the opening entry's index, unique for ever).
+async fn open_session(node: &NodeHandle, path: &str) -> Response<Body> {
+    if let Some(elsewhere) = not_leader(node, path) {
+        return elsewhere;
+    }
+    let (tx, rx) = oneshot::channel();
+    if node.inputs.send(Input::OpenSession(tx)).is_err() {
+        return retry_later("node is stopping");
+    }
+    answer(node, rx, node.config.default_timeout_ms, path).await
+}
+
+/// The HTTP answer to a command (or session opening) once the driver replies.
+async fn answer(
+    node: &NodeHandle,
+    rx: oneshot::Receiver<CommandReply>,
+    timeout_ms: u64,
+    path: &str,
+) -> Response<Body> {
     match tokio::time::timeout(Duration::from_millis(timeout_ms), rx).await {
         Ok(Ok(CommandReply::Done {
             index,
@@ -302,8 +335,12 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
             h.insert("keel-position", HeaderValue::from(position));
             r
         }
-        Ok(Ok(CommandReply::NotLeader(leader))) => redirect(node, leader, &path),
+        Ok(Ok(CommandReply::NotLeader(leader))) => redirect(node, leader, path),
         Ok(Ok(CommandReply::Retry(reason))) => retry_later(&reason),
+        Ok(Ok(CommandReply::SessionUnknown(detail))) => json(
+            StatusCode::GONE,
+            &serde_json::json!({ "error": "session_unknown", "detail": detail }),
+        ),
         Ok(Err(_)) => retry_later("node is stopping"),
         Err(_) => outcome_unknown(),
     }

@@ -23,7 +23,7 @@ use keel_storage::{Identity, LogWrite, RedbStorage, SnapshotChunks, StateView, S
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::apply::{self, Blobs, CommandResult, Registry, Unflushed};
+use crate::apply::{self, Blobs, CommandOutcome, CommandResult, Registry, Unflushed};
 use crate::config::NodeConfig;
 use crate::log_writer::{LogWriter, Write};
 use crate::metrics::Metrics;
@@ -45,6 +45,10 @@ pub enum CommandReply {
     },
     /// Not the leader (the client should go there).
     NotLeader(Option<NodeId>),
+    /// The command's session is unknown or expired (thesis §6.3): refused, in the log, on
+    /// every node alike. The client must open a new session; whether an earlier command of
+    /// the old one was applied cannot be told.
+    SessionUnknown(String),
     /// Election under way, backpressure, or the entry was overwritten: retry (same serial).
     Retry(String),
 }
@@ -77,6 +81,8 @@ pub enum Input {
         /// Where the outcome goes.
         reply: oneshot::Sender<CommandReply>,
     },
+    /// Open a client session (thesis §6.3); answered with its id once applied.
+    OpenSession(oneshot::Sender<CommandReply>),
     /// A read that must be confirmed by the log (ReadIndex or lease).
     Read {
         /// How to confirm it.
@@ -309,6 +315,7 @@ struct Driver {
     deploy_in_flight: Option<Index>,
     unflushed: Arc<RwLock<Arc<Unflushed>>>,
     last_flush: Instant,
+    last_session_sweep: Instant,
     /// Membership changes proposed here: index → (term, reply).
     member_changes: HashMap<Index, (Term, oneshot::Sender<MemberReply>)>,
     /// Where peer sender tasks run (they are started as members appear).
@@ -458,6 +465,7 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         deploy_in_flight: None,
         unflushed: handle.unflushed.clone(),
         last_flush: Instant::now(),
+        last_session_sweep: Instant::now(),
         member_changes: HashMap::new(),
         tokio,
     };
@@ -505,6 +513,7 @@ impl Driver {
                     next_tick = Instant::now() + tick;
                 }
                 self.maybe_deploy_builtin();
+                self.maybe_expire_sessions();
             }
             if self.last_flush.elapsed() >= Duration::from_millis(self.cfg.apply_flush_ms) {
                 self.start_flush();
@@ -548,6 +557,17 @@ impl Driver {
                 };
                 self.pending.push((command, reply));
             }
+            Input::OpenSession(reply) => match self.raft.propose(Record::OpenSession, now_ms()) {
+                Ok((index, term)) => {
+                    self.proposals.insert(index, (term, vec![Some(reply)]));
+                }
+                Err(ProposeError::NotLeader { leader }) => {
+                    let _ = reply.send(CommandReply::NotLeader(leader));
+                }
+                Err(e) => {
+                    let _ = reply.send(CommandReply::Retry(e.to_string()));
+                }
+            },
             Input::Read { mode, reply } => {
                 let ctx = self.next_ctx;
                 self.next_ctx += 1;
@@ -747,11 +767,18 @@ impl Driver {
                 .get_mut(out.position as usize)
                 .and_then(Option::take)
             {
-                let _ = reply.send(CommandReply::Done {
-                    index: out.index,
-                    term: out.term,
-                    position: out.position,
-                    result: out.result,
+                let _ = reply.send(match out {
+                    CommandOutcome {
+                        unknown_session: true,
+                        result,
+                        ..
+                    } => CommandReply::SessionUnknown(result.err().unwrap_or_default()),
+                    out => CommandReply::Done {
+                        index: out.index,
+                        term: out.term,
+                        position: out.position,
+                        result: out.result,
+                    },
                 });
             }
         }
@@ -879,6 +906,27 @@ impl Driver {
             tracing::info!(target: "keel::raft", index = meta.index, "snapshot taken, log compacted");
             self.snapshot_index = meta.index;
             self.writer.purge(meta);
+        }
+    }
+
+    /// Thesis §6.3: sessions expire by the log's clock, so every node drops the same ones at
+    /// the same entry. The leader proposes the cut-off now and then (a tenth of the TTL).
+    fn maybe_expire_sessions(&mut self) {
+        let ttl = self.cfg.session_ttl_ms;
+        if ttl == 0 || self.raft.role() != Role::Leader {
+            return;
+        }
+        let every = Duration::from_millis((ttl / 10).max(100));
+        if self.last_session_sweep.elapsed() < every {
+            return;
+        }
+        self.last_session_sweep = Instant::now();
+        let now = now_ms();
+        let record = Record::ExpireSessions {
+            before_ms: now.saturating_sub(ttl),
+        };
+        if let Ok((index, _)) = self.raft.propose(record, now) {
+            tracing::debug!(target: "keel::txn", index, "proposed session expiry");
         }
     }
 

@@ -365,7 +365,7 @@ fn a_history_with_a_leader_killed_mid_way_is_linearizable() {
         for client in 0..8u64 {
             let urls = urls.clone();
             tasks.push(tokio::spawn(async move {
-                let mut c = Client::new(urls).with_client_id(0x11AE_0000 + client);
+                let mut c = Client::new(urls);
                 let mut calls = Vec::new();
                 let mut n = 0u64;
                 // Enough keys and few enough calls per key that the checker always decides.
@@ -572,13 +572,17 @@ fn a_retried_serial_is_applied_once_even_across_a_leader_change() {
     rt.block_on(async {
         let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
         let leader_url = urls[(leader - 1) as usize].clone();
+        let id = Client::new(vec![leader_url.clone()])
+            .session()
+            .await
+            .expect("a session");
         let send = |url: String, value: &'static str| async move {
             let body = serde_json::json!({"op": "put", "key": "once", "value": value}).to_string();
             let client =
                 hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                     .build_http::<http_body_util::Full<bytes::Bytes>>();
             let req = hyper::Request::post(format!("{url}/v1/plugins/kv/commands"))
-                .header("keel-client-id", "77")
+                .header("keel-client-id", id)
                 .header("keel-serial", "1")
                 .body(http_body_util::Full::new(bytes::Bytes::from(body)))
                 .expect("request");
@@ -611,6 +615,55 @@ fn a_retried_serial_is_applied_once_even_across_a_leader_change() {
         assert_ne!(index, None);
         let mut c = Client::new(vec![new_url]);
         assert_eq!(get(&mut c, "once").await, "first");
+    });
+}
+
+/// Thesis §6.3 on real processes: a session left idle past `session_ttl_ms` is expired by
+/// the log on every replica, and its next command is refused (410) rather than applied; a
+/// session in use stays.
+#[test]
+fn an_idle_session_expires_on_every_replica_and_its_commands_are_refused() {
+    let cluster = Cluster::start_with(3, |cfg| cfg.session_ttl_ms = 400);
+    let urls = cluster.urls();
+    let rt = rt();
+    rt.block_on(async {
+        wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let mut idle = Client::new(urls.clone());
+        let mut busy = Client::new(urls.clone());
+        assert_eq!(put(&mut idle, "idle", "1").await.0, 200);
+        let until = Instant::now() + Duration::from_millis(1_500);
+        while Instant::now() < until {
+            assert_eq!(
+                put(&mut busy, "busy", "1").await.0,
+                200,
+                "a session in use lives"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (status, body) = put(&mut idle, "idle", "2").await;
+        assert_eq!(status, 410, "{body}");
+        assert!(body.contains("session_unknown"), "{body}");
+        assert_eq!(
+            get(&mut busy, "idle").await,
+            "1",
+            "the refused command wrote nothing"
+        );
+        // Every replica dropped the same sessions: the state hashes (sessions included)
+        // agree at the same index. Expiry entries keep coming, so look until a pass finds
+        // all three at one index.
+        let start = Instant::now();
+        loop {
+            let hashes = state_hashes(&urls).await;
+            if hashes.windows(2).all(|w| w[0] == w[1]) {
+                break;
+            }
+            let mismatch = hashes
+                .windows(2)
+                .any(|w| w[0].0 == w[1].0 && w[0].1 != w[1].1);
+            assert!(!mismatch, "replicas differ at one index: {hashes:?}");
+            assert!(start.elapsed() < Duration::from_secs(10), "{hashes:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     });
 }
 
@@ -664,6 +717,23 @@ fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
         b"{}",
     );
     assert!(status_line(&r).contains("400"), "{r}");
+    // Serials start at 1.
+    let r = post(
+        "/v1/plugins/kv/commands",
+        "Keel-Serial: 0\r\nKeel-Client-Id: 1\r\n",
+        b"{}",
+    );
+    assert!(status_line(&r).contains("400"), "{r}");
+    // A session nobody opened: refused as gone (thesis §6.3), nothing applied.
+    let r = post(
+        "/v1/plugins/kv/commands",
+        "Keel-Serial: 1\r\nKeel-Client-Id: 987654321\r\n",
+        br#"{"op":"put","key":"ghost","value":"x"}"#,
+    );
+    assert!(status_line(&r).contains("410"), "{r}");
+    assert!(r.contains("session_unknown"), "{r}");
+    let r = post("/v1/plugins/kv/query", "", br#"{"op":"get","key":"ghost"}"#);
+    assert!(!r.contains("\"x\""), "a refused command wrote: {r}");
     // Unknown consistency.
     let r = post("/v1/plugins/kv/query?consistency=eventual", "", b"{}");
     assert!(status_line(&r).contains("400"), "{r}");

@@ -77,6 +77,15 @@ pub enum Record {
     /// commands share a fresh instance (docs/plugins.md); the leader fills it with whatever
     /// queued while it was busy (log-level group commit). Last, so older logs still decode.
     Batch(Vec<Command>),
+    /// Opens a client session (thesis §6.3): the session's id is this entry's index, unique
+    /// in the cluster for ever.
+    OpenSession,
+    /// Expires every session last used before `before_ms` (the log's clock, thesis §6.3), on
+    /// every node alike. The leader proposes one now and then.
+    ExpireSessions {
+        /// Sessions whose last command's entry is older than this (ms since the epoch) go.
+        before_ms: u64,
+    },
 }
 
 /// An application command addressed to one plugin.

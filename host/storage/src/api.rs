@@ -133,10 +133,13 @@ pub struct KvWrite {
 /// so that a retry gets the stored answer instead of a second application.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
-    /// Last applied serial of this client.
+    /// Last applied serial of this client (0: opened, nothing applied yet).
     pub serial: u64,
     /// Result bytes returned for it.
     pub result: Vec<u8>,
+    /// Log time (the entry's leader timestamp, ms) of the session's last command or of its
+    /// opening: expiry is decided on it, the same on every node (thesis §6.3).
+    pub last_ms: u64,
 }
 
 /// A batch of applied committed entries, written in ONE transaction: after any crash the state
@@ -149,8 +152,8 @@ pub struct ApplyBatch {
     pub config: Option<ClusterConfig>,
     /// Plugins' KV changes, in application order (a later write to a key wins).
     pub writes: Vec<KvWrite>,
-    /// Session updates, by client id, in application order.
-    pub sessions: Vec<(u64, Session)>,
+    /// Session updates, by client id, in application order; `None` removes (expiry).
+    pub sessions: Vec<(u64, Option<Session>)>,
 }
 
 /// An ordered scan of one namespace: keys starting with `prefix`, from `start` (inclusive; or

@@ -280,7 +280,10 @@ impl Storage for MemStorage {
             }
         }
         for (client, session) in &batch.sessions {
-            state.sessions.insert(*client, session.clone());
+            match session {
+                Some(s) => state.sessions.insert(*client, s.clone()),
+                None => state.sessions.remove(client),
+            };
         }
         state.applied.last_applied = batch.last_applied;
         if let Some(config) = &batch.config {

@@ -31,7 +31,8 @@ const KV: TableDefinition<'_, (&str, &[u8]), &[u8]> = TableDefinition::new("kv")
 const SESSIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("sessions");
 
 /// Value of the `format` key: bumped on any incompatible change of the layout.
-const FORMAT: &[u8] = b"keel-storage/1";
+/// 2: sessions carry `last_ms` (expiry). A data file of another format is refused at open.
+const FORMAT: &[u8] = b"keel-storage/2";
 const K_FORMAT: &str = "format";
 const K_IDENTITY: &str = "identity";
 const K_HARD_STATE: &str = "hard_state";
@@ -471,6 +472,12 @@ impl Storage for RedbStorage {
             }
             let mut sessions = txn.open_table(SESSIONS).ctx(p, "open table sessions")?;
             for (client, session) in &batch.sessions {
+                let Some(session) = session else {
+                    sessions
+                        .remove(*client)
+                        .ctx(p, "remove from table sessions")?;
+                    continue;
+                };
                 let bytes = codec::encode(session, || format!("session of client {client}"))?;
                 sessions
                     .insert(*client, bytes.as_slice())

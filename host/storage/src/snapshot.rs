@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::{KvRecord, Session, StateView, StorageError};
 
 const MAGIC: [u8; 8] = *b"KEELSNAP";
-const VERSION: u32 = 1;
+/// 2: sessions carry `last_ms`.
+const VERSION: u32 = 2;
 /// Records fetched from the view per scan call.
 const SCAN_BATCH: usize = 256;
 

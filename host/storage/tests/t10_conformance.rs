@@ -328,7 +328,8 @@ fn an_apply_batch_lands_whole<H: Harness>() {
         v.session(1).expect("session"),
         Some(Session {
             serial: 6,
-            result: 6u64.to_le_bytes().to_vec()
+            result: 6u64.to_le_bytes().to_vec(),
+            last_ms: 6,
         })
     );
     assert_eq!(s.recover().expect("recover").applied.last_applied, id(6, 1));
@@ -487,6 +488,7 @@ fn sessions_keep_the_last_result_per_client<H: Harness>() {
                 Session {
                     serial: i,
                     result: i.to_le_bytes().to_vec(),
+                    last_ms: i,
                 },
             )
         })

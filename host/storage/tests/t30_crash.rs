@@ -483,7 +483,12 @@ fn check_after_kill(
                 None => kv.remove(&(w.namespace, w.key)),
             };
         }
-        sessions.extend(ss);
+        for (c, s) in ss {
+            match s {
+                Some(s) => sessions.insert(c, s),
+                None => sessions.remove(&c),
+            };
+        }
     }
     let view = store.view().expect("view");
     let stored_kv: BTreeMap<(String, Vec<u8>), Vec<u8>> = view

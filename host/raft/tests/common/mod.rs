@@ -735,6 +735,8 @@ pub(crate) fn fmt_record(r: &Record) -> String {
         ),
         Record::Deploy(d) => format!("deploy {}@{}", d.plugin, d.version),
         Record::Batch(cs) => format!("batch of {}", cs.len()),
+        Record::OpenSession => "open session".into(),
+        Record::ExpireSessions { before_ms } => format!("expire sessions before {before_ms}"),
     }
 }
 

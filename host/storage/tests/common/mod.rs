@@ -31,8 +31,9 @@ pub fn entries(lo: Index, hi: Index, term: Term) -> Vec<Entry> {
 }
 
 /// The deterministic "plugin" of the tests: what applying `entry` writes. Every entry puts one
-/// key, every third deletes another, and every entry updates its client's session.
-pub fn effects(entry: &Entry) -> (Vec<KvWrite>, Vec<(u64, Session)>) {
+/// key, every third deletes another, every entry updates its client's session, and every
+/// 13th expires another client's session.
+pub fn effects(entry: &Entry) -> (Vec<KvWrite>, Vec<(u64, Option<Session>)>) {
     let Record::Command(cmd) = &entry.record else {
         return (Vec::new(), Vec::new());
     };
@@ -48,19 +49,23 @@ pub fn effects(entry: &Entry) -> (Vec<KvWrite>, Vec<(u64, Session)>) {
             value: None,
         });
     }
-    let sessions = cmd
+    let mut sessions: Vec<(u64, Option<Session>)> = cmd
         .client
         .map(|c| {
             (
                 c.client_id,
-                Session {
+                Some(Session {
                     serial: c.serial,
                     result: entry.index.to_le_bytes().to_vec(),
-                },
+                    last_ms: entry.index,
+                }),
             )
         })
         .into_iter()
         .collect();
+    if entry.index.is_multiple_of(13) {
+        sessions.push(((entry.index + 1) % 5, None));
+    }
     (writes, sessions)
 }
 
