@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
+use std::time::Instant;
 
 use keel_raft::{Entry, HardState, Index, Message, SnapshotMeta, Term};
 use keel_storage::{LogWrite, RedbStorage, Storage};
@@ -118,6 +119,7 @@ fn run(
         }
         let merged = merge(writes);
         if merged.hard_state.is_some() || !merged.entries.is_empty() {
+            let started = Instant::now();
             if let Err(e) = storage.persist(LogWrite {
                 hard_state: merged.hard_state,
                 snapshot: None,
@@ -126,6 +128,12 @@ fn run(
                 crate::node::fail_stop(&e.into());
             }
             metrics.fsyncs.inc();
+            metrics
+                .log_commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            metrics
+                .log_commit_entries
+                .observe(merged.entries.len() as f64);
         }
         for m in merged.then_send {
             outboxes.send(m);
@@ -136,17 +144,25 @@ fn run(
         // After the log: acknowledgements wait for nobody's flush.
         for layer in flushes {
             if let Some(batch) = layer.to_batch() {
+                let started = Instant::now();
                 if let Err(e) = storage.apply(&batch) {
                     crate::node::fail_stop(&e.into());
                 }
+                metrics
+                    .flush_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 tracing::debug!(target: "keel::txn", last = %batch.last_applied, keys = batch.writes.len(), "flushed");
             }
             let _ = driver.send(Input::Flushed(layer));
         }
         for meta in purges {
+            let started = Instant::now();
             if let Err(e) = storage.purge(&meta) {
                 crate::node::fail_stop(&e.into());
             }
+            metrics
+                .purge_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
         for done in barriers {
             let _ = done.send(());

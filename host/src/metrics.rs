@@ -4,6 +4,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// The node's metrics. Cheap to update from any thread.
@@ -29,6 +30,16 @@ pub struct Metrics {
     pub applied_index: Gauge,
     /// 1 while this node leads.
     pub is_leader: Gauge,
+    /// Seconds per durable log commit on the log writer (etcd's WAL fsync duration).
+    pub log_commit_seconds: Histogram,
+    /// Entries per durable log commit (group commit at work).
+    pub log_commit_entries: Histogram,
+    /// Seconds to run one batch of committed entries through the plugins.
+    pub apply_seconds: Histogram,
+    /// Seconds per write-back of the applied state (etcd's backend commit duration).
+    pub flush_seconds: Histogram,
+    /// Seconds to drop the log up to a snapshot.
+    pub purge_seconds: Histogram,
     responses: Family<Vec<(String, String)>, Counter>,
 }
 
@@ -46,6 +57,11 @@ impl Default for Metrics {
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
             is_leader: Gauge::default(),
+            log_commit_seconds: seconds(),
+            log_commit_entries: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            apply_seconds: seconds(),
+            flush_seconds: seconds(),
+            purge_seconds: seconds(),
             responses: Family::default(),
             registry: Registry::default(),
         };
@@ -88,12 +104,42 @@ impl Default for Metrics {
             m.is_leader.clone(),
         );
         registry.register(
+            "log_commit_duration_seconds",
+            "Durable log commits: seconds each (redb commit, fsyncs included)",
+            m.log_commit_seconds.clone(),
+        );
+        registry.register(
+            "log_commit_entries",
+            "Log entries per durable commit",
+            m.log_commit_entries.clone(),
+        );
+        registry.register(
+            "apply_duration_seconds",
+            "Seconds to apply one batch of committed entries",
+            m.apply_seconds.clone(),
+        );
+        registry.register(
+            "flush_duration_seconds",
+            "Seconds per write-back of the applied state to storage",
+            m.flush_seconds.clone(),
+        );
+        registry.register(
+            "log_purge_duration_seconds",
+            "Seconds to drop the log up to a snapshot",
+            m.purge_seconds.clone(),
+        );
+        registry.register(
             "http_responses",
             "HTTP responses by status",
             m.responses.clone(),
         );
         Metrics { registry, ..m }
     }
+}
+
+/// 100 µs to ~3.3 s, doubling.
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
 }
 
 impl Metrics {

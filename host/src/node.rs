@@ -735,6 +735,7 @@ impl Driver {
     fn apply(&mut self, entries: &[keel_raft::Entry]) -> anyhow::Result<()> {
         let view = Box::new(self.storage.view()?);
         let unflushed = Arc::clone(&self.unflushed.read().unwrap_or_else(|e| e.into_inner()));
+        let started = Instant::now();
         let applied = apply::apply_batch(
             &self.runtime,
             &self.blobs,
@@ -743,6 +744,9 @@ impl Driver {
             unflushed,
             entries,
         )?;
+        self.metrics
+            .apply_seconds
+            .observe(started.elapsed().as_secs_f64());
         apply::activate(&self.registry, applied.deployed);
         let last = applied.batch.last_applied;
         let waiting = {
@@ -838,7 +842,11 @@ impl Driver {
         self.writer.wait_idle();
         let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
         if let Some(batch) = slot.to_batch() {
+            let started = Instant::now();
             self.storage.apply(&batch)?;
+            self.metrics
+                .flush_seconds
+                .observe(started.elapsed().as_secs_f64());
             tracing::debug!(target: "keel::txn", last = %batch.last_applied, keys = batch.writes.len(), "flushed");
         }
         *slot = Arc::default();
