@@ -19,7 +19,8 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::time::Instant;
 
 use keel_raft::{Entry, HardState, Index, Message, SnapshotMeta, Term};
-use keel_storage::{LogWrite, RedbStorage, Storage};
+use keel_storage::{LogWrite, RedbStorage, Storage, StorageError};
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::apply::Unflushed;
 use crate::metrics::Metrics;
@@ -119,18 +120,14 @@ fn run(
         }
         let merged = merge(writes);
         if merged.hard_state.is_some() || !merged.entries.is_empty() {
-            let started = Instant::now();
-            if let Err(e) = storage.persist(LogWrite {
-                hard_state: merged.hard_state,
-                snapshot: None,
-                entries: &merged.entries,
-            }) {
-                crate::node::fail_stop(&e.into());
-            }
+            timed(&metrics.log_commit_seconds, || {
+                storage.persist(LogWrite {
+                    hard_state: merged.hard_state,
+                    snapshot: None,
+                    entries: &merged.entries,
+                })
+            });
             metrics.fsyncs.inc();
-            metrics
-                .log_commit_seconds
-                .observe(started.elapsed().as_secs_f64());
             metrics
                 .log_commit_entries
                 .observe(merged.entries.len() as f64);
@@ -144,29 +141,29 @@ fn run(
         // After the log: acknowledgements wait for nobody's flush.
         for layer in flushes {
             if let Some(batch) = layer.to_batch() {
-                let started = Instant::now();
-                if let Err(e) = storage.apply(&batch) {
-                    crate::node::fail_stop(&e.into());
-                }
-                metrics
-                    .flush_seconds
-                    .observe(started.elapsed().as_secs_f64());
+                timed(&metrics.flush_seconds, || storage.apply(&batch));
                 tracing::debug!(target: "keel::txn", last = %batch.last_applied, keys = batch.writes.len(), "flushed");
             }
             let _ = driver.send(Input::Flushed(layer));
         }
         for meta in purges {
-            let started = Instant::now();
-            if let Err(e) = storage.purge(&meta) {
-                crate::node::fail_stop(&e.into());
-            }
-            metrics
-                .purge_seconds
-                .observe(started.elapsed().as_secs_f64());
+            timed(&metrics.purge_seconds, || storage.purge(&meta));
         }
         for done in barriers {
             let _ = done.send(());
         }
+    }
+}
+
+/// One storage step, its duration recorded; a storage failure stops the process (design §8).
+fn timed<T>(histogram: &Histogram, step: impl FnOnce() -> Result<T, StorageError>) -> T {
+    let started = Instant::now();
+    match step() {
+        Ok(out) => {
+            histogram.observe(started.elapsed().as_secs_f64());
+            out
+        }
+        Err(e) => crate::node::fail_stop(&e.into()),
     }
 }
 

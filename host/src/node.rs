@@ -518,7 +518,6 @@ impl Driver {
             if self.last_flush.elapsed() >= Duration::from_millis(self.cfg.apply_flush_ms) {
                 self.start_flush();
             }
-
             self.propose_pending();
             if let Err(e) = self.process_ready() {
                 fail_stop(&e);
@@ -832,8 +831,8 @@ impl Driver {
         slot.is_flushing_any()
     }
 
-    /// Writes the whole applied state through to storage before returning (for snapshots,
-    /// the state hash, a clean stop, and a layer grown too large). Holds the write lock
+    /// Writes the whole applied state through to storage before returning (for the state
+    /// hash, a clean stop, and a layer grown too large). Holds the write lock
     /// across the write, so readers see storage and the layers as a pair (see
     /// `NodeHandle::applied_view`).
     fn flush(&mut self) -> anyhow::Result<()> {
