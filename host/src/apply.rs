@@ -11,6 +11,8 @@ use keel_raft::{Deploy, Entry, Payload, Record};
 use keel_storage::{ApplyBatch, KvRange, KvWrite, LogId, Session, StateView, StorageError};
 use sha2::{Digest, Sha256};
 
+pub use crate::blobs::{Blobs, hex};
+
 /// Reserved namespace holding the deployed plugins (name → `Deploy`), so the set of active
 /// plugins is part of the replicated state, snapshots and restarts included.
 pub const SYSTEM_NAMESPACE: &str = "__keel";
@@ -20,47 +22,6 @@ pub static BUILTIN_KV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kv.wasm
 
 /// The outcome of one command, identical on every node.
 pub type CommandResult = Result<Vec<u8>, String>;
-
-/// Content-addressed plugin binaries this node can load (design §6: bytes travel by hash).
-#[derive(Default)]
-pub struct Blobs {
-    by_hash: HashMap<[u8; 32], Arc<Vec<u8>>>,
-    dir: Option<std::path::PathBuf>,
-}
-
-impl Blobs {
-    /// Blobs stored under `dir`, plus the built-in ones.
-    pub fn new(dir: Option<std::path::PathBuf>) -> Blobs {
-        let mut b = Blobs {
-            by_hash: HashMap::new(),
-            dir,
-        };
-        b.add(BUILTIN_KV.to_vec());
-        b
-    }
-
-    /// Adds a blob; returns its hash.
-    pub fn add(&mut self, bytes: Vec<u8>) -> [u8; 32] {
-        let hash: [u8; 32] = Sha256::digest(&bytes).into();
-        self.by_hash.insert(hash, Arc::new(bytes));
-        hash
-    }
-
-    fn get(&self, hash: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
-        if let Some(b) = self.by_hash.get(hash) {
-            return Some(b.clone());
-        }
-        let path = self.dir.as_ref()?.join(hex(hash));
-        let bytes = std::fs::read(path).ok()?;
-        let actual: [u8; 32] = Sha256::digest(&bytes).into();
-        (actual == *hash).then(|| Arc::new(bytes))
-    }
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The active plugins, shared by the apply path and the query handlers.
 #[derive(Clone, Default)]
@@ -492,6 +453,20 @@ pub fn apply_batch(
                 let key = format!("plugin/{}", d.plugin).into_bytes();
                 let value = postcard::to_allocvec(d).unwrap_or_default();
                 applier.write(SYSTEM_NAMESPACE, key, Some(value));
+                // The deployer's answer (`PUT /v1/plugins/{name}`).
+                let answer = serde_json::json!({
+                    "plugin": d.plugin,
+                    "version": d.version,
+                    "sha256": hex(&d.sha256),
+                    "index": e.index,
+                });
+                applier.results.push(CommandOutcome {
+                    index: e.index,
+                    term: e.term,
+                    position: 0,
+                    result: Ok(answer.to_string().into_bytes()),
+                    unknown_session: false,
+                });
             }
             Record::Command(cmd) => applier.commands(e, std::slice::from_ref(cmd))?,
             Record::Batch(cmds) => applier.commands(e, cmds)?,
@@ -771,7 +746,7 @@ mod tests {
 
     fn kv() -> (Runtime, Registry) {
         let runtime = Runtime::new(keel_plugin::RuntimeConfig::default()).expect("runtime");
-        let blobs = Blobs::new(None);
+        let blobs = Blobs::new(None, &[BUILTIN_KV]);
         let registry = Registry::default();
         let deploy = Deploy {
             plugin: "kv".into(),
@@ -828,7 +803,7 @@ mod tests {
         let view = Box::new(with_sessions().view().expect("view"));
         apply_batch(
             runtime,
-            &Blobs::new(None),
+            &Blobs::new(None, &[BUILTIN_KV]),
             registry,
             view,
             Arc::default(),
@@ -969,7 +944,7 @@ mod tests {
         ];
         let a = apply_batch(
             &runtime,
-            &Blobs::new(None),
+            &Blobs::new(None, &[BUILTIN_KV]),
             &registry,
             Box::new(storage.view().expect("view")),
             Arc::default(),
@@ -1032,7 +1007,7 @@ mod tests {
         });
         let a = apply_batch(
             &runtime,
-            &Blobs::new(None),
+            &Blobs::new(None, &[BUILTIN_KV]),
             &registry,
             Box::new(storage.view().expect("view")),
             Arc::new(upper),

@@ -56,7 +56,7 @@ impl Client {
             return Ok(id);
         }
         let a = self
-            .call(Method::POST, "/v1/sessions", Vec::new(), false)
+            .call(Method::POST, "/v1/sessions", Vec::new(), false, &[])
             .await?;
         let id = (a.status == StatusCode::OK)
             .then(|| serde_json::from_slice::<serde_json::Value>(&a.body).ok())
@@ -79,7 +79,7 @@ impl Client {
         self.session().await?;
         self.serial += 1;
         let path = format!("/v1/plugins/{plugin}/commands");
-        self.call(Method::POST, &path, body, true).await
+        self.call(Method::POST, &path, body, true, &[]).await
     }
 
     /// Runs a query (`consistency`: linearizable, lease or stale).
@@ -90,12 +90,12 @@ impl Client {
         consistency: &str,
     ) -> anyhow::Result<Answer> {
         let path = format!("/v1/plugins/{plugin}/query?consistency={consistency}");
-        self.call(Method::POST, &path, body, false).await
+        self.call(Method::POST, &path, body, false, &[]).await
     }
 
     /// `POST path` with an empty body (admin endpoints).
     pub async fn call_raw(&mut self, path: &str) -> anyhow::Result<Answer> {
-        self.call(Method::POST, path, Vec::new(), false).await
+        self.call(Method::POST, path, Vec::new(), false, &[]).await
     }
 
     /// Any request (admin endpoints), following redirects and retrying 503 like the rest.
@@ -105,12 +105,24 @@ impl Client {
         path: &str,
         body: Vec<u8>,
     ) -> anyhow::Result<Answer> {
-        self.call(method, path, body, false).await
+        self.call(method, path, body, false, &[]).await
+    }
+
+    /// Deploys a plugin (`PUT /v1/plugins/{name}`): `headers` may set `Keel-Fuel`,
+    /// `Keel-Memory-Bytes` and `Keel-Version`.
+    pub async fn deploy(
+        &mut self,
+        name: &str,
+        wasm: Vec<u8>,
+        headers: &[(&'static str, String)],
+    ) -> anyhow::Result<Answer> {
+        let path = format!("/v1/plugins/{name}");
+        self.call(Method::PUT, &path, wasm, false, headers).await
     }
 
     /// `GET path` on the first endpoint that answers.
     pub async fn get(&mut self, path: &str) -> anyhow::Result<Answer> {
-        self.call(Method::GET, path, Vec::new(), false).await
+        self.call(Method::GET, path, Vec::new(), false, &[]).await
     }
 
     async fn call(
@@ -119,6 +131,7 @@ impl Client {
         path: &str,
         body: Vec<u8>,
         session: bool,
+        headers: &[(&'static str, String)],
     ) -> anyhow::Result<Answer> {
         if self.endpoints.is_empty() {
             bail!("no endpoints given");
@@ -129,6 +142,9 @@ impl Client {
         let mut last_error = String::new();
         for _ in 0..40 {
             let mut req = Request::builder().method(method.clone()).uri(&url);
+            for (name, value) in headers {
+                req = req.header(*name, value);
+            }
             if let (true, Some(id)) = (session, self.client_id) {
                 req = req
                     .header("keel-client-id", id)

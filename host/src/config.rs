@@ -29,6 +29,9 @@ pub struct NodeConfig {
     pub heartbeat_ticks: u32,
     /// Largest request body accepted from a client (413 beyond).
     pub max_body_bytes: usize,
+    /// Largest plugin binary accepted by `PUT /v1/plugins/{name}` (a componentize-py plugin
+    /// is ~18 MB).
+    pub max_plugin_bytes: usize,
     /// Command timeout when the client sends no `Keel-Timeout-Ms`.
     pub default_timeout_ms: u64,
     /// Take a snapshot and compact the log every this many applied entries.
@@ -65,6 +68,7 @@ impl Default for NodeConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             max_body_bytes: 1 << 20,
+            max_plugin_bytes: 64 << 20,
             default_timeout_ms: 5_000,
             snapshot_every: 10_000,
             builtin_kv: true,

@@ -5,8 +5,10 @@
 //! over HTTP; [`dev`] starts a local cluster; [`client`] is the CLI's client.
 
 pub mod apply;
+pub mod blobs;
 pub mod client;
 pub mod config;
+pub mod deploy;
 pub mod dev;
 pub mod log_writer;
 pub mod metrics;

@@ -66,6 +66,27 @@ enum Cmd {
         #[command(flatten)]
         endpoints: Endpoints,
     },
+    /// Deploy a plugin (a WebAssembly component) to the cluster under NAME.
+    ///
+    /// The leader compiles it, places the bytes on a majority, and commits a Deploy record;
+    /// redeploying a name replaces the plugin from that log index on, keeping its state.
+    Deploy {
+        /// The plugin's name (its KV namespace and URL segment).
+        name: String,
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// Fuel per apply (instructions, roughly).
+        #[arg(long)]
+        fuel: Option<u64>,
+        /// Memory limit per instance, in bytes.
+        #[arg(long)]
+        memory_bytes: Option<u64>,
+        /// A version label (default: from the bytes' hash).
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
     /// Change the membership, one server at a time (thesis §4.1).
     Member {
         #[command(subcommand)]
@@ -296,6 +317,32 @@ fn main() -> ExitCode {
         } => client_call(&endpoints, async move |c| {
             c.submit(&plugin, body.into_bytes()).await
         }),
+        Cmd::Deploy {
+            name,
+            file,
+            fuel,
+            memory_bytes,
+            version,
+            endpoints,
+        } => {
+            let wasm = match std::fs::read(&file) {
+                Ok(b) => b,
+                Err(e) => return fail("deploy", anyhow::anyhow!("{}: {e}", file.display())),
+            };
+            let mut headers = Vec::new();
+            if let Some(f) = fuel {
+                headers.push(("keel-fuel", f.to_string()));
+            }
+            if let Some(m) = memory_bytes {
+                headers.push(("keel-memory-bytes", m.to_string()));
+            }
+            if let Some(v) = version {
+                headers.push(("keel-version", v));
+            }
+            client_call(&endpoints, async move |c| {
+                c.deploy(&name, wasm, &headers).await
+            })
+        }
         Cmd::Member { command, endpoints } => {
             client_call(&endpoints, async move |c| match command {
                 MemberCmd::Add { id, url } => {

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::node::{CommandReply, Input, MemberChange, MemberReply, NodeHandle, ReadRefused};
-use crate::{apply, transport};
+use crate::{apply, deploy, transport};
 
 /// Response body type: a whole buffer or a stream (server-sent events).
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -59,6 +59,15 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
             query(&node, req, plugin).await
         }
         (&Method::POST, ["v1", "sessions"]) => open_session(&node, &path).await,
+        (&Method::PUT, ["v1", "plugins", name]) => {
+            let name = name.to_string();
+            deploy::deploy(&node, req, &name, &path).await
+        }
+        (&Method::PUT, ["v1", "blobs", hash]) => {
+            let hash = hash.to_string();
+            deploy::put_blob(&node, req, &hash).await
+        }
+        (&Method::GET, ["v1", "blobs", hash]) => deploy::get_blob(&node, hash).await,
         (&Method::GET, ["v1", "status"]) => {
             let status = node
                 .status
@@ -107,7 +116,11 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
 
 // ------------------------------------------------------------------------- bodies
 
-fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn full(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = status;
     r.headers_mut()
@@ -119,7 +132,7 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     full(status, "text/plain; charset=utf-8", body.to_string())
 }
 
-fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     full(
         status,
         "application/json",
@@ -282,7 +295,7 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
 
 /// Where a request that only the leader may serve goes instead: 307 to the leader from a
 /// follower, 503 during an election; `None` on the leader.
-fn not_leader(node: &NodeHandle, path: &str) -> Option<Response<Body>> {
+pub(crate) fn not_leader(node: &NodeHandle, path: &str) -> Option<Response<Body>> {
     let status = node.status.lock().unwrap_or_else(|e| e.into_inner());
     match status.role.as_str() {
         "Leader" => None,
@@ -309,7 +322,7 @@ async fn open_session(node: &NodeHandle, path: &str) -> Response<Body> {
 }
 
 /// The HTTP answer to a command (or session opening) once the driver replies.
-async fn answer(
+pub(crate) async fn answer(
     node: &NodeHandle,
     rx: oneshot::Receiver<CommandReply>,
     timeout_ms: u64,

@@ -81,6 +81,14 @@ pub enum Input {
         /// Where the outcome goes.
         reply: oneshot::Sender<CommandReply>,
     },
+    /// Deploy a plugin whose bytes a majority already holds (design §6); answered once
+    /// the `Deploy` record is applied here.
+    Deploy {
+        /// The record.
+        deploy: Deploy,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<CommandReply>,
+    },
     /// Open a client session (thesis §6.3); answered with its id once applied.
     OpenSession(oneshot::Sender<CommandReply>),
     /// A read that must be confirmed by the log (ReadIndex or lease).
@@ -198,6 +206,10 @@ pub struct NodeHandle {
     /// Queries running at once. Fewer than the plugin runtime's instance pool, so that the
     /// apply path always finds an instance (it fail-stops if it does not).
     pub query_slots: Arc<tokio::sync::Semaphore>,
+    /// The plugin runtime (the deploy endpoint compiles with it before proposing).
+    pub runtime: Runtime,
+    /// This node's blob store.
+    pub blobs: Blobs,
 }
 
 impl NodeHandle {
@@ -360,7 +372,15 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         ..keel_plugin::RuntimeConfig::default()
     })
     .map_err(|e| StartError::Plugin(e.to_string()))?;
-    let blobs = Blobs::new(Some(cfg.data_dir.join("blobs")));
+    let blobs = Blobs::new(Some(cfg.data_dir.join("blobs")), &[apply::BUILTIN_KV]);
+    // Until the driver knows the membership: the configured peers, to fetch missing blobs.
+    blobs.set_peers(
+        cfg.peers
+            .iter()
+            .filter(|(id, _)| **id != cfg.id)
+            .map(|(_, url)| url.clone())
+            .collect(),
+    );
     let registry = Registry::default();
     let view = storage.view()?;
     apply::reload(&runtime, &blobs, &registry, &view)
@@ -431,6 +451,8 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         cluster,
         query_slots: Arc::new(tokio::sync::Semaphore::new(QUERY_SLOTS)),
         unflushed: Arc::default(),
+        runtime: runtime.clone(),
+        blobs: blobs.clone(),
     };
     let outboxes = Outboxes::default();
     let writer = LogWriter::start(
@@ -556,17 +578,8 @@ impl Driver {
                 };
                 self.pending.push((command, reply));
             }
-            Input::OpenSession(reply) => match self.raft.propose(Record::OpenSession, now_ms()) {
-                Ok((index, term)) => {
-                    self.proposals.insert(index, (term, vec![Some(reply)]));
-                }
-                Err(ProposeError::NotLeader { leader }) => {
-                    let _ = reply.send(CommandReply::NotLeader(leader));
-                }
-                Err(e) => {
-                    let _ = reply.send(CommandReply::Retry(e.to_string()));
-                }
-            },
+            Input::Deploy { deploy, reply } => self.propose_for(Record::Deploy(deploy), reply),
+            Input::OpenSession(reply) => self.propose_for(Record::OpenSession, reply),
             Input::Read { mode, reply } => {
                 let ctx = self.next_ctx;
                 self.next_ctx += 1;
@@ -608,6 +621,21 @@ impl Driver {
             Input::Transfer(to) => {
                 let ok = self.raft.transfer_leadership(to);
                 tracing::info!(target: "keel::raft", to, ok, "leadership transfer requested");
+            }
+        }
+    }
+
+    /// Proposes one record whose applied outcome answers `reply` (a session, a deployment).
+    fn propose_for(&mut self, record: Record, reply: Reply) {
+        match self.raft.propose(record, now_ms()) {
+            Ok((index, term)) => {
+                self.proposals.insert(index, (term, vec![Some(reply)]));
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                let _ = reply.send(CommandReply::NotLeader(leader));
+            }
+            Err(e) => {
+                let _ = reply.send(CommandReply::Retry(e.to_string()));
             }
         }
     }
@@ -946,7 +974,7 @@ impl Driver {
         {
             return;
         }
-        let sha256 = self.blobs.add(apply::BUILTIN_KV.to_vec());
+        let sha256 = crate::blobs::sha256(apply::BUILTIN_KV);
         let deploy = Deploy {
             plugin: "kv".into(),
             version: format!("builtin-{}", &apply::hex(&sha256)[..12]),
@@ -1038,6 +1066,7 @@ impl Driver {
     /// Starts a sender for each new member and stops those of members that left.
     fn connect_peers(&mut self) {
         let members = self.member_addresses();
+        self.blobs.set_peers(members.values().cloned().collect());
         for (id, rx) in self.outboxes.connect(&members) {
             let url = members[&id].clone();
             tracing::info!(target: "keel::msg", peer = id, %url, "connecting to peer");

@@ -667,6 +667,127 @@ fn an_idle_session_expires_on_every_replica_and_its_commands_are_refused() {
     });
 }
 
+/// The embedded kv component with a custom section appended: still a valid component, but
+/// other bytes, so no node holds them built in.
+fn kv_variant() -> Vec<u8> {
+    let mut wasm = keel::apply::BUILTIN_KV.to_vec();
+    let (name, data) = (b"keel-test", b"variant");
+    let payload_len = 1 + name.len() + data.len();
+    wasm.push(0); // custom section
+    wasm.push(payload_len as u8);
+    wasm.push(name.len() as u8);
+    wasm.extend_from_slice(name);
+    wasm.extend_from_slice(data);
+    wasm
+}
+
+/// Design §6 on real processes: a plugin deployed while a follower is down reaches a
+/// majority before its Deploy record is proposed, runs commands on every node, and the
+/// follower, restarted, fetches the bytes from a peer and ends with the same state.
+#[test]
+fn a_deployed_plugin_runs_everywhere_and_a_node_that_missed_it_fetches_it() {
+    let mut cluster = Cluster::start(3);
+    let urls = cluster.urls();
+    let rt = rt();
+    rt.block_on(async {
+        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let down = (1..=3).find(|id| *id != leader).expect("a follower");
+        cluster.kill(down);
+        let up = cluster.urls_except(down);
+        let mut c = Client::new(up.clone());
+        let a = c
+            .deploy("kv2", kv_variant(), &[("keel-version", "v1".into())])
+            .await
+            .expect("deploy");
+        let body = String::from_utf8_lossy(&a.body).into_owned();
+        assert_eq!(a.status, 200, "{body}");
+        assert!(
+            body.contains(r#""plugin":"kv2""#) && body.contains(r#""version":"v1""#),
+            "{body}"
+        );
+        let put2 = serde_json::json!({"op": "put", "key": "k", "value": "two"}).to_string();
+        let a = c.submit("kv2", put2.into_bytes()).await.expect("submit");
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        // Namespaces are the plugins': kv does not see kv2's key.
+        assert_eq!(get(&mut c, "k").await, serde_json::Value::Null);
+
+        cluster.restart(down);
+        let start = Instant::now();
+        loop {
+            let hashes = state_hashes(&urls).await;
+            if hashes.windows(2).all(|w| w[0] == w[1]) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{hashes:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // It was down during the push: it holds the bytes now because it fetched them.
+        let hash = keel::blobs::hex(&keel::blobs::sha256(&kv_variant()));
+        let data_dir = cluster.nodes[(down - 1) as usize].0.data_dir.clone();
+        assert!(data_dir.join("blobs").join(&hash).exists());
+        let mut restarted = Client::new(vec![urls[(down - 1) as usize].clone()]);
+        let status = restarted.get("/v1/status").await.expect("status");
+        let status: serde_json::Value = serde_json::from_slice(&status.body).expect("json");
+        assert!(
+            status["plugins"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|n| n == "kv2")),
+            "{status}"
+        );
+        let q = serde_json::json!({"op": "get", "key": "k"}).to_string();
+        let a = restarted
+            .query("kv2", q.into_bytes(), "stale")
+            .await
+            .expect("query");
+        assert_eq!(String::from_utf8_lossy(&a.body), r#"{"value":"two"}"#);
+
+        // Bad deployments are refused before anything is proposed.
+        let refused = |r: keel::client::Answer| {
+            (
+                r.status.as_u16(),
+                String::from_utf8_lossy(&r.body).into_owned(),
+            )
+        };
+        let (code, body) = refused(
+            c.deploy("bad", b"not wasm".to_vec(), &[])
+                .await
+                .expect("call"),
+        );
+        assert_eq!(code, 400, "{body}");
+        let core_module = b"\0asm\x01\0\0\0".to_vec();
+        let (code, body) = refused(c.deploy("core", core_module, &[]).await.expect("call"));
+        assert_eq!(code, 400, "{body}");
+        assert!(body.contains("component"), "{body}");
+        let (code, body) = refused(c.deploy("__keel", kv_variant(), &[]).await.expect("call"));
+        assert_eq!(code, 400, "{body}");
+        let fuel = [("keel-fuel", "0".to_string())];
+        let (code, body) = refused(c.deploy("kv3", kv_variant(), &fuel).await.expect("call"));
+        assert_eq!(code, 400, "{body}");
+        // The blob endpoints check what they are given.
+        let mut raw_client = Client::new(vec![up[0].clone()]);
+        let wrong = raw_client
+            .request(
+                hyper::Method::PUT,
+                &format!("/v1/blobs/{hash}"),
+                b"other".to_vec(),
+            )
+            .await
+            .expect("call");
+        assert_eq!(wrong.status, 403, "no cluster header: refused as foreign");
+        let missing = raw_client
+            .get(&format!("/v1/blobs/{}", "0".repeat(64)))
+            .await
+            .expect("call");
+        assert_eq!(missing.status, 404);
+        let held = raw_client
+            .get(&format!("/v1/blobs/{hash}"))
+            .await
+            .expect("call");
+        assert_eq!(held.status, 200);
+        assert_eq!(held.body.as_ref(), kv_variant().as_slice());
+    });
+}
+
 fn raw(url: &str, request: &[u8]) -> String {
     let addr = url.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).expect("connect");

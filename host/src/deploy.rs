@@ -1,0 +1,272 @@
+//! Deploying a plugin (design §6): `PUT /v1/plugins/{name}` on the leader, and the blob
+//! endpoints peers use to pass plugin binaries around.
+//!
+//! The leader, in order: compiles the component (a bad one is refused before anything is
+//! stored), stores the bytes durably, pushes them to every other member (each stores them
+//! durably and compiles them into its artifact cache before answering), and only once a
+//! majority of voters holds them proposes the `Deploy` record, which names the bytes by
+//! SHA-256. So a committed deployment can always be fetched from a majority, and applying it
+//! costs each node a cached load, not a compile. A node that still lacks the bytes when it
+//! applies the record (it was down during the push, or joins later) fetches them from a peer
+//! (`Blobs::get`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use keel_plugin::{Limits, PluginId};
+use keel_raft::Deploy;
+use tokio::sync::oneshot;
+
+use crate::blobs::{hex, parse_hex};
+use crate::net::{Body, answer, error, json, not_leader, read_body, retry_later};
+use crate::node::{Input, NodeHandle};
+
+/// Default fuel per apply of a deployed plugin (`Keel-Fuel` overrides).
+pub const DEFAULT_FUEL: u64 = 100_000_000;
+/// Default memory limit per instance (`Keel-Memory-Bytes` overrides).
+pub const DEFAULT_MEMORY: u64 = 128 << 20;
+/// The header a blob push carries: the pusher's cluster (a foreign one gets 403).
+const CLUSTER_HEADER: &str = "keel-cluster";
+
+/// `PUT /v1/plugins/{name}`: the body is the component.
+pub async fn deploy(
+    node: &NodeHandle,
+    req: Request<Incoming>,
+    name: &str,
+    path: &str,
+) -> Response<Body> {
+    if let Some(elsewhere) = not_leader(node, path) {
+        return elsewhere;
+    }
+    if !valid_name(name) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a plugin name is 1-64 of [a-z0-9_-], not starting with '_'",
+        );
+    }
+    let (fuel, memory) = match (
+        header_number(&req, "keel-fuel", DEFAULT_FUEL),
+        header_number(&req, "keel-memory-bytes", DEFAULT_MEMORY),
+    ) {
+        (Ok(f), Ok(m)) => (f, m),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let version = req
+        .headers()
+        .get("keel-version")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = match read_body(req.into_body(), node.config.max_plugin_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r.response(),
+    };
+    let sha256 = crate::blobs::sha256(&bytes);
+    let version = version.unwrap_or_else(|| format!("sha-{}", &hex(&sha256)[..12]));
+    let limits = Limits {
+        fuel,
+        memory_bytes: memory,
+    };
+
+    // 1. Compile: the same engine on every node, so what fails here would fail everywhere.
+    let runtime = node.runtime.clone();
+    let (id, wasm) = (PluginId::new(name, version.clone()), bytes.clone());
+    match tokio::task::spawn_blocking(move || runtime.load(id, &wasm, limits)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+    // 2. Durable here.
+    let blobs = node.blobs.clone();
+    let wasm = bytes.clone();
+    match tokio::task::spawn_blocking(move || blobs.store(&wasm)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("storing: {e}")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+    // 3. Durable on a majority of voters (this node counts if it votes).
+    let (members, voters, me) = {
+        let s = node.status.lock().unwrap_or_else(|e| e.into_inner());
+        (s.members.clone(), s.voters.clone(), s.node_id)
+    };
+    let pushes = members
+        .iter()
+        .filter(|(id, _)| **id != me)
+        .map(|(id, url)| {
+            let (id, url, bytes) = (*id, url.clone(), bytes.clone());
+            let cluster = node.config.cluster_id.clone();
+            async move { (id, push(&url, &sha256, bytes, &cluster, limits).await) }
+        });
+    let results = futures_util::future::join_all(pushes).await;
+    let mut holders: Vec<u64> = results
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(id, _)| *id)
+        .collect();
+    holders.push(me);
+    let held = voters.iter().filter(|v| holders.contains(v)).count();
+    if held <= voters.len() / 2 {
+        let failures: Vec<String> = results
+            .iter()
+            .filter_map(|(id, r)| r.as_ref().err().map(|e| format!("node {id}: {e}")))
+            .collect();
+        return retry_later(&format!(
+            "the plugin reached {held} of {} voters, not a majority: {}",
+            voters.len(),
+            failures.join("; ")
+        ));
+    }
+    // 4. Propose; answered once applied here.
+    let (tx, rx) = oneshot::channel();
+    let deploy = Deploy {
+        plugin: name.to_owned(),
+        version,
+        sha256,
+        fuel_per_apply: fuel,
+        memory_limit: memory,
+    };
+    if node
+        .inputs
+        .send(Input::Deploy { deploy, reply: tx })
+        .is_err()
+    {
+        return retry_later("node is stopping");
+    }
+    answer(node, rx, node.config.default_timeout_ms, path).await
+}
+
+fn header_number(req: &Request<Incoming>, name: &str, default: u64) -> Result<u64, String> {
+    match req.headers().get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("{name} must be an unsigned integer")),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// `PUT {url}/v1/blobs/{hash}`.
+async fn push(
+    url: &str,
+    hash: &[u8; 32],
+    bytes: Bytes,
+    cluster: &str,
+    limits: Limits,
+) -> anyhow::Result<()> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let req = Request::put(format!("{url}/v1/blobs/{}", hex(hash)))
+        .header(CLUSTER_HEADER, cluster)
+        .header("keel-fuel", limits.fuel)
+        .header("keel-memory-bytes", limits.memory_bytes)
+        .body(Full::new(bytes))?;
+    // Compiling a large plugin (componentize-py: ~8 s) happens before the answer.
+    let resp = tokio::time::timeout(Duration::from_secs(120), client.request(req)).await??;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = resp.into_body().collect().await?.to_bytes();
+    anyhow::bail!("{status} {}", String::from_utf8_lossy(&body))
+}
+
+/// `PUT /v1/blobs/{hash}` from a peer: checked, stored durably, compiled into the artifact
+/// cache (so applying the deployment later is a cached load), then 204.
+pub async fn put_blob(node: &NodeHandle, req: Request<Incoming>, hash: &str) -> Response<Body> {
+    let Some(hash) = parse_hex(hash) else {
+        return error(StatusCode::BAD_REQUEST, "a blob is named by 64 hex digits");
+    };
+    let limits = match (
+        header_number(&req, "keel-fuel", DEFAULT_FUEL),
+        header_number(&req, "keel-memory-bytes", DEFAULT_MEMORY),
+    ) {
+        (Ok(fuel), Ok(memory_bytes)) => Limits { fuel, memory_bytes },
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let cluster = req
+        .headers()
+        .get(CLUSTER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !cluster.eq_ignore_ascii_case(&node.config.cluster_id) {
+        node.metrics.foreign_cluster.inc();
+        return error(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "blob from cluster {cluster:?}, this is {}",
+                node.config.cluster_id
+            ),
+        );
+    }
+    let bytes = match read_body(req.into_body(), node.config.max_plugin_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r.response(),
+    };
+    if crate::blobs::sha256(&bytes) != hash {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body does not hash to the blob's name",
+        );
+    }
+    let (blobs, runtime) = (node.blobs.clone(), node.runtime.clone());
+    let stored = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        blobs.store(&bytes).map_err(|e| format!("storing: {e}"))?;
+        // The leader's checks again, and the compiled artifact cached for the apply.
+        let id = PluginId::new("blob", hex(&hash));
+        runtime
+            .load(id, &bytes, limits)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    match stored {
+        Ok(Ok(())) => crate::net::full(StatusCode::NO_CONTENT, "text/plain", Bytes::new()),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, &e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// `GET /v1/blobs/{hash}`: the bytes, if this node holds them.
+pub async fn get_blob(node: &NodeHandle, hash: &str) -> Response<Body> {
+    let Some(hash) = parse_hex(hash) else {
+        return error(StatusCode::BAD_REQUEST, "a blob is named by 64 hex digits");
+    };
+    let blobs = node.blobs.clone();
+    match tokio::task::spawn_blocking(move || blobs.local(&hash)).await {
+        Ok(Some(bytes)) => crate::net::full(
+            StatusCode::OK,
+            "application/wasm",
+            Bytes::from(bytes.as_ref().clone()),
+        ),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "no such blob here"}),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_names_are_lowercase_words_and_cannot_take_the_system_namespace() {
+        for ok in ["kv", "counter-2", "my_sm", "a"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "__keel", "_x", "KV", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+}
