@@ -180,6 +180,27 @@ async fn state_hashes(urls: &[String]) -> Vec<(u64, String)> {
     out
 }
 
+/// Waits until every replica reports the same applied index and state hash; two replicas at
+/// one index with different hashes fail at once.
+async fn wait_for_same_state(urls: &[String], deadline: Duration) {
+    let start = Instant::now();
+    loop {
+        let hashes = state_hashes(urls).await;
+        if hashes.windows(2).all(|w| w[0] == w[1]) {
+            return;
+        }
+        let diverged = hashes
+            .windows(2)
+            .any(|w| w[0].0 == w[1].0 && w[0].1 != w[1].1);
+        assert!(!diverged, "replicas differ at one index: {hashes:?}");
+        assert!(
+            start.elapsed() < deadline,
+            "replicas did not converge: {hashes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[test]
 fn a_three_node_cluster_survives_kill_9_of_its_leader_without_losing_an_acknowledged_write() {
     let mut cluster = Cluster::start(3);
@@ -252,19 +273,7 @@ fn a_three_node_cluster_survives_kill_9_of_its_leader_without_losing_an_acknowle
         // The killed node restarts and catches up; all replicas hold the same state.
         cluster.restart(leader);
         let (_, _) = put(&mut c, "after-restart", "x").await;
-        let start = Instant::now();
-        loop {
-            let hashes = state_hashes(&urls).await;
-            let same = hashes.windows(2).all(|w| w[0] == w[1]);
-            if same {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "replicas did not converge: {hashes:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_for_same_state(&urls, Duration::from_secs(20)).await;
     });
 }
 
@@ -649,21 +658,8 @@ fn an_idle_session_expires_on_every_replica_and_its_commands_are_refused() {
             "the refused command wrote nothing"
         );
         // Every replica dropped the same sessions: the state hashes (sessions included)
-        // agree at the same index. Expiry entries keep coming, so look until a pass finds
-        // all three at one index.
-        let start = Instant::now();
-        loop {
-            let hashes = state_hashes(&urls).await;
-            if hashes.windows(2).all(|w| w[0] == w[1]) {
-                break;
-            }
-            let mismatch = hashes
-                .windows(2)
-                .any(|w| w[0].0 == w[1].0 && w[0].1 != w[1].1);
-            assert!(!mismatch, "replicas differ at one index: {hashes:?}");
-            assert!(start.elapsed() < Duration::from_secs(10), "{hashes:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // agree. Expiry entries keep coming, so look until a pass finds all at one index.
+        wait_for_same_state(&urls, Duration::from_secs(10)).await;
     });
 }
 
@@ -712,15 +708,7 @@ fn a_deployed_plugin_runs_everywhere_and_a_node_that_missed_it_fetches_it() {
         assert_eq!(get(&mut c, "k").await, serde_json::Value::Null);
 
         cluster.restart(down);
-        let start = Instant::now();
-        loop {
-            let hashes = state_hashes(&urls).await;
-            if hashes.windows(2).all(|w| w[0] == w[1]) {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "{hashes:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_for_same_state(&urls, Duration::from_secs(30)).await;
         // It was down during the push: it holds the bytes now because it fetched them.
         let hash = keel::blobs::hex(&keel::blobs::sha256(&kv_variant()));
         let data_dir = cluster.nodes[(down - 1) as usize].0.data_dir.clone();
