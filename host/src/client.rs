@@ -30,6 +30,9 @@ pub struct Answer {
     pub index: Option<u64>,
     /// Body bytes.
     pub body: Bytes,
+    /// An earlier attempt of this call may have reached the cluster (a connection failed
+    /// after the request left), so a refusal now does not prove nothing happened.
+    pub uncertain: bool,
 }
 
 impl Client {
@@ -73,13 +76,36 @@ impl Client {
         Ok(id)
     }
 
-    /// Submits a command to a plugin, exactly once. A 410 answer means the session expired
-    /// (it was unused for longer than the cluster's `session_ttl_ms`).
+    /// Submits a new command to a plugin, exactly once (a fresh serial). If the session
+    /// expired (it was unused for longer than the cluster's `session_ttl_ms`) and this command
+    /// certainly never reached the cluster before, a new session is opened and the command
+    /// sent again under it; otherwise the 410 is returned.
     pub async fn submit(&mut self, plugin: &str, body: Vec<u8>) -> anyhow::Result<Answer> {
         self.session().await?;
         self.serial += 1;
+        let answer = self.resubmit(plugin, body.clone()).await?;
+        if answer.status != StatusCode::GONE || answer.uncertain {
+            return Ok(answer);
+        }
+        // Refused in the log, nothing applied, no earlier attempt: safe under a new session.
+        self.client_id = None;
+        self.serial = 0;
+        self.session().await?;
+        self.serial += 1;
+        self.resubmit(plugin, body).await
+    }
+
+    /// Sends the last command again under the same serial (after a 504 or a lost answer):
+    /// the cluster answers with the stored result if it was applied, and applies it once if
+    /// it was not.
+    pub async fn resubmit(&mut self, plugin: &str, body: Vec<u8>) -> anyhow::Result<Answer> {
         let path = format!("/v1/plugins/{plugin}/commands");
         self.call(Method::POST, &path, body, true, &[]).await
+    }
+
+    /// The session id and the last serial used, to resume with [`Client::with_session`].
+    pub fn session_state(&self) -> Option<(u64, u64)> {
+        self.client_id.map(|id| (id, self.serial))
     }
 
     /// Runs a query (`consistency`: linearizable, lease or stale).
@@ -140,6 +166,7 @@ impl Client {
         let mut url = format!("{}{path}", self.endpoints[0]);
         let mut backoff = Duration::from_millis(50);
         let mut last_error = String::new();
+        let mut uncertain = false;
         for _ in 0..40 {
             let mut req = Request::builder().method(method.clone()).uri(&url);
             for (name, value) in headers {
@@ -185,11 +212,16 @@ impl Client {
                                 status,
                                 index,
                                 body: bytes,
+                                uncertain,
                             });
                         }
                     }
                 }
-                Err(e) => last_error = e.to_string(),
+                Err(e) => {
+                    // Unless the connection was never made, the request may have arrived.
+                    uncertain |= !e.is_connect();
+                    last_error = e.to_string();
+                }
             }
             // Unavailable or unreachable: back off, try the next endpoint.
             tokio::time::sleep(backoff).await;

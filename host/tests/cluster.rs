@@ -649,14 +649,30 @@ fn an_idle_session_expires_on_every_replica_and_its_commands_are_refused() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let (status, body) = put(&mut idle, "idle", "2").await;
-        assert_eq!(status, 410, "{body}");
+        let (expired, serial) = idle.session_state().expect("a session");
+        assert_eq!(serial, 1);
+        // The retry of an old command under the expired session is refused, not applied.
+        let mut retry = Client::new(urls.clone()).with_session(expired, 1);
+        let again = serde_json::json!({"op": "put", "key": "idle", "value": "late"}).to_string();
+        let a = retry
+            .resubmit("kv", again.into_bytes())
+            .await
+            .expect("call");
+        let body = String::from_utf8_lossy(&a.body).into_owned();
+        assert_eq!(a.status, 410, "{body}");
         assert!(body.contains("session_unknown"), "{body}");
         assert_eq!(
             get(&mut busy, "idle").await,
             "1",
             "the refused command wrote nothing"
         );
+        // A new command is refused the same way, and since it never reached the cluster
+        // before, the client opens a new session and sends it again.
+        let (status, body) = put(&mut idle, "idle", "2").await;
+        assert_eq!(status, 200, "{body}");
+        let (renewed, serial) = idle.session_state().expect("a session");
+        assert!(renewed > expired && serial == 1, "{renewed} {serial}");
+        assert_eq!(get(&mut busy, "idle").await, "2");
         // Every replica dropped the same sessions: the state hashes (sessions included)
         // agree. Expiry entries keep coming, so look until a pass finds all at one index.
         wait_for_same_state(&urls, Duration::from_secs(10)).await;
