@@ -113,12 +113,63 @@ pub fn spawn(exe: &Path, config: &Path) -> anyhow::Result<(Child, Vec<String>)> 
     Ok((child, argv))
 }
 
-/// Runs `keel dev` until Ctrl-C.
-pub async fn run(n: usize, dir: PathBuf) -> anyhow::Result<()> {
+/// The configs of the cluster `plan` wrote under `dir` before, if there is one.
+pub fn existing(dir: &Path) -> anyhow::Result<Option<Vec<(NodeConfig, PathBuf)>>> {
+    let mut out = Vec::new();
+    for id in 1.. {
+        let path = dir.join(format!("node-{id}")).join("config.json");
+        if !path.exists() {
+            break;
+        }
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: NodeConfig =
+            serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
+        out.push((cfg, path));
+    }
+    Ok((!out.is_empty()).then_some(out))
+}
+
+/// Runs `keel dev` until Ctrl-C. A directory that already holds a cluster resumes it, data
+/// and all, on the same ports (the membership records the nodes' addresses); `fresh`
+/// deletes it and starts a new one.
+pub async fn run(n: usize, dir: PathBuf, fresh: bool) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the keel binary")?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let plan = plan(n, &dir)?;
+    let previous = existing(&dir)?;
+    if fresh && let Some(nodes) = &previous {
+        for (_, path) in nodes {
+            if let Some(node_dir) = path.parent() {
+                std::fs::remove_dir_all(node_dir)
+                    .with_context(|| format!("removing {}", node_dir.display()))?;
+            }
+        }
+    }
+    let plan = match previous.filter(|_| !fresh) {
+        Some(nodes) if nodes.len() != n => bail!(
+            "{} holds a {}-node cluster; run with --nodes {} to resume it, --fresh to replace it, or pick another --dir",
+            dir.display(),
+            nodes.len(),
+            nodes.len()
+        ),
+        Some(nodes) => {
+            for (cfg, _) in &nodes {
+                if let Err(e) = TcpListener::bind(cfg.listen) {
+                    bail!(
+                        "resuming the cluster in {}: {} is taken ({e}); stop what uses it, or run with --fresh",
+                        dir.display(),
+                        cfg.listen
+                    );
+                }
+            }
+            println!(
+                "resuming the cluster in {} (--fresh starts over)",
+                dir.display()
+            );
+            nodes
+        }
+        None => plan(n, &dir)?,
+    };
     let mut children: Vec<Child> = Vec::new();
     let mut nodes = Vec::new();
     for (cfg, path) in &plan {

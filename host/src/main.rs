@@ -33,6 +33,9 @@ enum Cmd {
         /// Where the nodes keep their data, configs, logs and `cluster.json`.
         #[arg(long, default_value = "keel-dev")]
         dir: PathBuf,
+        /// Delete a cluster DIR already holds and start a new one (by default it resumes).
+        #[arg(long)]
+        fresh: bool,
     },
     /// Run one node.
     Serve(ServeArgs),
@@ -279,8 +282,8 @@ fn fail(context: &str, e: anyhow::Error) -> ExitCode {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Cmd::Dev { nodes, dir } => {
-            match runtime().and_then(|rt| rt.block_on(keel::dev::run(nodes, dir))) {
+        Cmd::Dev { nodes, dir, fresh } => {
+            match runtime().and_then(|rt| rt.block_on(keel::dev::run(nodes, dir, fresh))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail("dev", e),
             }

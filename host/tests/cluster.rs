@@ -792,6 +792,77 @@ fn a_deployed_plugin_runs_everywhere_and_a_node_that_missed_it_fetches_it() {
     });
 }
 
+/// The README's "run it" command, twice in the same directory: the second run resumes the
+/// cluster (same identity, same data); a different node count is refused with a clear
+/// message instead of nodes that die on a foreign data directory.
+#[test]
+fn keel_dev_run_twice_in_one_directory_resumes_the_cluster() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = Path::new(env!("CARGO_BIN_EXE_keel"));
+    let dev = |extra: &[&str]| {
+        std::process::Command::new(exe)
+            .arg("dev")
+            .arg("--dir")
+            .arg(dir.path())
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("keel dev")
+    };
+    let stop = |mut child: Child| {
+        // SIGINT, as Ctrl-C: `keel dev` stops its nodes before it exits.
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    };
+    let urls = |dir: &Path| -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read(dir.join("cluster.json")).unwrap_or_default();
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) {
+                return v["nodes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| n["url"].as_str().map(String::from))
+                    .collect();
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "no cluster.json");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let rt = rt();
+    let first = dev(&[]);
+    let before = urls(dir.path());
+    rt.block_on(async {
+        wait_for_leader(&before, Duration::from_secs(20)).await;
+        let mut c = Client::new(before.clone());
+        assert_eq!(put(&mut c, "kept", "yes").await.0, 200);
+    });
+    stop(first);
+    let _ = std::fs::remove_file(dir.path().join("cluster.json"));
+
+    let second = dev(&[]);
+    let after = urls(dir.path());
+    assert_eq!(before, after, "resumed on the same addresses");
+    rt.block_on(async {
+        wait_for_leader(&after, Duration::from_secs(20)).await;
+        let mut c = Client::new(after.clone());
+        assert_eq!(get(&mut c, "kept").await, "yes");
+    });
+    stop(second);
+
+    let refused = dev(&["--nodes", "5"]).wait_with_output().expect("keel dev");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("holds a 3-node cluster"), "{err}");
+}
+
 fn raw(url: &str, request: &[u8]) -> String {
     let addr = url.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).expect("connect");
