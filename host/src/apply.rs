@@ -11,7 +11,7 @@ use keel_raft::{Deploy, Entry, Payload, Record};
 use keel_storage::{ApplyBatch, KvRange, KvWrite, LogId, Session, StateView, StorageError};
 use sha2::{Digest, Sha256};
 
-pub use crate::blobs::{Blobs, hex};
+use crate::blobs::{Blobs, hex};
 
 /// Reserved namespace holding the deployed plugins (name → `Deploy`), so the set of active
 /// plugins is part of the replicated state, snapshots and restarts included.

@@ -21,7 +21,7 @@ use keel_raft::Deploy;
 use tokio::sync::oneshot;
 
 use crate::blobs::{hex, parse_hex};
-use crate::net::{Body, answer, error, json, not_leader, read_body, retry_later};
+use crate::net::{Body, Refusal, answer, error, json, not_leader, read_body, retry_later};
 use crate::node::{Input, NodeHandle};
 
 /// Default fuel per apply of a deployed plugin (`Keel-Fuel` overrides).
@@ -52,7 +52,7 @@ pub async fn deploy(
         header_number(&req, "keel-memory-bytes", DEFAULT_MEMORY),
     ) {
         (Ok(f), Ok(m)) => (f, m),
-        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
+        (Err(r), _) | (_, Err(r)) => return r.response(),
     };
     let version = req
         .headers()
@@ -137,15 +137,9 @@ pub async fn deploy(
     answer(node, rx, node.config.default_timeout_ms, path).await
 }
 
-fn header_number(req: &Request<Incoming>, name: &str, default: u64) -> Result<u64, String> {
-    match req.headers().get(name) {
-        None => Ok(default),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| format!("{name} must be an unsigned integer")),
-    }
+/// A numeric header, or `default` when absent.
+fn header_number(req: &Request<Incoming>, name: &str, default: u64) -> Result<u64, Refusal> {
+    crate::net::header_u64(req, name).map(|v| v.unwrap_or(default))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -192,7 +186,7 @@ pub async fn put_blob(node: &NodeHandle, req: Request<Incoming>, hash: &str) -> 
         header_number(&req, "keel-memory-bytes", DEFAULT_MEMORY),
     ) {
         (Ok(fuel), Ok(memory_bytes)) => Limits { fuel, memory_bytes },
-        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
+        (Err(r), _) | (_, Err(r)) => return r.response(),
     };
     let cluster = req
         .headers()

@@ -228,7 +228,7 @@ pub(crate) async fn read_body(body: Incoming, max: usize) -> Result<Bytes, Refus
     }
 }
 
-fn header_u64(req: &Request<Incoming>, name: &str) -> Result<Option<u64>, Refusal> {
+pub(crate) fn header_u64(req: &Request<Incoming>, name: &str) -> Result<Option<u64>, Refusal> {
     match req.headers().get(name) {
         None => Ok(None),
         Some(v) => v

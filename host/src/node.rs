@@ -23,7 +23,8 @@ use keel_storage::{Identity, LogWrite, RedbStorage, SnapshotChunks, StateView, S
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::apply::{self, Blobs, CommandOutcome, CommandResult, Registry, Unflushed};
+use crate::apply::{self, CommandOutcome, CommandResult, Registry, Unflushed};
+use crate::blobs::{self, Blobs};
 use crate::config::NodeConfig;
 use crate::log_writer::{LogWriter, Write};
 use crate::metrics::Metrics;
@@ -974,10 +975,10 @@ impl Driver {
         {
             return;
         }
-        let sha256 = crate::blobs::sha256(apply::BUILTIN_KV);
+        let sha256 = blobs::sha256(apply::BUILTIN_KV);
         let deploy = Deploy {
             plugin: "kv".into(),
-            version: format!("builtin-{}", &apply::hex(&sha256)[..12]),
+            version: format!("builtin-{}", &blobs::hex(&sha256)[..12]),
             sha256,
             fuel_per_apply: 100_000_000,
             memory_limit: 128 << 20,
