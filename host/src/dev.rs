@@ -89,6 +89,32 @@ fn random_uuid() -> String {
     keel_raft::ClusterId(u128::from_be_bytes(bytes)).to_string()
 }
 
+/// Fails if any node exits within `grace`, with the end of its log.
+fn watch_start(
+    children: &mut [Child],
+    plan: &[(NodeConfig, PathBuf)],
+    grace: std::time::Duration,
+) -> anyhow::Result<()> {
+    let until = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < until {
+        for (child, (cfg, path)) in children.iter_mut().zip(plan) {
+            if let Some(status) = child.try_wait()? {
+                let log =
+                    std::fs::read_to_string(path.with_file_name("keel.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!(
+                    "node {} exited at start ({status}):\n{}\n(--fresh starts a new cluster)",
+                    cfg.id,
+                    tail.join("\n")
+                );
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// Starts one `keel serve --config` process, logging to `keel.log` beside its config.
 pub fn spawn(exe: &Path, config: &Path) -> anyhow::Result<(Child, Vec<String>)> {
     let argv = vec![
@@ -184,6 +210,15 @@ pub async fn run(n: usize, dir: PathBuf, fresh: bool) -> anyhow::Result<()> {
             argv,
         });
         children.push(child);
+    }
+    // A node that cannot start (a port taken meanwhile, a data directory it refuses) exits
+    // within moments: say so, with its log, instead of listing a cluster that is not there.
+    if let Err(e) = watch_start(&mut children, &plan, std::time::Duration::from_secs(2)) {
+        for mut c in children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        return Err(e);
     }
     let cluster_file = dir.join("cluster.json");
     std::fs::write(
