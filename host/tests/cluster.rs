@@ -861,6 +861,20 @@ fn keel_dev_run_twice_in_one_directory_resumes_the_cluster() {
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("holds a 3-node cluster"), "{err}");
+
+    // A node that cannot start fails `keel dev` itself, with the reason from its log.
+    let config = dir.path().join("node-2").join("config.json");
+    let mut cfg: NodeConfig =
+        serde_json::from_slice(&std::fs::read(&config).expect("read")).expect("config");
+    cfg.cluster_id = "11111111-2222-3333-4444-555555555555".into();
+    std::fs::write(&config, serde_json::to_vec(&cfg).expect("json")).expect("write");
+    let failed = dev(&[]).wait_with_output().expect("keel dev");
+    assert!(!failed.status.success());
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        err.contains("node 2 exited at start") && err.contains("data dir belongs to"),
+        "{err}"
+    );
 }
 
 fn raw(url: &str, request: &[u8]) -> String {
