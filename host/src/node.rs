@@ -616,7 +616,7 @@ impl Driver {
             },
             Input::Members { change, reply } => self.change_members(change, reply),
             Input::Flush(done) => {
-                self.flush_or_stop();
+                self.flush();
                 let _ = done.send(());
             }
             Input::Transfer(to) => {
@@ -628,15 +628,29 @@ impl Driver {
 
     /// Proposes one record whose applied outcome answers `reply` (a session, a deployment).
     fn propose_for(&mut self, record: Record, reply: Reply) {
+        self.propose_answered(record, vec![reply]);
+    }
+
+    /// Proposes `record`; its applied outcomes answer `replies`, one per position in the
+    /// entry. A refusal answers them all at once. Returns the index on success.
+    fn propose_answered(&mut self, record: Record, replies: Vec<Reply>) -> Option<Index> {
         match self.raft.propose(record, now_ms()) {
             Ok((index, term)) => {
-                self.proposals.insert(index, (term, vec![Some(reply)]));
+                self.proposals
+                    .insert(index, (term, replies.into_iter().map(Some).collect()));
+                Some(index)
             }
             Err(ProposeError::NotLeader { leader }) => {
-                let _ = reply.send(CommandReply::NotLeader(leader));
+                for reply in replies {
+                    let _ = reply.send(CommandReply::NotLeader(leader));
+                }
+                None
             }
             Err(e) => {
-                let _ = reply.send(CommandReply::Retry(e.to_string()));
+                for reply in replies {
+                    let _ = reply.send(CommandReply::Retry(e.to_string()));
+                }
+                None
             }
         }
     }
@@ -656,23 +670,9 @@ impl Driver {
         } else {
             Record::Batch(commands)
         };
-        match self.raft.propose(record, now_ms()) {
-            Ok((index, term)) => {
-                tracing::debug!(target: "keel::txn", index, term, commands = n, "proposed");
-                self.metrics.proposals.inc_by(n as u64);
-                self.proposals
-                    .insert(index, (term, replies.into_iter().map(Some).collect()));
-            }
-            Err(ProposeError::NotLeader { leader }) => {
-                for reply in replies {
-                    let _ = reply.send(CommandReply::NotLeader(leader));
-                }
-            }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(CommandReply::Retry(e.to_string()));
-                }
-            }
+        if let Some(index) = self.propose_answered(record, replies) {
+            tracing::debug!(target: "keel::txn", index, commands = n, "proposed");
+            self.metrics.proposals.inc_by(n as u64);
         }
     }
 
@@ -784,7 +784,7 @@ impl Driver {
             unflushed.len()
         };
         if waiting >= FLUSH_AT {
-            self.flush()?;
+            self.flush();
         }
         tracing::debug!(target: "keel::txn", last = %last, n = entries.len(), "applied");
         self.metrics.applied.inc_by(entries.len() as u64);
@@ -861,29 +861,23 @@ impl Driver {
     }
 
     /// Writes the whole applied state through to storage before returning (for the state
-    /// hash, a clean stop, and a layer grown too large). Holds the write lock
-    /// across the write, so readers see storage and the layers as a pair (see
-    /// `NodeHandle::applied_view`).
-    fn flush(&mut self) -> anyhow::Result<()> {
-        self.last_flush = Instant::now();
-        // A flush under way on the writer is in storage once this returns.
+    /// hash, a clean stop, and a layer grown too large): the same freeze-and-write as
+    /// `start_flush`, then waiting for the writer. Readers keep seeing each layer until
+    /// storage holds it, so no lock is held across the writes. (A storage failure stops the
+    /// process on the writer.)
+    fn flush(&mut self) {
+        // A flush under way is in storage once this returns; its layer can go.
         self.writer.wait_idle();
-        let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(batch) = slot.to_batch() {
-            let started = Instant::now();
-            self.storage.apply(&batch)?;
-            self.metrics
-                .flush_seconds
-                .observe(started.elapsed().as_secs_f64());
-            tracing::debug!(target: "keel::txn", last = %batch.last_applied, keys = batch.writes.len(), "flushed");
+        {
+            let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
+            if slot.is_flushing_any() {
+                Arc::make_mut(&mut slot).flushed();
+            }
         }
-        *slot = Arc::default();
-        Ok(())
-    }
-
-    fn flush_or_stop(&mut self) {
-        if let Err(e) = self.flush() {
-            fail_stop(&e);
+        if self.start_flush() {
+            self.writer.wait_idle();
+            let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
+            Arc::make_mut(&mut slot).flushed();
         }
     }
 
