@@ -460,13 +460,7 @@ pub fn apply_batch(
                     "sha256": hex(&d.sha256),
                     "index": e.index,
                 });
-                applier.results.push(CommandOutcome {
-                    index: e.index,
-                    term: e.term,
-                    position: 0,
-                    result: Ok(answer.to_string().into_bytes()),
-                    unknown_session: false,
-                });
+                applier.answer_entry(e, answer.to_string());
             }
             Record::Command(cmd) => applier.commands(e, std::slice::from_ref(cmd))?,
             Record::Batch(cmds) => applier.commands(e, cmds)?,
@@ -544,11 +538,16 @@ impl Applier<'_> {
                 last_ms: e.timestamp_ms,
             }),
         );
+        self.answer_entry(e, format!("{{\"client_id\":{}}}", e.index));
+    }
+
+    /// The answer to whoever proposed a whole entry (a session, a deployment).
+    fn answer_entry(&mut self, e: &Entry, json: String) {
         self.results.push(CommandOutcome {
             index: e.index,
             term: e.term,
             position: 0,
-            result: Ok(format!("{{\"client_id\":{}}}", e.index).into_bytes()),
+            result: Ok(json.into_bytes()),
             unknown_session: false,
         });
     }
