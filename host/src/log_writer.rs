@@ -119,6 +119,7 @@ fn run(
             }
         }
         let merged = merge(writes);
+        let point = merged.durable_point();
         if merged.hard_state.is_some() || !merged.entries.is_empty() {
             timed(&metrics.log_commit_seconds, || {
                 storage.persist(LogWrite {
@@ -135,7 +136,7 @@ fn run(
         for m in merged.then_send {
             outboxes.send(m);
         }
-        if let Some((index, term)) = merged.point {
+        if let Some((index, term)) = point {
             let _ = driver.send(Input::Persisted(index, term));
         }
         // After the log: acknowledgements wait for nobody's flush.
@@ -167,22 +168,17 @@ fn timed<T>(histogram: &Histogram, step: impl FnOnce() -> Result<T, StorageError
     }
 }
 
-/// Successive writes as one: the last hard state, the entries as storage would hold them
-/// after writing each in turn, every message in order.
-struct Merged {
-    hard_state: Option<HardState>,
-    entries: Vec<Entry>,
-    then_send: Vec<Message>,
-    point: Option<(Index, Term)>,
+impl Write {
+    /// What to report to the core once this is durable: its last entry.
+    fn durable_point(&self) -> Option<(Index, Term)> {
+        self.entries.last().map(|e| (e.index, e.term))
+    }
 }
 
-fn merge(writes: Vec<Write>) -> Merged {
-    let mut out = Merged {
-        hard_state: None,
-        entries: Vec::new(),
-        then_send: Vec::new(),
-        point: None,
-    };
+/// Successive writes as one: the last hard state, the entries as storage would hold them
+/// after writing each in turn, every message in order.
+fn merge(writes: Vec<Write>) -> Write {
+    let mut out = Write::default();
     for w in writes {
         if w.hard_state.is_some() {
             out.hard_state = w.hard_state;
@@ -195,7 +191,6 @@ fn merge(writes: Vec<Write>) -> Merged {
         }
         out.then_send.extend(w.then_send);
     }
-    out.point = out.entries.last().map(|e| (e.index, e.term));
     out
 }
 
@@ -329,7 +324,7 @@ mod tests {
             vec![(1, 1), (2, 2), (3, 2), (4, 2), (5, 2)]
         );
         assert_eq!(merged.hard_state, hs(2));
-        assert_eq!(merged.point, Some((5, 2)));
+        assert_eq!(merged.durable_point(), Some((5, 2)));
     }
 
     #[test]
@@ -346,7 +341,7 @@ mod tests {
         ]);
         // Stored as one write starting at 5: storage truncates its own 5.. first.
         assert_eq!(ids(&merged.entries), vec![(5, 3)]);
-        assert_eq!(merged.point, Some((5, 3)));
+        assert_eq!(merged.durable_point(), Some((5, 3)));
     }
 
     #[test]
@@ -359,6 +354,6 @@ mod tests {
             ..Write::default()
         }]);
         assert!(merged.entries.is_empty());
-        assert_eq!(merged.point, None);
+        assert_eq!(merged.durable_point(), None);
     }
 }
