@@ -181,6 +181,9 @@ pub struct NodeStatus {
     pub learners: Vec<NodeId>,
     /// Active plugins.
     pub plugins: Vec<String>,
+    /// Leader only: how long its lease still holds, in ms (0: `lease` reads take a
+    /// ReadIndex round until a heartbeat round renews it; thesis §6.4.1).
+    pub lease_ms_left: u64,
 }
 
 /// The handle the HTTP layer holds.
@@ -430,6 +433,7 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     let mut core_cfg = Config::new(cfg.id, cluster);
     core_cfg.election_ticks = cfg.election_ticks;
     core_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
+    core_cfg.lease_ticks = Config::lease_ticks_for(cfg.election_ticks);
     core_cfg.seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(cfg.id, |d| d.as_nanos() as u64)
@@ -514,14 +518,70 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The core's clock: one tick per `period` of the monotonic clock. Ticks missed while the
+/// driver thread was busy are made up, not skipped, so that the core's count of ticks never
+/// runs behind real time; a leader lease (thesis §6.4.1) is only as safe as that count.
+struct TickClock {
+    period: Duration,
+    start: Instant,
+    done: u64,
+}
+
+impl TickClock {
+    fn new(period: Duration) -> Self {
+        TickClock {
+            period,
+            start: Instant::now(),
+            done: 0,
+        }
+    }
+
+    /// Ticks due now that have not been made.
+    fn due(&self) -> u64 {
+        let elapsed = self.start.elapsed().as_nanos();
+        let due = elapsed / self.period.as_nanos().max(1);
+        u64::try_from(due)
+            .unwrap_or(u64::MAX)
+            .saturating_sub(self.done)
+    }
+
+    fn until_next(&self) -> Duration {
+        let next_ns = self.period.as_nanos() * u128::from(self.done + 1);
+        let next = Duration::from_nanos(u64::try_from(next_ns).unwrap_or(u64::MAX));
+        next.saturating_sub(self.start.elapsed())
+    }
+}
+
 impl Driver {
+    /// Makes every tick that is due. After a long stall only the last `2 × election_ticks`
+    /// are made one by one (every timer has expired by then; more would change nothing).
+    fn catch_up_ticks(&mut self, clock: &mut TickClock) {
+        let due = clock.due();
+        if due == 0 {
+            return;
+        }
+        let cap = u64::from(self.cfg.election_ticks) * 2;
+        if due > cap {
+            tracing::warn!(target: "keel::raft", missed_ticks = due, "driver thread was held up");
+        }
+        for _ in 0..due.min(cap) {
+            self.raft.tick();
+        }
+        clock.done += due;
+        self.maybe_deploy_builtin();
+        self.maybe_expire_sessions();
+    }
+
     fn run(&mut self, rx: Receiver<Input>) {
-        let tick = Duration::from_millis(self.cfg.tick_ms);
-        let mut next_tick = Instant::now() + tick;
+        let mut clock = TickClock::new(Duration::from_millis(self.cfg.tick_ms));
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
-                Ok(input) => self.input(input),
+            match rx.recv_timeout(clock.until_next()) {
+                Ok(input) => {
+                    // The ticks due go in before the input: a leader whose thread was held
+                    // up must see its lease lapse before it answers a lease read.
+                    self.catch_up_ticks(&mut clock);
+                    self.input(input);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -529,15 +589,7 @@ impl Driver {
             for input in rx.try_iter().take(8192) {
                 self.input(input);
             }
-            if Instant::now() >= next_tick {
-                self.raft.tick();
-                next_tick += tick;
-                if next_tick < Instant::now() {
-                    next_tick = Instant::now() + tick;
-                }
-                self.maybe_deploy_builtin();
-                self.maybe_expire_sessions();
-            }
+            self.catch_up_ticks(&mut clock);
             if self.last_flush.elapsed() >= Duration::from_millis(self.cfg.apply_flush_ms) {
                 self.start_flush();
             }
@@ -1116,6 +1168,7 @@ impl Driver {
             voters: s.config.voters.iter().copied().collect(),
             learners: s.config.learners.iter().copied().collect(),
             plugins: self.registry.names(),
+            lease_ms_left: u64::from(s.lease_ticks_left) * self.cfg.tick_ms,
         };
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }

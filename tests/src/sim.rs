@@ -22,7 +22,10 @@ use crate::linearizability::{self, Call, Verdict};
 /// Virtual milliseconds.
 pub type Time = u64;
 
+/// Nominal tick; each node's clock runs at its own rate within ±`TICK_DRIFT_MS` of it (10%,
+/// inside the 25% clock-rate margin the leader lease allows: docs/raft.md).
 const TICK_MS: Time = 10;
+const TICK_DRIFT_MS: Time = 1;
 const CLUSTER: ClusterId = ClusterId(0x6b65_656c_5f73_696d);
 
 /// What a run does.
@@ -36,6 +39,9 @@ pub struct SimConfig {
     pub clients: usize,
     /// Operations per client.
     pub ops_per_client: usize,
+    /// Read-only clients, with three times as many operations each: reads are cheap (never
+    /// in the log) and are what a stale leader can get wrong.
+    pub readers: usize,
     /// Faults are injected until this virtual time; then the network heals, crashed nodes
     /// restart, and every pending operation must complete within `liveness_ms`.
     pub fault_ms: Time,
@@ -51,10 +57,17 @@ pub struct SimConfig {
     pub partitions: bool,
     /// Pause messages matching a pattern, release them later.
     pub pauses: bool,
+    /// Network partitions only, the leader most often (the Jepsen-style run that found
+    /// stale lease reads): no crashes, stalls, drops or membership changes to keep the
+    /// cluster from serving, so stale leaders meet busy clients.
+    pub partitions_only: bool,
     /// PreVote on the cores.
     pub pre_vote: bool,
     /// CheckQuorum on the cores.
     pub check_quorum: bool,
+    /// Share of reads that use the leader lease (thesis §6.4.1); the rest use ReadIndex.
+    /// Reads go to any node; followers forward ReadIndex reads and redirect lease reads.
+    pub lease_reads: f64,
     /// Take a snapshot every this many applied entries.
     pub snapshot_every: u64,
     /// Entries per append message (1 lets old-term entries travel without the no-op).
@@ -75,11 +88,12 @@ impl SimConfig {
     /// All faults on, sizes drawn from the seed.
     pub fn mixed(seed: u64, nodes: usize) -> Self {
         let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
-        SimConfig {
+        let mut cfg = SimConfig {
             seed,
             nodes,
-            clients: 3,
-            ops_per_client: 8 + (r.next_u32() % 8) as usize,
+            clients: 3 + (r.next_u32() % 3) as usize,
+            ops_per_client: 20 + (r.next_u32() % 20) as usize,
+            readers: 2,
             fault_ms: 1_500 + (r.next_u32() % 2_000) as u64,
             liveness_ms: 30_000,
             drop: [0.0, 0.02, 0.1][(r.next_u32() % 3) as usize],
@@ -87,8 +101,10 @@ impl SimConfig {
             crashes: true,
             partitions: true,
             pauses: true,
+            partitions_only: false,
             pre_vote: true,
             check_quorum: true,
+            lease_reads: [0.0, 0.5, 0.9][(r.next_u32() % 3) as usize],
             snapshot_every: [5, 20, 1_000][(r.next_u32() % 3) as usize],
             max_entries_per_message: [1, 4, 16][(r.next_u32() % 3) as usize],
             max_inflight: [1, 8][(r.next_u32() % 2) as usize],
@@ -96,7 +112,16 @@ impl SimConfig {
             fault_gap_ms: [250, 250, 60][(r.next_u32() % 3) as usize],
             bug: None,
             trace: false,
+        };
+        if r.next_u32() % 4 == 0 {
+            cfg.partitions_only = true;
+            cfg.crashes = false;
+            cfg.pauses = false;
+            cfg.drop = 0.0;
+            cfg.duplicate = 0.0;
+            cfg.fault_gap_ms = 250;
         }
+        cfg
     }
 }
 
@@ -126,6 +151,8 @@ enum Ev {
     Restart(NodeId),
     Crash(NodeId),
     Release,
+    /// A frozen node (GC pause, a stuck driver thread) runs again.
+    Thaw(NodeId),
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +190,18 @@ struct Node {
     /// A stalled disk completes no fsync before this time.
     stalled_until: Time,
     restarts: u64,
+    /// This node's tick period: its clock's rate.
+    tick_ms: Time,
+    /// While frozen the node processes nothing; its clock runs on, and it catches up the
+    /// ticks it missed when it thaws, before anything else (as the real driver does).
+    frozen_until: Time,
+    /// Set from the freeze until its Thaw event has run (not merely until `frozen_until`:
+    /// an event at the same instant must not reach the node before its missed ticks).
+    frozen: bool,
+    missed_ticks: u32,
+    /// Ticks this node has made as leader of its current term (CheckQuorum checks come every
+    /// `election_ticks` of them).
+    leader_ticks: u32,
     /// index → (client, op id, term) of proposals made here.
     proposals: BTreeMap<Index, (usize, u64, Term)>,
     /// read ctx → (client, op id, key)
@@ -192,6 +231,13 @@ pub struct Sim {
     nodes: BTreeMap<NodeId, Node>,
     /// Partition groups: nodes in different groups cannot talk. Empty = healed.
     groups: BTreeMap<NodeId, u32>,
+    /// Single links cut (both directions), on top of the groups: connectivity that is not
+    /// transitive (a and b both reach c but not each other).
+    cut_links: BTreeSet<(NodeId, NodeId)>,
+    /// Isolate this leader two ticks after its next CheckQuorum check: it then keeps its
+    /// role for almost two election timeouts while the others elect a new leader, the
+    /// longest window an isolated leader has (thesis §6.4.1: its lease must end first).
+    isolate_after_check: Option<NodeId>,
     paused: Vec<(Time, Message)>,
     pause_pattern: Option<(Option<NodeId>, Option<NodeId>, &'static str)>,
     faults_on: bool,
@@ -212,6 +258,7 @@ impl Sim {
         let mut nodes = BTreeMap::new();
         let bootstrap = InitialState::bootstrap(ClusterConfig::with_voters(ids.iter().copied()));
         for &id in &ids {
+            let tick_ms = TICK_MS - TICK_DRIFT_MS + rng.next_u64() % (2 * TICK_DRIFT_MS + 1);
             nodes.insert(
                 id,
                 Node {
@@ -224,6 +271,11 @@ impl Sim {
                     fsync_scheduled: false,
                     stalled_until: 0,
                     restarts: 0,
+                    tick_ms,
+                    frozen_until: 0,
+                    frozen: false,
+                    missed_ticks: 0,
+                    leader_ticks: 0,
                     proposals: BTreeMap::new(),
                     reads: BTreeMap::new(),
                     reads_waiting: Vec::new(),
@@ -231,14 +283,21 @@ impl Sim {
             );
         }
         let mut value = 0;
-        let clients = (0..cfg.clients)
+        let clients = (0..cfg.clients + cfg.readers)
             .map(|c| {
-                let ops = (0..cfg.ops_per_client)
+                let reader = c >= cfg.clients;
+                let count = if reader {
+                    3 * cfg.ops_per_client
+                } else {
+                    cfg.ops_per_client
+                };
+                let ops = (0..count)
                     .map(|_| {
                         value += 1;
                         let key = (rng.next_u32() % 3) as u8;
                         let v = (c as u64 + 1) * 1_000_000 + value;
-                        match rng.next_u32() % 10 {
+                        let pick = if reader { 5 } else { rng.next_u32() % 10 };
+                        match pick {
                             0..=3 => Op::Put { key, value: v },
                             4..=6 => Op::Get { key },
                             _ => Op::Cas {
@@ -272,6 +331,8 @@ impl Sim {
             events: std::collections::HashMap::new(),
             nodes,
             groups: BTreeMap::new(),
+            cut_links: BTreeSet::new(),
+            isolate_after_check: None,
             paused: Vec::new(),
             pause_pattern: None,
             faults_on: true,
@@ -410,12 +471,50 @@ impl Sim {
         }
     }
 
+    fn count_leader_tick(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let leading = node.raft.as_ref().is_some_and(|r| r.role() == Role::Leader);
+        node.leader_ticks = if leading { node.leader_ticks + 1 } else { 0 };
+        let ticks = node.leader_ticks;
+        if leading && self.isolate_after_check == Some(id) && ticks % 10 == 2 && self.faults_on {
+            self.isolate_after_check = None;
+            self.groups.clear();
+            self.groups.insert(id, 1);
+            self.trace(|| format!("isolate n{id} (leader, 2 ticks after its CheckQuorum check)"));
+        }
+    }
+
+    fn frozen(&self, id: NodeId) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.frozen)
+    }
+
+    /// Time until just after `id` thaws (its Thaw event runs first).
+    fn thaw_delay(&self, id: NodeId) -> Time {
+        self.nodes
+            .get(&id)
+            .map_or(0, |n| n.frozen_until.saturating_sub(self.now))
+            + 1
+    }
+
     fn up(&self, id: NodeId) -> bool {
         self.nodes.get(&id).is_some_and(|n| n.raft.is_some())
     }
 
     fn connected(&self, a: NodeId, b: NodeId) -> bool {
         self.groups.get(&a).copied().unwrap_or(0) == self.groups.get(&b).copied().unwrap_or(0)
+            && !self.cut_links.contains(&(a.min(b), a.max(b)))
+    }
+
+    /// How long a crashed node stays down: half the time it comes straight back (a process
+    /// supervisor), which is when what it promised before the crash matters most.
+    fn downtime(&mut self) -> Time {
+        if self.rand(2) == 0 {
+            10 + self.rand(40)
+        } else {
+            50 + self.rand(600)
+        }
     }
 
     // ------------------------------------------------------------------ events
@@ -423,14 +522,42 @@ impl Sim {
     fn handle(&mut self, ev: Ev) {
         match ev {
             Ev::Tick(id) => {
-                self.schedule(TICK_MS, Ev::Tick(id));
-                if let Some(raft) = self.raft(id) {
+                let period = self.nodes.get(&id).map_or(TICK_MS, |n| n.tick_ms);
+                self.schedule(period, Ev::Tick(id));
+                if self.frozen(id) {
+                    if let Some(n) = self.nodes.get_mut(&id) {
+                        n.missed_ticks += 1;
+                    }
+                } else if let Some(raft) = self.raft(id) {
                     raft.tick();
+                    self.count_leader_tick(id);
                     self.drive(id);
                 }
             }
+            Ev::Deliver(m) if self.frozen(m.to) => {
+                let after = self.thaw_delay(m.to);
+                self.schedule(after, Ev::Deliver(m));
+            }
+            Ev::Fsync(id) if self.frozen(id) => {
+                let after = self.thaw_delay(id);
+                self.schedule(after, Ev::Fsync(id));
+            }
             Ev::Deliver(m) => self.deliver(m),
             Ev::Fsync(id) => self.fsync(id),
+            Ev::Thaw(id) => {
+                let missed = self.nodes.get_mut(&id).map_or(0, |n| {
+                    n.frozen = false;
+                    std::mem::take(&mut n.missed_ticks)
+                });
+                self.trace(|| format!("n{id} thaws, {missed} ticks late"));
+                for _ in 0..missed {
+                    if let Some(raft) = self.raft(id) {
+                        raft.tick();
+                        self.count_leader_tick(id);
+                    }
+                }
+                self.drive(id);
+            }
             Ev::ClientSend(c) => self.client_send(c),
             Ev::ClientTimeout(c, attempt) => {
                 if self.clients[c].attempt == attempt && self.clients[c].in_flight.is_some() {
@@ -452,6 +579,8 @@ impl Sim {
             Ev::Heal => {
                 self.faults_on = false;
                 self.groups.clear();
+                self.cut_links.clear();
+                self.isolate_after_check = None;
                 self.pause_pattern = None;
                 self.trace(|| "heal: network whole, faults off".into());
                 self.release_paused();
@@ -475,7 +604,7 @@ impl Sim {
             Ev::Crash(id) => {
                 if self.faults_on && self.up(id) {
                     self.crash(id);
-                    let back = 50 + self.rand(600);
+                    let back = self.downtime();
                     self.schedule(back, Ev::Restart(id));
                 }
             }
@@ -751,6 +880,12 @@ impl Sim {
         }
         let op = self.clients[c].ops[self.clients[c].next];
         if self.clients[c].in_flight.is_none() {
+            if matches!(op, Op::Get { .. }) {
+                // Reads spread over the nodes (a load balancer's view): some reach a leader
+                // that has been cut off and does not know it yet.
+                let n = self.cfg.nodes as u64;
+                self.clients[c].target = 1 + self.rand(n);
+            }
             self.clients[c].serial += 1;
             let id = self.history.len() as u64;
             self.history.push(Call {
@@ -764,20 +899,30 @@ impl Sim {
         self.clients[c].attempt += 1;
         let attempt = self.clients[c].attempt;
         let target = self.clients[c].target;
-        self.schedule(500, Ev::ClientTimeout(c, attempt));
+        let patience = 150 + self.rand(350);
+        self.schedule(patience, Ev::ClientTimeout(c, attempt));
         if !self.up(target) {
             return; // the request is lost; the timeout retries elsewhere
         }
+        if self.frozen(target) {
+            return; // a frozen node answers nothing; the timeout retries elsewhere
+        }
         let serial = self.clients[c].serial;
         let now = self.now;
+        let lease = matches!(op, Op::Get { .. }) && self.chance(self.cfg.lease_reads);
         let reply = match op {
             Op::Get { .. } => {
                 let ctx = self.next_ctx;
                 self.next_ctx += 1;
+                let mode = if lease {
+                    ReadMode::Lease
+                } else {
+                    ReadMode::ReadIndex
+                };
                 let Some(raft) = self.raft(target) else {
                     return;
                 };
-                match raft.read_index(ctx, ReadMode::ReadIndex) {
+                match raft.read_index(ctx, mode) {
                     Ok(()) => {
                         if let Some(n) = self.nodes.get_mut(&target) {
                             n.reads.insert(ctx, (c, attempt, op));
@@ -812,7 +957,8 @@ impl Sim {
                 }
             }
         };
-        self.trace(|| format!("client{c} -> n{target} {op:?} serial={serial}"));
+        let how = if lease { " lease" } else { "" };
+        self.trace(|| format!("client{c} -> n{target} {op:?}{how} serial={serial}"));
         if let Some(r) = reply {
             let d = 1 + self.rand(3);
             self.schedule(d, Ev::Reply(c, attempt, r));
@@ -837,7 +983,16 @@ impl Sim {
                 self.clients[c].in_flight = None;
                 self.clients[c].next += 1;
                 self.clients[c].attempt += 1;
-                let d = self.rand(20);
+                // A third of the operations start at a node picked at random (clients of a
+                // real cluster spread over its nodes), so reads reach stale leaders too.
+                if self.rand(3) == 0 {
+                    let n = self.cfg.nodes as u64;
+                    self.clients[c].target = 1 + self.rand(n);
+                }
+                // Think time spreads each client's operations over the whole fault phase;
+                // back to back they would all be done before most faults happen.
+                let ops = self.clients[c].ops.len().max(1) as u64;
+                let d = self.rand(2 * self.cfg.fault_ms / ops);
                 self.schedule(d, Ev::ClientSend(c));
             }
             Reply::Redirect(leader) => {
@@ -906,7 +1061,36 @@ impl Sim {
     fn inject_fault(&mut self) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let n = ids.len() as u64;
-        match self.rand(11) {
+        if self.cfg.partitions_only {
+            match self.rand(4) {
+                0 | 1 => {
+                    if let Some(l) = self.some_leader() {
+                        self.isolate_after_check = Some(l);
+                    }
+                }
+                2 => {
+                    let victim = ids[self.rand(n) as usize];
+                    self.groups.clear();
+                    self.groups.insert(victim, 1);
+                    self.trace(|| format!("isolate n{victim}"));
+                }
+                _ => {
+                    self.groups.clear();
+                    self.trace(|| "heal partitions".into());
+                }
+            }
+            return;
+        }
+        match self.rand(12) {
+            11 if self.cfg.partitions => {
+                // Cut one link, most often one of the leader's.
+                let a = self.leader_or_random(n, &ids);
+                let b = ids[self.rand(n) as usize];
+                if a != b {
+                    self.cut_links.insert((a.min(b), a.max(b)));
+                    self.trace(|| format!("cut n{a} <-> n{b}"));
+                }
+            }
             10 => {
                 // Single-server membership change (thesis §4.1): demote a voter to learner
                 // or promote a learner back, through the leader.
@@ -958,14 +1142,23 @@ impl Sim {
                 let groups = self.groups.clone();
                 self.trace(|| format!("partition {groups:?}"));
             }
+            2 if self.cfg.partitions && self.rand(2) == 0 => {
+                // An isolated leader must stop serving lease reads before the others can
+                // elect a new one (thesis §6.4.1): cut it off where its role outlives its
+                // lease the longest.
+                if let Some(l) = self.some_leader() {
+                    self.isolate_after_check = Some(l);
+                }
+            }
             2 if self.cfg.partitions => {
-                let victim = ids[self.rand(n) as usize];
+                let victim = self.leader_or_random(n, &ids);
                 self.groups.clear();
                 self.groups.insert(victim, 1);
                 self.trace(|| format!("isolate n{victim}"));
             }
             3 => {
                 self.groups.clear();
+                self.cut_links.clear();
                 self.trace(|| "heal partitions".into());
             }
             4 | 5 if self.cfg.crashes => {
@@ -974,7 +1167,7 @@ impl Sim {
                 let victim = self.leader_or_random(n, &ids);
                 if self.up(victim) {
                     self.crash(victim);
-                    let back = 50 + self.rand(600);
+                    let back = self.downtime();
                     self.schedule(back, Ev::Restart(victim));
                 }
             }
@@ -1003,14 +1196,19 @@ impl Sim {
                 self.schedule(later, Ev::Release);
             }
             7 => {
-                // Fire a node's election timer now.
-                let id = ids[self.rand(n) as usize];
-                if let Some(raft) = self.raft(id) {
-                    for _ in 0..20 {
-                        raft.tick();
+                // Freeze a node (a GC pause, a driver thread stuck in a plugin call), most
+                // often the leader, for up to two election timeouts: its clock runs on, so it
+                // thaws with its timers expired and leases lapsed. (Ticking a node without
+                // time passing would be a clock jump, which no lease can survive.)
+                let victim = self.leader_or_random(n, &ids);
+                if self.up(victim) && !self.frozen(victim) {
+                    let for_ms = 50 + self.rand(20 * TICK_MS);
+                    if let Some(node) = self.nodes.get_mut(&victim) {
+                        node.frozen_until = self.now + for_ms;
+                        node.frozen = true;
                     }
-                    self.trace(|| format!("n{id} timer fired"));
-                    self.drive(id);
+                    self.schedule(for_ms, Ev::Thaw(victim));
+                    self.trace(|| format!("n{victim} frozen for {for_ms} ms"));
                 }
             }
             8 => {
@@ -1072,6 +1270,9 @@ impl Sim {
         node.proposals.clear();
         node.reads.clear();
         node.reads_waiting.clear();
+        node.leader_ticks = 0;
+        node.frozen = false;
+        node.missed_ticks = 0;
         node.restarts += 1;
         self.trace(|| format!("n{id} crash"));
     }

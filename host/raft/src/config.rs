@@ -22,6 +22,12 @@ pub struct Config {
     /// timeout steps down; with it, followers that heard from a leader within the minimum
     /// election timeout ignore vote requests (§4.2.3), and lease reads become possible.
     pub check_quorum: bool,
+    /// Leader lease in ticks (thesis §6.4.1): a lease read is answered locally at tick `t`
+    /// only if a majority of voters acknowledged a heartbeat sent at tick `s` with
+    /// `t - s < lease_ticks`; otherwise it takes a ReadIndex round. Must be below
+    /// `election_ticks - 1`; [`Config::lease_ticks_for`] leaves room for clock-rate
+    /// differences of 25% between nodes (docs/raft.md has the argument). 0 turns leases off.
+    pub lease_ticks: u32,
     /// Appends in flight per follower in the replicate state.
     pub max_inflight: usize,
     /// Entries per append message.
@@ -47,6 +53,7 @@ impl Config {
             heartbeat_ticks: 1,
             pre_vote: true,
             check_quorum: true,
+            lease_ticks: Config::lease_ticks_for(10),
             max_inflight: 64,
             max_entries_per_message: 256,
             max_uncommitted_entries: 100_000,
@@ -55,6 +62,14 @@ impl Config {
             #[cfg(feature = "testkit")]
             bugs: crate::testkit::Bugs::default(),
         }
+    }
+
+    /// The default lease for a minimum election timeout of `election_ticks`:
+    /// `(election_ticks - 1) * 4 / 5`, so that a lease that is `lease_ticks` ticks long on
+    /// the leader's clock ends before `election_ticks - 1` ticks pass on any voter's clock
+    /// running up to 25% slower (`7 × 1.25 < 9` at the default 10).
+    pub fn lease_ticks_for(election_ticks: u32) -> u32 {
+        election_ticks.saturating_sub(1) * 4 / 5
     }
 
     pub(crate) fn validate(&self) -> Result<(), crate::ConfigError> {
@@ -71,6 +86,12 @@ impl Config {
         if self.max_inflight == 0 || self.max_entries_per_message == 0 || self.max_apply_batch == 0
         {
             return Err(ZeroLimit);
+        }
+        if self.lease_ticks > 0 && self.lease_ticks >= self.election_ticks.saturating_sub(1) {
+            return Err(LeaseTooLong {
+                lease_ticks: self.lease_ticks,
+                election_ticks: self.election_ticks,
+            });
         }
         Ok(())
     }

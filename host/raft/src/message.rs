@@ -76,11 +76,16 @@ pub enum MessageBody {
         commit: Index,
         /// Latest ReadIndex round started by the leader.
         read_round: u64,
+        /// The leader's tick count when it sent this heartbeat: echoed back, it dates the
+        /// follower's acknowledgement for the leader lease (thesis §6.4.1).
+        sent_tick: u64,
     },
     /// Answer to [`MessageBody::Heartbeat`].
     HeartbeatResponse {
         /// Echo of the heartbeat's read round.
         read_round: u64,
+        /// Echo of the heartbeat's `sent_tick`.
+        sent_tick: u64,
     },
     /// InstallSnapshot RPC (§7), in one message; the transport may stream `data`.
     InstallSnapshot {
@@ -163,10 +168,12 @@ impl std::fmt::Display for Message {
                 }
                 write!(f, " commit={commit}")
             }
-            MessageBody::Heartbeat { commit, read_round } => {
+            MessageBody::Heartbeat {
+                commit, read_round, ..
+            } => {
                 write!(f, " commit={commit} read={read_round}")
             }
-            MessageBody::HeartbeatResponse { read_round } => write!(f, " read={read_round}"),
+            MessageBody::HeartbeatResponse { read_round, .. } => write!(f, " read={read_round}"),
             MessageBody::AppendEntriesResponse {
                 success,
                 index,

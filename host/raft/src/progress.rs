@@ -45,6 +45,10 @@ pub struct Progress {
     /// Highest ReadIndex round this follower acknowledged in the current term.
     #[serde(skip)]
     pub(crate) read_round_acked: u64,
+    /// The leader's tick at which it sent the latest heartbeat this follower acknowledged
+    /// in the current term (the leader lease, thesis §6.4.1).
+    #[serde(skip)]
+    pub(crate) lease_acked_tick: Option<u64>,
 }
 
 impl Progress {
@@ -58,6 +62,7 @@ impl Progress {
             recent_active: false,
             snapshot_ticks: 0,
             read_round_acked: 0,
+            lease_acked_tick: None,
         }
     }
 

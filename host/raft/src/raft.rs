@@ -58,8 +58,11 @@ impl InitialState {
 pub enum ReadMode {
     /// ReadIndex (thesis §6.4): one heartbeat round to a majority confirms leadership.
     ReadIndex,
-    /// Leader lease (thesis §6.4.1): no round trip; relies on CheckQuorum and bounded
-    /// clock drift.
+    /// Leader lease (thesis §6.4.1): no round trip while a majority of voters acknowledged
+    /// a heartbeat sent less than `lease_ticks` ago; otherwise a ReadIndex round. Relies on
+    /// the voters' refusal to vote within the minimum election timeout (§4.2.3, needs
+    /// CheckQuorum) and on clock rates that differ by less than the margin of
+    /// [`Config::lease_ticks_for`].
     Lease,
 }
 
@@ -94,6 +97,8 @@ pub struct Status {
     pub progress: BTreeMap<NodeId, Progress>,
     /// Messages refused because they carried another cluster's UUID.
     pub foreign_cluster_messages: u64,
+    /// Leader only: ticks left in the leader lease (0: lease reads take a ReadIndex round).
+    pub lease_ticks_left: u32,
 }
 
 #[derive(Debug)]
@@ -125,6 +130,14 @@ pub struct Raft {
     votes: BTreeMap<NodeId, bool>,
     election_elapsed: u32,
     heartbeat_elapsed: u32,
+    /// Ticks since this core started: the clock leases are dated by.
+    ticks: u64,
+    /// Leader: a TimeoutNow went out this term, so voters may now grant a transfer vote
+    /// despite their own lease (thesis §3.10): no lease reads until the term ends.
+    lease_void: bool,
+    /// Ticks left in which this restarted node refuses votes as if it had just heard from a
+    /// leader: it may have, before it crashed, and a leader's lease counts on it (§4.2.3).
+    restart_vote_guard: u32,
     randomized_timeout: u32,
     transferee: Option<NodeId>,
     read_round: u64,
@@ -171,6 +184,14 @@ impl Raft {
             votes: BTreeMap::new(),
             election_elapsed: 0,
             heartbeat_elapsed: 0,
+            ticks: 0,
+            lease_void: false,
+            // A node that never had a term has never acknowledged any leader.
+            restart_vote_guard: if init.hard_state.term > 0 {
+                cfg.election_ticks
+            } else {
+                0
+            },
             randomized_timeout: cfg.election_ticks,
             transferee: None,
             read_round: 0,
@@ -255,7 +276,15 @@ impl Raft {
             config_index: self.config_index,
             progress: self.progress.clone(),
             foreign_cluster_messages: self.foreign_cluster_messages,
+            lease_ticks_left: self.lease_ticks_left(),
         }
+    }
+
+    /// Ends the vote refusal a restarted node starts with (testkit only): for harnesses
+    /// that start a node with a log to stand for one that has been up for a while.
+    #[cfg(feature = "testkit")]
+    pub fn end_restart_vote_guard(&mut self) {
+        self.restart_vote_guard = 0;
     }
 
     #[cfg(feature = "testkit")]
@@ -272,6 +301,8 @@ impl Raft {
 
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
+        self.restart_vote_guard = self.restart_vote_guard.saturating_sub(1);
         if self.role == Role::Leader {
             self.tick_leader();
         } else {
@@ -439,7 +470,11 @@ impl Raft {
             return;
         }
         let index = self.log.committed;
-        if mode == ReadMode::Lease || self.single_voter_self() {
+        // Thesis §6.4.1: a lease read skips the round only while the lease holds; a lapsed
+        // lease (an isolated leader, before its CheckQuorum check) falls back to ReadIndex.
+        let lease =
+            mode == ReadMode::Lease && (self.lease_ticks_left() > 0 || self.bug(Bug::LeaseByRole));
+        if lease || self.single_voter_self() {
             self.answer_read(ctx, from, Some(index));
             return;
         }
@@ -453,6 +488,40 @@ impl Raft {
             from,
         });
         self.read_round_wanted = true;
+    }
+
+    /// Ticks left in the leader lease at this tick: `s + lease_ticks - now`, where `s` is the
+    /// latest tick at which heartbeats went out that a majority of voters acknowledged
+    /// (the leader counts as acknowledging at once). A voter that acknowledged a heartbeat
+    /// sent at `s` refuses votes for `election_ticks` of its ticks after receiving it
+    /// (§4.2.3; restarted voters too), so no other leader can be elected before the lease
+    /// ends, given bounded clock-rate differences (docs/raft.md, "Leader leases").
+    fn lease_ticks_left(&self) -> u32 {
+        if self.role != Role::Leader
+            || self.lease_void
+            || !self.cfg.check_quorum
+            || self.cfg.lease_ticks == 0
+        {
+            return 0;
+        }
+        let mut acked: Vec<u64> = self
+            .config
+            .voters
+            .iter()
+            .filter_map(|v| {
+                if *v == self.cfg.id {
+                    Some(self.ticks)
+                } else {
+                    self.progress.get(v).and_then(|p| p.lease_acked_tick)
+                }
+            })
+            .collect();
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(&since) = acked.get(self.config.quorum() - 1) else {
+            return 0;
+        };
+        let end = since + u64::from(self.cfg.lease_ticks);
+        u32::try_from(end.saturating_sub(self.ticks)).unwrap_or(u32::MAX)
     }
 
     fn answer_read(&mut self, ctx: u64, from: Option<NodeId>, index: Option<Index>) {
@@ -475,7 +544,7 @@ impl Raft {
             .get(&to)
             .is_some_and(|pr| pr.match_index == self.log.last_index());
         if caught_up {
-            self.send(to, MessageBody::TimeoutNow);
+            self.send_timeout_now(to);
         } else {
             self.send_append(to, true);
         }
@@ -547,9 +616,14 @@ impl Raft {
                 // Thesis §4.2.3: "if a server receives a RequestVote request within the minimum
                 // election timeout of hearing from a current leader, it does not update its
                 // term or grant its vote" — unless the leader itself asked (§3.10).
+                // A restarted voter cannot know whether it heard from a leader just before it
+                // crashed, so it refuses for a whole minimum election timeout after starting:
+                // a leader lease counts on its refusal (thesis §6.4.1).
+                let restarted =
+                    self.restart_vote_guard > 0 && !self.bug(Bug::VoteRightAfterRestart);
                 let in_lease = self.cfg.check_quorum
-                    && self.leader.is_some()
-                    && self.election_elapsed < self.cfg.election_ticks;
+                    && ((self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks)
+                        || restarted);
                 if in_lease && !transfer {
                     return Ok(());
                 }
@@ -629,10 +703,20 @@ impl Raft {
                     self.handle_append(from, prev_index, prev_term, entries, commit);
                 }
             }
-            MessageBody::Heartbeat { commit, read_round } => {
+            MessageBody::Heartbeat {
+                commit,
+                read_round,
+                sent_tick,
+            } => {
                 if self.follow(from) {
                     self.log.commit_to(commit);
-                    self.send(from, MessageBody::HeartbeatResponse { read_round });
+                    self.send(
+                        from,
+                        MessageBody::HeartbeatResponse {
+                            read_round,
+                            sent_tick,
+                        },
+                    );
                 }
             }
             MessageBody::InstallSnapshot { snapshot } => {
@@ -646,9 +730,10 @@ impl Raft {
                 hint_term,
                 hint_index,
             } => self.handle_append_response(from, success, index, hint_term, hint_index),
-            MessageBody::HeartbeatResponse { read_round } => {
-                self.handle_heartbeat_response(from, read_round)
-            }
+            MessageBody::HeartbeatResponse {
+                read_round,
+                sent_tick,
+            } => self.handle_heartbeat_response(from, read_round, sent_tick),
             MessageBody::TimeoutNow => {
                 // Thesis §3.10: the target "starts an election immediately", skipping PreVote
                 // (the leader vouches for it).
@@ -879,6 +964,7 @@ impl Raft {
         self.reset(self.term);
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
+        self.lease_void = false;
         let next = self.log.last_index() + 1;
         self.progress = self
             .config
@@ -1102,12 +1188,12 @@ impl Raft {
             return; // the commit removed us from the configuration
         }
         if caught_up && self.transferee == Some(from) {
-            self.send(from, MessageBody::TimeoutNow);
+            self.send_timeout_now(from);
         }
         self.send_append(from, false);
     }
 
-    fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
+    fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64, sent_tick: u64) {
         if self.role != Role::Leader {
             return;
         }
@@ -1118,6 +1204,7 @@ impl Raft {
         };
         pr.recent_active = true;
         pr.read_round_acked = pr.read_round_acked.max(read_round);
+        pr.lease_acked_tick = pr.lease_acked_tick.max(Some(sent_tick));
         // A lost append leaves the pipeline full or the probe waiting: make room for one.
         if pr.state == ReplicationState::Replicate && pr.is_paused(max_inflight) {
             pr.inflight.pop_front();
@@ -1284,6 +1371,13 @@ impl Raft {
         }
     }
 
+    fn send_timeout_now(&mut self, to: NodeId) {
+        // Thesis §3.10: the target's vote requests bypass the voters' lease, so this term's
+        // lease can no longer be trusted, even if the transfer is later abandoned.
+        self.lease_void = true;
+        self.send(to, MessageBody::TimeoutNow);
+    }
+
     fn broadcast_heartbeat(&mut self) {
         let round = self.read_round;
         let committed = self.log.committed;
@@ -1292,12 +1386,14 @@ impl Raft {
             .iter()
             .map(|(&id, pr)| (id, pr.match_index.min(committed)))
             .collect();
+        let sent_tick = self.ticks;
         for (id, commit) in beats {
             self.send(
                 id,
                 MessageBody::Heartbeat {
                     commit,
                     read_round: round,
+                    sent_tick,
                 },
             );
         }

@@ -21,11 +21,17 @@ pub enum Bug {
     TruncateMatchingSuffix,
     /// §6.4: serve ReadIndex before the leader has committed an entry of its term.
     ReadIndexWithoutNoop,
+    /// Thesis §6.4.1: answer lease reads whenever the role is leader (until the next
+    /// CheckQuorum check), not only within a lease dated by acknowledged heartbeats.
+    LeaseByRole,
+    /// Thesis §4.2.3: a restarted voter grants votes at once, although it may have heard
+    /// from a leader within the minimum election timeout before it crashed.
+    VoteRightAfterRestart,
 }
 
 impl Bug {
     /// Every variant, for the simulator's teeth table.
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 10] = [
         Bug::CommitPreviousTermByCounting,
         Bug::DoubleVote,
         Bug::SkipUpToDateCheck,
@@ -34,6 +40,8 @@ impl Bug {
         Bug::LeaderCountsSelfBeforePersist,
         Bug::TruncateMatchingSuffix,
         Bug::ReadIndexWithoutNoop,
+        Bug::LeaseByRole,
+        Bug::VoteRightAfterRestart,
     ];
 }
 

@@ -335,6 +335,7 @@ fn a_pre_candidate_that_hears_from_the_leader_becomes_a_follower() {
         MessageBody::Heartbeat {
             commit: 0,
             read_round: 0,
+            sent_tick: 0,
         },
     ));
     assert_eq!((c.role(2), c.raft(2).leader()), (Role::Follower, Some(1)));
@@ -925,6 +926,147 @@ fn a_pending_read_fails_when_the_leader_steps_down() {
     );
 }
 
+/// Leader 1 is cut off right after a heartbeat round that both followers acknowledged,
+/// ticks `ticks` times (fewer than an election timeout: it is still leader), and is asked for
+/// a lease read. Returns its role and what it answered.
+fn lease_read_after_isolation(bugs: &[Bug], ticks: u32) -> (Role, Vec<ReadState>) {
+    let mut c = three_with_leader(ClusterBuilder::voters(3).bugs(bugs));
+    c.isolate(1);
+    c.tick(1, ticks);
+    c.read_index(1, 7, ReadMode::Lease).expect("still leader");
+    c.handle_readies();
+    (c.role(1), reads(&c, 1))
+}
+
+// Reference: thesis §6.4.1 ("the leader would use the normal heartbeat mechanism to maintain
+// a lease ... once the leader's heartbeats were acknowledged by a majority of the cluster, it
+// would extend its lease to start + election timeout / clock drift bound")
+#[test]
+fn a_lease_is_dated_by_the_heartbeats_a_majority_acknowledged_not_by_the_role() {
+    let lease = Config::new(1, CLUSTER).lease_ticks;
+    assert_eq!(lease, 7);
+    // One tick left: answered at once, no round trip.
+    assert_eq!(
+        lease_read_after_isolation(&[], lease - 1),
+        (
+            Role::Leader,
+            vec![ReadState {
+                ctx: 7,
+                index: Some(1)
+            }]
+        )
+    );
+    // The lease has run out although the role has not (CheckQuorum checks at 10 ticks): the
+    // read waits for a ReadIndex round, which an isolated leader never completes.
+    assert_eq!(
+        lease_read_after_isolation(&[], lease),
+        (Role::Leader, vec![])
+    );
+}
+
+// Reference: thesis §6.4.1 (a lapsed lease falls back to a round trip, which renews it)
+#[test]
+fn a_lease_read_after_the_lease_lapsed_takes_a_heartbeat_round_that_renews_it() {
+    let mut c = three_with_leader(ClusterBuilder::voters(3));
+    c.tick(1, 8);
+    c.take_in_flight();
+    assert_eq!(c.raft(1).status().lease_ticks_left, 0);
+    c.read_index(1, 3, ReadMode::Lease).expect("leader");
+    c.handle_readies();
+    assert_eq!(reads(&c, 1), vec![]);
+    assert!(c.in_flight().any(|m| m.body.kind() == "Heartbeat"));
+    c.stabilize();
+    assert_eq!(
+        reads(&c, 1),
+        vec![ReadState {
+            ctx: 3,
+            index: Some(1)
+        }]
+    );
+    assert_eq!(
+        c.raft(1).status().lease_ticks_left,
+        7,
+        "renewed by the round"
+    );
+}
+
+/// Leader 1 starts a transfer to 2 whose TimeoutNow is lost, then is asked for a lease read.
+fn lease_read_after_timeout_now(bugs: &[Bug]) -> Vec<ReadState> {
+    let mut c = three_with_leader(ClusterBuilder::voters(3).bugs(bugs));
+    c.drop_if(|m| m.body.kind() == "TimeoutNow");
+    assert!(c.raft_mut(1).transfer_leadership(2));
+    c.handle_readies();
+    c.read_index(1, 4, ReadMode::Lease).expect("leader");
+    c.handle_readies();
+    reads(&c, 1)
+}
+
+// Reference: thesis §3.10 + §6.4.1 (a transfer's vote requests bypass the voters' lease, so
+// the leader that sent TimeoutNow no longer holds one)
+#[test]
+fn a_leader_that_sent_timeout_now_serves_no_lease_reads_for_the_rest_of_its_term() {
+    assert_eq!(lease_read_after_timeout_now(&[]), vec![]);
+}
+
+/// Follower 2 acknowledged leader 1's heartbeat, crashes and restarts at once, and is asked
+/// for its vote by 3 in a higher term.
+fn vote_right_after_restart(bugs: &[Bug]) -> (Option<bool>, Term) {
+    let mut c = three_with_leader(ClusterBuilder::voters(3).bugs(bugs));
+    c.restart(2);
+    let last = c.raft(3).last_index();
+    let out = c.exchange(msg(
+        3,
+        2,
+        2,
+        MessageBody::RequestVote {
+            pre_vote: false,
+            last_index: last,
+            last_term: 1,
+            transfer: false,
+        },
+    ));
+    (vote_answer(&out), c.term(2))
+}
+
+// Reference: thesis §4.2.3 + §6.4.1 (a restarted voter may have heard from the leader within
+// the minimum election timeout before it crashed; the leader's lease counts on its refusal)
+#[test]
+fn a_restarted_voter_refuses_votes_for_a_minimum_election_timeout() {
+    assert_eq!(vote_right_after_restart(&[]), (None, 1));
+    // Once the timeout has passed on its clock, it votes again.
+    let mut c = three_with_leader(ClusterBuilder::voters(3));
+    c.restart(2);
+    c.isolate(2);
+    c.tick(2, 9);
+    c.heal();
+    let last = c.raft(3).last_index();
+    let out = c.exchange(msg(
+        3,
+        2,
+        2,
+        MessageBody::RequestVote {
+            pre_vote: false,
+            last_index: last,
+            last_term: 1,
+            transfer: false,
+        },
+    ));
+    assert_eq!(vote_answer(&out), None, "9 ticks: still within the timeout");
+    c.tick(2, 1);
+    let out = c.exchange(msg(
+        3,
+        2,
+        2,
+        MessageBody::RequestVote {
+            pre_vote: false,
+            last_index: last,
+            last_term: 1,
+            transfer: false,
+        },
+    ));
+    assert_eq!(vote_answer(&out), Some(true));
+}
+
 // ---------------------------------------------------------------- membership (thesis ch. 4)
 
 // Reference: thesis §4.1 (+ 2015 erratum: a leader first commits an entry of its term)
@@ -1355,7 +1497,28 @@ fn with_read_index_without_noop_a_read_is_served_before_the_first_commit() {
 }
 
 #[test]
+fn with_lease_by_role_an_isolated_leader_answers_a_lease_read_after_its_lease() {
+    let lease = Config::new(1, CLUSTER).lease_ticks;
+    assert_eq!(
+        lease_read_after_isolation(&[Bug::LeaseByRole], lease + 2).1,
+        vec![ReadState {
+            ctx: 7,
+            index: Some(1)
+        }]
+    );
+    assert_ne!(lease_read_after_timeout_now(&[Bug::LeaseByRole]), vec![]);
+}
+
+#[test]
+fn with_vote_right_after_restart_a_restarted_voter_grants_at_once() {
+    assert_eq!(
+        vote_right_after_restart(&[Bug::VoteRightAfterRestart]),
+        (Some(true), 2)
+    );
+}
+
+#[test]
 fn every_testkit_bug_has_a_teeth_test_here() {
     // Adding a Bug without a test above should fail here (update the list when you add one).
-    assert_eq!(Bug::ALL.len(), 8);
+    assert_eq!(Bug::ALL.len(), 10);
 }

@@ -6,7 +6,7 @@
 //! [checkquorum=false]`, `campaign 1`, `tick 1 [n=3]`, `propose 1 data=x`,
 //! `propose-conf 1 voters=(..) learners=(..)`, `transfer 1 to=2`, `read-index 1 ctx=7
 //! [lease]`, `compact 1 index=5`, `process-ready [1]`, `deliver-msgs [2]`, `stabilize`,
-//! `status [1]`, `raft-log 1`, `isolate 3`, `heal`, `restart 2`.
+//! `status [1]`, `lease 1`, `raft-log 1`, `isolate 3`, `heal`, `restart 2`.
 
 mod common;
 
@@ -92,6 +92,10 @@ fn run(cluster: &mut Option<Cluster>, tc: &mut TestCase) -> String {
         }
         "stabilize" => c.stabilize(),
         "status" => out.extend(status(c, &ids)),
+        "lease" => out.push(format!(
+            "lease: {} ticks left",
+            c.raft(id()).status().lease_ticks_left
+        )),
         "raft-log" => out.extend(raft_log(c, id())),
         "isolate" => c.isolate(id()),
         "heal" => c.heal(),

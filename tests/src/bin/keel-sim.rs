@@ -34,6 +34,9 @@ struct Args {
     /// (at most this many).
     #[arg(long)]
     teeth: Option<u64>,
+    /// Run with this broken variant of the core (a `testkit::Bug` name, e.g. LeaseByRole).
+    #[arg(long)]
+    bug: Option<String>,
 }
 
 fn config(args: &Args, seed: u64) -> SimConfig {
@@ -45,11 +48,21 @@ fn config(args: &Args, seed: u64) -> SimConfig {
     let mut cfg = SimConfig::mixed(seed, nodes);
     cfg.trace = args.trace;
     cfg.pre_vote = !args.no_pre_vote;
+    cfg.bug = args
+        .bug
+        .as_deref()
+        .and_then(|name| Bug::ALL.into_iter().find(|b| format!("{b:?}") == name));
     cfg
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(name) = &args.bug
+        && !Bug::ALL.iter().any(|b| format!("{b:?}") == *name)
+    {
+        eprintln!("unknown bug {name:?}; one of {:?}", Bug::ALL);
+        return ExitCode::FAILURE;
+    }
     if let Some(limit) = args.teeth {
         return teeth(&args, limit);
     }

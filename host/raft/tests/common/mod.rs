@@ -222,6 +222,13 @@ impl ClusterBuilder {
                 pending_writes: VecDeque::new(),
             };
             node.boot();
+            if !terms.is_empty()
+                && let Some(raft) = node.raft.as_mut()
+            {
+                // The log stands for a node that has been up for a while, not one that just
+                // restarted (which would refuse votes for an election timeout, §4.2.3).
+                raft.end_restart_vote_guard();
+            }
             nodes.insert(id, node);
         }
         Cluster {
