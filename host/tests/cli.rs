@@ -189,6 +189,13 @@ impl Cluster {
         node.2 = Some(keel::dev::spawn(exe(), &node.1).expect("spawn").0);
     }
 
+    fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.nodes[(id - 1) as usize].2.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     fn url(&self, id: u64) -> String {
         self.nodes[(id - 1) as usize].0.url()
     }
@@ -361,6 +368,126 @@ fn completions_are_printed_for_bash_and_zsh() {
     assert!(bash.contains("_keel()") && bash.contains("watch"), "{bash}");
     let zsh = expect_code(&keel(&["completions", "zsh"]), 0);
     assert!(zsh.starts_with("#compdef keel"), "{zsh}");
+}
+
+#[test]
+fn membership_flags_go_anywhere_an_empty_learner_is_not_promoted_and_removing_the_leader_is_answered()
+ {
+    // Node 4 is planned (its URL is known) but started only later.
+    let mut cluster = Cluster::plan(
+        4,
+        |cfg| {
+            if cfg.id == 4 {
+                cfg.join = true;
+            } else {
+                cfg.peers.remove(&4);
+            }
+        },
+        |id| id != 4,
+    );
+    let founders = cluster.urls(1..=3).join(",");
+    let url4 = cluster.url(4);
+    let rt = rt();
+    rt.block_on(wait_for_leader(
+        &cluster.urls(1..=3),
+        Duration::from_secs(20),
+    ));
+    let limit = Duration::from_secs(60);
+    let dir = std::env::temp_dir();
+    let run = |args: &[&str]| keel_in(&dir, None, args, limit);
+
+    // `--endpoints` after the subcommand's arguments (it used to be refused there).
+    let added = run(&[
+        "member",
+        "add",
+        "4",
+        &url4,
+        "--endpoints",
+        &founders,
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&expect_code(&added, 0)).expect("json");
+    assert_eq!(v["result"]["learners"], serde_json::json!([4]), "{v}");
+
+    // Node 4 is not running: it holds nothing, and promoting it is refused.
+    let refused = run(&["member", "promote", "4", "--endpoints", &founders]);
+    expect_code(&refused, 4);
+    let (_, err) = text(&refused);
+    assert!(
+        err.contains("not caught up") && err.contains("409"),
+        "{err}"
+    );
+
+    // Started, it catches up, and then it may be promoted.
+    cluster.start(4);
+    let start = Instant::now();
+    loop {
+        let promoted = run(&["--endpoints", &founders, "member", "promote", "4"]);
+        if promoted.status.code() == Some(0) {
+            let (out, _) = text(&promoted);
+            assert!(out.contains("voters [1,2,3,4], learners []"), "{out}");
+            break;
+        }
+        let (_, err) = text(&promoted);
+        assert!(err.contains("not caught up"), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "node 4 never caught up: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let all = cluster.urls(1..=4);
+    let table = expect_code(&run(&["status", "--endpoints", &all.join(",")]), 0);
+    assert_eq!(
+        table.lines().filter(|l| l.ends_with("healthy")).count(),
+        4,
+        "{table}"
+    );
+
+    // Removing the leader: the client gets the new configuration, not 504.
+    let leader = rt.block_on(wait_for_leader(&all, Duration::from_secs(20)));
+    let removed = run(&[
+        "member",
+        "remove",
+        &leader.to_string(),
+        "--endpoints",
+        &all.join(","),
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&expect_code(&removed, 0)).expect("json");
+    let voters: Vec<u64> = v["result"]["voters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_u64)
+        .collect();
+    assert_eq!(voters.len(), 3, "{v}");
+    assert!(!voters.contains(&leader), "{v}");
+    cluster.kill(leader);
+    let rest: Vec<String> = (1..=4)
+        .filter(|&id| id != leader)
+        .map(|id| cluster.url(id))
+        .collect();
+    let put = run(&["put", "after", "removal", "--endpoints", &rest.join(",")]);
+    expect_code(&put, 0);
+
+    // Two of the three voters gone: no quorum, and the command ends as a server error (5),
+    // not as an unreachable cluster.
+    let survivors: Vec<u64> = (1..=4).filter(|&id| id != leader).collect();
+    cluster.kill(survivors[0]);
+    cluster.kill(survivors[1]);
+    let stuck = run(&[
+        "put",
+        "x",
+        "y",
+        "--timeout",
+        "3",
+        "--endpoints",
+        &cluster.url(survivors[2]),
+    ]);
+    expect_code(&stuck, 5);
 }
 
 #[test]
