@@ -3,7 +3,7 @@
 //! after a lost answer is never applied twice. The session is opened (`POST /v1/sessions`)
 //! before the first command.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -20,6 +20,46 @@ pub struct Client {
     /// The session, once opened (or given).
     client_id: Option<u64>,
     serial: u64,
+    /// Give up retrying (and abandon a request in flight) after this long.
+    deadline: Option<Duration>,
+}
+
+/// Why a call got no answer to return (the CLI maps these to its exit codes).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No endpoint accepted a connection or answered.
+    #[error("no node answered at {endpoints:?}: {last_error}")]
+    Unreachable {
+        /// The endpoints tried.
+        endpoints: Vec<String>,
+        /// What the last attempt failed with.
+        last_error: String,
+    },
+    /// Nodes answered, but only with 503 (no leader, election, stopping) until the retries
+    /// or the deadline ran out.
+    #[error("the cluster is unavailable at {endpoints:?}: {last_error}")]
+    Unavailable {
+        /// The endpoints tried.
+        endpoints: Vec<String>,
+        /// The last 503's body.
+        last_error: String,
+    },
+    /// The deadline passed with a request in flight: it may or may not have been applied.
+    #[error("no answer from {url} within {limit:?} (the outcome is unknown)")]
+    TimedOut {
+        /// The request's URL.
+        url: String,
+        /// The deadline.
+        limit: Duration,
+    },
+    /// Opening a session was answered with something other than 200.
+    #[error("opening a session: {status} {body}")]
+    Session {
+        /// The answer's status.
+        status: StatusCode,
+        /// Its body.
+        body: String,
+    },
 }
 
 /// An answer: status, `Keel-Index` if any, body.
@@ -43,7 +83,14 @@ impl Client {
             http: HttpClient::builder(TokioExecutor::new()).build_http(),
             client_id: None,
             serial: 0,
+            deadline: None,
         }
+    }
+
+    /// The same client, giving up on each call (retries included) after `limit`.
+    pub fn with_deadline(mut self, limit: Duration) -> Client {
+        self.deadline = Some(limit);
+        self
     }
 
     /// The same client resuming an open session whose last serial was `serial`.
@@ -66,11 +113,11 @@ impl Client {
             .flatten()
             .and_then(|v| v["client_id"].as_u64());
         let Some(id) = id else {
-            bail!(
-                "opening a session: {} {}",
-                a.status,
-                String::from_utf8_lossy(&a.body)
-            );
+            return Err(CallError::Session {
+                status: a.status,
+                body: String::from_utf8_lossy(&a.body).into_owned(),
+            }
+            .into());
         };
         self.client_id = Some(id);
         Ok(id)
@@ -167,6 +214,9 @@ impl Client {
         let mut backoff = Duration::from_millis(50);
         let mut last_error = String::new();
         let mut uncertain = false;
+        // Whether any node answered at all: a cluster without a leader is not unreachable.
+        let mut answered = false;
+        let give_up = self.deadline.map(|d| Instant::now() + d);
         for _ in 0..40 {
             let mut req = Request::builder().method(method.clone()).uri(&url);
             for (name, value) in headers {
@@ -180,7 +230,23 @@ impl Client {
             let req = req
                 .body(Full::new(Bytes::from(body.clone())))
                 .context("building the request")?;
-            match self.http.request(req).await {
+            let sent = self.http.request(req);
+            let outcome = match give_up {
+                Some(at) => match tokio::time::timeout_at(at.into(), sent).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // Sent (or connecting) and not answered in time: its outcome is
+                        // unknown, as after a 504.
+                        return Err(CallError::TimedOut {
+                            url,
+                            limit: self.deadline.unwrap_or_default(),
+                        }
+                        .into());
+                    }
+                },
+                None => sent.await,
+            };
+            match outcome {
                 Ok(resp) => {
                     let status = resp.status();
                     let location = resp
@@ -205,6 +271,7 @@ impl Client {
                             continue;
                         }
                         (StatusCode::SERVICE_UNAVAILABLE, _) => {
+                            answered = true;
                             last_error = String::from_utf8_lossy(&bytes).into_owned();
                         }
                         _ => {
@@ -220,15 +287,42 @@ impl Client {
                 Err(e) => {
                     // Unless the connection was never made, the request may have arrived.
                     uncertain |= !e.is_connect();
-                    last_error = e.to_string();
+                    last_error = error_chain(&e);
                 }
             }
             // Unavailable or unreachable: back off, try the next endpoint.
+            if give_up.is_some_and(|at| Instant::now() + backoff >= at) {
+                break;
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
             endpoint = (endpoint + 1) % self.endpoints.len();
             url = format!("{}{path}", self.endpoints[endpoint]);
         }
-        bail!("no answer from {:?}: {last_error}", self.endpoints)
+        let endpoints = self.endpoints.clone();
+        Err(if answered {
+            CallError::Unavailable {
+                endpoints,
+                last_error,
+            }
+        } else {
+            CallError::Unreachable {
+                endpoints,
+                last_error,
+            }
+        }
+        .into())
     }
+}
+
+/// An error with its causes (hyper's own message alone is "client error (Connect)").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }

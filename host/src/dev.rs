@@ -231,9 +231,15 @@ pub async fn run(n: usize, dir: PathBuf, fresh: bool) -> anyhow::Result<()> {
         cluster_file.display(),
         dir.display()
     );
+    // In this directory the CLI finds the cluster by itself (`keel-dev/cluster.json`);
+    // anywhere else, the one line below tells it.
     println!(
-        "try:     keel put hello world --endpoints {0}\n         keel get hello --endpoints {0}",
+        "export {}={}",
+        crate::cli::ENDPOINTS_VAR,
         endpoints.join(",")
+    );
+    println!(
+        "try:     keel put hello world && keel get hello && keel status  (from this directory, or after the export)"
     );
     println!("Ctrl-C stops the cluster.");
     // Ctrl-C or a plain `kill`: either way the children go too, never orphaned.

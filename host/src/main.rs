@@ -6,9 +6,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
-use keel::client::Client;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use keel::cli::exit;
+use keel::client::{Answer, Client};
 use keel::config::NodeConfig;
 use keel_storage::Storage;
 
@@ -19,8 +22,42 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, about)]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// Connection and output flags: `global`, so they go anywhere on the command line
+/// (`keel member add 4 URL --endpoints …` as much as `keel --endpoints … member add 4 URL`).
+#[derive(Debug, Args)]
+struct Global {
+    /// Comma-separated node URLs [default: $KEEL_ENDPOINTS, else the nodes in
+    /// ./keel-dev/cluster.json, else http://127.0.0.1:7001].
+    #[arg(long, global = true, value_delimiter = ',', value_name = "URLS")]
+    endpoints: Vec<String>,
+    /// Output: `table` for people, `json` for scripts.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Give up after this many seconds, retries included.
+    #[arg(long, global = true, value_name = "SECONDS", default_value = "30", value_parser = seconds)]
+    timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Lines and tables for people.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{s:?}: expected a positive number of seconds"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,15 +87,11 @@ enum Cmd {
         key: String,
         /// Value.
         value: String,
-        #[command(flatten)]
-        endpoints: Endpoints,
     },
     /// Read a value with the kv plugin (linearizable).
     Get {
         /// Key.
         key: String,
-        #[command(flatten)]
-        endpoints: Endpoints,
     },
     /// Submit a command to any plugin.
     Submit {
@@ -66,8 +99,6 @@ enum Cmd {
         plugin: String,
         /// Command body.
         body: String,
-        #[command(flatten)]
-        endpoints: Endpoints,
     },
     /// Deploy a plugin (a WebAssembly component) to the cluster under NAME.
     ///
@@ -87,20 +118,22 @@ enum Cmd {
         /// A version label (default: from the bytes' hash).
         #[arg(long)]
         version: Option<String>,
-        #[command(flatten)]
-        endpoints: Endpoints,
     },
     /// Change the membership, one server at a time (thesis §4.1).
     Member {
         #[command(subcommand)]
         command: MemberCmd,
-        #[command(flatten)]
-        endpoints: Endpoints,
     },
-    /// Show a node's status.
-    Status {
-        #[command(flatten)]
-        endpoints: Endpoints,
+    /// Show every member: role, term, commit and applied index, lag, health.
+    Status,
+    /// List the members: voters and learners with their URLs.
+    Members,
+    /// Follow a node's events (role, term, leader, configuration changes), one line each.
+    Watch,
+    /// Print a shell completion script (e.g. `source <(keel completions bash)`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Print what a node's data directory holds.
     ///
@@ -139,13 +172,6 @@ enum MemberCmd {
 enum ConfigCmd {
     /// Print the effective configuration as JSON.
     Show(ServeArgs),
-}
-
-#[derive(Debug, Args)]
-struct Endpoints {
-    /// Comma-separated node URLs.
-    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:7001")]
-    endpoints: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -248,40 +274,264 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-fn client_call(
-    endpoints: &Endpoints,
-    f: impl AsyncFnOnce(&mut Client) -> anyhow::Result<keel::client::Answer>,
-) -> ExitCode {
-    let result = runtime().and_then(|rt| {
-        rt.block_on(async {
-            let mut client = Client::new(endpoints.endpoints.clone());
-            f(&mut client).await
+/// What a client command needs: where the cluster is, how to print, how long to try.
+struct Ctx {
+    endpoints: Vec<String>,
+    source: keel::cli::EndpointSource,
+    output: Output,
+    timeout: Duration,
+}
+
+impl Ctx {
+    fn new(g: &Global) -> anyhow::Result<Ctx> {
+        let env = std::env::var(keel::cli::ENDPOINTS_VAR).ok();
+        let cwd = std::env::current_dir().context("reading the current directory")?;
+        let (endpoints, source) = keel::cli::resolve_endpoints(&g.endpoints, env.as_deref(), &cwd)?;
+        Ok(Ctx {
+            endpoints,
+            source,
+            output: g.output,
+            timeout: g.timeout,
         })
-    });
-    match result {
-        Ok(answer) => {
-            println!("{}", String::from_utf8_lossy(&answer.body).trim_end());
-            if answer.status.is_success() {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("keel: HTTP {}", answer.status);
-                ExitCode::FAILURE
+    }
+
+    fn client(&self) -> Client {
+        Client::new(self.endpoints.clone()).with_deadline(self.timeout)
+    }
+
+    /// How long to wait for one member in `keel status` (the others are asked meanwhile).
+    fn per_node(&self) -> Duration {
+        self.timeout.min(Duration::from_secs(2))
+    }
+
+    /// Reports a call that got no answer; returns its exit code.
+    fn failed(&self, context: &str, e: &anyhow::Error) -> ExitCode {
+        let code = keel::cli::exit_for_error(e);
+        let mut message = format!("{e:#}");
+        if code == exit::UNREACHABLE {
+            // The commonest cause is the wrong cluster: say where the URLs came from.
+            message.push_str(&format!(" (endpoints from {})", self.source));
+        }
+        match self.output {
+            Output::Json => println!(
+                "{}",
+                serde_json::json!({"error": message, "exit_code": code})
+            ),
+            Output::Table => eprintln!("keel {context}: {message}"),
+        }
+        ExitCode::from(code)
+    }
+}
+
+/// How a command's successful answer reads for people.
+#[derive(Clone, Copy)]
+enum Shown {
+    /// The body as it is (the plugin's answer).
+    Raw,
+    /// `OK (index N)`.
+    Put,
+    /// The kv plugin's value, or nothing if the key is absent.
+    Get,
+    /// The configuration now in force.
+    Members,
+}
+
+fn show(ctx: &Ctx, context: &str, answer: &Answer, shown: Shown) -> ExitCode {
+    let code = keel::cli::exit_for_status(answer.status);
+    let body: Option<serde_json::Value> = serde_json::from_slice(&answer.body).ok();
+    let text = String::from_utf8_lossy(&answer.body);
+    if ctx.output == Output::Json {
+        let result = body.clone().unwrap_or_else(|| text.trim_end().into());
+        println!(
+            "{}",
+            serde_json::json!({"status": answer.status.as_u16(), "index": answer.index, "result": result})
+        );
+        return ExitCode::from(code);
+    }
+    if code != exit::OK {
+        let reason = match &body {
+            Some(v) if v["error"].is_string() => {
+                let mut r = v["error"].as_str().unwrap_or("").to_string();
+                if v["outcome"] == "unknown" {
+                    // A new `keel` process has a new session: a retry may apply it twice.
+                    r.push_str(": it may or may not have been applied");
+                }
+                if let Some(d) = v["detail"].as_str() {
+                    r = format!("{r}: {d}");
+                }
+                r
             }
+            _ => text.trim_end().to_string(),
+        };
+        eprintln!("keel {context}: {reason} (HTTP {})", answer.status);
+        return ExitCode::from(code);
+    }
+    match (shown, &body) {
+        (Shown::Put, _) => match answer.index {
+            Some(i) => println!("OK (index {i})"),
+            None => println!("OK"),
+        },
+        (Shown::Get, Some(v)) if v.get("value").is_some() => match &v["value"] {
+            serde_json::Value::String(s) => println!("{s}"),
+            serde_json::Value::Null => {}
+            other => println!("{other}"),
+        },
+        (Shown::Members, Some(v)) => {
+            let event = serde_json::json!({"type": "config", "index": v["index"], "voters": v["voters"], "learners": v["learners"]});
+            println!("{}", keel::cli::event_line(&event));
         }
-        Err(e) => {
-            eprintln!("keel: {e:#}");
-            ExitCode::FAILURE
-        }
+        _ => println!("{}", text.trim_end()),
+    }
+    ExitCode::SUCCESS
+}
+
+fn client_call(
+    global: &Global,
+    context: &str,
+    shown: Shown,
+    f: impl AsyncFnOnce(&mut Client) -> anyhow::Result<Answer>,
+) -> ExitCode {
+    let ctx = match Ctx::new(global) {
+        Ok(c) => c,
+        Err(e) => return fail(context, e),
+    };
+    let result = runtime().and_then(|rt| rt.block_on(async { f(&mut ctx.client()).await }));
+    match result {
+        Ok(answer) => show(&ctx, context, &answer, shown),
+        Err(e) => ctx.failed(context, &e),
     }
 }
 
 fn fail(context: &str, e: anyhow::Error) -> ExitCode {
     eprintln!("keel {context}: {e:#}");
-    ExitCode::FAILURE
+    ExitCode::from(exit::ERROR)
+}
+
+/// `keel status` and `keel members`.
+fn cluster(global: &Global, members_only: bool) -> ExitCode {
+    let context = if members_only { "members" } else { "status" };
+    let ctx = match Ctx::new(global) {
+        Ok(c) => c,
+        Err(e) => return fail(context, e),
+    };
+    let per_node = ctx.per_node();
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            if members_only {
+                let (status, _) = keel::cli::membership(&ctx.endpoints, per_node).await?;
+                let members = keel::cli::members_of(&status);
+                let leader = status["leader_id"].as_u64();
+                Ok(match ctx.output {
+                    Output::Table => keel::cli::render_members(&members, leader),
+                    Output::Json => {
+                        let list: Vec<_> = members
+                            .iter()
+                            .map(|(id, url, voter)| serde_json::json!({"id": id, "url": url, "voter": voter}))
+                            .collect();
+                        format!("{}\n", serde_json::json!({"leader": leader, "members": list}))
+                    }
+                })
+            } else {
+                let s = keel::cli::cluster_status(&ctx.endpoints, per_node).await?;
+                Ok(match ctx.output {
+                    Output::Table => keel::cli::render_status(&s),
+                    Output::Json => format!("{}\n", serde_json::to_string(&s)?),
+                })
+            }
+        })
+    });
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => ctx.failed(context, &e),
+    }
+}
+
+/// `keel watch`: follows `GET /v1/events` on the first endpoint that serves it, and moves to
+/// the next when that node goes away; gives up once no endpoint has served it for `--timeout`.
+fn watch(global: &Global) -> ExitCode {
+    let ctx = match Ctx::new(global) {
+        Ok(c) => c,
+        Err(e) => return fail("watch", e),
+    };
+    let result = runtime().and_then(|rt| rt.block_on(follow_events(&ctx)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => ctx.failed("watch", &e),
+    }
+}
+
+async fn follow_events(ctx: &Ctx) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    use std::io::Write;
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let mut lost_since = std::time::Instant::now();
+    let mut last_error = String::new();
+    let mut stdout = std::io::stdout();
+    for attempt in 0.. {
+        if lost_since.elapsed() >= ctx.timeout {
+            break;
+        }
+        let url = &ctx.endpoints[attempt % ctx.endpoints.len()];
+        let req = hyper::Request::get(format!("{url}/v1/events"))
+            .body(http_body_util::Empty::new())
+            .context("building the request")?;
+        let resp = match tokio::time::timeout(ctx.per_node(), http.request(req)).await {
+            Ok(Ok(r)) if r.status().is_success() => r,
+            Ok(Ok(r)) => {
+                last_error = format!("{url}: HTTP {}", r.status());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Ok(Err(e)) => {
+                last_error = format!("{url}: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(_) => {
+                last_error = format!("{url}: no answer within {:?}", ctx.per_node());
+                continue;
+            }
+        };
+        let mut body = resp.into_body();
+        let mut parser = keel::cli::SseParser::default();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Some(chunk) = frame.data_ref() else {
+                continue;
+            };
+            for data in parser.push(chunk) {
+                let line = match (ctx.output, serde_json::from_str(&data)) {
+                    (Output::Table, Ok(event)) => format!(
+                        "{}  {}",
+                        keel::cli::clock(std::time::SystemTime::now()),
+                        keel::cli::event_line(&event)
+                    ),
+                    _ => data,
+                };
+                // A closed pipe (`keel watch | head`) ends the watch quietly.
+                if writeln!(stdout, "{line}").is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        eprintln!("keel watch: {url} closed the event stream; reconnecting");
+        last_error = format!("{url} closed the event stream");
+        lost_since = std::time::Instant::now();
+    }
+    Err(keel::client::CallError::Unreachable {
+        endpoints: ctx.endpoints.clone(),
+        last_error,
+    }
+    .into())
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let g = &cli.global;
+    match cli.command {
         Cmd::Dev { nodes, dir, fresh } => {
             match runtime().and_then(|rt| rt.block_on(keel::dev::run(nodes, dir, fresh))) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -301,23 +551,15 @@ fn main() -> ExitCode {
             }
             Err(e) => fail("config show", e),
         },
-        Cmd::Put {
-            key,
-            value,
-            endpoints,
-        } => client_call(&endpoints, async move |c| {
+        Cmd::Put { key, value } => client_call(g, "put", Shown::Put, async move |c| {
             let body = serde_json::json!({"op": "put", "key": key, "value": value}).to_string();
             c.submit("kv", body.into_bytes()).await
         }),
-        Cmd::Get { key, endpoints } => client_call(&endpoints, async move |c| {
+        Cmd::Get { key } => client_call(g, "get", Shown::Get, async move |c| {
             let body = serde_json::json!({"op": "get", "key": key}).to_string();
             c.query("kv", body.into_bytes(), "linearizable").await
         }),
-        Cmd::Submit {
-            plugin,
-            body,
-            endpoints,
-        } => client_call(&endpoints, async move |c| {
+        Cmd::Submit { plugin, body } => client_call(g, "submit", Shown::Raw, async move |c| {
             c.submit(&plugin, body.into_bytes()).await
         }),
         Cmd::Deploy {
@@ -326,7 +568,6 @@ fn main() -> ExitCode {
             fuel,
             memory_bytes,
             version,
-            endpoints,
         } => {
             let wasm = match std::fs::read(&file) {
                 Ok(b) => b,
@@ -342,12 +583,12 @@ fn main() -> ExitCode {
             if let Some(v) = version {
                 headers.push(("keel-version", v));
             }
-            client_call(&endpoints, async move |c| {
+            client_call(g, "deploy", Shown::Raw, async move |c| {
                 c.deploy(&name, wasm, &headers).await
             })
         }
-        Cmd::Member { command, endpoints } => {
-            client_call(&endpoints, async move |c| match command {
+        Cmd::Member { command } => {
+            client_call(g, "member", Shown::Members, async move |c| match command {
                 MemberCmd::Add { id, url } => {
                     let body = serde_json::json!({"id": id, "url": url}).to_string();
                     c.request(hyper::Method::POST, "/v1/admin/members", body.into_bytes())
@@ -363,7 +604,13 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Cmd::Status { endpoints } => client_call(&endpoints, async |c| c.get("/v1/status").await),
+        Cmd::Status => cluster(g, false),
+        Cmd::Members => cluster(g, true),
+        Cmd::Watch => watch(g),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "keel", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         // A node keeps its store in DATA_DIR/db (node::start); the operator names DATA_DIR.
         Cmd::Inspect { data_dir } => match keel_storage::inspect(&data_dir.join("db")) {
             Ok(report) => {

@@ -334,6 +334,12 @@ struct Driver {
     last_session_sweep: Instant,
     /// Membership changes proposed here: index → (term, reply).
     member_changes: HashMap<Index, (Term, oneshot::Sender<MemberReply>)>,
+    /// The peers that senders run for, with their URLs.
+    peers: BTreeMap<NodeId, String>,
+    /// Peers a configuration entry removed, kept connected until that entry is applied: a
+    /// leader that removes itself learns that the entry committed only from their
+    /// acknowledgements (thesis §4.2.2). id → (entry index, URL).
+    leaving: BTreeMap<NodeId, (Index, String)>,
     /// Where peer sender tasks run (they are started as members appear).
     tokio: tokio::runtime::Handle,
 }
@@ -494,9 +500,11 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         last_flush: Instant::now(),
         last_session_sweep: Instant::now(),
         member_changes: HashMap::new(),
+        peers: BTreeMap::new(),
+        leaving: BTreeMap::new(),
         tokio,
     };
-    driver.connect_peers();
+    driver.connect_peers(0);
     driver.publish_status();
     std::thread::Builder::new()
         .name("keel-driver".into())
@@ -893,6 +901,13 @@ impl Driver {
         }
         self.applied = last.index;
         self.raft.applied(last.index);
+        if self
+            .leaving
+            .values()
+            .any(|(index, _)| *index <= self.applied)
+        {
+            self.connect_peers(self.applied);
+        }
         self.release_reads();
         self.maybe_snapshot()?;
         Ok(())
@@ -1053,11 +1068,14 @@ impl Driver {
                 }
             }
             MemberChange::Promote(id) => {
-                if config.learners.remove(id) {
+                if !config.learners.contains(id) {
+                    Some(MemberReply::Refused(format!("node {id} is not a learner")))
+                } else if let Some(behind) = self.learner_behind(*id) {
+                    Some(MemberReply::Refused(behind))
+                } else {
+                    config.learners.remove(id);
                     config.voters.insert(*id);
                     None
-                } else {
-                    Some(MemberReply::Refused(format!("node {id} is not a learner")))
                 }
             }
             MemberChange::Remove(id) => {
@@ -1094,6 +1112,24 @@ impl Driver {
         }
     }
 
+    /// Why learner `id` may not become a voter yet, on the leader: an empty voter is one
+    /// more failure the cluster cannot take (issue #15). Like etcd, it must hold at least
+    /// 90% of the committed log. Elsewhere `None`: the proposal then fails as not-leader.
+    fn learner_behind(&self, id: NodeId) -> Option<String> {
+        if self.raft.role() != Role::Leader {
+            return None;
+        }
+        let status = self.raft.status();
+        let matched = status.progress.get(&id).map_or(0, |p| p.match_index);
+        let commit = status.commit;
+        (matched == 0 || commit.saturating_sub(matched) > commit / 10).then(|| {
+            format!(
+                "node {id} is not caught up: it holds the log to index {matched} of {commit} \
+                 committed; promote it once it has caught up (keel status shows its lag)"
+            )
+        })
+    }
+
     /// Every member's address but ours: from the configuration in force, falling back to the
     /// config file's peers (a joining node knows the cluster only from there).
     fn member_addresses(&self) -> BTreeMap<NodeId, String> {
@@ -1110,9 +1146,24 @@ impl Driver {
         out
     }
 
-    /// Starts a sender for each new member and stops those of members that left.
-    fn connect_peers(&mut self) {
-        let members = self.member_addresses();
+    /// Starts a sender for each new member and stops those of members that left, once the
+    /// entry that removed them (at `config_index`) is applied.
+    fn connect_peers(&mut self, config_index: Index) {
+        let mut members = self.member_addresses();
+        for (id, url) in &self.peers {
+            if !members.contains_key(id) {
+                self.leaving
+                    .entry(*id)
+                    .or_insert_with(|| (config_index, url.clone()));
+            }
+        }
+        let applied = self.applied;
+        self.leaving
+            .retain(|id, (index, _)| !members.contains_key(id) && *index > applied);
+        for (id, (_, url)) in &self.leaving {
+            members.insert(*id, url.clone());
+        }
+        self.peers = members.clone();
         self.blobs.set_peers(members.values().cloned().collect());
         for (id, rx) in self.outboxes.connect(&members) {
             let url = members[&id].clone();
@@ -1133,7 +1184,7 @@ impl Driver {
             }
             Event::Config { index, config } => {
                 tracing::info!(target: "keel::raft", index, ?config, "configuration");
-                self.connect_peers();
+                self.connect_peers(*index);
                 serde_json::json!({"type": "config", "index": index, "voters": config.voters, "learners": config.learners})
             }
         };

@@ -1,0 +1,537 @@
+//! The `keel` command line against real clusters: it finds a `keel dev` cluster by itself,
+//! takes its connection flags anywhere, prints tables and JSON, exits with the documented
+//! codes (docs/cli.md), follows the event stream, and membership changes that would hurt
+//! are refused or answered. Every wait is bounded.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use keel::client::Client;
+use keel::config::NodeConfig;
+
+/// One cluster at a time: timing bounds assume the machine (2 cores) is not running others.
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_keel"))
+}
+
+/// `keel ARGS` in `cwd`, without `$KEEL_ENDPOINTS` unless `env` sets it; killed (and the test
+/// failed) if it outlives `limit`.
+fn keel_in(cwd: &Path, env: Option<&str>, args: &[&str], limit: Duration) -> Output {
+    let mut cmd = Command::new(exe());
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("KEEL_ENDPOINTS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(e) = env {
+        cmd.env("KEEL_ENDPOINTS", e);
+    }
+    let mut child = cmd.spawn().expect("spawn keel");
+    let out = drain(&mut child);
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let (stdout, stderr) = out.recv().expect("output");
+            return Output {
+                status,
+                stdout,
+                stderr,
+            };
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("keel {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads a child's stdout and stderr to the end, beside it (a full pipe would block it).
+fn drain(child: &mut Child) -> mpsc::Receiver<(Vec<u8>, Vec<u8>)> {
+    let (tx, rx) = mpsc::channel();
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        let err = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = stderr.read_to_end(&mut b);
+            b
+        });
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        let _ = tx.send((out, err.join().unwrap_or_default()));
+    });
+    rx
+}
+
+fn keel(args: &[&str]) -> Output {
+    let dir = std::env::temp_dir();
+    keel_in(&dir, None, args, Duration::from_secs(60))
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Asserts the exit code, showing what the command printed otherwise.
+fn expect_code(o: &Output, code: i32) -> String {
+    let (out, err) = text(o);
+    assert_eq!(o.status.code(), Some(code), "stdout: {out}\nstderr: {err}");
+    out
+}
+
+/// Each line of a child's stdout as it comes.
+fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line `want` accepts; fails with what came instead.
+fn wait_line(rx: &mpsc::Receiver<String>, limit: Duration, want: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while let Some(left) = limit.checked_sub(start.elapsed()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if want(&line) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    panic!("no such line within {limit:?}; saw:\n{}", seen.join("\n"));
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn status(url: &str) -> Option<serde_json::Value> {
+    keel::cli::node_status(url, Duration::from_secs(1))
+        .await
+        .ok()
+}
+
+/// Waits until some node leads with the kv plugin active; returns the leader's id.
+async fn wait_for_leader(urls: &[String], deadline: Duration) -> u64 {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        for url in urls {
+            if let Some(s) = status(url).await {
+                let has_kv = s["plugins"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|n| n == "kv"));
+                if s["role"] == "Leader" && has_kv {
+                    return s["node_id"].as_u64().unwrap_or(0);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no leader with the kv plugin within {deadline:?}");
+}
+
+/// Nodes planned by `keel::dev::plan`, of which the test starts those it wants.
+struct Cluster {
+    nodes: Vec<(NodeConfig, PathBuf, Option<Child>)>,
+    _dir: tempfile::TempDir,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// Plans `n` nodes, tunes their configs and starts those `start` accepts.
+    fn plan(n: usize, tune: impl Fn(&mut NodeConfig), start: impl Fn(u64) -> bool) -> Cluster {
+        let guard = ONE_CLUSTER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plan = keel::dev::plan(n, dir.path()).expect("plan");
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            _dir: dir,
+            _one_at_a_time: guard,
+        };
+        for (mut cfg, path) in plan {
+            tune(&mut cfg);
+            std::fs::write(&path, serde_json::to_vec_pretty(&cfg).expect("json")).expect("config");
+            cluster.nodes.push((cfg, path, None));
+        }
+        for id in 1..=n as u64 {
+            if start(id) {
+                cluster.start(id);
+            }
+        }
+        cluster
+    }
+
+    fn start(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        node.2 = Some(keel::dev::spawn(exe(), &node.1).expect("spawn").0);
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.nodes[(id - 1) as usize].2.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self, id: u64) -> String {
+        self.nodes[(id - 1) as usize].0.url()
+    }
+
+    fn urls(&self, ids: impl IntoIterator<Item = u64>) -> Vec<String> {
+        ids.into_iter().map(|id| self.url(id)).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, _, child) in &mut self.nodes {
+            if let Some(c) = child.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn free_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    format!("http://{}", l.local_addr().expect("addr"))
+}
+
+#[test]
+fn keel_put_right_after_keel_dev_finds_the_cluster_and_status_shows_every_member() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cwd = dir.path();
+    let mut dev = Command::new(exe())
+        .arg("dev")
+        .current_dir(cwd)
+        .env_remove("KEEL_ENDPOINTS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("keel dev");
+    struct Stop(Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            // SIGINT, as Ctrl-C: `keel dev` stops its nodes before it exits.
+            let _ = Command::new("kill")
+                .args(["-INT", &self.0.id().to_string()])
+                .status();
+            let _ = self.0.wait();
+        }
+    }
+    let lines = lines_of(&mut dev);
+    let _dev = Stop(dev);
+    let export = wait_line(&lines, Duration::from_secs(30), |l| {
+        l.starts_with("export KEEL_ENDPOINTS=")
+    });
+    let endpoints = export
+        .trim_start_matches("export KEEL_ENDPOINTS=")
+        .to_string();
+    assert_eq!(endpoints.split(',').count(), 3, "{export}");
+    let limit = Duration::from_secs(60);
+
+    // No flag, no variable: `keel-dev/cluster.json` in the current directory.
+    let put = keel_in(
+        cwd,
+        None,
+        &["put", "hello", "world", "--timeout", "30"],
+        limit,
+    );
+    assert!(expect_code(&put, 0).starts_with("OK (index "));
+    let get = keel_in(cwd, None, &["get", "hello"], limit);
+    assert_eq!(expect_code(&get, 0), "world\n");
+
+    // Elsewhere, the exported variable does it.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let get = keel_in(elsewhere.path(), Some(&endpoints), &["get", "hello"], limit);
+    assert_eq!(expect_code(&get, 0), "world\n");
+    let json = keel_in(cwd, None, &["get", "-o", "json", "hello"], limit);
+    let v: serde_json::Value = serde_json::from_str(&expect_code(&json, 0)).expect("json");
+    assert_eq!(
+        (v["status"].as_u64(), &v["result"]["value"]),
+        (Some(200), &serde_json::json!("world"))
+    );
+
+    // The table: a header and one healthy row per member, one of them the leader.
+    let table = expect_code(&keel_in(cwd, None, &["status"], limit), 0);
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 4, "{table}");
+    assert!(rows[0].starts_with("ID  URL"), "{table}");
+    assert!(
+        rows[0].contains("LAG") && rows[0].contains("HEALTH"),
+        "{table}"
+    );
+    assert_eq!(
+        rows.iter().filter(|r| r.contains("Leader")).count(),
+        1,
+        "{table}"
+    );
+    assert_eq!(
+        rows.iter().filter(|r| r.ends_with("healthy")).count(),
+        3,
+        "{table}"
+    );
+
+    let json = expect_code(&keel_in(cwd, None, &["status", "-o", "json"], limit), 0);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let members = v["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3, "{json}");
+    assert!(v["leader"].as_u64().is_some(), "{json}");
+    assert!(
+        members
+            .iter()
+            .all(|m| m["healthy"] == true && m["lag"].is_u64()),
+        "{json}"
+    );
+
+    let listed = expect_code(&keel_in(cwd, None, &["members"], limit), 0);
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("voter")).count(),
+        3,
+        "{listed}"
+    );
+    let json = expect_code(&keel_in(cwd, None, &["members", "-o", "json"], limit), 0);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{json}");
+
+    // A refusal (no such plugin) is exit 4, with the server's reason.
+    let refused = keel_in(cwd, None, &["submit", "nosuch", "{}"], limit);
+    expect_code(&refused, 4);
+    assert!(
+        text(&refused).1.contains("unknown plugin"),
+        "{:?}",
+        text(&refused)
+    );
+}
+
+#[test]
+fn nothing_listening_is_exit_3_and_says_where_the_endpoints_came_from() {
+    let url = free_url();
+    let o = keel(&["get", "k", "--endpoints", &url, "--timeout", "1"]);
+    expect_code(&o, 3);
+    assert!(
+        text(&o).1.contains("endpoints from --endpoints"),
+        "{:?}",
+        text(&o)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = keel_in(
+        dir.path(),
+        Some(&url),
+        &["status", "-o", "json", "--timeout", "1"],
+        Duration::from_secs(30),
+    );
+    let v: serde_json::Value = serde_json::from_str(&expect_code(&o, 3)).expect("json");
+    assert_eq!(v["exit_code"], 3);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("$KEEL_ENDPOINTS"),
+        "{v}"
+    );
+    // A usage error is clap's 2.
+    expect_code(&keel(&["put"]), 2);
+}
+
+#[test]
+fn completions_are_printed_for_bash_and_zsh() {
+    let bash = expect_code(&keel(&["completions", "bash"]), 0);
+    assert!(bash.contains("_keel()") && bash.contains("watch"), "{bash}");
+    let zsh = expect_code(&keel(&["completions", "zsh"]), 0);
+    assert!(zsh.starts_with("#compdef keel"), "{zsh}");
+}
+
+#[test]
+fn membership_flags_go_anywhere_an_empty_learner_is_not_promoted_and_removing_the_leader_is_answered()
+ {
+    // Node 4 is planned (its URL is known) but started only later.
+    let mut cluster = Cluster::plan(
+        4,
+        |cfg| {
+            if cfg.id == 4 {
+                cfg.join = true;
+            } else {
+                cfg.peers.remove(&4);
+            }
+        },
+        |id| id != 4,
+    );
+    let founders = cluster.urls(1..=3).join(",");
+    let url4 = cluster.url(4);
+    let rt = rt();
+    rt.block_on(wait_for_leader(
+        &cluster.urls(1..=3),
+        Duration::from_secs(20),
+    ));
+    let limit = Duration::from_secs(60);
+    let dir = std::env::temp_dir();
+    let run = |args: &[&str]| keel_in(&dir, None, args, limit);
+
+    // `--endpoints` after the subcommand's arguments (it used to be refused there).
+    let added = run(&[
+        "member",
+        "add",
+        "4",
+        &url4,
+        "--endpoints",
+        &founders,
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&expect_code(&added, 0)).expect("json");
+    assert_eq!(v["result"]["learners"], serde_json::json!([4]), "{v}");
+
+    // Node 4 is not running: it holds nothing, and promoting it is refused.
+    let refused = run(&["member", "promote", "4", "--endpoints", &founders]);
+    expect_code(&refused, 4);
+    let (_, err) = text(&refused);
+    assert!(
+        err.contains("not caught up") && err.contains("409"),
+        "{err}"
+    );
+
+    // Started, it catches up, and then it may be promoted.
+    cluster.start(4);
+    let start = Instant::now();
+    loop {
+        let promoted = run(&["--endpoints", &founders, "member", "promote", "4"]);
+        if promoted.status.code() == Some(0) {
+            let (out, _) = text(&promoted);
+            assert!(out.contains("voters [1,2,3,4], learners []"), "{out}");
+            break;
+        }
+        let (_, err) = text(&promoted);
+        assert!(err.contains("not caught up"), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "node 4 never caught up: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let all = cluster.urls(1..=4);
+    let table = expect_code(&run(&["status", "--endpoints", &all.join(",")]), 0);
+    assert_eq!(
+        table.lines().filter(|l| l.ends_with("healthy")).count(),
+        4,
+        "{table}"
+    );
+
+    // Removing the leader: the client gets the new configuration, not 504.
+    let leader = rt.block_on(wait_for_leader(&all, Duration::from_secs(20)));
+    let removed = run(&[
+        "member",
+        "remove",
+        &leader.to_string(),
+        "--endpoints",
+        &all.join(","),
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&expect_code(&removed, 0)).expect("json");
+    let voters: Vec<u64> = v["result"]["voters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_u64)
+        .collect();
+    assert_eq!(voters.len(), 3, "{v}");
+    assert!(!voters.contains(&leader), "{v}");
+    cluster.kill(leader);
+    let rest: Vec<String> = (1..=4)
+        .filter(|&id| id != leader)
+        .map(|id| cluster.url(id))
+        .collect();
+    let put = run(&["put", "after", "removal", "--endpoints", &rest.join(",")]);
+    expect_code(&put, 0);
+
+    // Two of the three voters gone: no quorum, and the command ends as a server error (5),
+    // not as an unreachable cluster.
+    let survivors: Vec<u64> = (1..=4).filter(|&id| id != leader).collect();
+    cluster.kill(survivors[0]);
+    cluster.kill(survivors[1]);
+    let stuck = run(&[
+        "put",
+        "x",
+        "y",
+        "--timeout",
+        "3",
+        "--endpoints",
+        &cluster.url(survivors[2]),
+    ]);
+    expect_code(&stuck, 5);
+}
+
+#[test]
+fn keel_watch_prints_a_line_per_event_and_follows_a_leadership_change() {
+    let cluster = Cluster::plan(3, |_| {}, |_| true);
+    let urls = cluster.urls(1..=3);
+    let rt = rt();
+    let leader = rt.block_on(wait_for_leader(&urls, Duration::from_secs(20)));
+    let mut watch = Command::new(exe())
+        .args(["watch", "--endpoints", &cluster.url(leader)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("keel watch");
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let lines = lines_of(&mut watch);
+    let _watch = Kill(watch);
+    let first = wait_line(&lines, Duration::from_secs(10), |_| true);
+    assert!(
+        first.contains(&format!("node {leader} is Leader in term")),
+        "{first}"
+    );
+    let target = if leader == 1 { 2 } else { 1 };
+    rt.block_on(async {
+        let mut c = Client::new(vec![cluster.url(leader)]);
+        let a = c
+            .call_raw(&format!("/v1/admin/transfer-leadership/{target}"))
+            .await
+            .expect("transfer");
+        assert_eq!(a.status, 202);
+    });
+    let line = wait_line(&lines, Duration::from_secs(10), |l| {
+        l.contains(&format!(": Follower, leader {target}"))
+    });
+    // `HH:MM:SS  term N: Follower, leader T`
+    assert!(
+        line.as_bytes().get(2) == Some(&b':') && line.contains("  term "),
+        "{line}"
+    );
+}
