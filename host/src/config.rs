@@ -50,6 +50,9 @@ pub struct NodeConfig {
     /// its commands are then refused with 410 (thesis §6.3). 0 keeps sessions for ever.
     /// Only the leader's value matters: it proposes the expiries.
     pub session_ttl_ms: u64,
+    /// The leader answers new commands 503 (retry) while this many committed entries wait
+    /// to be applied here, instead of queueing without bound behind a slow plugin.
+    pub max_apply_lag: u64,
     /// Start detached and wait to be added (`POST /v1/admin/members` on the leader) instead
     /// of bootstrapping a new cluster from `peers`. `peers` must still list the current
     /// members, so that this node can answer them.
@@ -75,6 +78,7 @@ impl Default for NodeConfig {
             two_phase_commit: true,
             apply_flush_ms: 100,
             session_ttl_ms: 3_600_000,
+            max_apply_lag: 10_000,
             join: false,
         }
     }

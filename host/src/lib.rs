@@ -6,6 +6,7 @@
 //! rest of the CLI that has tests.
 
 pub mod apply;
+pub mod apply_worker;
 pub mod blobs;
 pub mod cli;
 pub mod client;

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub applied_index: Gauge,
     /// 1 while this node leads.
     pub is_leader: Gauge,
+    /// Entries committed but not yet applied (queued for the apply worker or in it).
+    pub apply_lag: Gauge,
     /// Seconds per durable log commit on the log writer (etcd's WAL fsync duration).
     pub log_commit_seconds: Histogram,
     /// Entries per durable log commit (group commit at work).
@@ -57,6 +59,7 @@ impl Default for Metrics {
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
             is_leader: Gauge::default(),
+            apply_lag: Gauge::default(),
             log_commit_seconds: seconds(),
             log_commit_entries: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             apply_seconds: seconds(),
@@ -102,6 +105,11 @@ impl Default for Metrics {
             "is_leader",
             "1 while this node is the leader",
             m.is_leader.clone(),
+        );
+        registry.register(
+            "apply_lag_entries",
+            "Entries committed here but not applied yet",
+            m.apply_lag.clone(),
         );
         registry.register(
             "log_commit_duration_seconds",

@@ -1,14 +1,16 @@
 //! The driver: the one place where the Raft core, storage, plugins, timers and the network
 //! meet (design §2).
 //!
-//! One dedicated thread owns the core and the apply path and runs the Ready handshake (see
-//! `keel_raft::Ready`). Everything else talks to it through a channel. Durable writes go to
+//! One dedicated thread owns the core and runs the Ready handshake (see `keel_raft::Ready`).
+//! Everything else talks to it through a channel. Committed entries run through the plugins
+//! on the apply worker (`crate::apply_worker`), one batch at a time, so a slow plugin never
+//! holds up ticks, heartbeats or votes. Durable writes go to
 //! the log writer (`crate::log_writer`), which syncs while this thread applies and proposes;
 //! whatever queues meanwhile becomes one durable commit (group commit), and the leader's
 //! appends leave before its own write starts (thesis §10.2.1). Flushes of the applied state
 //! and snapshot builds run beside it too, so the driver never waits on a disk.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,7 +25,8 @@ use keel_storage::{Identity, LogWrite, RedbStorage, SnapshotChunks, StateView, S
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::apply::{self, CommandOutcome, CommandResult, Registry, Unflushed};
+use crate::apply::{self, Applied, CommandOutcome, CommandResult, Registry, Unflushed};
+use crate::apply_worker::{ApplyDone, ApplyJob, ApplyWorker};
 use crate::blobs::{self, Blobs};
 use crate::config::NodeConfig;
 use crate::log_writer::{LogWriter, Write};
@@ -109,6 +112,8 @@ pub enum Input {
     Flushed(Arc<Unflushed>),
     /// A snapshot of the applied state, built beside the driver.
     SnapshotBuilt(Result<Snapshot, keel_storage::StorageError>),
+    /// The apply worker finished a batch.
+    Applied(Box<ApplyDone>),
     /// Change the membership, one server at a time (thesis §4.1).
     Members {
         /// The change.
@@ -181,6 +186,8 @@ pub struct NodeStatus {
     pub learners: Vec<NodeId>,
     /// Active plugins.
     pub plugins: Vec<String>,
+    /// Entries committed here but not applied yet (queued or in the apply worker).
+    pub apply_lag: u64,
     /// Leader only: how long its lease still holds, in ms (0: `lease` reads take a
     /// ReadIndex round until a heartbeat round renews it; thesis §6.4.1).
     pub lease_ms_left: u64,
@@ -323,7 +330,15 @@ struct Driver {
     /// Confirmed reads waiting for the state machine to catch up.
     reads_waiting: Vec<(Index, oneshot::Sender<ReadReply>)>,
     next_ctx: u64,
+    /// Highest index whose batch the driver has absorbed (the replies are answered).
     applied: Index,
+    apply_worker: ApplyWorker,
+    /// Committed entries not yet handed to the apply worker.
+    apply_queue: VecDeque<keel_raft::Entry>,
+    /// Last index of the batch the worker is applying, if one is.
+    applying: Option<Index>,
+    /// Bumped by a snapshot install: results of batches started before it are dropped.
+    apply_epoch: u64,
     snapshot_index: Index,
     snapshot_state: SnapshotState,
     /// The driver's own input channel, for threads it starts to report back on.
@@ -466,6 +481,9 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         blobs: blobs.clone(),
     };
     let outboxes = Outboxes::default();
+    let apply_worker =
+        ApplyWorker::start(runtime.clone(), blobs.clone(), registry.clone(), tx.clone())
+            .map_err(StartError::Thread)?;
     let writer = LogWriter::start(
         storage.clone(),
         outboxes.clone(),
@@ -492,6 +510,10 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         reads_waiting: Vec::new(),
         next_ctx: 1,
         applied,
+        apply_worker,
+        apply_queue: VecDeque::new(),
+        applying: None,
+        apply_epoch: 0,
         snapshot_index,
         snapshot_state: SnapshotState::Idle,
         inputs: tx.clone(),
@@ -512,6 +534,10 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         .map_err(StartError::Thread)?;
     Ok(handle)
 }
+
+/// Entries per apply batch: big enough to amortise a storage view and plugin instances,
+/// small enough that one batch's replies are not held back long.
+const MAX_APPLY_BATCH: usize = 4096;
 
 /// Design §8: never continue on a state we cannot vouch for.
 pub(crate) fn fail_stop(e: &anyhow::Error) -> ! {
@@ -619,6 +645,18 @@ impl Driver {
                     }
                 }
             }
+            Input::Propose { reply, .. }
+            | Input::Deploy { reply, .. }
+            | Input::OpenSession(reply)
+                if self.raft.role() == Role::Leader
+                    && self.apply_lag() > self.cfg.max_apply_lag =>
+            {
+                // Backpressure instead of an unbounded queue behind a slow plugin.
+                let lag = self.apply_lag();
+                let _ = reply.send(CommandReply::Retry(format!(
+                    "apply is {lag} entries behind the log; retry shortly"
+                )));
+            }
             Input::Propose {
                 plugin,
                 client,
@@ -674,6 +712,11 @@ impl Driver {
                 Ok(snap) => self.snapshot_built(snap),
                 Err(e) => fail_stop(&e.into()),
             },
+            Input::Applied(done) => {
+                if let Err(e) = self.applied_batch(*done) {
+                    fail_stop(&e);
+                }
+            }
             Input::Members { change, reply } => self.change_members(change, reply),
             Input::Flush(done) => {
                 self.flush();
@@ -776,6 +819,11 @@ impl Driver {
             self.metrics.snapshots_installed.inc();
             self.applied = snap.meta.index;
             self.snapshot_index = snap.meta.index;
+            // The snapshot replaces everything committed so far: what is queued or being
+            // applied was computed on (or for) the state it replaced.
+            self.apply_epoch += 1;
+            self.applying = None;
+            self.apply_queue.clear();
             let view = self.storage.view()?;
             apply::reload(&self.runtime, &self.blobs, &self.registry, &view)?;
             for m in rd.persisted_messages {
@@ -796,9 +844,10 @@ impl Driver {
                 then_send: rd.persisted_messages,
             });
         }
-        // 4. Apply (the core hands out only entries durable here).
+        // 4. Apply (the core hands out only entries durable here), on the apply worker.
         if !rd.committed_entries.is_empty() {
-            self.apply(&rd.committed_entries)?;
+            self.apply_queue.extend(rd.committed_entries);
+            self.dispatch_apply()?;
         }
         for rs in rd.read_states {
             let Some(reply) = self.reads.remove(&rs.ctx) else {
@@ -820,21 +869,44 @@ impl Driver {
         Ok(())
     }
 
-    fn apply(&mut self, entries: &[keel_raft::Entry]) -> anyhow::Result<()> {
-        let view = Box::new(self.storage.view()?);
-        let unflushed = Arc::clone(&self.unflushed.read().unwrap_or_else(|e| e.into_inner()));
-        let started = Instant::now();
-        let applied = apply::apply_batch(
-            &self.runtime,
-            &self.blobs,
-            &self.registry,
-            view,
-            unflushed,
+    /// Entries committed but not yet applied here.
+    fn apply_lag(&self) -> u64 {
+        self.raft.commit_index().saturating_sub(self.applied)
+    }
+
+    /// Hands the queued entries to the apply worker, unless a batch is in flight: each batch
+    /// must see the state the previous one left.
+    fn dispatch_apply(&mut self) -> anyhow::Result<()> {
+        if self.applying.is_some() || self.apply_queue.is_empty() {
+            return Ok(());
+        }
+        let n = self.apply_queue.len().min(MAX_APPLY_BATCH);
+        let entries: Vec<keel_raft::Entry> = self.apply_queue.drain(..n).collect();
+        let job = ApplyJob {
+            epoch: self.apply_epoch,
+            view: Box::new(self.storage.view()?),
+            unflushed: Arc::clone(&self.unflushed.read().unwrap_or_else(|e| e.into_inner())),
             entries,
-        )?;
-        self.metrics
-            .apply_seconds
-            .observe(started.elapsed().as_secs_f64());
+        };
+        self.applying = job.entries.last().map(|e| e.index);
+        if !self.apply_worker.submit(job) {
+            anyhow::bail!("the apply worker stopped");
+        }
+        Ok(())
+    }
+
+    /// The worker's result: absorbed into the applied state, then the next batch goes out.
+    fn applied_batch(&mut self, done: ApplyDone) -> anyhow::Result<()> {
+        if done.epoch != self.apply_epoch {
+            return Ok(()); // computed before a snapshot install replaced the state
+        }
+        self.applying = None;
+        self.metrics.apply_seconds.observe(done.took.as_secs_f64());
+        self.absorb(&done.entries, done.result?)?;
+        self.dispatch_apply()
+    }
+
+    fn absorb(&mut self, entries: &[keel_raft::Entry], applied: Applied) -> anyhow::Result<()> {
         apply::activate(&self.registry, applied.deployed);
         let last = applied.batch.last_applied;
         let waiting = {
@@ -848,6 +920,12 @@ impl Driver {
         }
         tracing::debug!(target: "keel::txn", last = %last, n = entries.len(), "applied");
         self.metrics.applied.inc_by(entries.len() as u64);
+        // The status says applied before any client hears its answer, so a client's next
+        // request never meets a status from before its own command (e.g. "plugin not
+        // active yet" while the deploy it waited for is applied).
+        self.applied = last.index;
+        self.raft.applied(last.index);
+        self.publish_status();
         for out in applied.results {
             let Some((t, replies)) = self.proposals.get_mut(&out.index) else {
                 continue;
@@ -899,8 +977,6 @@ impl Driver {
                 self.deploy_in_flight = None;
             }
         }
-        self.applied = last.index;
-        self.raft.applied(last.index);
         if self
             .leaving
             .values()
@@ -1202,6 +1278,7 @@ impl Driver {
         self.metrics.term.set(s.term as i64);
         self.metrics.commit_index.set(s.commit as i64);
         self.metrics.applied_index.set(self.applied as i64);
+        self.metrics.apply_lag.set(self.apply_lag() as i64);
         self.metrics
             .is_leader
             .set(i64::from(s.role == Role::Leader));
@@ -1219,6 +1296,7 @@ impl Driver {
             voters: s.config.voters.iter().copied().collect(),
             learners: s.config.learners.iter().copied().collect(),
             plugins: self.registry.names(),
+            apply_lag: self.apply_lag(),
             lease_ms_left: u64::from(s.lease_ticks_left) * self.cfg.tick_ms,
         };
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;

@@ -21,8 +21,13 @@ use wasmtime::{
 pub const MAX_RESULT_BYTES: usize = 4 << 20;
 /// Largest per-instance memory limit a `Deploy` record may ask for (the pool's slot).
 pub const MAX_MEMORY_BYTES: u64 = 1 << 30;
-/// Largest per-call fuel budget a `Deploy` record may ask for.
-pub const MAX_FUEL: u64 = 100_000_000_000;
+/// Largest per-call fuel budget a `Deploy` record may ask for. Chosen so that fuel always
+/// runs out long before the wall-clock backstop (30 s) fires: a call cut by the backstop
+/// stops its node, and the node would stop again at the same entry after a restart.
+/// Measured (docs/plugins.md): 10^10 fuel of `{"op":"loop"}` takes 3.0 s when three nodes
+/// share two cores (~3.4·10^9 fuel/s each), a tenth of the backstop; 10^11 took over 30 s
+/// and stopped a node.
+pub const MAX_FUEL: u64 = 10_000_000_000;
 /// Epoch ticks of the wall-clock backstop are this long.
 const TICK: Duration = Duration::from_millis(10);
 /// Wasm stack limit: fixed, so stack exhaustion happens at the same depth everywhere
