@@ -15,6 +15,9 @@ use keel::config::NodeConfig;
 /// One cluster at a time: timing bounds assume the machine (2 cores) is not running others.
 static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+mod common;
+use common::{rt, wait_for_leader};
+
 fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_keel"))
 }
@@ -117,38 +120,6 @@ fn wait_line(rx: &mpsc::Receiver<String>, limit: Duration, want: impl Fn(&str) -
         }
     }
     panic!("no such line within {limit:?}; saw:\n{}", seen.join("\n"));
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-async fn status(url: &str) -> Option<serde_json::Value> {
-    keel::cli::node_status(url, Duration::from_secs(1))
-        .await
-        .ok()
-}
-
-/// Waits until some node leads with the kv plugin active; returns the leader's id.
-async fn wait_for_leader(urls: &[String], deadline: Duration) -> u64 {
-    let start = Instant::now();
-    while start.elapsed() < deadline {
-        for url in urls {
-            if let Some(s) = status(url).await {
-                let has_kv = s["plugins"]
-                    .as_array()
-                    .is_some_and(|p| p.iter().any(|n| n == "kv"));
-                if s["role"] == "Leader" && has_kv {
-                    return s["node_id"].as_u64().unwrap_or(0);
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no leader with the kv plugin within {deadline:?}");
 }
 
 /// Nodes planned by `keel::dev::plan`, of which the test starts those it wants.

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use keel::client::Client;
 use keel::config::NodeConfig;
 
+mod common;
+use common::{rt, status, wait_for_leader, wait_for_same_state};
+
 struct Cluster {
     nodes: Vec<(NodeConfig, PathBuf, Option<Child>)>,
     _dir: tempfile::TempDir,
@@ -110,41 +113,6 @@ fn spawn(config: &Path) -> Child {
     keel::dev::spawn(exe, config).expect("spawn keel serve").0
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-async fn status(url: &str) -> Option<serde_json::Value> {
-    let mut c = Client::new(vec![url.to_string()]);
-    let a = tokio::time::timeout(Duration::from_secs(1), c.get("/v1/status"))
-        .await
-        .ok()?
-        .ok()?;
-    serde_json::from_slice(&a.body).ok()
-}
-
-/// Waits until some node leads with the kv plugin active; returns the leader's id.
-async fn wait_for_leader(urls: &[String], deadline: Duration) -> u64 {
-    let start = Instant::now();
-    while start.elapsed() < deadline {
-        for url in urls {
-            if let Some(s) = status(url).await {
-                let has_kv = s["plugins"]
-                    .as_array()
-                    .is_some_and(|p| p.iter().any(|n| n == "kv"));
-                if s["role"] == "Leader" && has_kv {
-                    return s["node_id"].as_u64().unwrap_or(0);
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no leader with the kv plugin within {deadline:?}");
-}
-
 async fn put(c: &mut Client, key: &str, value: &str) -> (u16, String) {
     let body = serde_json::json!({"op": "put", "key": key, "value": value}).to_string();
     match c.submit("kv", body.into_bytes()).await {
@@ -164,41 +132,6 @@ async fn get(c: &mut Client, key: &str) -> serde_json::Value {
         .expect("query");
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     serde_json::from_slice::<serde_json::Value>(&a.body).expect("json")["value"].clone()
-}
-
-async fn state_hashes(urls: &[String]) -> Vec<(u64, String)> {
-    let mut out = Vec::new();
-    for url in urls {
-        let mut c = Client::new(vec![url.clone()]);
-        let a = c.get("/v1/state-hash").await.expect("state hash");
-        let v: serde_json::Value = serde_json::from_slice(&a.body).expect("json");
-        out.push((
-            v["applied_index"].as_u64().unwrap_or(0),
-            v["hash"].as_str().unwrap_or("").to_string(),
-        ));
-    }
-    out
-}
-
-/// Waits until every replica reports the same applied index and state hash; two replicas at
-/// one index with different hashes fail at once.
-async fn wait_for_same_state(urls: &[String], deadline: Duration) {
-    let start = Instant::now();
-    loop {
-        let hashes = state_hashes(urls).await;
-        if hashes.windows(2).all(|w| w[0] == w[1]) {
-            return;
-        }
-        let diverged = hashes
-            .windows(2)
-            .any(|w| w[0].0 == w[1].0 && w[0].1 != w[1].1);
-        assert!(!diverged, "replicas differ at one index: {hashes:?}");
-        assert!(
-            start.elapsed() < deadline,
-            "replicas did not converge: {hashes:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[test]

@@ -12,6 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keel::client::Client;
+
+mod common;
+use common::{find_leader, rt, status};
 use keel::config::NodeConfig;
 use keel_tests::kv::{Op, OpResult};
 use keel_tests::linearizability::{Call, Verdict, check};
@@ -225,42 +228,6 @@ fn netns_available() -> Result<(), String> {
     ip(&["netns", "list"])
 }
 
-async fn status(url: &str) -> Option<serde_json::Value> {
-    let mut c = Client::new(vec![url.to_string()]);
-    let a = tokio::time::timeout(Duration::from_secs(1), c.get("/v1/status"))
-        .await
-        .ok()?
-        .ok()?;
-    serde_json::from_slice(&a.body).ok()
-}
-
-/// The node that leads with the highest term, once it has the kv plugin.
-async fn leader(urls: &[String], deadline: Duration) -> Option<u64> {
-    let start = Instant::now();
-    while start.elapsed() < deadline {
-        let mut best: Option<(u64, u64)> = None;
-        for url in urls {
-            if let Some(s) = status(url).await
-                && s["role"] == "Leader"
-                && s["plugins"]
-                    .as_array()
-                    .is_some_and(|p| p.iter().any(|n| n == "kv"))
-            {
-                let term = s["term"].as_u64().unwrap_or(0);
-                let id = s["node_id"].as_u64().unwrap_or(0);
-                if best.is_none_or(|(t, _)| term > t) {
-                    best = Some((term, id));
-                }
-            }
-        }
-        if let Some((_, id)) = best {
-            return Some(id);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
-}
-
 /// What one client call was, for the counts printed at the end.
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
@@ -283,13 +250,10 @@ fn lease_reads_stay_linearizable_while_the_leader_is_cut_off_and_healed() {
         Err(e) => panic!("setting up namespaces: {e}"),
     };
     let urls = net.urls();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = rt();
     let run_for = Duration::from_secs(22);
     let (history, kinds, isolations) = rt.block_on(async {
-        let Some(_) = leader(&urls, Duration::from_secs(30)).await else {
+        let Some(_) = find_leader(&urls, Duration::from_secs(30)).await else {
             panic!("no leader with the kv plugin\n{}", net.logs());
         };
         let start = Instant::now();
@@ -393,7 +357,7 @@ fn lease_reads_stay_linearizable_while_the_leader_is_cut_off_and_healed() {
         let mut isolations = Vec::new();
         tokio::time::sleep(Duration::from_secs(2)).await;
         while start.elapsed() + Duration::from_secs(5) < run_for {
-            if let Some(l) = leader(&urls, Duration::from_secs(3)).await {
+            if let Some(l) = find_leader(&urls, Duration::from_secs(3)).await {
                 let from = start.elapsed().as_micros() as u64;
                 net.isolate(l);
                 cut.store(l, std::sync::atomic::Ordering::Relaxed);

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use keel::client::Client;
 
+mod common;
+use common::{rt, status, wait_for_leader, wait_for_same_state};
+
 /// Builds `plugins/misbehave` for wasm32-wasip2 in a target directory of its own (the
 /// outer `cargo test` holds the lock of ours).
 fn misbehave_wasm() -> Vec<u8> {
@@ -89,15 +92,6 @@ fn start(n: usize) -> (Nodes, Vec<String>, Vec<PathBuf>) {
     )
 }
 
-async fn status(url: &str) -> Option<serde_json::Value> {
-    let mut c = Client::new(vec![url.to_string()]);
-    let a = tokio::time::timeout(Duration::from_secs(1), c.get("/v1/status"))
-        .await
-        .ok()?
-        .ok()?;
-    serde_json::from_slice(&a.body).ok()
-}
-
 /// Every node's (role, term).
 async fn roles(urls: &[String]) -> Vec<(String, u64)> {
     let mut out = Vec::new();
@@ -111,49 +105,12 @@ async fn roles(urls: &[String]) -> Vec<(String, u64)> {
     out
 }
 
-async fn state_hashes(urls: &[String]) -> Vec<(u64, String)> {
-    let mut out = Vec::new();
-    for url in urls {
-        let mut c = Client::new(vec![url.clone()]);
-        let a = c.get("/v1/state-hash").await.expect("state hash");
-        let v: serde_json::Value = serde_json::from_slice(&a.body).expect("json");
-        out.push((
-            v["applied_index"].as_u64().unwrap_or(0),
-            v["hash"].as_str().unwrap_or("").to_string(),
-        ));
-    }
-    out
-}
-
 #[test]
 fn a_plugin_looping_until_its_fuel_runs_out_changes_no_term_and_stale_reads_keep_answering() {
     let wasm = misbehave_wasm();
     let (_nodes, urls, logs) = start(3);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let start = Instant::now();
-        loop {
-            let r = roles(&urls).await;
-            let leads = r.iter().any(|(role, _)| role == "Leader");
-            let kv = status(&urls[0]).await.is_some_and(|s| {
-                s["plugins"].as_array().is_some_and(|p| p.iter().any(|n| n == "kv"))
-            });
-            if leads && kv {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "no leader: {r:?}\n{}",
-                logs.iter()
-                    .map(|l| std::fs::read_to_string(l).unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join("\n---\n")
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    rt().block_on(async {
+        wait_for_leader(&urls, Duration::from_secs(30)).await;
         let mut admin = Client::new(urls.clone());
         let fuel = keel_plugin::MAX_FUEL;
         let a = admin
@@ -246,16 +203,6 @@ fn a_plugin_looping_until_its_fuel_runs_out_changes_no_term_and_stale_reads_keep
                 .collect::<Vec<_>>()
                 .join("\n---\n")
         );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let hashes = state_hashes(&urls).await;
-            if hashes.windows(2).all(|w| w[0] == w[1]) {
-                break;
-            }
-            let diverged = hashes.windows(2).any(|w| w[0].0 == w[1].0 && w[0].1 != w[1].1);
-            assert!(!diverged, "replicas differ at one index: {hashes:?}");
-            assert!(Instant::now() < deadline, "replicas did not converge: {hashes:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_same_state(&urls, Duration::from_secs(60)).await;
     });
 }

@@ -504,20 +504,7 @@ impl Raft {
         {
             return 0;
         }
-        let mut acked: Vec<u64> = self
-            .config
-            .voters
-            .iter()
-            .filter_map(|v| {
-                if *v == self.cfg.id {
-                    Some(self.ticks)
-                } else {
-                    self.progress.get(v).and_then(|p| p.lease_acked_tick)
-                }
-            })
-            .collect();
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&since) = acked.get(self.config.quorum() - 1) else {
+        let Some(since) = self.quorum_value(Some(self.ticks), |p| p.lease_acked_tick) else {
             return 0;
         };
         let end = since + u64::from(self.cfg.lease_ticks);
@@ -1221,20 +1208,9 @@ impl Raft {
         if self.pending_reads.is_empty() {
             return;
         }
-        let mut acked: Vec<u64> = self
-            .config
-            .voters
-            .iter()
-            .map(|v| {
-                if *v == self.cfg.id {
-                    self.read_round
-                } else {
-                    self.progress.get(v).map_or(0, |p| p.read_round_acked)
-                }
-            })
-            .collect();
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&confirmed) = acked.get(self.config.quorum() - 1) else {
+        let Some(confirmed) =
+            self.quorum_value(Some(self.read_round), |p| Some(p.read_round_acked))
+        else {
             return;
         };
         while self
@@ -1248,6 +1224,25 @@ impl Raft {
         }
     }
 
+    /// The highest value that a majority of voters have reached: `own` for this node, `of`
+    /// of each other voter's progress (`None`: nothing yet). `None` if no majority has any.
+    fn quorum_value(&self, own: Option<u64>, of: impl Fn(&Progress) -> Option<u64>) -> Option<u64> {
+        let mut values: Vec<u64> = self
+            .config
+            .voters
+            .iter()
+            .filter_map(|v| {
+                if *v == self.cfg.id {
+                    own
+                } else {
+                    self.progress.get(v).and_then(&of)
+                }
+            })
+            .collect();
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        values.get(self.config.quorum() - 1).copied()
+    }
+
     /// Advances the commit index to the highest index durable on a majority of voters —
     /// counting only entries of the current term (§5.4.2: "Raft never commits log entries
     /// from previous terms by counting replicas").
@@ -1257,20 +1252,7 @@ impl Raft {
         } else {
             self.log.persisted
         };
-        let mut matched: Vec<Index> = self
-            .config
-            .voters
-            .iter()
-            .map(|v| {
-                if *v == self.cfg.id {
-                    own
-                } else {
-                    self.progress.get(v).map_or(0, |p| p.match_index)
-                }
-            })
-            .collect();
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&candidate) = matched.get(self.config.quorum() - 1) else {
+        let Some(candidate) = self.quorum_value(Some(own), |p| Some(p.match_index)) else {
             return;
         };
         if candidate <= self.log.committed {

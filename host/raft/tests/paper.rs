@@ -659,9 +659,9 @@ fn a_leader_that_hears_from_a_majority_stays_leader() {
     assert_eq!((c.role(1), c.term(1)), (Role::Leader, 1));
 }
 
-/// Follower 2, which just heard from leader 1, is asked for its vote by 3 in a higher term.
-fn vote_in_lease(check_quorum: bool, transfer: bool) -> (Option<bool>, Term) {
-    let mut c = three_with_leader(ClusterBuilder::voters(3).check_quorum(check_quorum));
+/// Node 3 asks node 2 for its vote in term 2 (node 3's log is as up to date as any),
+/// for a leadership transfer or not.
+fn ask_2_for_a_vote_in_term_2(c: &mut Cluster, transfer: bool) -> Option<bool> {
     let last = c.raft(3).last_index();
     let out = c.exchange(msg(
         3,
@@ -674,7 +674,14 @@ fn vote_in_lease(check_quorum: bool, transfer: bool) -> (Option<bool>, Term) {
             transfer,
         },
     ));
-    (vote_answer(&out), c.term(2))
+    vote_answer(&out)
+}
+
+/// Follower 2, which just heard from leader 1, is asked for its vote by 3 in a higher term.
+fn vote_in_lease(check_quorum: bool, transfer: bool) -> (Option<bool>, Term) {
+    let mut c = three_with_leader(ClusterBuilder::voters(3).check_quorum(check_quorum));
+    let vote = ask_2_for_a_vote_in_term_2(&mut c, transfer);
+    (vote, c.term(2))
 }
 
 // Reference: thesis §4.2.3 ("within the minimum election timeout of hearing from a current leader, it does not update its term or grant its vote")
@@ -1013,19 +1020,8 @@ fn a_leader_that_sent_timeout_now_serves_no_lease_reads_for_the_rest_of_its_term
 fn vote_right_after_restart(bugs: &[Bug]) -> (Option<bool>, Term) {
     let mut c = three_with_leader(ClusterBuilder::voters(3).bugs(bugs));
     c.restart(2);
-    let last = c.raft(3).last_index();
-    let out = c.exchange(msg(
-        3,
-        2,
-        2,
-        MessageBody::RequestVote {
-            pre_vote: false,
-            last_index: last,
-            last_term: 1,
-            transfer: false,
-        },
-    ));
-    (vote_answer(&out), c.term(2))
+    let vote = ask_2_for_a_vote_in_term_2(&mut c, false);
+    (vote, c.term(2))
 }
 
 // Reference: thesis §4.2.3 + §6.4.1 (a restarted voter may have heard from the leader within
@@ -1039,32 +1035,13 @@ fn a_restarted_voter_refuses_votes_for_a_minimum_election_timeout() {
     c.isolate(2);
     c.tick(2, 9);
     c.heal();
-    let last = c.raft(3).last_index();
-    let out = c.exchange(msg(
-        3,
-        2,
-        2,
-        MessageBody::RequestVote {
-            pre_vote: false,
-            last_index: last,
-            last_term: 1,
-            transfer: false,
-        },
-    ));
-    assert_eq!(vote_answer(&out), None, "9 ticks: still within the timeout");
+    assert_eq!(
+        ask_2_for_a_vote_in_term_2(&mut c, false),
+        None,
+        "9 ticks: still within the timeout"
+    );
     c.tick(2, 1);
-    let out = c.exchange(msg(
-        3,
-        2,
-        2,
-        MessageBody::RequestVote {
-            pre_vote: false,
-            last_index: last,
-            last_term: 1,
-            transfer: false,
-        },
-    ));
-    assert_eq!(vote_answer(&out), Some(true));
+    assert_eq!(ask_2_for_a_vote_in_term_2(&mut c, false), Some(true));
 }
 
 // ---------------------------------------------------------------- membership (thesis ch. 4)

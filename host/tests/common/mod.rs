@@ -1,0 +1,99 @@
+//! Support shared by the process tests: status, leaders and state hashes of real nodes.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use keel::client::Client;
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A node's `/v1/status`, or `None` if it does not answer within a second.
+pub async fn status(url: &str) -> Option<serde_json::Value> {
+    let mut c = Client::new(vec![url.to_string()]);
+    let a = tokio::time::timeout(Duration::from_secs(1), c.get("/v1/status"))
+        .await
+        .ok()?
+        .ok()?;
+    serde_json::from_slice(&a.body).ok()
+}
+
+/// The node leading in the highest term with the kv plugin active, if one answers.
+pub async fn kv_leader(urls: &[String]) -> Option<u64> {
+    let mut best: Option<(u64, u64)> = None;
+    for url in urls {
+        if let Some(s) = status(url).await
+            && s["role"] == "Leader"
+            && s["plugins"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|n| n == "kv"))
+        {
+            let term = s["term"].as_u64().unwrap_or(0);
+            let id = s["node_id"].as_u64().unwrap_or(0);
+            if best.is_none_or(|(t, _)| term > t) {
+                best = Some((term, id));
+            }
+        }
+    }
+    best.map(|(_, id)| id)
+}
+
+/// Waits up to `deadline` for a node leading with the kv plugin active.
+pub async fn find_leader(urls: &[String], deadline: Duration) -> Option<u64> {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if let Some(id) = kv_leader(urls).await {
+            return Some(id);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Waits until some node leads with the kv plugin active; returns the leader's id.
+pub async fn wait_for_leader(urls: &[String], deadline: Duration) -> u64 {
+    match find_leader(urls, deadline).await {
+        Some(id) => id,
+        None => panic!("no leader with the kv plugin within {deadline:?}"),
+    }
+}
+
+/// Every node's `(applied index, state hash)`.
+pub async fn state_hashes(urls: &[String]) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    for url in urls {
+        let mut c = Client::new(vec![url.clone()]);
+        let a = c.get("/v1/state-hash").await.expect("state hash");
+        let v: serde_json::Value = serde_json::from_slice(&a.body).expect("json");
+        out.push((
+            v["applied_index"].as_u64().unwrap_or(0),
+            v["hash"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    out
+}
+
+/// Waits until every replica reports the same applied index and state hash; two replicas at
+/// one index with different hashes fail at once.
+pub async fn wait_for_same_state(urls: &[String], deadline: Duration) {
+    let start = Instant::now();
+    loop {
+        let hashes = state_hashes(urls).await;
+        if hashes.windows(2).all(|w| w[0] == w[1]) {
+            return;
+        }
+        let diverged = hashes
+            .windows(2)
+            .any(|w| w[0].0 == w[1].0 && w[0].1 != w[1].1);
+        assert!(!diverged, "replicas differ at one index: {hashes:?}");
+        assert!(
+            start.elapsed() < deadline,
+            "replicas did not converge: {hashes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
