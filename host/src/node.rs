@@ -520,6 +520,16 @@ pub(crate) fn fail_stop(e: &anyhow::Error) -> ! {
     std::process::exit(2);
 }
 
+/// The cut-off of an expiry proposed now: `ttl_ms` before the log's clock (design §5), that
+/// is before the timestamp the `ExpireSessions` entry itself will carry (the core never lets
+/// the log's clock run back), not before this node's wall clock, which may be behind the
+/// clock of the leader before it (sessions would then outlive their TTL by the difference).
+fn session_cutoff(raft: &Raft, wall_ms: u64, ttl_ms: u64) -> u64 {
+    // As `Raft::propose` stamps it: the wall clock, never below the last entry's stamp.
+    let log_ms = raft.entry(raft.last_index()).map_or(0, |e| e.timestamp_ms);
+    wall_ms.max(log_ms).saturating_sub(ttl_ms)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1020,7 +1030,7 @@ impl Driver {
         self.last_session_sweep = Instant::now();
         let now = now_ms();
         let record = Record::ExpireSessions {
-            before_ms: now.saturating_sub(ttl),
+            before_ms: session_cutoff(&self.raft, now, ttl),
         };
         if let Ok((index, _)) = self.raft.propose(record, now) {
             tracing::debug!(target: "keel::txn", index, "proposed session expiry");
@@ -1233,3 +1243,7 @@ impl Driver {
             .or_else(|| self.cfg.peers.get(&id).cloned())
     }
 }
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;
