@@ -52,6 +52,9 @@ pub enum CommandReply {
     SessionUnknown(String),
     /// Election under way, backpressure, or the entry was overwritten: retry (same serial).
     Retry(String),
+    /// Whether it was applied cannot be told here (its entry was covered by a snapshot
+    /// installed from the leader): as after a timeout, a retry with the same serial is safe.
+    OutcomeUnknown(String),
 }
 
 /// What a linearizable read came to: once `Ok`, the local state is at least as new as
@@ -786,6 +789,7 @@ impl Driver {
             self.metrics.snapshots_installed.inc();
             self.applied = snap.meta.index;
             self.snapshot_index = snap.meta.index;
+            self.answer_covered(snap.meta.index);
             let view = self.storage.view()?;
             apply::reload(&self.runtime, &self.blobs, &self.registry, &view)?;
             for m in rd.persisted_messages {
@@ -955,6 +959,41 @@ impl Driver {
             self.writer.wait_idle();
             let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
             Arc::make_mut(&mut slot).flushed();
+        }
+    }
+
+    /// Entries up to `index` arrived in an installed snapshot and will never be applied
+    /// here one by one: the replies waiting on them are answered now (their outcome cannot
+    /// be told: the entry may or may not be the one the leader committed) and their slots
+    /// freed, instead of waiting out the client's timeout.
+    fn answer_covered(&mut self, index: Index) {
+        let why = format!(
+            "entry replaced by a snapshot up to index {index} before it was applied here; outcome unknown, retry with the same serial"
+        );
+        self.proposals.retain(|&i, (_, replies)| {
+            if i > index {
+                return true;
+            }
+            for reply in replies.drain(..).flatten() {
+                let _ = reply.send(CommandReply::OutcomeUnknown(why.clone()));
+            }
+            false
+        });
+        let covered: Vec<Index> = self
+            .member_changes
+            .keys()
+            .copied()
+            .filter(|&i| i <= index)
+            .collect();
+        for i in covered {
+            if let Some((_, reply)) = self.member_changes.remove(&i) {
+                let _ = reply.send(MemberReply::Retry(format!(
+                    "{why} (the configuration in force is in /v1/status)"
+                )));
+            }
+        }
+        if self.deploy_in_flight.is_some_and(|i| i <= index) {
+            self.deploy_in_flight = None;
         }
     }
 
