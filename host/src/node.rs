@@ -110,6 +110,13 @@ pub enum Input {
     Persisted(Index, Term),
     /// The log writer wrote this layer of the applied state to storage.
     Flushed(Arc<Unflushed>),
+    /// A fetch of a plugin blob that apply waits for ended (`found`: it is here now).
+    BlobFetched {
+        /// The blob.
+        hash: [u8; 32],
+        /// Whether it is here now (otherwise the fetch goes on).
+        found: bool,
+    },
     /// A snapshot of the applied state, built beside the driver.
     SnapshotBuilt(Result<Snapshot, keel_storage::StorageError>),
     /// Change the membership, one server at a time (thesis §4.1).
@@ -332,6 +339,10 @@ struct Driver {
     /// The driver's own input channel, for threads it starts to report back on.
     inputs: Sender<Input>,
     deploy_in_flight: Option<Index>,
+    /// Committed entries held back from apply, from a `Deploy` whose plugin blob this node
+    /// lacks (design §6), while `fetching` runs beside the driver.
+    held: Vec<keel_raft::Entry>,
+    fetching: Option<[u8; 32]>,
     unflushed: Arc<RwLock<Arc<Unflushed>>>,
     last_flush: Instant,
     last_session_sweep: Instant,
@@ -499,6 +510,8 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         snapshot_state: SnapshotState::Idle,
         inputs: tx.clone(),
         deploy_in_flight: None,
+        held: Vec::new(),
+        fetching: None,
         unflushed: handle.unflushed.clone(),
         last_flush: Instant::now(),
         last_session_sweep: Instant::now(),
@@ -683,6 +696,15 @@ impl Driver {
                     fail_stop(&e);
                 }
             }
+            Input::BlobFetched { hash, found } => {
+                if found && self.fetching == Some(hash) {
+                    self.fetching = None;
+                    let held = std::mem::take(&mut self.held);
+                    if let Err(e) = self.apply(&held) {
+                        fail_stop(&e);
+                    }
+                }
+            }
             Input::SnapshotBuilt(built) => match built {
                 Ok(snap) => self.snapshot_built(snap),
                 Err(e) => fail_stop(&e.into()),
@@ -790,6 +812,9 @@ impl Driver {
             self.applied = snap.meta.index;
             self.snapshot_index = snap.meta.index;
             self.answer_covered(snap.meta.index);
+            // Held entries are in the snapshot, or handed out again after it.
+            self.held.clear();
+            self.fetching = None;
             let view = self.storage.view()?;
             apply::reload(&self.runtime, &self.blobs, &self.registry, &view)?;
             for m in rd.persisted_messages {
@@ -834,7 +859,61 @@ impl Driver {
         Ok(())
     }
 
+    /// Design §6: a `Deploy` whose plugin blob is not here waits for it, fetched on a
+    /// thread of its own; this thread goes on ticking, voting and replicating meanwhile
+    /// (fetching here blocked it up to 30 s per peer). The entries after it wait too: apply
+    /// stays in log order.
     fn apply(&mut self, entries: &[keel_raft::Entry]) -> anyhow::Result<()> {
+        if !self.held.is_empty() {
+            self.held.extend_from_slice(entries);
+            return Ok(());
+        }
+        let missing = entries
+            .iter()
+            .position(|e| matches!(&e.record, Record::Deploy(d) if !self.blobs.has(&d.sha256)));
+        let Some(at) = missing else {
+            return self.apply_now(entries);
+        };
+        let (ready, rest) = entries.split_at(at);
+        if !ready.is_empty() {
+            self.apply_now(ready)?;
+        }
+        if let Some(Record::Deploy(d)) = rest.first().map(|e| &e.record) {
+            self.fetch_blob(d)?;
+        }
+        self.held = rest.to_vec();
+        Ok(())
+    }
+
+    /// Fetches a plugin blob from the peers until one has it, beside the driver; reports
+    /// with `Input::BlobFetched`.
+    fn fetch_blob(&mut self, d: &Deploy) -> anyhow::Result<()> {
+        let hash = d.sha256;
+        if self.fetching == Some(hash) {
+            return Ok(());
+        }
+        tracing::warn!(target: "keel::txn", plugin = %d.plugin, version = %d.version, blob = %blobs::hex(&hash), "apply waits for the plugin's blob, fetching it from peers");
+        self.fetching = Some(hash);
+        let (blobs, inputs) = (self.blobs.clone(), self.inputs.clone());
+        std::thread::Builder::new()
+            .name("keel-blob-fetch".into())
+            .spawn(move || {
+                loop {
+                    let found = blobs.get(&hash).is_some();
+                    if !found {
+                        tracing::warn!(target: "keel::txn", blob = %blobs::hex(&hash), "no peer has the blob yet; apply keeps waiting");
+                    }
+                    // Also how the thread learns that the driver has stopped.
+                    if inputs.send(Input::BlobFetched { hash, found }).is_err() || found {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })?;
+        Ok(())
+    }
+
+    fn apply_now(&mut self, entries: &[keel_raft::Entry]) -> anyhow::Result<()> {
         let view = Box::new(self.storage.view()?);
         let unflushed = Arc::clone(&self.unflushed.read().unwrap_or_else(|e| e.into_inner()));
         let started = Instant::now();

@@ -1217,3 +1217,82 @@ fn a_command_whose_entry_a_snapshot_covers_is_answered_not_left_to_time_out() {
         wait_for_same_state(&urls, Duration::from_secs(30)).await;
     });
 }
+
+/// Design §6: a node that applies a `Deploy` whose plugin bytes no peer can give it yet
+/// waits for them without holding up its Raft loop: it keeps replicating and committing
+/// (its apply stops at the Deploy), nobody's term changes, and once a peer has the bytes
+/// again it fetches them and converges. (The fetch used to run on the driver thread:
+/// blocked for its rounds over the peers, then a fail-stop.)
+#[test]
+fn a_node_missing_a_plugin_blob_keeps_replicating_while_it_waits_for_it() {
+    let mut cluster = Cluster::start(3);
+    let urls = cluster.urls();
+    let rt = rt();
+    rt.block_on(async {
+        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let down = (1..=3).find(|id| *id != leader).expect("a follower");
+        cluster.kill(down);
+        let up = cluster.urls_except(down);
+        let mut c = Client::new(up.clone());
+        let a = c.deploy("kv2", kv_variant(), &[]).await.expect("deploy");
+        let body = String::from_utf8_lossy(&a.body).into_owned();
+        assert_eq!(a.status, 200, "{body}");
+        let deployed: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let deploy_index = deployed["index"].as_u64().expect("index");
+        // No peer can serve the bytes any more (the running nodes keep them loaded).
+        let hash = keel::blobs::hex(&keel::blobs::sha256(&kv_variant()));
+        let blob_paths: Vec<PathBuf> = cluster
+            .nodes
+            .iter()
+            .map(|(cfg, _, _)| cfg.data_dir.join("blobs").join(&hash))
+            .collect();
+        let blob_of = |id: u64| blob_paths[(id - 1) as usize].clone();
+        for id in (1..=3).filter(|id| *id != down) {
+            std::fs::remove_file(blob_of(id)).expect("remove blob");
+        }
+        let term_of = |s: &serde_json::Value| s["term"].as_u64().unwrap_or(0);
+        let term = term_of(&status(&urls[(leader - 1) as usize]).await.expect("status"));
+
+        cluster.restart(down);
+        let down_url = urls[(down - 1) as usize].clone();
+        for i in 0..20 {
+            let (code, body) = put(&mut c, &format!("b-{i}"), "v").await;
+            assert_eq!(code, 200, "{body}");
+        }
+        let commit = status(&urls[(leader - 1) as usize])
+            .await
+            .and_then(|s| s["commit_index"].as_u64())
+            .expect("leader commit");
+        // The restarted node commits past the Deploy while its apply waits before it.
+        let start = Instant::now();
+        loop {
+            let s = status(&down_url).await;
+            let got = |k: &str| s.as_ref().and_then(|s| s[k].as_u64()).unwrap_or(0);
+            if got("commit_index") >= commit {
+                assert!(
+                    got("applied_index") < deploy_index,
+                    "applied past a Deploy whose blob it cannot have: {s:?}"
+                );
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let log = std::fs::read_to_string(cluster.log_of(down)).unwrap_or_default();
+                panic!("node {down} stopped replicating while its blob is missing: {s:?}\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for url in &urls {
+            let s = status(url).await.expect("every node answers");
+            assert_eq!(term_of(&s), term, "a term changed: {s}");
+        }
+
+        // The bytes are back on one peer: the node fetches them and catches up.
+        std::fs::write(blob_of(leader), kv_variant()).expect("restore blob");
+        wait_for_same_state(&urls, Duration::from_secs(30)).await;
+        assert!(blob_of(down).exists(), "fetched and stored");
+        for url in &urls {
+            let s = status(url).await.expect("every node answers");
+            assert_eq!(term_of(&s), term, "a term changed: {s}");
+        }
+    });
+}
