@@ -66,6 +66,19 @@ pub enum ApplyError {
     /// A plugin failed in a way that is not the same on every node (host resources).
     #[error("plugin host failure: {0}")]
     Host(PluginError),
+    /// A deployment record in the applied state does not decode: this node cannot tell
+    /// which plugin it names, so it stops rather than answer "unknown plugin" where the
+    /// other replicas apply (design §8).
+    #[error(
+        "deployment record {SYSTEM_NAMESPACE}/{key} in the applied state does not decode \
+         ({detail}); refusing to go on without a plugin the other replicas have"
+    )]
+    BadDeployment {
+        /// The record's key.
+        key: String,
+        /// The decoder's complaint.
+        detail: String,
+    },
     /// A deployed plugin's bytes are not on this node.
     #[error("plugin {plugin} {version}: blob {hash} is not on this node")]
     MissingBlob {
@@ -101,28 +114,59 @@ pub fn load(runtime: &Runtime, blobs: &Blobs, d: &Deploy) -> Result<Plugin, Appl
 }
 
 /// Reloads the registry from the applied state (after a restart or a snapshot install).
+/// Every deployment record is read and decoded before any plugin is loaded: one that does
+/// not decode stops the node (design §8) instead of leaving its plugin unknown here while
+/// the other replicas apply its commands.
 pub fn reload(
     runtime: &Runtime,
     blobs: &Blobs,
     registry: &Registry,
     view: &dyn StateView,
 ) -> Result<(), ApplyError> {
-    let deployed = view.range(
-        SYSTEM_NAMESPACE,
-        KvRange {
-            prefix: b"plugin/",
-            start: None,
-            end: None,
-            limit: 10_000,
-        },
-    )?;
-    for (_, value) in deployed {
-        if let Ok(d) = postcard::from_bytes::<Deploy>(&value) {
-            let plugin = load(runtime, blobs, &d)?;
-            registry.set(d.plugin.clone(), Arc::new(plugin));
-        }
+    for d in deployments(view)? {
+        let plugin = load(runtime, blobs, &d)?;
+        registry.set(d.plugin.clone(), Arc::new(plugin));
     }
     Ok(())
+}
+
+/// Deployment records read from storage at a time.
+const DEPLOYMENTS_PAGE: usize = 1_000;
+
+/// Every deployment the applied state holds, in key order, page by page (there is no cap
+/// on their number: stopping at one would drop the plugins past it on this node only).
+pub fn deployments(view: &dyn StateView) -> Result<Vec<Deploy>, ApplyError> {
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        // The first key after the last one read: that key with a zero byte appended.
+        let start = after.take().map(|mut k| {
+            k.push(0);
+            k
+        });
+        let page = view.range(
+            SYSTEM_NAMESPACE,
+            KvRange {
+                prefix: b"plugin/",
+                start: start.as_deref(),
+                end: None,
+                limit: DEPLOYMENTS_PAGE,
+            },
+        )?;
+        let full = page.len() >= DEPLOYMENTS_PAGE;
+        for (key, value) in page {
+            let d =
+                postcard::from_bytes::<Deploy>(&value).map_err(|e| ApplyError::BadDeployment {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    detail: e.to_string(),
+                })?;
+            out.push(d);
+            after = Some(key);
+        }
+        if !full {
+            return Ok(out);
+        }
+    }
 }
 
 /// Applied state not yet written to storage (write-back): the merged effect of the batches
@@ -1025,6 +1069,79 @@ mod tests {
             [5, 9],
             "7 is fresh above storage; 8 is gone already"
         );
+    }
+
+    fn builtin_deploy(name: &str) -> Deploy {
+        Deploy {
+            plugin: name.into(),
+            version: "test".into(),
+            sha256: Sha256::digest(BUILTIN_KV).into(),
+            fuel_per_apply: 100_000_000,
+            memory_limit: 64 << 20,
+        }
+    }
+
+    /// Storage whose applied state holds these deployment records (`plugin/{name}` → value).
+    fn with_deployments(records: Vec<(String, Vec<u8>)>) -> MemStorage {
+        let s = MemStorage::new();
+        s.persist(keel_storage::LogWrite {
+            entries: &[entry(1, Record::Noop)],
+            ..Default::default()
+        })
+        .expect("persist");
+        s.apply(&ApplyBatch {
+            last_applied: LogId { index: 1, term: 1 },
+            writes: records
+                .into_iter()
+                .map(|(name, value)| KvWrite {
+                    namespace: SYSTEM_NAMESPACE.into(),
+                    key: format!("plugin/{name}").into_bytes(),
+                    value: Some(value),
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .expect("apply");
+        s
+    }
+
+    /// Design §8: a node that cannot read a deployment refuses to go on (it used to skip
+    /// the record, then answer "unknown plugin" where the other replicas applied).
+    #[test]
+    fn a_deployment_record_that_does_not_decode_stops_the_reload_and_is_named() {
+        let runtime = Runtime::new(keel_plugin::RuntimeConfig::default()).expect("runtime");
+        let good = postcard::to_allocvec(&builtin_deploy("kv")).expect("encode");
+        let torn = good[..good.len() / 2].to_vec();
+        let storage = with_deployments(vec![("kv".into(), good), ("zz-torn".into(), torn)]);
+        let err = reload(
+            &runtime,
+            &Blobs::new(None, &[BUILTIN_KV]),
+            &Registry::default(),
+            &storage.view().expect("view"),
+        )
+        .expect_err("an undecodable deployment must stop the reload");
+        let msg = err.to_string();
+        assert!(msg.contains("__keel/plugin/zz-torn"), "{msg}");
+        assert!(msg.contains("does not decode"), "{msg}");
+    }
+
+    /// No cap on the number of deployments: the reload used to stop at 10,000 records,
+    /// leaving every plugin past them unknown on this node only.
+    #[test]
+    fn every_deployment_record_is_read_however_many_there_are() {
+        let n = 10_001;
+        let records = (0..n)
+            .map(|i| {
+                let name = format!("p{i:05}");
+                let value = postcard::to_allocvec(&builtin_deploy(&name)).expect("encode");
+                (name, value)
+            })
+            .collect();
+        let storage = with_deployments(records);
+        let got = deployments(&storage.view().expect("view")).expect("deployments");
+        assert_eq!(got.len(), n);
+        assert_eq!(got.first().map(|d| d.plugin.as_str()), Some("p00000"));
+        assert_eq!(got.last().map(|d| d.plugin.as_str()), Some("p10000"));
     }
 
     fn kv_write(key: &str, value: Option<&str>) -> KvWrite {

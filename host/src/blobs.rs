@@ -91,6 +91,16 @@ impl Blobs {
         Ok(hash)
     }
 
+    /// Whether this node holds the blob (built in, or a file by that name: [`Blobs::local`]
+    /// checks its bytes when read). Cheap: reads nothing.
+    pub fn has(&self, hash: &[u8; 32]) -> bool {
+        self.builtin.contains_key(hash)
+            || self
+                .dir
+                .as_ref()
+                .is_some_and(|dir| dir.join(hex(hash)).is_file())
+    }
+
     /// The blob if this node holds it (built in or stored).
     pub fn local(&self, hash: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
         if let Some(b) = self.builtin.get(hash) {

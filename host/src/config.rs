@@ -168,12 +168,57 @@ pub fn parse_uuid(s: &str) -> Option<ClusterId> {
 mod tests {
     use super::*;
 
+    /// Every field set away from its default (a struct literal, so a new field must be
+    /// added here), written and read back: a field that is skipped, renamed on one side
+    /// only, or lost falls back to its default under `#[serde(default)]` and shows here.
+    /// Errors fail the test; nothing falls back to a default.
     #[test]
     fn config_round_trips_through_json() {
-        let cfg = NodeConfig::default();
-        let text = serde_json::to_string_pretty(&cfg).unwrap_or_default();
-        let back: NodeConfig = serde_json::from_str(&text).unwrap_or_default();
-        assert_eq!(back, cfg);
+        let cfg = NodeConfig {
+            id: 7,
+            cluster_id: "0123abcd-0000-4000-8000-00000000beef".into(),
+            listen: SocketAddr::from(([127, 0, 0, 2], 9107)),
+            peers: BTreeMap::from([
+                (7, "http://127.0.0.2:9107".to_string()),
+                (8, "http://127.0.0.3:9108".to_string()),
+            ]),
+            data_dir: PathBuf::from("/var/lib/keel-7"),
+            tick_ms: 20,
+            election_ticks: 17,
+            heartbeat_ticks: 3,
+            max_body_bytes: 123_456,
+            max_plugin_bytes: 7_654_321,
+            default_timeout_ms: 1_234,
+            snapshot_every: 777,
+            builtin_kv: false,
+            two_phase_commit: false,
+            apply_flush_ms: 33,
+            session_ttl_ms: 98_765,
+            max_apply_lag: 4_321,
+            join: true,
+        };
+        let text = serde_json::to_string_pretty(&cfg).expect("a config serializes");
+        let back: NodeConfig = serde_json::from_str(&text).expect("its own JSON parses");
+        assert_eq!(back, cfg, "round trip through {text}");
+        // The test config must exercise every field: each one written differs from the
+        // default's, so a field dropped on the way back cannot pass as a default.
+        let ours = serde_json::to_value(&cfg).expect("to value");
+        let default = serde_json::to_value(NodeConfig::default()).expect("to value");
+        let (Some(ours), Some(default)) = (ours.as_object(), default.as_object()) else {
+            panic!("a config is a JSON object: {ours} / {default}");
+        };
+        assert_eq!(
+            ours.keys().collect::<Vec<_>>(),
+            default.keys().collect::<Vec<_>>(),
+            "every field is written"
+        );
+        for (field, value) in ours {
+            assert_ne!(
+                Some(value),
+                default.get(field),
+                "{field} is left at its default"
+            );
+        }
     }
 
     #[test]

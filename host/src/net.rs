@@ -352,6 +352,10 @@ pub(crate) async fn answer(
         }
         Ok(Ok(CommandReply::NotLeader(leader))) => redirect(node, leader, path),
         Ok(Ok(CommandReply::Retry(reason))) => retry_later(&reason),
+        Ok(Ok(CommandReply::OutcomeUnknown(detail))) => json(
+            StatusCode::GATEWAY_TIMEOUT,
+            &serde_json::json!({"error": "outcome_unknown", "outcome": "unknown", "detail": detail}),
+        ),
         Ok(Ok(CommandReply::SessionUnknown(detail))) => json(
             StatusCode::GONE,
             &serde_json::json!({ "error": "session_unknown", "detail": detail }),

@@ -55,6 +55,9 @@ pub enum CommandReply {
     SessionUnknown(String),
     /// Election under way, backpressure, or the entry was overwritten: retry (same serial).
     Retry(String),
+    /// Whether it was applied cannot be told here (its entry was covered by a snapshot
+    /// installed from the leader): as after a timeout, a retry with the same serial is safe.
+    OutcomeUnknown(String),
 }
 
 /// What a linearizable read came to: once `Ok`, the local state is at least as new as
@@ -110,6 +113,13 @@ pub enum Input {
     Persisted(Index, Term),
     /// The log writer wrote this layer of the applied state to storage.
     Flushed(Arc<Unflushed>),
+    /// A fetch of a plugin blob that apply waits for ended (`found`: it is here now).
+    BlobFetched {
+        /// The blob.
+        hash: [u8; 32],
+        /// Whether it is here now (otherwise the fetch goes on).
+        found: bool,
+    },
     /// A snapshot of the applied state, built beside the driver.
     SnapshotBuilt(Result<Snapshot, keel_storage::StorageError>),
     /// The apply worker finished a batch.
@@ -344,6 +354,9 @@ struct Driver {
     /// The driver's own input channel, for threads it starts to report back on.
     inputs: Sender<Input>,
     deploy_in_flight: Option<Index>,
+    /// The plugin blob a queued `Deploy` waits for (design §6), fetched beside the driver;
+    /// nothing from that entry on is applied until it is here.
+    fetching: Option<[u8; 32]>,
     unflushed: Arc<RwLock<Arc<Unflushed>>>,
     last_flush: Instant,
     last_session_sweep: Instant,
@@ -518,6 +531,7 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         snapshot_state: SnapshotState::Idle,
         inputs: tx.clone(),
         deploy_in_flight: None,
+        fetching: None,
         unflushed: handle.unflushed.clone(),
         last_flush: Instant::now(),
         last_session_sweep: Instant::now(),
@@ -544,6 +558,16 @@ pub(crate) fn fail_stop(e: &anyhow::Error) -> ! {
     tracing::error!(target: "keel::raft", error = %e, "fail-stop");
     eprintln!("keel: fail-stop: {e}");
     std::process::exit(2);
+}
+
+/// The cut-off of an expiry proposed now: `ttl_ms` before the log's clock (design §5), that
+/// is before the timestamp the `ExpireSessions` entry itself will carry (the core never lets
+/// the log's clock run back), not before this node's wall clock, which may be behind the
+/// clock of the leader before it (sessions would then outlive their TTL by the difference).
+fn session_cutoff(raft: &Raft, wall_ms: u64, ttl_ms: u64) -> u64 {
+    // As `Raft::propose` stamps it: the wall clock, never below the last entry's stamp.
+    let log_ms = raft.entry(raft.last_index()).map_or(0, |e| e.timestamp_ms);
+    wall_ms.max(log_ms).saturating_sub(ttl_ms)
 }
 
 fn now_ms() -> u64 {
@@ -708,6 +732,14 @@ impl Driver {
                     fail_stop(&e);
                 }
             }
+            Input::BlobFetched { hash, found } => {
+                if found && self.fetching == Some(hash) {
+                    self.fetching = None;
+                    if let Err(e) = self.dispatch_apply() {
+                        fail_stop(&e);
+                    }
+                }
+            }
             Input::SnapshotBuilt(built) => match built {
                 Ok(snap) => self.snapshot_built(snap),
                 Err(e) => fail_stop(&e.into()),
@@ -820,10 +852,13 @@ impl Driver {
             self.applied = snap.meta.index;
             self.snapshot_index = snap.meta.index;
             // The snapshot replaces everything committed so far: what is queued or being
-            // applied was computed on (or for) the state it replaced.
+            // applied was computed on (or for) the state it replaced, and the replies
+            // waiting on covered entries are answered now.
             self.apply_epoch += 1;
             self.applying = None;
             self.apply_queue.clear();
+            self.fetching = None;
+            self.answer_covered(snap.meta.index);
             let view = self.storage.view()?;
             apply::reload(&self.runtime, &self.blobs, &self.registry, &view)?;
             for m in rd.persisted_messages {
@@ -876,11 +911,28 @@ impl Driver {
 
     /// Hands the queued entries to the apply worker, unless a batch is in flight: each batch
     /// must see the state the previous one left.
+    ///
+    /// Design §6: a `Deploy` whose plugin blob is not here waits for it, fetched on a
+    /// thread of its own (the entries after it wait too: apply stays in log order).
     fn dispatch_apply(&mut self) -> anyhow::Result<()> {
-        if self.applying.is_some() || self.apply_queue.is_empty() {
+        if self.applying.is_some() || self.fetching.is_some() || self.apply_queue.is_empty() {
             return Ok(());
         }
-        let n = self.apply_queue.len().min(MAX_APPLY_BATCH);
+        let missing = self
+            .apply_queue
+            .iter()
+            .position(|e| matches!(&e.record, Record::Deploy(d) if !self.blobs.has(&d.sha256)));
+        if missing == Some(0) {
+            if let Some(Record::Deploy(d)) = self.apply_queue.front().map(|e| e.record.clone()) {
+                self.fetch_blob(&d)?;
+            }
+            return Ok(());
+        }
+        let n = self
+            .apply_queue
+            .len()
+            .min(MAX_APPLY_BATCH)
+            .min(missing.unwrap_or(usize::MAX));
         let entries: Vec<keel_raft::Entry> = self.apply_queue.drain(..n).collect();
         let job = ApplyJob {
             epoch: self.apply_epoch,
@@ -1024,6 +1076,69 @@ impl Driver {
         }
     }
 
+    /// Fetches a plugin blob from the peers until one has it, beside the driver; reports
+    /// with `Input::BlobFetched`.
+    fn fetch_blob(&mut self, d: &Deploy) -> anyhow::Result<()> {
+        let hash = d.sha256;
+        if self.fetching == Some(hash) {
+            return Ok(());
+        }
+        tracing::warn!(target: "keel::txn", plugin = %d.plugin, version = %d.version, blob = %blobs::hex(&hash), "apply waits for the plugin's blob, fetching it from peers");
+        self.fetching = Some(hash);
+        let (blobs, inputs) = (self.blobs.clone(), self.inputs.clone());
+        std::thread::Builder::new()
+            .name("keel-blob-fetch".into())
+            .spawn(move || {
+                loop {
+                    let found = blobs.get(&hash).is_some();
+                    if !found {
+                        tracing::warn!(target: "keel::txn", blob = %blobs::hex(&hash), "no peer has the blob yet; apply keeps waiting");
+                    }
+                    // Also how the thread learns that the driver has stopped.
+                    if inputs.send(Input::BlobFetched { hash, found }).is_err() || found {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Entries up to `index` arrived in an installed snapshot and will never be applied
+    /// here one by one: the replies waiting on them are answered now (their outcome cannot
+    /// be told: the entry may or may not be the one the leader committed) and their slots
+    /// freed, instead of waiting out the client's timeout.
+    fn answer_covered(&mut self, index: Index) {
+        let why = format!(
+            "entry replaced by a snapshot up to index {index} before it was applied here; outcome unknown, retry with the same serial"
+        );
+        self.proposals.retain(|&i, (_, replies)| {
+            if i > index {
+                return true;
+            }
+            for reply in replies.drain(..).flatten() {
+                let _ = reply.send(CommandReply::OutcomeUnknown(why.clone()));
+            }
+            false
+        });
+        let covered: Vec<Index> = self
+            .member_changes
+            .keys()
+            .copied()
+            .filter(|&i| i <= index)
+            .collect();
+        for i in covered {
+            if let Some((_, reply)) = self.member_changes.remove(&i) {
+                let _ = reply.send(MemberReply::Retry(format!(
+                    "{why} (the configuration in force is in /v1/status)"
+                )));
+            }
+        }
+        if self.deploy_in_flight.is_some_and(|i| i <= index) {
+            self.deploy_in_flight = None;
+        }
+    }
+
     fn release_reads(&mut self) {
         let applied = self.applied;
         let (ready, waiting): (Vec<_>, Vec<_>) = self
@@ -1096,7 +1211,7 @@ impl Driver {
         self.last_session_sweep = Instant::now();
         let now = now_ms();
         let record = Record::ExpireSessions {
-            before_ms: now.saturating_sub(ttl),
+            before_ms: session_cutoff(&self.raft, now, ttl),
         };
         if let Ok((index, _)) = self.raft.propose(record, now) {
             tracing::debug!(target: "keel::txn", index, "proposed session expiry");
@@ -1311,3 +1426,7 @@ impl Driver {
             .or_else(|| self.cfg.peers.get(&id).cloned())
     }
 }
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;

@@ -87,6 +87,21 @@ impl Cluster {
         node.1.with_file_name("keel.log")
     }
 
+    /// Sends `kill -{signal}` (STOP, CONT) to node `id`'s process, which this test started.
+    fn signal(&self, id: u64, signal: &str) {
+        let node = self
+            .nodes
+            .iter()
+            .find(|(c, _, _)| c.id == id)
+            .expect("node");
+        let pid = node.2.as_ref().expect("running").id();
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill -{signal} {pid}");
+    }
+
     fn restart(&mut self, id: u64) {
         let node = self
             .nodes
@@ -1051,5 +1066,166 @@ fn the_event_stream_reports_a_leadership_change() {
             seen.contains(r#""type":"state""#) && seen.contains(r#""role":"Follower""#),
             "no state event: {seen}"
         );
+    });
+}
+
+/// Raft §7 on real processes: a leader proposes a command that never commits (both
+/// followers are stopped), is stopped itself while the others elect a leader and compact
+/// their log past that entry, then comes back and installs their snapshot over it. The
+/// client waiting on the command is answered then (outcome unknown: a retry with the same
+/// serial is safe), not left to wait out its timeout with the reply slot held.
+#[test]
+fn a_command_whose_entry_a_snapshot_covers_is_answered_not_left_to_time_out() {
+    let cluster = Cluster::start_with(3, |cfg| cfg.snapshot_every = 50);
+    let urls = cluster.urls();
+    let rt = rt();
+    rt.block_on(async {
+        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let leader_url = urls[(leader - 1) as usize].clone();
+        let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+        let last_index = |s: Option<serde_json::Value>| {
+            s.and_then(|s| s["last_log_index"].as_u64()).unwrap_or(0)
+        };
+        let before = last_index(status(&leader_url).await);
+        for f in &followers {
+            cluster.signal(*f, "STOP");
+        }
+        // The command: far longer a timeout than the test waits for its answer.
+        let addr = leader_url.trim_start_matches("http://").to_string();
+        let body = r#"{"op":"put","key":"lost","value":"maybe"}"#;
+        let request = format!(
+            "POST /v1/plugins/kv/commands HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Keel-Timeout-Ms: 600000\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let waiting = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(60)))
+                .expect("timeout");
+            let _ = s.write_all(request.as_bytes());
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        });
+        // Once the leader's log holds it, stop the leader and wake the others.
+        let start = Instant::now();
+        while last_index(status(&leader_url).await) <= before {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the leader did not append the command"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cluster.signal(leader, "STOP");
+        for f in &followers {
+            cluster.signal(*f, "CONT");
+        }
+        let others = cluster.urls_except(leader);
+        wait_for_leader(&others, Duration::from_secs(20)).await;
+        let mut c = Client::new(others.clone());
+        for i in 0..150 {
+            let (code, body) = put(&mut c, &format!("c-{i}"), "v").await;
+            assert_eq!(code, 200, "{body}");
+        }
+        cluster.signal(leader, "CONT");
+        let answer = tokio::task::spawn_blocking(move || waiting.join())
+            .await
+            .expect("join")
+            .expect("the client thread");
+        assert_eq!(
+            status_line(&answer),
+            "HTTP/1.1 504 Gateway Timeout",
+            "no answer, or not the outcome-unknown one: {answer:?}"
+        );
+        assert!(answer.contains("outcome_unknown"), "{answer}");
+        let metrics = http_get(&format!("{leader_url}/metrics"));
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("keel_snapshots_installed_total ") && !l.ends_with(" 0")),
+            "the old leader caught up without a snapshot: the test did not test it\n{metrics}"
+        );
+        // Whether "lost" was applied depends on whether a stopped follower's socket took the
+        // append in before it stopped (the next leader then commits it): hence "unknown".
+        wait_for_same_state(&urls, Duration::from_secs(30)).await;
+    });
+}
+
+/// Design §6: a node that applies a `Deploy` whose plugin bytes no peer can give it yet
+/// waits for them without holding up its Raft loop: it keeps replicating and committing
+/// (its apply stops at the Deploy), nobody's term changes, and once a peer has the bytes
+/// again it fetches them and converges. (The fetch used to run on the driver thread:
+/// blocked for its rounds over the peers, then a fail-stop.)
+#[test]
+fn a_node_missing_a_plugin_blob_keeps_replicating_while_it_waits_for_it() {
+    let mut cluster = Cluster::start(3);
+    let urls = cluster.urls();
+    let rt = rt();
+    rt.block_on(async {
+        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let down = (1..=3).find(|id| *id != leader).expect("a follower");
+        cluster.kill(down);
+        let up = cluster.urls_except(down);
+        let mut c = Client::new(up.clone());
+        let a = c.deploy("kv2", kv_variant(), &[]).await.expect("deploy");
+        let body = String::from_utf8_lossy(&a.body).into_owned();
+        assert_eq!(a.status, 200, "{body}");
+        let deployed: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let deploy_index = deployed["index"].as_u64().expect("index");
+        // No peer can serve the bytes any more (the running nodes keep them loaded).
+        let hash = keel::blobs::hex(&keel::blobs::sha256(&kv_variant()));
+        let blob_paths: Vec<PathBuf> = cluster
+            .nodes
+            .iter()
+            .map(|(cfg, _, _)| cfg.data_dir.join("blobs").join(&hash))
+            .collect();
+        let blob_of = |id: u64| blob_paths[(id - 1) as usize].clone();
+        for id in (1..=3).filter(|id| *id != down) {
+            std::fs::remove_file(blob_of(id)).expect("remove blob");
+        }
+        let term_of = |s: &serde_json::Value| s["term"].as_u64().unwrap_or(0);
+        let term = term_of(&status(&urls[(leader - 1) as usize]).await.expect("status"));
+
+        cluster.restart(down);
+        let down_url = urls[(down - 1) as usize].clone();
+        for i in 0..20 {
+            let (code, body) = put(&mut c, &format!("b-{i}"), "v").await;
+            assert_eq!(code, 200, "{body}");
+        }
+        let commit = status(&urls[(leader - 1) as usize])
+            .await
+            .and_then(|s| s["commit_index"].as_u64())
+            .expect("leader commit");
+        // The restarted node commits past the Deploy while its apply waits before it.
+        let start = Instant::now();
+        loop {
+            let s = status(&down_url).await;
+            let got = |k: &str| s.as_ref().and_then(|s| s[k].as_u64()).unwrap_or(0);
+            if got("commit_index") >= commit {
+                assert!(
+                    got("applied_index") < deploy_index,
+                    "applied past a Deploy whose blob it cannot have: {s:?}"
+                );
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let log = std::fs::read_to_string(cluster.log_of(down)).unwrap_or_default();
+                panic!("node {down} stopped replicating while its blob is missing: {s:?}\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for url in &urls {
+            let s = status(url).await.expect("every node answers");
+            assert_eq!(term_of(&s), term, "a term changed: {s}");
+        }
+
+        // The bytes are back on one peer: the node fetches them and catches up.
+        std::fs::write(blob_of(leader), kv_variant()).expect("restore blob");
+        wait_for_same_state(&urls, Duration::from_secs(30)).await;
+        assert!(blob_of(down).exists(), "fetched and stored");
+        for url in &urls {
+            let s = status(url).await.expect("every node answers");
+            assert_eq!(term_of(&s), term, "a term changed: {s}");
+        }
     });
 }
