@@ -4,6 +4,12 @@
 set -euo pipefail
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
+# iproute2 (`ip`): the partition test puts each node in a network namespace of its own.
+if ! command -v ip >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null ||
+    echo "WARNING: iproute2 not installed; the partition test needs it" >&2
+fi
+
 # --- Guest toolchains for the Python and JavaScript plugins (plugins/kv-py, kv-js) ---
 # Pinned versions. A failure here only warns: keel-plugin's tests then skip the
 # Python/JS cases with a message instead of failing the whole run.
