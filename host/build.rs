@@ -4,11 +4,17 @@
 //! The guest builds in its own target directory (`<target>/wasm-guests`, shared with the
 //! plugin tests): a nested cargo on the outer build's directory would wait on its lock.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // Read at run time, not compiled in (`env!`): one target directory shared by two
+    // checkouts (CI's clone and a developer's tree) may reuse this script's binary, which
+    // must then build the plugin of the checkout being built, not of the one that built it.
+    let manifest_dir = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
+    let root = manifest_dir.join("..");
     for watched in [
         "plugins/kv/src",
         "plugins/kv/Cargo.toml",

@@ -822,8 +822,8 @@ mod tests {
         }
     }
 
-    /// Storage where clients 5, 7, 8 and 9 have open sessions (opened at log time 0).
-    fn with_sessions() -> MemStorage {
+    /// Storage whose log holds a no-op at index 1, applied with `batch`.
+    fn applied_at_1(batch: ApplyBatch) -> MemStorage {
         let s = MemStorage::new();
         s.persist(keel_storage::LogWrite {
             entries: &[entry(1, Record::Noop)],
@@ -832,14 +832,21 @@ mod tests {
         .expect("persist");
         s.apply(&ApplyBatch {
             last_applied: LogId { index: 1, term: 1 },
+            ..batch
+        })
+        .expect("apply");
+        s
+    }
+
+    /// Storage where clients 5, 7, 8 and 9 have open sessions (opened at log time 0).
+    fn with_sessions() -> MemStorage {
+        applied_at_1(ApplyBatch {
             sessions: [5, 7, 8, 9]
                 .into_iter()
                 .map(|c| (c, Some(Session::default())))
                 .collect(),
             ..Default::default()
         })
-        .expect("apply");
-        s
     }
 
     fn run(runtime: &Runtime, registry: &Registry, entries: &[Entry]) -> Applied {
@@ -1083,14 +1090,7 @@ mod tests {
 
     /// Storage whose applied state holds these deployment records (`plugin/{name}` → value).
     fn with_deployments(records: Vec<(String, Vec<u8>)>) -> MemStorage {
-        let s = MemStorage::new();
-        s.persist(keel_storage::LogWrite {
-            entries: &[entry(1, Record::Noop)],
-            ..Default::default()
-        })
-        .expect("persist");
-        s.apply(&ApplyBatch {
-            last_applied: LogId { index: 1, term: 1 },
+        applied_at_1(ApplyBatch {
             writes: records
                 .into_iter()
                 .map(|(name, value)| KvWrite {
@@ -1101,8 +1101,6 @@ mod tests {
                 .collect(),
             ..Default::default()
         })
-        .expect("apply");
-        s
     }
 
     /// Design §8: a node that cannot read a deployment refuses to go on (it used to skip

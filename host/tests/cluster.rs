@@ -641,6 +641,28 @@ fn kv_variant() -> Vec<u8> {
     wasm
 }
 
+/// Kills a follower and deploys `kv2` (the kv variant) through the other two nodes.
+/// Returns the leader's and the follower's ids, the others' URLs, a client on them and the
+/// deploy's answer.
+async fn deploy_kv2_with_a_follower_down(
+    cluster: &mut Cluster,
+    urls: &[String],
+    headers: &[(&'static str, String)],
+) -> (u64, u64, Vec<String>, Client, String) {
+    let leader = wait_for_leader(urls, Duration::from_secs(20)).await;
+    let down = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(down);
+    let up = cluster.urls_except(down);
+    let mut c = Client::new(up.clone());
+    let a = c
+        .deploy("kv2", kv_variant(), headers)
+        .await
+        .expect("deploy");
+    let body = String::from_utf8_lossy(&a.body).into_owned();
+    assert_eq!(a.status, 200, "{body}");
+    (leader, down, up, c, body)
+}
+
 /// Design §6 on real processes: a plugin deployed while a follower is down reaches a
 /// majority before its Deploy record is proposed, runs commands on every node, and the
 /// follower, restarted, fetches the bytes from a peer and ends with the same state.
@@ -650,17 +672,9 @@ fn a_deployed_plugin_runs_everywhere_and_a_node_that_missed_it_fetches_it() {
     let urls = cluster.urls();
     let rt = rt();
     rt.block_on(async {
-        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
-        let down = (1..=3).find(|id| *id != leader).expect("a follower");
-        cluster.kill(down);
-        let up = cluster.urls_except(down);
-        let mut c = Client::new(up.clone());
-        let a = c
-            .deploy("kv2", kv_variant(), &[("keel-version", "v1".into())])
-            .await
-            .expect("deploy");
-        let body = String::from_utf8_lossy(&a.body).into_owned();
-        assert_eq!(a.status, 200, "{body}");
+        let (_, down, up, mut c, body) =
+            deploy_kv2_with_a_follower_down(&mut cluster, &urls, &[("keel-version", "v1".into())])
+                .await;
         assert!(
             body.contains(r#""plugin":"kv2""#) && body.contains(r#""version":"v1""#),
             "{body}"
@@ -1162,14 +1176,8 @@ fn a_node_missing_a_plugin_blob_keeps_replicating_while_it_waits_for_it() {
     let urls = cluster.urls();
     let rt = rt();
     rt.block_on(async {
-        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
-        let down = (1..=3).find(|id| *id != leader).expect("a follower");
-        cluster.kill(down);
-        let up = cluster.urls_except(down);
-        let mut c = Client::new(up.clone());
-        let a = c.deploy("kv2", kv_variant(), &[]).await.expect("deploy");
-        let body = String::from_utf8_lossy(&a.body).into_owned();
-        assert_eq!(a.status, 200, "{body}");
+        let (leader, down, _, mut c, body) =
+            deploy_kv2_with_a_follower_down(&mut cluster, &urls, &[]).await;
         let deployed: serde_json::Value = serde_json::from_str(&body).expect("json");
         let deploy_index = deployed["index"].as_u64().expect("index");
         // No peer can serve the bytes any more (the running nodes keep them loaded).
