@@ -178,16 +178,16 @@ fn redirect(node: &NodeHandle, leader: Option<u64>, path_and_query: &str) -> Res
     }
 }
 
-/// 404 only when this node has applied everything committed: until then the plugin may be
-/// deployed by an entry it has not applied yet (a new leader catching up, a slow plugin
-/// call ahead of it), so the client retries. Entries not yet committed deploy nothing that
-/// anyone was told about.
+/// 404 only when this node has applied its whole log: until then the plugin may be deployed
+/// by an entry it has not applied yet (a new leader catching up, a slow plugin call ahead
+/// of it), so the client retries. Not the commit index: after a restart it starts at the
+/// applied index and lags entries that were committed before the restart.
 fn unknown_plugin(node: &NodeHandle, plugin: &str) -> Response<Body> {
-    let (applied, committed) = {
+    let (applied, last) = {
         let s = node.status.lock().unwrap_or_else(|e| e.into_inner());
-        (s.applied_index, s.commit_index)
+        (s.applied_index, s.last_log_index)
     };
-    if applied < committed {
+    if applied < last {
         return retry_later(&format!(
             "plugin {plugin:?} is not active here yet; applying the log"
         ));
