@@ -918,9 +918,12 @@ impl Driver {
         if self.applying.is_some() || self.fetching.is_some() || self.apply_queue.is_empty() {
             return Ok(());
         }
+        // Only the entries of the next batch: the rest of the queue is looked at when its turn
+        // comes (a full scan per batch would cost O(queue) on every dispatch under load).
         let missing = self
             .apply_queue
             .iter()
+            .take(MAX_APPLY_BATCH)
             .position(|e| matches!(&e.record, Record::Deploy(d) if !self.blobs.has(&d.sha256)));
         if missing == Some(0) {
             if let Some(Record::Deploy(d)) = self.apply_queue.front().map(|e| e.record.clone()) {
@@ -977,7 +980,13 @@ impl Driver {
         // active yet" while the deploy it waited for is applied).
         self.applied = last.index;
         self.raft.applied(last.index);
-        self.publish_status();
+        {
+            // Only the indices: the whole status is published once per loop iteration.
+            let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            status.applied_index = self.applied;
+            status.commit_index = self.raft.commit_index();
+            status.last_log_index = self.raft.last_index();
+        }
         for out in applied.results {
             let Some((t, replies)) = self.proposals.get_mut(&out.index) else {
                 continue;

@@ -16,7 +16,7 @@ use keel::config::NodeConfig;
 static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 mod common;
-use common::{rt, wait_for_leader};
+use common::{kill_all, rt, wait_for_leader};
 
 fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_keel"))
@@ -178,12 +178,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for (_, _, child) in &mut self.nodes {
-            if let Some(c) = child.as_mut() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        kill_all(
+            self.nodes
+                .iter_mut()
+                .filter_map(|(_, _, child)| child.as_mut()),
+        );
     }
 }
 

@@ -12,7 +12,7 @@ use keel::client::Client;
 use keel::config::NodeConfig;
 
 mod common;
-use common::{rt, status, wait_for_leader, wait_for_same_state};
+use common::{kill_all, rt, status, wait_for_leader, wait_for_same_state};
 
 struct Cluster {
     nodes: Vec<(NodeConfig, PathBuf, Option<Child>)>,
@@ -114,12 +114,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for (_, _, child) in &mut self.nodes {
-            if let Some(c) = child.as_mut() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        kill_all(
+            self.nodes
+                .iter_mut()
+                .filter_map(|(_, _, child)| child.as_mut()),
+        );
     }
 }
 

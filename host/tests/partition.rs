@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use keel::client::Client;
 
 mod common;
-use common::{find_leader, rt, status};
+use common::{find_leader, kill_all, rt, status};
 use keel::config::NodeConfig;
 use keel_tests::kv::{Op, OpResult};
 use keel_tests::linearizability::{Call, Verdict, check};
@@ -187,12 +187,11 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        for (_, _, child) in &mut self.nodes {
-            if let Some(c) = child.as_mut() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        kill_all(
+            self.nodes
+                .iter_mut()
+                .filter_map(|(_, _, child)| child.as_mut()),
+        );
         Net::clean(&self.ids);
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use keel::client::Client;
 
 mod common;
-use common::{rt, status, wait_for_leader, wait_for_same_state};
+use common::{kill_all, rt, status, wait_for_leader, wait_for_same_state};
 
 /// Builds `plugins/misbehave` for wasm32-wasip2 in a target directory of its own (the
 /// outer `cargo test` holds the lock of ours).
@@ -60,10 +60,7 @@ struct Nodes {
 
 impl Drop for Nodes {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_all(&mut self.children);
     }
 }
 

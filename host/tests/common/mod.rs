@@ -1,9 +1,18 @@
 //! Support shared by the process tests: status, leaders and state hashes of real nodes.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use keel::client::Client;
+
+/// Kills (SIGKILL) and reaps the node processes still running.
+pub fn kill_all<'a>(children: impl IntoIterator<Item = &'a mut Child>) {
+    for c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
 
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
