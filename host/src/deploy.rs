@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::blobs::{hex, parse_hex};
 use crate::net::{Body, Refusal, answer, error, json, not_leader, read_body, retry_later};
-use crate::node::{Input, NodeHandle};
+use crate::driver::{Input, NodeHandle};
 
 /// Default fuel per apply of a deployed plugin (`Keel-Fuel` overrides).
 pub const DEFAULT_FUEL: u64 = 100_000_000;

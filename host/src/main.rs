@@ -252,7 +252,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
         let (id, url) = (cfg.id, cfg.url());
-        let node = keel::node::start(cfg)?;
+        let node = keel::driver::start(cfg)?;
         tracing::info!(target: "keel::raft", id, %url, "serving");
         let storage = node.storage.clone();
         let stopping = node.clone();
@@ -611,7 +611,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "keel", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        // A node keeps its store in DATA_DIR/db (node::start); the operator names DATA_DIR.
+        // A node keeps its store in DATA_DIR/db (driver::start); the operator names DATA_DIR.
         Cmd::Inspect { data_dir } => match keel_storage::inspect(&data_dir.join("db")) {
             Ok(report) => {
                 print!("{report}");

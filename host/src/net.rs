@@ -17,7 +17,7 @@ use keel_storage::{StateView, Storage};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::node::{CommandReply, Input, MemberChange, MemberReply, NodeHandle, ReadRefused};
+use crate::driver::{CommandReply, Input, MemberChange, MemberReply, NodeHandle, ReadRefused};
 use crate::{apply, deploy, transport};
 
 /// Response body type: a whole buffer or a stream (server-sent events).

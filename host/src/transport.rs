@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::net::{Body, error, read_body, retry_later};
-use crate::node::{Input, NodeHandle};
+use crate::driver::{Input, NodeHandle};
 
 /// Largest frame, or one-shot batch, accepted from a peer (snapshots travel one-shot).
 pub const MAX_PEER_BODY: usize = 512 << 20;

@@ -8,7 +8,8 @@ use crate::kv::{KvView, Writes};
 use crate::store::{Abort, HostState, Mode};
 use crate::{PluginError, wasi};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -150,12 +151,18 @@ impl Drop for Ticker {
     }
 }
 
+/// Compiled components kept in memory per runtime.
+const MAX_LOADED: usize = 32;
+
 /// The plugin runtime of one node: one engine, one linker, one cache.
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     cache: Option<Cache>,
+    /// Components compiled or loaded by this runtime, by sha256: a snapshot install reloads
+    /// every plugin, and the simulator starts many nodes on one runtime.
+    loaded: Arc<Mutex<HashMap<String, Component>>>,
     ticker: Arc<Ticker>,
     backstop: Duration,
 }
@@ -195,6 +202,7 @@ impl Runtime {
             cache: config.cache_dir.map(|dir| Cache::new(dir, &engine)),
             engine,
             linker: Arc::new(linker),
+            loaded: Arc::default(),
             ticker: Arc::new(Ticker { stop }),
             backstop: config.backstop,
         })
@@ -221,10 +229,17 @@ impl Runtime {
         }
 
         let sha256 = sha256_hex(wasm);
-        let cached = self
-            .cache
-            .as_ref()
-            .and_then(|c| c.load(&self.engine, &sha256));
+        let in_memory = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&sha256)
+            .cloned();
+        let cached = in_memory.or_else(|| {
+            self.cache
+                .as_ref()
+                .and_then(|c| c.load(&self.engine, &sha256))
+        });
         let (component, source) = match cached {
             Some(c) => (c, CodeSource::Cache),
             None => {
@@ -240,6 +255,14 @@ impl Runtime {
             }
         };
 
+        {
+            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded: a node that deploys version after version keeps only recent ones.
+            if loaded.len() >= MAX_LOADED && !loaded.contains_key(&sha256) {
+                loaded.clear();
+            }
+            loaded.insert(sha256.clone(), component.clone());
+        }
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             PluginError::UnsatisfiedImport {
                 plugin: id.clone(),

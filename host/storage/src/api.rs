@@ -229,6 +229,39 @@ pub trait StateView {
     ) -> Result<Vec<(u64, Session)>, StorageError>;
 }
 
+/// A boxed view is a view: the node holds views of any store as `Box<dyn StateView + Send>`.
+impl<T: StateView + ?Sized> StateView for Box<T> {
+    fn applied(&self) -> &AppliedState {
+        (**self).applied()
+    }
+    fn get(&self, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        (**self).get(namespace, key)
+    }
+    fn range(&self, namespace: &str, range: KvRange<'_>) -> Result<KvPairs, StorageError> {
+        (**self).range(namespace, range)
+    }
+    fn session(&self, client_id: u64) -> Result<Option<Session>, StorageError> {
+        (**self).session(client_id)
+    }
+    fn namespaces(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        (**self).namespaces()
+    }
+    fn scan_kv(
+        &self,
+        after: Option<(&str, &[u8])>,
+        limit: usize,
+    ) -> Result<Vec<KvRecord>, StorageError> {
+        (**self).scan_kv(after, limit)
+    }
+    fn scan_sessions(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Session)>, StorageError> {
+        (**self).scan_sessions(after, limit)
+    }
+}
+
 /// A node's storage. Two implementations: [`crate::RedbStorage`] (one file per node) and
 /// [`crate::MemStorage`] (the simulator). All methods take `&self` so the persist path and the
 /// apply path may run on different threads; writes are serialised inside.

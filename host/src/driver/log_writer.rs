@@ -19,12 +19,13 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::time::Instant;
 
 use keel_raft::{Entry, HardState, Index, Message, SnapshotMeta, Term};
-use keel_storage::{LogWrite, RedbStorage, Storage, StorageError};
+use keel_storage::{LogWrite, StorageError};
 use prometheus_client::metrics::histogram::Histogram;
 
+use super::Input;
+use super::io::NodeStore;
 use crate::apply::Unflushed;
 use crate::metrics::Metrics;
-use crate::node::Input;
 use crate::transport::Outboxes;
 
 /// One Ready's worth of step 2 and 3.
@@ -38,26 +39,58 @@ pub struct Write {
     pub then_send: Vec<Message>,
 }
 
-enum Job {
+/// What the driver queues on the log writer, done in order.
+#[derive(Debug)]
+pub enum WriterJob {
+    /// Handshake steps 2 and 3.
     Write(Write),
-    /// A layer of the applied state to write through to storage (`Unflushed::freeze`).
+    /// A layer of the applied state to write through to storage (`Unflushed::freeze`);
+    /// [`Input::Flushed`] reports it done. Every entry it holds is durable already (the core
+    /// hands out for apply only entries this writer reported), so storage's `last_applied`
+    /// never gets ahead of its log.
     Flush(Arc<Unflushed>),
-    /// Drop the log up to a snapshot the core now holds.
+    /// Drop the stored log up to a snapshot the core now holds (applied and flushed).
     Purge(SnapshotMeta),
+}
+
+/// Where a writer round's results go: messages that may leave now, inputs for the driver.
+pub trait WriterOut {
+    /// A message whose promise (a vote, an acknowledgement) is durable now.
+    fn send(&mut self, m: Message);
+    /// [`Input::Persisted`] or [`Input::Flushed`].
+    fn input(&mut self, input: Input);
+}
+
+enum Job {
+    Job(WriterJob),
     /// Answered once every earlier job is done.
     Barrier(Sender<()>),
 }
 
 /// The driver's end of the writer thread.
-pub struct LogWriter {
+pub(super) struct LogWriter {
     jobs: Sender<Job>,
+}
+
+struct ThreadOut<'a> {
+    outboxes: &'a Outboxes,
+    driver: &'a Sender<Input>,
+}
+
+impl WriterOut for ThreadOut<'_> {
+    fn send(&mut self, m: Message) {
+        self.outboxes.send(m);
+    }
+    fn input(&mut self, input: Input) {
+        let _ = self.driver.send(input);
+    }
 }
 
 impl LogWriter {
     /// Starts the writer thread. Durable points go back to the driver as
     /// [`Input::Persisted`]; a storage failure stops the process (design §8).
-    pub fn start(
-        storage: Arc<RedbStorage>,
+    pub(super) fn start(
+        storage: Arc<dyn NodeStore>,
         outboxes: Outboxes,
         driver: Sender<Input>,
         metrics: Arc<Metrics>,
@@ -65,31 +98,18 @@ impl LogWriter {
         let (jobs, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("keel-log-writer".into())
-            .spawn(move || run(&rx, &storage, &outboxes, &driver, &metrics))?;
+            .spawn(move || run(&rx, &*storage, &outboxes, &driver, &metrics))?;
         Ok(LogWriter { jobs })
     }
 
-    /// Queues one Ready's writes behind the earlier ones.
-    pub fn submit(&self, write: Write) {
+    /// Queues a job behind the earlier ones.
+    pub(super) fn submit(&self, job: WriterJob) {
         // The thread only ends with the process (fail-stop) or after the driver drops us.
-        let _ = self.jobs.send(Job::Write(write));
-    }
-
-    /// Queues a layer of the applied state for writing to storage; [`Input::Flushed`]
-    /// reports it done. Every entry it holds is durable already (the core hands out for
-    /// apply only entries this writer reported), so storage's `last_applied` never gets
-    /// ahead of its log.
-    pub fn flush(&self, layer: Arc<Unflushed>) {
-        let _ = self.jobs.send(Job::Flush(layer));
-    }
-
-    /// Queues dropping the stored log up to `snapshot` (already applied and flushed).
-    pub fn purge(&self, snapshot: SnapshotMeta) {
-        let _ = self.jobs.send(Job::Purge(snapshot));
+        let _ = self.jobs.send(Job::Job(job));
     }
 
     /// Returns once everything submitted so far is durable and its messages sent.
-    pub fn wait_idle(&self) {
+    pub(super) fn wait_idle(&self) {
         let (tx, rx) = std::sync::mpsc::channel();
         if self.jobs.send(Job::Barrier(tx)).is_ok() {
             let _ = rx.recv();
@@ -99,56 +119,24 @@ impl LogWriter {
 
 fn run(
     rx: &Receiver<Job>,
-    storage: &RedbStorage,
+    storage: &dyn NodeStore,
     outboxes: &Outboxes,
     driver: &Sender<Input>,
     metrics: &Metrics,
 ) {
     while let Ok(first) = rx.recv() {
-        let mut writes = Vec::new();
-        let mut flushes = Vec::new();
-        let mut purges = Vec::new();
+        let mut jobs = Vec::new();
         let mut barriers = Vec::new();
         for job in std::iter::once(first).chain(rx.try_iter()) {
             match job {
-                Job::Write(w) => writes.push(w),
-                Job::Flush(layer) => flushes.push(layer),
-                Job::Purge(meta) => purges.push(meta),
-                // Safe to answer after this round: it came after every write taken with it.
+                Job::Job(job) => jobs.push(job),
+                // Safe to answer after this round: it came after every job taken with it.
                 Job::Barrier(done) => barriers.push(done),
             }
         }
-        let merged = merge(writes);
-        let point = merged.durable_point();
-        if merged.hard_state.is_some() || !merged.entries.is_empty() {
-            timed(&metrics.log_commit_seconds, || {
-                storage.persist(LogWrite {
-                    hard_state: merged.hard_state,
-                    snapshot: None,
-                    entries: &merged.entries,
-                })
-            });
-            metrics.fsyncs.inc();
-            metrics
-                .log_commit_entries
-                .observe(merged.entries.len() as f64);
-        }
-        for m in merged.then_send {
-            outboxes.send(m);
-        }
-        if let Some((index, term)) = point {
-            let _ = driver.send(Input::Persisted(index, term));
-        }
-        // After the log: acknowledgements wait for nobody's flush.
-        for layer in flushes {
-            if let Some(batch) = layer.to_batch() {
-                timed(&metrics.flush_seconds, || storage.apply(&batch));
-                tracing::debug!(target: "keel::txn", last = %batch.last_applied, keys = batch.writes.len(), "flushed");
-            }
-            let _ = driver.send(Input::Flushed(layer));
-        }
-        for meta in purges {
-            timed(&metrics.purge_seconds, || storage.purge(&meta));
+        let mut out = ThreadOut { outboxes, driver };
+        if let Err(e) = round(jobs, storage, metrics, &mut out) {
+            super::fail_stop(&e.into());
         }
         for done in barriers {
             let _ = done.send(());
@@ -156,16 +144,70 @@ fn run(
     }
 }
 
-/// One storage step, its duration recorded; a storage failure stops the process (design §8).
-fn timed<T>(histogram: &Histogram, step: impl FnOnce() -> Result<T, StorageError>) -> T {
-    let started = Instant::now();
-    match step() {
-        Ok(out) => {
-            histogram.observe(started.elapsed().as_secs_f64());
-            out
+/// One group commit: every job that queued since the last round, in order. The writes
+/// become one durable commit; only then do the messages that promise durability leave and
+/// the durable point go to the driver. The simulator runs this same function at each
+/// simulated fsync.
+pub fn round(
+    jobs: Vec<WriterJob>,
+    storage: &dyn NodeStore,
+    metrics: &Metrics,
+    out: &mut dyn WriterOut,
+) -> Result<(), StorageError> {
+    let mut writes = Vec::new();
+    let mut flushes = Vec::new();
+    let mut purges = Vec::new();
+    for job in jobs {
+        match job {
+            WriterJob::Write(w) => writes.push(w),
+            WriterJob::Flush(layer) => flushes.push(layer),
+            WriterJob::Purge(meta) => purges.push(meta),
         }
-        Err(e) => crate::node::fail_stop(&e.into()),
     }
+    let merged = merge(writes);
+    let point = merged.durable_point();
+    if merged.hard_state.is_some() || !merged.entries.is_empty() {
+        timed(&metrics.log_commit_seconds, || {
+            storage.persist(LogWrite {
+                hard_state: merged.hard_state,
+                snapshot: None,
+                entries: &merged.entries,
+            })
+        })?;
+        metrics.fsyncs.inc();
+        metrics
+            .log_commit_entries
+            .observe(merged.entries.len() as f64);
+    }
+    for m in merged.then_send {
+        out.send(m);
+    }
+    if let Some((index, term)) = point {
+        out.input(Input::Persisted(index, term));
+    }
+    // After the log: acknowledgements wait for nobody's flush.
+    for layer in flushes {
+        if let Some(batch) = layer.to_batch() {
+            timed(&metrics.flush_seconds, || storage.apply(&batch))?;
+            tracing::debug!(target: "keel::txn", last = %batch.last_applied, keys = batch.writes.len(), "flushed");
+        }
+        out.input(Input::Flushed(layer));
+    }
+    for meta in purges {
+        timed(&metrics.purge_seconds, || storage.purge(&meta))?;
+    }
+    Ok(())
+}
+
+/// One storage step, its duration recorded.
+fn timed<T>(
+    histogram: &Histogram,
+    step: impl FnOnce() -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    let started = Instant::now();
+    let out = step()?;
+    histogram.observe(started.elapsed().as_secs_f64());
+    Ok(out)
 }
 
 impl Write {
@@ -198,6 +240,7 @@ fn merge(writes: Vec<Write>) -> Write {
 mod tests {
     use super::*;
     use keel_raft::Record;
+    use keel_storage::{RedbStorage, Storage};
 
     fn entry(index: Index, term: Term) -> Entry {
         Entry {
@@ -241,7 +284,7 @@ mod tests {
         let (_, mut outbox) = outboxes.connect(&members).pop().expect("an outbox");
         let (driver, reports) = std::sync::mpsc::channel();
         let writer = LogWriter::start(
-            Arc::clone(&storage),
+            Arc::clone(&storage) as Arc<dyn NodeStore>,
             outboxes.clone(),
             driver,
             Arc::new(Metrics::default()),
@@ -267,14 +310,14 @@ mod tests {
         };
         // Many small writes, submitted faster than the disk syncs: they group-commit.
         for i in 1..=200 {
-            writer.submit(Write {
+            writer.submit(WriterJob::Write(Write {
                 hard_state: (i == 1).then_some(HardState {
                     term: 1,
                     vote: None,
                 }),
                 entries: vec![entry(i, 1)],
                 then_send: vec![ack(i)],
-            });
+            }));
         }
         writer.wait_idle();
         drop(outboxes.connect(&std::collections::BTreeMap::new()));

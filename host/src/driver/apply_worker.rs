@@ -17,10 +17,10 @@ use keel_storage::StateView;
 
 use crate::apply::{self, Applied, ApplyError, Registry, Unflushed};
 use crate::blobs::Blobs;
-use crate::node::Input;
+use super::Input;
 
 /// One batch for the worker, with the state it applies on top of.
-pub(crate) struct ApplyJob {
+pub struct ApplyJob {
     /// The driver's apply epoch when it sent the batch; a snapshot install starts a new
     /// epoch, and results of an older one are dropped (they were computed on a state the
     /// snapshot replaced).
@@ -31,6 +31,18 @@ pub(crate) struct ApplyJob {
     pub(crate) unflushed: Arc<Unflushed>,
     /// Committed entries, in log order, without gaps after the last batch.
     pub(crate) entries: Vec<Entry>,
+}
+
+impl ApplyJob {
+    /// The committed entries of the batch.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The apply epoch it was sent in (see [`super::Driver::apply_epoch`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
 }
 
 /// What one batch came to, sent back to the driver as [`Input::Applied`].
@@ -75,23 +87,29 @@ fn run(
     done: &Sender<Input>,
 ) {
     for job in jobs {
-        let started = Instant::now();
-        let result = apply::apply_batch(
-            runtime,
-            blobs,
-            registry,
-            job.view,
-            job.unflushed,
-            &job.entries,
-        );
-        let out = ApplyDone {
-            epoch: job.epoch,
-            entries: job.entries,
-            result,
-            took: started.elapsed(),
-        };
+        let out = run_job(job, runtime, blobs, registry);
         if done.send(Input::Applied(Box::new(out))).is_err() {
             return; // the driver has stopped
         }
+    }
+}
+
+/// Runs one batch through the plugins (the simulator calls this too, when its scheduler
+/// says the worker is done).
+pub fn run_job(job: ApplyJob, runtime: &Runtime, blobs: &Blobs, registry: &Registry) -> ApplyDone {
+    let started = Instant::now();
+    let result = apply::apply_batch(
+        runtime,
+        blobs,
+        registry,
+        job.view,
+        job.unflushed,
+        &job.entries,
+    );
+    ApplyDone {
+        epoch: job.epoch,
+        entries: job.entries,
+        result,
+        took: started.elapsed(),
     }
 }

@@ -1,7 +1,8 @@
-//! Unit tests of the driver's small decisions (node.rs).
+//! Unit tests of the driver's small decisions.
 
 use super::*;
-use keel_raft::{Entry, HardState};
+use super::upkeep::session_cutoff;
+use keel_raft::{ClusterConfig, ClusterId, Config, Entry, HardState, InitialState};
 
 /// A single-voter core restored with one entry stamped `log_ms` by an earlier leader,
 /// ticked until it leads.

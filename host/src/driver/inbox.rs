@@ -1,0 +1,240 @@
+//! What the rest of the node says to the driver, and what it answers: the inputs, the
+//! replies, the status, and the handle the HTTP layer holds.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, RwLock};
+
+use keel_plugin::Runtime;
+use keel_raft::{ClientSerial, ClusterConfig, ClusterId, Deploy, Index, Message, NodeId, ReadMode, Snapshot, Term};
+use keel_storage::{RedbStorage, Storage};
+use serde::Serialize;
+use tokio::sync::{broadcast, oneshot};
+
+use super::apply_worker::ApplyDone;
+use crate::apply::{CommandResult, Registry, Unflushed};
+use crate::blobs::Blobs;
+use crate::config::NodeConfig;
+use crate::metrics::Metrics;
+
+/// What a client's command came to.
+#[derive(Debug)]
+pub enum CommandReply {
+    /// Applied at `index` in `term`, with the plugin's answer.
+    Done {
+        /// Log index.
+        index: Index,
+        /// Term.
+        term: Term,
+        /// Place within the entry: commands that queue together share one entry.
+        position: u32,
+        /// The plugin's result (or its deterministic failure).
+        result: CommandResult,
+    },
+    /// Not the leader (the client should go there).
+    NotLeader(Option<NodeId>),
+    /// The command's session is unknown or expired (thesis §6.3): refused, in the log, on
+    /// every node alike. The client must open a new session; whether an earlier command of
+    /// the old one was applied cannot be told.
+    SessionUnknown(String),
+    /// Election under way, backpressure, or the entry was overwritten: retry (same serial).
+    Retry(String),
+    /// Whether it was applied cannot be told here (its entry was covered by a snapshot
+    /// installed from the leader): as after a timeout, a retry with the same serial is safe.
+    OutcomeUnknown(String),
+}
+
+/// What a linearizable read came to: once `Ok`, the local state is at least as new as
+/// every write acknowledged before the read began.
+pub type ReadReply = Result<Index, ReadRefused>;
+
+/// Why a read could not be confirmed here.
+#[derive(Debug)]
+pub enum ReadRefused {
+    /// Lease reads must go to the leader.
+    NotLeader(Option<NodeId>),
+    /// No leader, or leadership changed mid-read: retry.
+    Retry,
+}
+
+/// An input for the driver thread.
+pub enum Input {
+    /// Messages from a peer.
+    Peer(Vec<Message>),
+    /// A client command.
+    Propose {
+        /// Plugin name.
+        plugin: String,
+        /// Exactly-once session, if any.
+        client: Option<ClientSerial>,
+        /// Command bytes.
+        payload: Vec<u8>,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<CommandReply>,
+    },
+    /// Deploy a plugin whose bytes a majority already holds (design §6); answered once
+    /// the `Deploy` record is applied here.
+    Deploy {
+        /// The record.
+        deploy: Deploy,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<CommandReply>,
+    },
+    /// Open a client session (thesis §6.3); answered with its id once applied.
+    OpenSession(oneshot::Sender<CommandReply>),
+    /// A read that must be confirmed by the log (ReadIndex or lease).
+    Read {
+        /// How to confirm it.
+        mode: ReadMode,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<ReadReply>,
+    },
+    /// Hand leadership to another voter (thesis §3.10).
+    Transfer(NodeId),
+    /// Write the applied state through to storage now; answered once it is there.
+    Flush(oneshot::Sender<()>),
+    /// The log writer made the log durable up to this entry (handshake step 3).
+    Persisted(Index, Term),
+    /// The log writer wrote this layer of the applied state to storage.
+    Flushed(Arc<Unflushed>),
+    /// A fetch of a plugin blob that apply waits for ended (`found`: it is here now).
+    BlobFetched {
+        /// The blob.
+        hash: [u8; 32],
+        /// Whether it is here now (otherwise the fetch goes on).
+        found: bool,
+    },
+    /// A snapshot of the applied state, built beside the driver.
+    SnapshotBuilt(Result<Snapshot, keel_storage::StorageError>),
+    /// The apply worker finished a batch.
+    Applied(Box<ApplyDone>),
+    /// Change the membership, one server at a time (thesis §4.1).
+    Members {
+        /// The change.
+        change: MemberChange,
+        /// Answered once the new configuration is committed and applied.
+        reply: oneshot::Sender<MemberReply>,
+    },
+}
+
+/// One single-server membership change (thesis §4.1; learners §4.2.1).
+#[derive(Clone, Debug)]
+pub enum MemberChange {
+    /// Add a node as a learner: it receives the log but neither votes nor counts.
+    AddLearner {
+        /// Its id (unique in the cluster, never reused).
+        id: NodeId,
+        /// Its URL.
+        url: String,
+    },
+    /// Make a learner a voter.
+    Promote(NodeId),
+    /// Remove a voter or learner.
+    Remove(NodeId),
+}
+
+/// What a membership change came to.
+#[derive(Debug)]
+pub enum MemberReply {
+    /// Committed and applied at `index`: the new voters and learners.
+    Done {
+        /// The configuration entry's index.
+        index: Index,
+        /// The configuration now in force.
+        config: ClusterConfig,
+    },
+    /// Not the leader.
+    NotLeader(Option<NodeId>),
+    /// Election, transfer, or another change in flight: retry.
+    Retry(String),
+    /// The change does not apply to this membership (unknown id, already a member, …).
+    Refused(String),
+}
+
+/// What `GET /v1/status` shows.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NodeStatus {
+    /// This node.
+    pub node_id: NodeId,
+    /// Follower, PreCandidate, Candidate or Leader.
+    pub role: String,
+    /// Current term.
+    pub term: Term,
+    /// Known leader.
+    pub leader_id: Option<NodeId>,
+    /// The leader's URL, if known.
+    pub leader_url: Option<String>,
+    /// Commit index.
+    pub commit_index: Index,
+    /// Applied index.
+    pub applied_index: Index,
+    /// Last log index.
+    pub last_log_index: Index,
+    /// The cluster UUID.
+    pub cluster_id: String,
+    /// Voters and learners with their URLs.
+    pub members: BTreeMap<NodeId, String>,
+    /// Voting members.
+    pub voters: Vec<NodeId>,
+    /// Non-voting members (thesis §4.2.1).
+    pub learners: Vec<NodeId>,
+    /// Active plugins.
+    pub plugins: Vec<String>,
+    /// Entries committed here but not applied yet (queued or in the apply worker).
+    pub apply_lag: u64,
+    /// Leader only: how long its lease still holds, in ms (0: `lease` reads take a
+    /// ReadIndex round until a heartbeat round renews it; thesis §6.4.1).
+    pub lease_ms_left: u64,
+}
+
+/// The handle the HTTP layer holds.
+#[derive(Clone)]
+pub struct NodeHandle {
+    /// Inputs to the driver.
+    pub inputs: Sender<Input>,
+    /// Latest status, refreshed by the driver.
+    pub status: Arc<Mutex<NodeStatus>>,
+    /// State-change events, as JSON (for `GET /v1/events`).
+    pub events: broadcast::Sender<String>,
+    /// Active plugins.
+    pub registry: Registry,
+    /// The store (for queries and the state hash).
+    pub storage: Arc<RedbStorage>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The configuration.
+    pub config: Arc<NodeConfig>,
+    /// This node's cluster.
+    pub cluster: ClusterId,
+    /// Applied state not yet written to storage; see [`NodeHandle::applied_view`].
+    pub unflushed: Arc<RwLock<Arc<Unflushed>>>,
+    /// Queries running at once. Fewer than the plugin runtime's instance pool, so that the
+    /// apply path always finds an instance (it fail-stops if it does not).
+    pub query_slots: Arc<tokio::sync::Semaphore>,
+    /// The plugin runtime (the deploy endpoint compiles with it before proposing).
+    pub runtime: Runtime,
+    /// This node's blob store.
+    pub blobs: Blobs,
+}
+
+impl NodeHandle {
+    /// The applied state as of one index: a storage view and what was applied since the last
+    /// flush, taken under the read lock so that no flush falls between the two (the pair is
+    /// then a point in time: a flush moves writes from the second into the first).
+    pub fn applied_view(
+        &self,
+    ) -> Result<(keel_storage::RedbView, Arc<Unflushed>), keel_storage::StorageError> {
+        let slot = self.unflushed.read().unwrap_or_else(|e| e.into_inner());
+        let view = self.storage.view()?;
+        Ok((view, Arc::clone(&slot)))
+    }
+
+    /// Asks the driver to flush the applied state to storage, and waits for it.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inputs.send(Input::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+

@@ -1,0 +1,762 @@
+//! The driver: the one place where the Raft core, storage, plugins, timers and the network
+//! meet (design §2).
+//!
+//! One thread owns the core and runs the Ready handshake (see `keel_raft::Ready`); the rest
+//! of the node talks to it through [`Input`]s. Everything the driver does to the world goes
+//! through [`Io`]: in `keel serve` ([`start`]) committed entries run through the plugins on
+//! the apply worker (`apply_worker`), one batch at a time, so a slow plugin never holds up
+//! ticks, heartbeats or votes; durable writes go to the log writer (`log_writer`), which
+//! syncs while the driver applies and proposes, so whatever queues meanwhile becomes one
+//! durable commit (group commit), and the leader's appends leave before its own write
+//! starts (thesis §10.2.1); flushes of the applied state and snapshot builds run beside it
+//! too, so the driver never waits on a disk. In `keel-sim` the same driver runs under
+//! virtual time, and the simulator decides when each of those effects completes.
+//!
+//! Files: `inbox` (inputs, replies, status, the handle), `io` (the effects), `start`
+//! (opening storage, recovery, the production loop), `upkeep` (flushes, snapshots, session
+//! expiry), `membership` (member changes and peer connections), `log_writer`,
+//! `apply_worker`.
+
+mod apply_worker;
+mod inbox;
+mod io;
+mod log_writer;
+mod membership;
+mod start;
+mod upkeep;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use keel_plugin::Runtime;
+use keel_raft::{
+    Command, Event, Index, NodeId, Payload, ProposeError, Raft, ReadError, Ready, Record, Role,
+    Term,
+};
+use keel_storage::LogWrite;
+use tokio::sync::{broadcast, oneshot};
+
+pub use apply_worker::{ApplyDone, ApplyJob, run_job};
+pub use inbox::{
+    CommandReply, Input, MemberChange, MemberReply, NodeHandle, NodeStatus, ReadRefused,
+    ReadReply,
+};
+pub use io::{Io, NodeStore};
+pub use log_writer::{Write, WriterJob, WriterOut, round as writer_round};
+pub use start::{StartError, core_config, open_state, start};
+
+use crate::apply::{self, Applied, CommandOutcome, Registry, Unflushed};
+use crate::blobs::Blobs;
+use crate::config::NodeConfig;
+use crate::metrics::Metrics;
+
+/// Flush sooner when this many keys and sessions are waiting.
+const FLUSH_AT: usize = 50_000;
+
+type Reply = oneshot::Sender<CommandReply>;
+
+/// Bounds on one batched entry: well under storage's 4 MiB entry limit, and a single
+/// command (at most `max_body_bytes`, 1 MiB by default) always fits.
+const MAX_BATCH_BYTES: usize = 2 << 20;
+const MAX_BATCH_COMMANDS: usize = 1024;
+
+/// Entries per apply batch: big enough to amortise a storage view and plugin instances,
+/// small enough that one batch's replies are not held back long.
+const MAX_APPLY_BATCH: usize = 4096;
+
+/// Design §8: never continue on a state we cannot vouch for.
+pub(crate) fn fail_stop(e: &anyhow::Error) -> ! {
+    tracing::error!(target: "keel::raft", error = %e, "fail-stop");
+    eprintln!("keel: fail-stop: {e}");
+    std::process::exit(2);
+}
+
+/// Where the next snapshot stands (see `Driver::maybe_snapshot`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SnapshotState {
+    Idle,
+    /// Waiting for storage to hold the applied state (a flush under way).
+    AwaitingFlush,
+    /// Being built beside the driver.
+    Building,
+}
+
+/// A deliberately broken driver, for proving that the simulator catches driver bugs (as
+/// `keel_raft::testkit::Bug` does for the core). `keel serve` never sets one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverBug {
+    /// Sends the messages that promise durability (votes, append acknowledgements) with the
+    /// others, before the write they promise is durable (Raft §5.1 Fig. 2 broken).
+    AckBeforeDurable,
+    /// Tells the core a write is durable when it is handed to the log writer, so entries are
+    /// applied (and counted by a leader) before they are durable here.
+    ApplyBeforeDurable,
+}
+
+impl DriverBug {
+    /// Every variant.
+    pub const ALL: [DriverBug; 2] = [DriverBug::AckBeforeDurable, DriverBug::ApplyBeforeDurable];
+}
+
+/// What a driver is made of; [`start`] assembles one for `keel serve`, the simulator its own.
+pub struct DriverParts {
+    /// The node's configuration.
+    pub cfg: Arc<NodeConfig>,
+    /// The core, restored from storage ([`open_state`]).
+    pub raft: Raft,
+    /// The applied index the core was restored with (`InitialState::applied`).
+    pub applied: Index,
+    /// The index of the snapshot the core was restored with.
+    pub snapshot_index: Index,
+    /// The store.
+    pub storage: Arc<dyn NodeStore>,
+    /// The world.
+    pub io: Box<dyn Io>,
+    /// The plugin runtime.
+    pub runtime: Runtime,
+    /// The blob store.
+    pub blobs: Blobs,
+    /// Active plugins (restored by [`open_state`]).
+    pub registry: Registry,
+    /// Where the status goes.
+    pub status: Arc<Mutex<NodeStatus>>,
+    /// Where events go.
+    pub events: broadcast::Sender<String>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The applied state not yet in storage (shared with readers).
+    pub unflushed: Arc<RwLock<Arc<Unflushed>>>,
+    /// A deliberate bug (the simulator's teeth); `None` in `keel serve`.
+    pub bug: Option<DriverBug>,
+}
+
+/// The driver. Between inputs its owner calls [`Driver::ticks`] as time passes and
+/// [`Driver::step_end`] after each round of inputs.
+pub struct Driver {
+    cfg: Arc<NodeConfig>,
+    raft: Raft,
+    storage: Arc<dyn NodeStore>,
+    io: Box<dyn Io>,
+    runtime: Runtime,
+    blobs: Blobs,
+    registry: Registry,
+    status: Arc<Mutex<NodeStatus>>,
+    events: broadcast::Sender<String>,
+    metrics: Arc<Metrics>,
+    /// Commands waiting to be proposed together, and their encoded size.
+    pending: Vec<(Command, Reply)>,
+    pending_bytes: usize,
+    /// index → (term, one reply per command of the entry) of proposals made here.
+    proposals: HashMap<Index, (Term, Vec<Option<Reply>>)>,
+    /// read ctx → reply, while the core confirms it.
+    reads: HashMap<u64, oneshot::Sender<ReadReply>>,
+    /// Confirmed reads waiting for the state machine to catch up.
+    reads_waiting: Vec<(Index, oneshot::Sender<ReadReply>)>,
+    next_ctx: u64,
+    /// Highest index whose batch the driver has absorbed (the replies are answered).
+    applied: Index,
+    /// Committed entries not yet handed to the apply worker.
+    apply_queue: VecDeque<keel_raft::Entry>,
+    /// Last index of the batch the worker is applying, if one is.
+    applying: Option<Index>,
+    /// Bumped by a snapshot install: results of batches started before it are dropped.
+    apply_epoch: u64,
+    snapshot_index: Index,
+    snapshot_state: SnapshotState,
+    deploy_in_flight: Option<Index>,
+    /// The plugin blob a queued `Deploy` waits for (design §6), fetched beside the driver;
+    /// nothing from that entry on is applied until it is here.
+    fetching: Option<[u8; 32]>,
+    unflushed: Arc<RwLock<Arc<Unflushed>>>,
+    /// `Io::mono_ms` of the last flush and session sweep.
+    last_flush_ms: u64,
+    last_session_sweep_ms: u64,
+    /// Membership changes proposed here: index → (term, reply).
+    member_changes: HashMap<Index, (Term, oneshot::Sender<MemberReply>)>,
+    /// The peers that senders run for, with their URLs.
+    peers: BTreeMap<NodeId, String>,
+    /// Peers a configuration entry removed, kept connected until that entry is applied: a
+    /// leader that removes itself learns that the entry committed only from their
+    /// acknowledgements (thesis §4.2.2). id → (entry index, URL).
+    leaving: BTreeMap<NodeId, (Index, String)>,
+    bug: Option<DriverBug>,
+}
+
+impl Driver {
+    /// Assembles a driver from its parts and connects it to its peers.
+    pub fn new(p: DriverParts) -> Driver {
+        let (applied, snapshot_index) = (p.applied, p.snapshot_index);
+        let now = p.io.mono_ms();
+        let mut driver = Driver {
+            cfg: p.cfg,
+            raft: p.raft,
+            storage: p.storage,
+            io: p.io,
+            runtime: p.runtime,
+            blobs: p.blobs,
+            registry: p.registry,
+            status: p.status,
+            events: p.events,
+            metrics: p.metrics,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            proposals: HashMap::new(),
+            reads: HashMap::new(),
+            reads_waiting: Vec::new(),
+            next_ctx: 1,
+            applied,
+            apply_queue: VecDeque::new(),
+            applying: None,
+            apply_epoch: 0,
+            snapshot_index,
+            snapshot_state: SnapshotState::Idle,
+            deploy_in_flight: None,
+            fetching: None,
+            unflushed: p.unflushed,
+            last_flush_ms: now,
+            last_session_sweep_ms: now,
+            member_changes: HashMap::new(),
+            peers: BTreeMap::new(),
+            leaving: BTreeMap::new(),
+            bug: p.bug,
+        };
+        driver.connect_peers(0);
+        driver.publish_status();
+        driver
+    }
+
+    /// The core (read-only: the simulator checks its invariants on it).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Highest index whose results this driver has absorbed.
+    pub fn applied(&self) -> Index {
+        self.applied
+    }
+
+    /// Bumped by each snapshot install: an apply batch sent in an earlier epoch is dropped.
+    pub fn apply_epoch(&self) -> u64 {
+        self.apply_epoch
+    }
+
+    /// The active plugins.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Makes `n` ticks of the core's clock, then the upkeep that goes by ticks.
+    pub fn ticks(&mut self, n: u64) {
+        for _ in 0..n {
+            self.raft.tick();
+        }
+        self.maybe_deploy_builtin();
+        self.maybe_expire_sessions();
+    }
+
+    /// After a round of inputs: a flush if one is due, the queued commands as one proposal,
+    /// and the Ready handshake until the core has nothing more to do.
+    pub fn step_end(&mut self) -> anyhow::Result<()> {
+        if self.io.mono_ms().saturating_sub(self.last_flush_ms) >= self.cfg.apply_flush_ms {
+            self.start_flush();
+        }
+        self.propose_pending();
+        self.process_ready()
+    }
+
+    /// One input. An error is one the node cannot go on from (design §8: fail-stop).
+    pub fn input(&mut self, input: Input) -> anyhow::Result<()> {
+        match input {
+            Input::Peer(msgs) => {
+                for m in msgs {
+                    tracing::debug!(target: "keel::msg", "recv {m}");
+                    if let Err(e) = self.raft.step(m) {
+                        self.metrics.foreign_cluster.inc();
+                        tracing::warn!(target: "keel::msg", error = %e, "message refused");
+                    }
+                }
+            }
+            Input::Propose { reply, .. }
+            | Input::Deploy { reply, .. }
+            | Input::OpenSession(reply)
+                if self.raft.role() == Role::Leader
+                    && self.apply_lag() > self.cfg.max_apply_lag =>
+            {
+                // Backpressure instead of an unbounded queue behind a slow plugin.
+                let lag = self.apply_lag();
+                let _ = reply.send(CommandReply::Retry(format!(
+                    "apply is {lag} entries behind the log; retry shortly"
+                )));
+            }
+            Input::Propose {
+                plugin,
+                client,
+                payload,
+                reply,
+            } => {
+                let size = plugin.len() + payload.len() + 32;
+                if self.pending_bytes + size > MAX_BATCH_BYTES
+                    || self.pending.len() >= MAX_BATCH_COMMANDS
+                {
+                    self.propose_pending();
+                }
+                self.pending_bytes += size;
+                let command = Command {
+                    plugin,
+                    client,
+                    payload: Payload::Inline(payload),
+                };
+                self.pending.push((command, reply));
+            }
+            Input::Deploy { deploy, reply } => self.propose_for(Record::Deploy(deploy), reply),
+            Input::OpenSession(reply) => self.propose_for(Record::OpenSession, reply),
+            Input::Read { mode, reply } => {
+                let ctx = self.next_ctx;
+                self.next_ctx += 1;
+                match self.raft.read_index(ctx, mode) {
+                    Ok(()) => {
+                        self.reads.insert(ctx, reply);
+                    }
+                    Err(ReadError::NotLeader { leader }) => {
+                        let _ = reply.send(Err(ReadRefused::NotLeader(leader)));
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(ReadRefused::Retry));
+                    }
+                }
+            }
+            Input::Persisted(index, term) => self.raft.persisted(index, term),
+            Input::Flushed(layer) => {
+                {
+                    let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
+                    if slot.is_flushing(&layer) {
+                        Arc::make_mut(&mut slot).flushed();
+                    }
+                }
+                if self.snapshot_state == SnapshotState::AwaitingFlush {
+                    self.build_snapshot()?;
+                }
+            }
+            Input::BlobFetched { hash, found } => {
+                if found && self.fetching == Some(hash) {
+                    self.fetching = None;
+                    self.dispatch_apply()?;
+                }
+            }
+            Input::SnapshotBuilt(built) => self.snapshot_built(built?),
+            Input::Applied(done) => self.applied_batch(*done)?,
+            Input::Members { change, reply } => self.change_members(change, reply),
+            Input::Flush(done) => {
+                self.flush();
+                let _ = done.send(());
+            }
+            Input::Transfer(to) => {
+                let ok = self.raft.transfer_leadership(to);
+                tracing::info!(target: "keel::raft", to, ok, "leadership transfer requested");
+            }
+        }
+        Ok(())
+    }
+
+    /// Proposes one record whose applied outcome answers `reply` (a session, a deployment).
+    fn propose_for(&mut self, record: Record, reply: Reply) {
+        self.propose_answered(record, vec![reply]);
+    }
+
+    /// Proposes `record`; its applied outcomes answer `replies`, one per position in the
+    /// entry. A refusal answers them all at once. Returns the index on success.
+    fn propose_answered(&mut self, record: Record, replies: Vec<Reply>) -> Option<Index> {
+        match self.raft.propose(record, self.io.wall_ms()) {
+            Ok((index, term)) => {
+                self.proposals
+                    .insert(index, (term, replies.into_iter().map(Some).collect()));
+                Some(index)
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                for reply in replies {
+                    let _ = reply.send(CommandReply::NotLeader(leader));
+                }
+                None
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(CommandReply::Retry(e.to_string()));
+                }
+                None
+            }
+        }
+    }
+
+    /// Everything that queued since the last proposal becomes one entry: one log record,
+    /// one storage row and one plugin instance per plugin for the lot, on every node.
+    fn propose_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.pending_bytes = 0;
+        let (mut commands, replies): (Vec<Command>, Vec<_>) =
+            std::mem::take(&mut self.pending).into_iter().unzip();
+        let n = commands.len();
+        let record = if n == 1 {
+            Record::Command(commands.remove(0))
+        } else {
+            Record::Batch(commands)
+        };
+        if let Some(index) = self.propose_answered(record, replies) {
+            tracing::debug!(target: "keel::txn", index, commands = n, "proposed");
+            self.metrics.proposals.inc_by(n as u64);
+        }
+    }
+
+    /// The Ready handshake, until the core has nothing more to do.
+    fn process_ready(&mut self) -> anyhow::Result<()> {
+        while self.raft.has_ready() {
+            let rd = self.raft.ready();
+            self.handle_ready(rd)?;
+        }
+        self.publish_status();
+        Ok(())
+    }
+
+    fn handle_ready(&mut self, rd: Ready) -> anyhow::Result<()> {
+        let point = rd.persist_point();
+        for ev in &rd.events {
+            self.event(ev);
+        }
+        // 1. Leader appends and pre-votes leave now, in parallel with our own write.
+        for m in rd.messages {
+            self.io.send(m);
+        }
+        let installs = rd.snapshot.is_some();
+        if let Some(snap) = &rd.snapshot {
+            // 2 and 3 here, in this thread: a snapshot replaces the applied state, which
+            // the driver owns. Earlier writes go first (they must be durable in order).
+            self.io.wait_idle();
+            // The part of the applied state not yet flushed goes too (it is all at or below
+            // the commit index, which the snapshot is past): drop it in the same step, so no
+            // reader sees the old storage without it.
+            let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
+            self.storage.persist(LogWrite {
+                hard_state: rd.hard_state,
+                snapshot: Some(snap),
+                entries: &rd.entries,
+            })?;
+            *slot = Arc::default();
+            drop(slot);
+            self.metrics.fsyncs.inc();
+            tracing::info!(target: "keel::raft", index = snap.meta.index, "installed snapshot");
+            self.metrics.snapshots_installed.inc();
+            self.applied = snap.meta.index;
+            self.snapshot_index = snap.meta.index;
+            // The snapshot replaces everything committed so far: what is queued or being
+            // applied was computed on (or for) the state it replaced, and the replies
+            // waiting on covered entries are answered now.
+            self.apply_epoch += 1;
+            self.applying = None;
+            self.apply_queue.clear();
+            self.fetching = None;
+            self.answer_covered(snap.meta.index);
+            let view = self.storage.view()?;
+            apply::reload(&self.runtime, &self.blobs, &self.registry, &view)?;
+            for m in rd.persisted_messages {
+                self.io.send(m);
+            }
+            if let Some((index, term)) = point {
+                self.raft.persisted(index, term);
+            }
+        } else if rd.hard_state.is_some()
+            || !rd.entries.is_empty()
+            || !rd.persisted_messages.is_empty()
+        {
+            // 2 and 3 on the log writer: durable in order, then the acknowledgements, then
+            // `Input::Persisted` back here. Meanwhile this thread applies and proposes.
+            let mut then_send = rd.persisted_messages;
+            if self.bug == Some(DriverBug::AckBeforeDurable) {
+                for m in then_send.drain(..) {
+                    self.io.send(m);
+                }
+            }
+            self.io.write(WriterJob::Write(Write {
+                hard_state: rd.hard_state,
+                entries: rd.entries,
+                then_send,
+            }));
+            if self.bug == Some(DriverBug::ApplyBeforeDurable)
+                && let Some((index, term)) = point
+            {
+                self.raft.persisted(index, term);
+            }
+        }
+        // 4. Apply (the core hands out only entries durable here), on the apply worker.
+        if !rd.committed_entries.is_empty() {
+            self.apply_queue.extend(rd.committed_entries);
+            self.dispatch_apply()?;
+        }
+        for rs in rd.read_states {
+            let Some(reply) = self.reads.remove(&rs.ctx) else {
+                continue;
+            };
+            match rs.index {
+                Some(i) if i <= self.applied => {
+                    let _ = reply.send(Ok(i));
+                }
+                Some(i) => self.reads_waiting.push((i, reply)),
+                None => {
+                    let _ = reply.send(Err(ReadRefused::Retry));
+                }
+            }
+        }
+        if installs {
+            self.release_reads();
+        }
+        Ok(())
+    }
+
+    /// Entries committed but not yet applied here.
+    fn apply_lag(&self) -> u64 {
+        self.raft.commit_index().saturating_sub(self.applied)
+    }
+
+    /// Hands the queued entries to the apply worker, unless a batch is in flight: each batch
+    /// must see the state the previous one left.
+    ///
+    /// Design §6: a `Deploy` whose plugin blob is not here waits for it, fetched on a
+    /// thread of its own (the entries after it wait too: apply stays in log order).
+    fn dispatch_apply(&mut self) -> anyhow::Result<()> {
+        if self.applying.is_some() || self.fetching.is_some() || self.apply_queue.is_empty() {
+            return Ok(());
+        }
+        // Only the entries of the next batch: the rest of the queue is looked at when its turn
+        // comes (a full scan per batch would cost O(queue) on every dispatch under load).
+        let missing = self
+            .apply_queue
+            .iter()
+            .take(MAX_APPLY_BATCH)
+            .position(|e| matches!(&e.record, Record::Deploy(d) if !self.blobs.has(&d.sha256)));
+        if missing == Some(0) {
+            if let Some(Record::Deploy(d)) = self.apply_queue.front().map(|e| e.record.clone()) {
+                self.fetch_blob(&d);
+            }
+            return Ok(());
+        }
+        let n = self
+            .apply_queue
+            .len()
+            .min(MAX_APPLY_BATCH)
+            .min(missing.unwrap_or(usize::MAX));
+        let entries: Vec<keel_raft::Entry> = self.apply_queue.drain(..n).collect();
+        let job = ApplyJob {
+            epoch: self.apply_epoch,
+            view: self.storage.view()?,
+            unflushed: Arc::clone(&self.unflushed.read().unwrap_or_else(|e| e.into_inner())),
+            entries,
+        };
+        self.applying = job.entries.last().map(|e| e.index);
+        self.io.apply(job);
+        Ok(())
+    }
+
+    /// The worker's result: absorbed into the applied state, then the next batch goes out.
+    fn applied_batch(&mut self, done: ApplyDone) -> anyhow::Result<()> {
+        if done.epoch != self.apply_epoch {
+            return Ok(()); // computed before a snapshot install replaced the state
+        }
+        self.applying = None;
+        self.metrics.apply_seconds.observe(done.took.as_secs_f64());
+        self.absorb(&done.entries, done.result?)?;
+        self.dispatch_apply()
+    }
+
+    fn absorb(&mut self, entries: &[keel_raft::Entry], applied: Applied) -> anyhow::Result<()> {
+        apply::activate(&self.registry, applied.deployed);
+        let last = applied.batch.last_applied;
+        let waiting = {
+            let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
+            let unflushed = Arc::make_mut(&mut slot);
+            unflushed.absorb(applied.batch);
+            unflushed.len()
+        };
+        if waiting >= FLUSH_AT {
+            self.flush();
+        }
+        tracing::debug!(target: "keel::txn", last = %last, n = entries.len(), "applied");
+        self.metrics.applied.inc_by(entries.len() as u64);
+        // The status says applied before any client hears its answer, so a client's next
+        // request never meets a status from before its own command (e.g. "plugin not
+        // active yet" while the deploy it waited for is applied).
+        self.applied = last.index;
+        self.raft.applied(last.index);
+        {
+            // Only the indices: the whole status is published once per loop iteration.
+            let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            status.applied_index = self.applied;
+            status.commit_index = self.raft.commit_index();
+            status.last_log_index = self.raft.last_index();
+        }
+        for out in applied.results {
+            let Some((t, replies)) = self.proposals.get_mut(&out.index) else {
+                continue;
+            };
+            if *t != out.term {
+                continue;
+            }
+            if let Some(reply) = replies
+                .get_mut(out.position as usize)
+                .and_then(Option::take)
+            {
+                let _ = reply.send(match out {
+                    CommandOutcome {
+                        unknown_session: true,
+                        result,
+                        ..
+                    } => CommandReply::SessionUnknown(result.err().unwrap_or_default()),
+                    out => CommandReply::Done {
+                        index: out.index,
+                        term: out.term,
+                        position: out.position,
+                        result: out.result,
+                    },
+                });
+            }
+        }
+        for e in entries {
+            if let Some((term, reply)) = self.member_changes.remove(&e.index) {
+                let _ = reply.send(match &e.record {
+                    Record::Config(config) if e.term == term => MemberReply::Done {
+                        index: e.index,
+                        config: config.clone(),
+                    },
+                    _ => MemberReply::Retry("the change was replaced by a new leader".into()),
+                });
+            }
+            // Proposals whose index was taken by another record (a no-op of a new leader).
+            for reply in self
+                .proposals
+                .remove(&e.index)
+                .into_iter()
+                .flat_map(|(_, replies)| replies.into_iter().flatten())
+            {
+                let _ = reply.send(CommandReply::Retry(
+                    "the entry was replaced by a new leader".into(),
+                ));
+            }
+            if self.deploy_in_flight == Some(e.index) {
+                self.deploy_in_flight = None;
+            }
+        }
+        if self
+            .leaving
+            .values()
+            .any(|(index, _)| *index <= self.applied)
+        {
+            self.connect_peers(self.applied);
+        }
+        self.release_reads();
+        self.maybe_snapshot()?;
+        Ok(())
+    }
+
+    /// Entries up to `index` arrived in an installed snapshot and will never be applied
+    /// here one by one: the replies waiting on them are answered now (their outcome cannot
+    /// be told: the entry may or may not be the one the leader committed) and their slots
+    /// freed, instead of waiting out the client's timeout.
+    fn answer_covered(&mut self, index: Index) {
+        let why = format!(
+            "entry replaced by a snapshot up to index {index} before it was applied here; outcome unknown, retry with the same serial"
+        );
+        self.proposals.retain(|&i, (_, replies)| {
+            if i > index {
+                return true;
+            }
+            for reply in replies.drain(..).flatten() {
+                let _ = reply.send(CommandReply::OutcomeUnknown(why.clone()));
+            }
+            false
+        });
+        let covered: Vec<Index> = self
+            .member_changes
+            .keys()
+            .copied()
+            .filter(|&i| i <= index)
+            .collect();
+        for i in covered {
+            if let Some((_, reply)) = self.member_changes.remove(&i) {
+                let _ = reply.send(MemberReply::Retry(format!(
+                    "{why} (the configuration in force is in /v1/status)"
+                )));
+            }
+        }
+        if self.deploy_in_flight.is_some_and(|i| i <= index) {
+            self.deploy_in_flight = None;
+        }
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .reads_waiting
+            .drain(..)
+            .partition(|(i, _)| *i <= applied);
+        self.reads_waiting = waiting;
+        for (i, reply) in ready {
+            let _ = reply.send(Ok(i));
+        }
+    }
+
+    fn event(&mut self, ev: &Event) {
+        let json = match ev {
+            Event::State { role, term, leader } => {
+                tracing::info!(target: "keel::raft", ?role, term, ?leader, "state");
+                if *role != Role::Leader {
+                    self.deploy_in_flight = None;
+                }
+                serde_json::json!({"type": "state", "role": format!("{role:?}"), "term": term, "leader": leader})
+            }
+            Event::Config { index, config } => {
+                tracing::info!(target: "keel::raft", index, ?config, "configuration");
+                self.connect_peers(*index);
+                serde_json::json!({"type": "config", "index": index, "voters": config.voters, "learners": config.learners})
+            }
+        };
+        let _ = self.events.send(json.to_string());
+    }
+
+    fn publish_status(&mut self) {
+        let s = self.raft.status();
+        let leader_url = s.leader.and_then(|l| self.member_url(l));
+        let members = s
+            .config
+            .members()
+            .map(|id| (id, self.member_url(id).unwrap_or_default()))
+            .collect();
+        self.metrics.term.set(s.term as i64);
+        self.metrics.commit_index.set(s.commit as i64);
+        self.metrics.applied_index.set(self.applied as i64);
+        self.metrics.apply_lag.set(self.apply_lag() as i64);
+        self.metrics
+            .is_leader
+            .set(i64::from(s.role == Role::Leader));
+        let status = NodeStatus {
+            node_id: s.id,
+            role: format!("{:?}", s.role),
+            term: s.term,
+            leader_id: s.leader,
+            leader_url,
+            commit_index: s.commit,
+            applied_index: self.applied,
+            last_log_index: s.last_index,
+            cluster_id: self.cfg.cluster_id.clone(),
+            members,
+            voters: s.config.voters.iter().copied().collect(),
+            learners: s.config.learners.iter().copied().collect(),
+            plugins: self.registry.names(),
+            apply_lag: self.apply_lag(),
+            lease_ms_left: u64::from(s.lease_ticks_left) * self.cfg.tick_ms,
+        };
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+}
+
+#[cfg(test)]
+mod tests;
