@@ -1,7 +1,6 @@
-//! The simulator's replicated state machine: a tiny KV map with exactly-once client
-//! sessions (Raft paper §8), and the operations clients run against it.
+//! The operations the simulator's clients run against the real kv plugin, and their
+//! sequential specification (what the linearizability checker compares with).
 
-use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -69,57 +68,5 @@ pub fn step(current: Option<Value>, op: &Op) -> (Option<Value>, OpResult) {
                 (current, OpResult::Cas(false, current))
             }
         }
-    }
-}
-
-/// A write command as it travels in the log.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-pub struct WriteCommand {
-    /// The operation (never a Get).
-    pub op: Op,
-}
-
-/// The replicated state: the map plus the session table.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KvState {
-    /// The data.
-    pub map: BTreeMap<Key, Value>,
-    /// Client id → (last applied serial, its result): a retried serial gets the stored
-    /// result instead of being applied twice.
-    pub sessions: BTreeMap<u64, (u64, OpResult)>,
-}
-
-impl KvState {
-    /// Applies a write from `client` with `serial`, exactly once.
-    pub fn apply(&mut self, client: Option<(u64, u64)>, op: &Op) -> OpResult {
-        if let Some((id, serial)) = client
-            && let Some((last, result)) = self.sessions.get(&id)
-            && *last == serial
-        {
-            return *result;
-        }
-        let key = op.key();
-        let (new, result) = step(self.map.get(&key).copied(), op);
-        match new {
-            Some(v) => self.map.insert(key, v),
-            None => self.map.remove(&key),
-        };
-        if let Some((id, serial)) = client {
-            self.sessions.insert(id, (serial, result));
-        }
-        result
-    }
-
-    /// The state machine image carried by snapshots.
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).unwrap_or_default()
-    }
-
-    /// Reverses [`KvState::encode`].
-    pub fn decode(bytes: &[u8]) -> Option<KvState> {
-        if bytes.is_empty() {
-            return Some(KvState::default());
-        }
-        postcard::from_bytes(bytes).ok()
     }
 }

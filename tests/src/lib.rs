@@ -6,5 +6,6 @@ pub mod invariants;
 pub mod kv;
 pub mod linearizability;
 pub mod sim;
+mod sim_node;
 
 pub use sim::{Outcome, SimConfig, run_seed};

@@ -1,23 +1,26 @@
-//! The deterministic simulator: N real cores over simulated disks and a simulated network,
-//! a virtual clock, seeded faults, and clients whose history is checked for
-//! linearizability. Raft's safety properties (§5.2 Figure 3) are checked after every step.
+//! The deterministic simulator: N real nodes — the driver `keel serve` runs, its apply path,
+//! the plugin runtime with the real kv plugin, `MemStorage` — over simulated disks and a
+//! simulated network, a virtual clock, seeded faults, and clients whose history is checked
+//! for linearizability. Raft's safety properties (§5.2 Figure 3) are checked after every
+//! step; the replicas' state hashes at the end.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 
+use keel::config::NodeConfig;
+use keel::driver::{CommandReply, Driver, DriverBug, Input, MemberChange, ReadRefused};
 use keel_raft::testkit::{Bug, Bugs};
-use keel_raft::{
-    ClientSerial, ClusterConfig, ClusterId, Command, Config, Entry, Event, HardState, Index,
-    InitialState, Message, NodeId, Payload, ProposeError, Raft, ReadMode, Ready, Record, Role,
-    Snapshot, Term,
-};
+use keel_raft::{ClientSerial, ClusterId, Index, Message, NodeId, ReadMode, Role, Term};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
+use tokio::sync::oneshot::{self, error::TryRecvError};
 
 use crate::invariants::{Invariants, Violation};
-use crate::kv::{KvState, Op, OpResult, WriteCommand};
+use crate::kv::{Op, OpResult};
 use crate::linearizability::{self, Call, Verdict};
+use crate::sim_node::{Effect, SimNode, Waiting, lock, parse_value, runtime};
 
 /// Virtual milliseconds.
 pub type Time = u64;
@@ -80,6 +83,13 @@ pub struct SimConfig {
     pub fault_gap_ms: Time,
     /// Deliberately broken core, for proving the checks have teeth.
     pub bug: Option<Bug>,
+    /// Deliberately broken driver, likewise.
+    pub driver_bug: Option<DriverBug>,
+    /// Upper bound of one apply batch's time in the plugin (ms); now and then a batch takes
+    /// far longer (a slow plugin), which the Raft loop must not notice.
+    pub apply_max_ms: Time,
+    /// How often the driver flushes the applied state to storage (ms).
+    pub apply_flush_ms: Time,
     /// Print the transcript as it happens.
     pub trace: bool,
 }
@@ -111,6 +121,9 @@ impl SimConfig {
             fsync_max_ms: [3, 30][(r.next_u32() % 2) as usize],
             fault_gap_ms: [250, 250, 60][(r.next_u32() % 3) as usize],
             bug: None,
+            driver_bug: None,
+            apply_max_ms: [1, 5, 20][(r.next_u32() % 3) as usize],
+            apply_flush_ms: [20, 100][(r.next_u32() % 2) as usize],
             trace: false,
         };
         if r.next_u32() % 4 == 0 {
@@ -142,7 +155,15 @@ pub struct Outcome {
 enum Ev {
     Deliver(Message),
     Tick(NodeId),
-    Fsync(NodeId),
+    /// The disk finishes the writes queued on the log writer (events carry the node's
+    /// restart count: what a crash interrupted never completes).
+    Fsync(NodeId, u64),
+    /// The apply worker finishes the batch at the front.
+    ApplyDone(NodeId, u64),
+    /// A snapshot build finishes.
+    SnapshotBuilt(NodeId, u64),
+    /// A blob fetch finishes.
+    BlobFetched(NodeId, u64, [u8; 32]),
     ClientSend(usize),
     ClientTimeout(usize, u64),
     Reply(usize, u64, Reply),
@@ -158,62 +179,18 @@ enum Ev {
 #[derive(Debug, Clone)]
 enum Reply {
     Done(OpResult),
+    /// A session opened: the client's id in the real session table.
+    Session(u64),
     Redirect(Option<NodeId>),
     Retry,
-}
-
-/// One pending disk write, per the Ready handshake.
-#[derive(Debug, Default)]
-struct Write {
-    hard_state: Option<HardState>,
-    snapshot: Option<Snapshot>,
-    entries: Vec<Entry>,
-    then_send: Vec<Message>,
-    point: Option<(Index, Term)>,
-}
-
-/// What survives a crash.
-#[derive(Debug, Clone, Default)]
-struct Disk {
-    hard_state: HardState,
-    snapshot: Snapshot,
-    entries: Vec<Entry>,
-    state: KvState,
-    applied: Index,
-}
-
-struct Node {
-    raft: Option<Raft>,
-    disk: Disk,
-    queue: VecDeque<Write>,
-    fsync_scheduled: bool,
-    /// A stalled disk completes no fsync before this time.
-    stalled_until: Time,
-    restarts: u64,
-    /// This node's tick period: its clock's rate.
-    tick_ms: Time,
-    /// While frozen the node processes nothing; its clock runs on, and it catches up the
-    /// ticks it missed when it thaws, before anything else (as the real driver does).
-    frozen_until: Time,
-    /// Set from the freeze until its Thaw event has run (not merely until `frozen_until`:
-    /// an event at the same instant must not reach the node before its missed ticks).
-    frozen: bool,
-    missed_ticks: u32,
-    /// Ticks this node has made as leader of its current term (CheckQuorum checks come every
-    /// `election_ticks` of them).
-    leader_ticks: u32,
-    /// index → (client, op id, term) of proposals made here.
-    proposals: BTreeMap<Index, (usize, u64, Term)>,
-    /// read ctx → (client, op id, key)
-    reads: BTreeMap<u64, (usize, u64, Op)>,
-    /// Reads confirmed at an index this node has not applied yet.
-    reads_waiting: Vec<(Index, usize, u64, Op)>,
 }
 
 struct Client {
     ops: Vec<Op>,
     next: usize,
     serial: u64,
+    /// The session the client's writes go in (thesis §6.3), once opened.
+    session: Option<u64>,
     target: NodeId,
     /// (op id, invoke time) of the operation in flight.
     in_flight: Option<(u64, Time)>,
@@ -225,10 +202,12 @@ pub struct Sim {
     cfg: SimConfig,
     rng: ChaCha8Rng,
     now: Time,
+    /// The virtual clock the drivers read.
+    clock: Arc<Mutex<u64>>,
     seq: u64,
     queue: BinaryHeap<Reverse<(Time, u64)>>,
     events: std::collections::HashMap<u64, Ev>,
-    nodes: BTreeMap<NodeId, Node>,
+    nodes: BTreeMap<NodeId, SimNode>,
     /// Partition groups: nodes in different groups cannot talk. Empty = healed.
     groups: BTreeMap<NodeId, u32>,
     /// Single links cut (both directions), on top of the groups: connectivity that is not
@@ -243,7 +222,6 @@ pub struct Sim {
     faults_on: bool,
     clients: Vec<Client>,
     history: Vec<Call>,
-    next_ctx: u64,
     inv: Invariants,
     transcript: VecDeque<String>,
     steps: u64,
@@ -256,31 +234,9 @@ impl Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let ids: Vec<NodeId> = (1..=cfg.nodes as NodeId).collect();
         let mut nodes = BTreeMap::new();
-        let bootstrap = InitialState::bootstrap(ClusterConfig::with_voters(ids.iter().copied()));
         for &id in &ids {
             let tick_ms = TICK_MS - TICK_DRIFT_MS + rng.next_u64() % (2 * TICK_DRIFT_MS + 1);
-            nodes.insert(
-                id,
-                Node {
-                    raft: None,
-                    disk: Disk {
-                        snapshot: bootstrap.snapshot.clone(),
-                        ..Disk::default()
-                    },
-                    queue: VecDeque::new(),
-                    fsync_scheduled: false,
-                    stalled_until: 0,
-                    restarts: 0,
-                    tick_ms,
-                    frozen_until: 0,
-                    frozen: false,
-                    missed_ticks: 0,
-                    leader_ticks: 0,
-                    proposals: BTreeMap::new(),
-                    reads: BTreeMap::new(),
-                    reads_waiting: Vec::new(),
-                },
-            );
+            nodes.insert(id, SimNode::new(tick_ms));
         }
         let mut value = 0;
         let clients = (0..cfg.clients + cfg.readers)
@@ -317,6 +273,7 @@ impl Sim {
                     ops,
                     next: 0,
                     serial: 0,
+                    session: None,
                     target: ids[(rng.next_u32() as usize) % ids.len()],
                     in_flight: None,
                     attempt: 0,
@@ -326,6 +283,7 @@ impl Sim {
         let mut sim = Sim {
             rng,
             now: 0,
+            clock: Arc::new(Mutex::new(0)),
             seq: 0,
             queue: BinaryHeap::new(),
             events: std::collections::HashMap::new(),
@@ -338,7 +296,6 @@ impl Sim {
             faults_on: true,
             clients,
             history: Vec::new(),
-            next_ctx: 1,
             inv: Invariants::default(),
             transcript: VecDeque::new(),
             steps: 0,
@@ -372,6 +329,7 @@ impl Sim {
                 break;
             }
             self.now = at;
+            *lock(&self.clock) = at;
             let Some(ev) = self.events.remove(&seq) else {
                 continue;
             };
@@ -430,42 +388,51 @@ impl Sim {
         }
     }
 
-    fn core_config(&self, id: NodeId, restarts: u64) -> Config {
-        let mut c = Config::new(id, CLUSTER);
-        c.seed = self
-            .cfg
-            .seed
-            .wrapping_mul(31)
-            .wrapping_add(id * 7919 + restarts * 104_729);
-        c.election_ticks = 10;
-        c.heartbeat_ticks = 2;
-        c.pre_vote = self.cfg.pre_vote;
-        c.check_quorum = self.cfg.check_quorum;
-        c.max_inflight = self.cfg.max_inflight;
-        c.max_entries_per_message = self.cfg.max_entries_per_message;
-        c.bugs = Bugs(self.cfg.bug.into_iter().collect());
-        c
+    /// The node's configuration, as `keel serve` would read it (virtual milliseconds).
+    fn node_config(&self, id: NodeId) -> NodeConfig {
+        NodeConfig {
+            id,
+            cluster_id: "6b65656c-0000-4000-8000-73696d000000".into(),
+            peers: self
+                .nodes
+                .keys()
+                .map(|&n| (n, format!("sim://n{n}")))
+                .collect(),
+            tick_ms: TICK_MS,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_every: self.cfg.snapshot_every,
+            builtin_kv: true,
+            apply_flush_ms: self.cfg.apply_flush_ms,
+            ..NodeConfig::default()
+        }
     }
 
     fn start_node(&mut self, id: NodeId) {
-        let (restarts, disk) = {
-            let n = &self.nodes[&id];
-            (n.restarts, n.disk.clone())
+        let cfg = self.node_config(id);
+        let sim_cfg = self.cfg.clone();
+        let clock = self.clock.clone();
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
         };
-        let cfg = self.core_config(id, restarts);
-        let init = InitialState {
-            hard_state: disk.hard_state,
-            snapshot: disk.snapshot.clone(),
-            entries: disk.entries.clone(),
-            applied: disk.applied,
+        let restarts = node.restarts;
+        let core = |nc: &NodeConfig| {
+            let seed = sim_cfg
+                .seed
+                .wrapping_mul(31)
+                .wrapping_add(id * 7919 + restarts * 104_729);
+            let mut c = keel::driver::core_config(nc, CLUSTER, seed);
+            c.pre_vote = sim_cfg.pre_vote;
+            c.check_quorum = sim_cfg.check_quorum;
+            c.max_inflight = sim_cfg.max_inflight;
+            c.max_entries_per_message = sim_cfg.max_entries_per_message;
+            c.bugs = Bugs(sim_cfg.bug.into_iter().collect());
+            c
         };
-        match Raft::new(cfg, init) {
-            Ok(raft) => {
-                self.inv
-                    .node_restarted(id, &disk.snapshot, &disk.entries, disk.applied);
-                if let Some(n) = self.nodes.get_mut(&id) {
-                    n.raft = Some(raft);
-                }
+        match node.start(cfg, core, CLUSTER, clock, sim_cfg.driver_bug) {
+            Ok((snapshot, entries, applied)) => {
+                self.inv.node_restarted(id, &snapshot, &entries, applied);
+                self.settle(id);
             }
             Err(e) => self.fail(Violation::Harness(format!("node {id} cannot start: {e}"))),
         }
@@ -475,7 +442,7 @@ impl Sim {
         let Some(node) = self.nodes.get_mut(&id) else {
             return;
         };
-        let leading = node.raft.as_ref().is_some_and(|r| r.role() == Role::Leader);
+        let leading = node.raft().is_some_and(|r| r.role() == Role::Leader);
         node.leader_ticks = if leading { node.leader_ticks + 1 } else { 0 };
         let ticks = node.leader_ticks;
         if leading && self.isolate_after_check == Some(id) && ticks % 10 == 2 && self.faults_on {
@@ -499,7 +466,11 @@ impl Sim {
     }
 
     fn up(&self, id: NodeId) -> bool {
-        self.nodes.get(&id).is_some_and(|n| n.raft.is_some())
+        self.nodes.get(&id).is_some_and(|n| n.driver.is_some())
+    }
+
+    fn restarts(&self, id: NodeId) -> u64 {
+        self.nodes.get(&id).map_or(0, |n| n.restarts)
     }
 
     fn connected(&self, a: NodeId, b: NodeId) -> bool {
@@ -517,6 +488,257 @@ impl Sim {
         }
     }
 
+    // ------------------------------------------------------------------ the driver
+
+    /// Calls the node's driver as its thread would: the input (or ticks), then the end of
+    /// the round (proposals, the Ready handshake), then whatever that set in motion.
+    fn call(&mut self, id: NodeId, f: impl FnOnce(&mut Driver) -> anyhow::Result<()>) {
+        let Some(driver) = self.nodes.get_mut(&id).and_then(|n| n.driver.as_mut()) else {
+            return;
+        };
+        let result = f(driver).and_then(|()| driver.step_end());
+        if let Err(e) = result {
+            // `keel serve` would fail-stop here: in the simulator that is a finding.
+            self.fail(Violation::Harness(format!("n{id} fail-stop: {e:#}")));
+            return;
+        }
+        self.settle(id);
+    }
+
+    /// Carries out the node's effects in the order the driver produced them, feeding inputs
+    /// they produce at once back to it, then answers the clients it replied to.
+    fn settle(&mut self, id: NodeId) {
+        loop {
+            let Some(node) = self.nodes.get_mut(&id) else {
+                return;
+            };
+            let effects: Vec<Effect> = lock(&node.fx).out.drain(..).collect();
+            if effects.is_empty() {
+                break;
+            }
+            let mut inputs = Vec::new();
+            for effect in effects {
+                if self.violation.is_some() {
+                    return;
+                }
+                match effect {
+                    Effect::Send(m) => self.send(m),
+                    Effect::Input(input) => inputs.push(input),
+                    other => self.effect(id, other),
+                }
+            }
+            for input in inputs {
+                self.call(id, |d| d.input(input));
+            }
+        }
+        self.trace_events(id);
+        self.poll_replies(id);
+    }
+
+    fn effect(&mut self, id: NodeId, effect: Effect) {
+        let (role, term) = self
+            .nodes
+            .get(&id)
+            .and_then(SimNode::raft)
+            .map_or((Role::Follower, 0), |r| (r.role(), r.term()));
+        let restarts = self.restarts(id);
+        match effect {
+            // Log Matching and Leader Append-Only are checked on what the node writes.
+            Effect::Wrote(entries) => {
+                if let Err(v) = self.inv.on_write(id, role, term, None, &entries) {
+                    self.fail(v);
+                }
+            }
+            Effect::Installed(snapshot, entries) => {
+                if let Err(v) = self.inv.on_write(id, role, term, Some(&snapshot), &entries) {
+                    self.fail(v);
+                }
+            }
+            Effect::Queued => {
+                let Some(node) = self.nodes.get_mut(&id) else {
+                    return;
+                };
+                if !node.fsync_scheduled {
+                    node.fsync_scheduled = true;
+                    let stall = node.stalled_until.saturating_sub(self.now);
+                    let d = stall.max(1 + self.rand(self.cfg.fsync_max_ms));
+                    self.schedule(d, Ev::Fsync(id, restarts));
+                }
+            }
+            Effect::Apply(job) => {
+                let Some(node) = self.nodes.get_mut(&id) else {
+                    return;
+                };
+                node.applying.push_back(job);
+                if node.applying.len() == 1 {
+                    let d = self.apply_time();
+                    self.schedule(d, Ev::ApplyDone(id, restarts));
+                }
+            }
+            Effect::BuildSnapshot(view) => {
+                if let Some(node) = self.nodes.get_mut(&id) {
+                    node.building.push_back(view);
+                }
+                let d = 1 + self.rand(20);
+                self.schedule(d, Ev::SnapshotBuilt(id, restarts));
+            }
+            Effect::Fetch(hash) => {
+                let d = 5 + self.rand(50);
+                self.schedule(d, Ev::BlobFetched(id, restarts, hash));
+            }
+            Effect::Send(_) | Effect::Input(_) => {}
+        }
+    }
+
+    /// How long the worker spends on one batch: mostly quick; during faults now and then a
+    /// slow plugin call of up to two election timeouts.
+    fn apply_time(&mut self) -> Time {
+        if self.faults_on && self.chance(0.02) {
+            50 + self.rand(20 * TICK_MS)
+        } else {
+            self.rand(self.cfg.apply_max_ms + 1)
+        }
+    }
+
+    /// The group commit: every job queued on the node's log writer, through the real
+    /// writer's round (merge, one durable write, then the acknowledgements).
+    fn fsync(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        node.fsync_scheduled = false;
+        if node.driver.is_none() {
+            return;
+        }
+        let jobs = std::mem::take(&mut lock(&node.fx).writer_queue);
+        let mut out = crate::sim_node::Collect(Vec::new());
+        if let Err(e) = keel::driver::writer_round(jobs, &*node.store, &node.metrics, &mut out)
+        {
+            self.fail(Violation::Harness(format!("n{id} storage: {e}")));
+            return;
+        }
+        let mut inputs = Vec::new();
+        for effect in out.0 {
+            match effect {
+                Effect::Send(m) => self.send(m),
+                Effect::Input(i) => inputs.push(i),
+                _ => {}
+            }
+        }
+        for input in inputs {
+            self.call(id, |d| d.input(input));
+        }
+    }
+
+    /// The worker finished the front batch: checked (State Machine Safety) and run through
+    /// the real plugin, unless a snapshot install made it stale.
+    fn apply_done(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let Some(job) = node.applying.pop_front() else {
+            return;
+        };
+        let more = !node.applying.is_empty();
+        let current = node
+            .driver
+            .as_ref()
+            .is_some_and(|d| d.apply_epoch() == job.epoch());
+        let restarts = node.restarts;
+        if more {
+            let d = self.apply_time();
+            self.schedule(d, Ev::ApplyDone(id, restarts));
+        }
+        if !current {
+            return; // computed for a state a snapshot replaced; the driver drops it too
+        }
+        let mut term_bound = 0;
+        let mut leaders = Vec::new();
+        for (&nid, n) in &self.nodes {
+            if let Some(r) = n.raft() {
+                term_bound = term_bound.max(r.term());
+                if r.role() == Role::Leader {
+                    leaders.push((nid, r.term()));
+                }
+            }
+        }
+        for e in job.entries() {
+            if let Err(v) = self.inv.on_apply(id, e, term_bound, &leaders) {
+                self.fail(v);
+                return;
+            }
+        }
+        let Some(node) = self.nodes.get(&id) else {
+            return;
+        };
+        let done = keel::driver::run_job(job, runtime(), &node.blobs, &node.registry);
+        self.call(id, |d| d.input(Input::Applied(Box::new(done))));
+    }
+
+    fn snapshot_built(&mut self, id: NodeId) {
+        let Some(view) = self.nodes.get_mut(&id).and_then(|n| n.building.pop_front()) else {
+            return;
+        };
+        let built = keel_storage::SnapshotChunks::new(view, 1 << 20).into_snapshot();
+        self.call(id, |d| d.input(Input::SnapshotBuilt(built)));
+    }
+
+    fn trace_events(&mut self, id: NodeId) {
+        let mut lines = Vec::new();
+        if let Some(rx) = self.nodes.get_mut(&id).and_then(|n| n.events.as_mut()) {
+            while let Ok(json) = rx.try_recv() {
+                lines.push(json);
+            }
+        }
+        for line in lines {
+            self.trace(|| format!("n{id} {line}"));
+        }
+    }
+
+    /// Answers the clients whose replies the node's driver has sent.
+    fn poll_replies(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let mut answered = Vec::new();
+        let mut still = Vec::new();
+        for (c, attempt, mut w) in std::mem::take(&mut node.waiting) {
+            let got = match &mut w {
+                Waiting::Session(rx) => match rx.try_recv() {
+                    Ok(r) => Some(session_reply(r)),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Closed) => continue,
+                },
+                Waiting::Write(rx, expect) => match rx.try_recv() {
+                    Ok(r) => Some(write_reply(r, *expect)),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Closed) => continue,
+                },
+                Waiting::Read(rx, key) => match rx.try_recv() {
+                    Ok(Ok(_)) => Some(node.query(*key).map(|v| Reply::Done(OpResult::Get(v)))),
+                    Ok(Err(ReadRefused::NotLeader(l))) => Some(Ok(Reply::Redirect(l))),
+                    Ok(Err(ReadRefused::Retry)) => Some(Ok(Reply::Retry)),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Closed) => continue,
+                },
+            };
+            match got {
+                Some(r) => answered.push((c, attempt, r)),
+                None => still.push((c, attempt, w)),
+            }
+        }
+        node.waiting = still;
+        for (c, attempt, r) in answered {
+            match r {
+                Ok(reply) => {
+                    let d = 1 + self.rand(3);
+                    self.schedule(d, Ev::Reply(c, attempt, reply));
+                }
+                Err(e) => self.fail(Violation::Harness(format!("n{id} answered client{c}: {e}"))),
+            }
+        }
+    }
+
     // ------------------------------------------------------------------ events
 
     fn handle(&mut self, ev: Ev) {
@@ -528,35 +750,54 @@ impl Sim {
                     if let Some(n) = self.nodes.get_mut(&id) {
                         n.missed_ticks += 1;
                     }
-                } else if let Some(raft) = self.raft(id) {
-                    raft.tick();
+                } else if self.up(id) {
+                    self.call(id, |d| {
+                        d.ticks(1);
+                        Ok(())
+                    });
                     self.count_leader_tick(id);
-                    self.drive(id);
                 }
             }
             Ev::Deliver(m) if self.frozen(m.to) => {
                 let after = self.thaw_delay(m.to);
                 self.schedule(after, Ev::Deliver(m));
             }
-            Ev::Fsync(id) if self.frozen(id) => {
+            Ev::Fsync(id, r)
+            | Ev::ApplyDone(id, r)
+            | Ev::SnapshotBuilt(id, r)
+            | Ev::BlobFetched(id, r, _)
+                if r != self.restarts(id) => {} // cut short by a crash
+            ev @ (Ev::Fsync(id, _)
+            | Ev::ApplyDone(id, _)
+            | Ev::SnapshotBuilt(id, _)
+            | Ev::BlobFetched(id, _, _))
+                if self.frozen(id) =>
+            {
                 let after = self.thaw_delay(id);
-                self.schedule(after, Ev::Fsync(id));
+                self.schedule(after, ev);
             }
             Ev::Deliver(m) => self.deliver(m),
-            Ev::Fsync(id) => self.fsync(id),
+            Ev::Fsync(id, _) => self.fsync(id),
+            Ev::ApplyDone(id, _) => self.apply_done(id),
+            Ev::SnapshotBuilt(id, _) => self.snapshot_built(id),
+            Ev::BlobFetched(id, _, hash) => {
+                let found = self.nodes.get(&id).is_some_and(|n| n.blobs.has(&hash));
+                self.call(id, |d| d.input(Input::BlobFetched { hash, found }));
+            }
             Ev::Thaw(id) => {
                 let missed = self.nodes.get_mut(&id).map_or(0, |n| {
                     n.frozen = false;
                     std::mem::take(&mut n.missed_ticks)
                 });
                 self.trace(|| format!("n{id} thaws, {missed} ticks late"));
+                // As the real driver's clock does: every missed tick, before anything else.
                 for _ in 0..missed {
-                    if let Some(raft) = self.raft(id) {
-                        raft.tick();
-                        self.count_leader_tick(id);
-                    }
+                    self.call(id, |d| {
+                        d.ticks(1);
+                        Ok(())
+                    });
+                    self.count_leader_tick(id);
                 }
-                self.drive(id);
             }
             Ev::ClientSend(c) => self.client_send(c),
             Ev::ClientTimeout(c, attempt) => {
@@ -598,7 +839,6 @@ impl Sim {
                 if !self.up(id) {
                     self.trace(|| format!("n{id} restart"));
                     self.start_node(id);
-                    self.drive(id);
                 }
             }
             Ev::Crash(id) => {
@@ -610,10 +850,6 @@ impl Sim {
             }
             Ev::Release => self.release_paused(),
         }
-    }
-
-    fn raft(&mut self, id: NodeId) -> Option<&mut Raft> {
-        self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut())
     }
 
     fn send(&mut self, m: Message) {
@@ -655,227 +891,25 @@ impl Sim {
             let line = m.to_string();
             self.trace(|| format!("deliver {line}"));
         }
-        if let Some(raft) = self.raft(to)
-            && let Err(e) = raft.step(m)
-        {
-            let e = e.to_string();
-            self.fail(Violation::Harness(format!("step refused: {e}")));
-        }
-        self.drive(to);
-    }
-
-    /// Runs the Ready handshake until the node has nothing more to do.
-    fn drive(&mut self, id: NodeId) {
-        loop {
-            let Some(raft) = self.raft(id) else { return };
-            if !raft.has_ready() {
-                return;
-            }
-            let rd = raft.ready();
-            self.handle_ready(id, rd);
-            if self.violation.is_some() {
-                return;
-            }
-        }
-    }
-
-    fn handle_ready(&mut self, id: NodeId, rd: Ready) {
-        let (role, term) = match self.nodes[&id].raft.as_ref() {
-            Some(r) => (r.role(), r.term()),
-            None => return,
-        };
-        for ev in &rd.events {
-            match ev {
-                Event::State { role, term, leader } => {
-                    let (role, term, leader) = (*role, *term, *leader);
-                    self.trace(|| format!("n{id} {role:?} term={term} leader={leader:?}"));
-                }
-                Event::Config { index, config } => {
-                    let voters = config.voters.clone();
-                    let index = *index;
-                    self.trace(|| format!("n{id} config@{index} voters={voters:?}"));
-                }
-            }
-        }
-        let point = rd.persist_point();
-        // 1. Send at once.
-        for m in rd.messages {
-            self.send(m);
-        }
-        // Log Matching and Leader Append-Only are checked on what the node writes.
-        if let Err(v) = self
-            .inv
-            .on_write(id, role, term, rd.snapshot.as_ref(), &rd.entries)
-        {
-            self.fail(v);
-            return;
-        }
-        // 2. Queue the write; it becomes durable at the next fsync.
-        let write = Write {
-            hard_state: rd.hard_state,
-            snapshot: rd.snapshot,
-            entries: rd.entries,
-            then_send: rd.persisted_messages,
-            point,
-        };
-        let empty =
-            write.hard_state.is_none() && write.snapshot.is_none() && write.entries.is_empty();
-        let Some(node) = self.nodes.get_mut(&id) else {
-            return;
-        };
-        if empty && node.queue.is_empty() {
-            for m in write.then_send {
-                self.send(m);
-            }
-        } else {
-            node.queue.push_back(write);
-            if !node.fsync_scheduled {
-                node.fsync_scheduled = true;
-                let stall = node.stalled_until.saturating_sub(self.now);
-                let d = stall.max(1 + self.rand(self.cfg.fsync_max_ms));
-                self.schedule(d, Ev::Fsync(id));
-            }
-        }
-        // 4. Apply.
-        for e in rd.committed_entries {
-            self.apply(id, e);
-            if self.violation.is_some() {
-                return;
-            }
-        }
-        for rs in rd.read_states {
-            self.read_confirmed(id, rs.ctx, rs.index);
-        }
-        self.maybe_snapshot(id);
-    }
-
-    /// Group commit: everything queued becomes durable, in order.
-    fn fsync(&mut self, id: NodeId) {
-        let Some(node) = self.nodes.get_mut(&id) else {
-            return;
-        };
-        node.fsync_scheduled = false;
-        if node.raft.is_none() {
-            return;
-        }
-        let writes: Vec<Write> = node.queue.drain(..).collect();
-        let mut points = Vec::new();
-        let mut sends = Vec::new();
-        for w in writes {
-            if let Some(hs) = w.hard_state {
-                node.disk.hard_state = hs;
-            }
-            if let Some(snap) = w.snapshot {
-                node.disk.state = KvState::decode(&snap.data).unwrap_or_default();
-                node.disk.applied = snap.meta.index;
-                node.disk.entries.clear();
-                node.disk.snapshot = snap;
-            }
-            if let Some(first) = w.entries.first() {
-                let keep = first
-                    .index
-                    .saturating_sub(node.disk.snapshot.meta.index + 1)
-                    as usize;
-                node.disk.entries.truncate(keep);
-                node.disk.entries.extend(w.entries);
-            }
-            points.extend(w.point);
-            sends.extend(w.then_send);
-        }
-        // 3. Only now: the messages that promise durability, and the persisted report.
-        for m in sends {
-            self.send(m);
-        }
-        if let Some(raft) = self.raft(id) {
-            for (i, t) in points {
-                raft.persisted(i, t);
-            }
-        }
-        self.drive(id);
-    }
-
-    fn apply(&mut self, id: NodeId, e: Entry) {
-        let mut term_bound = 0;
-        let mut leaders = Vec::new();
-        for (&nid, n) in &self.nodes {
-            if let Some(r) = n.raft.as_ref() {
-                term_bound = term_bound.max(r.term());
-                if r.role() == Role::Leader {
-                    leaders.push((nid, r.term()));
-                }
-            }
-        }
-        if let Err(v) = self.inv.on_apply(id, &e, term_bound, &leaders) {
-            self.fail(v);
-            return;
-        }
-        let Some(node) = self.nodes.get_mut(&id) else {
-            return;
-        };
-        let mut answer = None;
-        if let Record::Command(cmd) = &e.record {
-            let op = match &cmd.payload {
-                Payload::Inline(b) => postcard::from_bytes::<WriteCommand>(b).ok().map(|w| w.op),
-                Payload::Ref { .. } => None,
-            };
-            if let Some(op) = op {
-                let client = cmd.client.map(|c| (c.client_id, c.serial));
-                let result = node.disk.state.apply(client, &op);
-                answer = Some(result);
-            }
-        }
-        node.disk.applied = e.index;
-        if let Some(raft) = node.raft.as_mut() {
-            raft.applied(e.index);
-        }
-        if let Some((c, op_id, term)) = node.proposals.remove(&e.index) {
-            let reply = match answer {
-                Some(r) if term == e.term => Reply::Done(r),
-                _ => Reply::Retry, // overwritten by another leader's entry: retry, same serial
-            };
-            let d = 1 + self.rand(3);
-            self.schedule(d, Ev::Reply(c, op_id, reply));
-        }
-        self.serve_waiting_reads(id);
-    }
-
-    fn maybe_snapshot(&mut self, id: NodeId) {
-        let every = self.cfg.snapshot_every;
-        let Some(node) = self.nodes.get_mut(&id) else {
-            return;
-        };
-        let Some(raft) = node.raft.as_mut() else {
-            return;
-        };
-        let applied = node.disk.applied;
-        if applied >= node.disk.snapshot.meta.index + every && raft.commit_index() >= applied {
-            let data = node.disk.state.encode();
-            if raft.compact(applied, data.clone()).is_ok() {
-                let term = raft.entry_term(applied).unwrap_or_default();
-                let config = node.disk.snapshot.meta.config.clone();
-                let keep_from = (applied - node.disk.snapshot.meta.index) as usize;
-                let tail = node
-                    .disk
-                    .entries
-                    .split_off(keep_from.min(node.disk.entries.len()));
-                let (_, cfg_now) = latest_config(&node.disk.entries, config);
-                node.disk.entries = tail;
-                node.disk.snapshot = Snapshot {
-                    meta: keel_raft::SnapshotMeta {
-                        index: applied,
-                        term,
-                        config: cfg_now,
-                    },
-                    data,
-                };
-            }
-        }
+        self.call(to, |d| d.input(Input::Peer(vec![m])));
     }
 
     // ------------------------------------------------------------------ clients
 
+    /// Whether some node has the kv plugin active: clients start once its deployment is
+    /// applied (a command before it would be refused as naming an unknown plugin).
+    fn kv_deployed(&self) -> bool {
+        self.nodes
+            .values()
+            .any(|n| n.driver.as_ref().is_some_and(|d| d.registry().get("kv").is_some()))
+    }
+
     fn client_send(&mut self, c: usize) {
         if self.clients[c].next >= self.clients[c].ops.len() {
+            return;
+        }
+        if self.clients[c].in_flight.is_none() && !self.kv_deployed() {
+            self.schedule(20, Ev::ClientSend(c));
             return;
         }
         let op = self.clients[c].ops[self.clients[c].next];
@@ -901,69 +935,51 @@ impl Sim {
         let target = self.clients[c].target;
         let patience = 150 + self.rand(350);
         self.schedule(patience, Ev::ClientTimeout(c, attempt));
-        if !self.up(target) {
-            return; // the request is lost; the timeout retries elsewhere
-        }
-        if self.frozen(target) {
-            return; // a frozen node answers nothing; the timeout retries elsewhere
+        if !self.up(target) || self.frozen(target) {
+            return; // lost, or unanswered while frozen; the timeout retries elsewhere
         }
         let serial = self.clients[c].serial;
-        let now = self.now;
         let lease = matches!(op, Op::Get { .. }) && self.chance(self.cfg.lease_reads);
-        let reply = match op {
-            Op::Get { .. } => {
-                let ctx = self.next_ctx;
-                self.next_ctx += 1;
+        let (input, waiting) = match (op, self.clients[c].session) {
+            (Op::Get { key }, _) => {
                 let mode = if lease {
                     ReadMode::Lease
                 } else {
                     ReadMode::ReadIndex
                 };
-                let Some(raft) = self.raft(target) else {
-                    return;
-                };
-                match raft.read_index(ctx, mode) {
-                    Ok(()) => {
-                        if let Some(n) = self.nodes.get_mut(&target) {
-                            n.reads.insert(ctx, (c, attempt, op));
-                        }
-                        None
-                    }
-                    Err(_) => Some(Reply::Redirect(raft.leader())),
-                }
+                let (tx, rx) = oneshot::channel();
+                (Input::Read { mode, reply: tx }, Waiting::Read(rx, key))
             }
-            _ => {
-                let payload = postcard::to_allocvec(&WriteCommand { op }).unwrap_or_default();
-                let record = Record::Command(Command {
+            // Writes go in a session of the real session table (exactly-once, §6.3).
+            (_, None) => {
+                let (tx, rx) = oneshot::channel();
+                (Input::OpenSession(tx), Waiting::Session(rx))
+            }
+            (_, Some(client_id)) => {
+                let (tx, rx) = oneshot::channel();
+                let input = Input::Propose {
                     plugin: "kv".into(),
-                    client: Some(ClientSerial {
-                        client_id: c as u64 + 1,
-                        serial,
-                    }),
-                    payload: Payload::Inline(payload),
-                });
-                let Some(raft) = self.raft(target) else {
-                    return;
+                    client: Some(ClientSerial { client_id, serial }),
+                    payload: command_json(&op).into_bytes(),
+                    reply: tx,
                 };
-                match raft.propose(record, now) {
-                    Ok((index, term)) => {
-                        if let Some(n) = self.nodes.get_mut(&target) {
-                            n.proposals.insert(index, (c, attempt, term));
-                        }
-                        None
-                    }
-                    Err(ProposeError::NotLeader { leader }) => Some(Reply::Redirect(leader)),
-                    Err(_) => Some(Reply::Retry),
-                }
+                let expect = match op {
+                    Op::Cas { expect, .. } => expect,
+                    _ => None,
+                };
+                (input, Waiting::Write(rx, expect))
             }
         };
-        let how = if lease { " lease" } else { "" };
+        let how = match (&waiting, lease) {
+            (Waiting::Session(_), _) => " (opening a session)",
+            (_, true) => " lease",
+            _ => "",
+        };
         self.trace(|| format!("client{c} -> n{target} {op:?}{how} serial={serial}"));
-        if let Some(r) = reply {
-            let d = 1 + self.rand(3);
-            self.schedule(d, Ev::Reply(c, attempt, r));
+        if let Some(node) = self.nodes.get_mut(&target) {
+            node.waiting.push((c, attempt, waiting));
         }
-        self.drive(target);
+        self.call(target, |d| d.input(input));
     }
 
     fn client_reply(&mut self, c: usize, attempt: u64, reply: Reply) {
@@ -995,6 +1011,12 @@ impl Sim {
                 let d = self.rand(2 * self.cfg.fault_ms / ops);
                 self.schedule(d, Ev::ClientSend(c));
             }
+            Reply::Session(client_id) => {
+                self.trace(|| format!("client{c} session {client_id}"));
+                self.clients[c].session = Some(client_id);
+                self.clients[c].attempt += 1;
+                self.schedule(1, Ev::ClientSend(c));
+            }
             Reply::Redirect(leader) => {
                 let n = self.cfg.nodes as u64;
                 self.clients[c].target = leader.unwrap_or_else(|| 1 + self.rng.next_u64() % n);
@@ -1007,48 +1029,16 @@ impl Sim {
                 self.schedule(d, Ev::ClientSend(c));
             }
             Reply::Retry => {
+                // Half the time elsewhere, as a client with several endpoints does: the node
+                // may be one a membership change removed, which stays leaderless for ever.
+                if self.rand(2) == 0 {
+                    let n = self.cfg.nodes as u64;
+                    self.clients[c].target = 1 + self.rand(n);
+                }
                 self.clients[c].attempt += 1;
                 let d = 20 + self.rand(50);
                 self.schedule(d, Ev::ClientSend(c));
             }
-        }
-    }
-
-    fn read_confirmed(&mut self, id: NodeId, ctx: u64, index: Option<Index>) {
-        let Some(node) = self.nodes.get_mut(&id) else {
-            return;
-        };
-        let Some((c, attempt, op)) = node.reads.remove(&ctx) else {
-            return;
-        };
-        match index {
-            Some(i) => {
-                node.reads_waiting.push((i, c, attempt, op));
-                self.serve_waiting_reads(id);
-            }
-            None => {
-                let d = 1 + self.rand(3);
-                self.schedule(d, Ev::Reply(c, attempt, Reply::Retry));
-            }
-        }
-    }
-
-    fn serve_waiting_reads(&mut self, id: NodeId) {
-        let Some(node) = self.nodes.get_mut(&id) else {
-            return;
-        };
-        let applied = node.disk.applied;
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            node.reads_waiting.drain(..).partition(|r| r.0 <= applied);
-        node.reads_waiting = waiting;
-        let mut replies = Vec::new();
-        for (_, c, attempt, op) in ready {
-            let value = node.disk.state.map.get(&op.key()).copied();
-            replies.push((c, attempt, Reply::Done(OpResult::Get(value))));
-        }
-        for (c, attempt, r) in replies {
-            let d = 1 + self.rand(3);
-            self.schedule(d, Ev::Reply(c, attempt, r));
         }
     }
 
@@ -1092,29 +1082,30 @@ impl Sim {
                 }
             }
             10 => {
-                // Single-server membership change (thesis §4.1): demote a voter to learner
-                // or promote a learner back, through the leader.
-                let leader = self.some_leader();
+                // Single-server membership changes (thesis §4.1) through the real path:
+                // remove a voter, add a removed node back as a learner, promote a learner
+                // (refused until it has caught up, as etcd does).
+                let Some(l) = self.some_leader() else { return };
+                let Some(config) = self.nodes.get(&l).and_then(SimNode::raft).map(|r| r.config().clone())
+                else {
+                    return;
+                };
                 let target = ids[self.rand(n) as usize];
-                let now = self.now;
-                if let Some(l) = leader {
-                    let Some(raft) = self.raft(l) else { return };
-                    let mut config = raft.config().clone();
-                    if config.voters.contains(&target) {
-                        if config.voters.len() <= 2 {
-                            return;
-                        }
-                        config.voters.remove(&target);
-                        config.learners.insert(target);
-                    } else {
-                        config.learners.remove(&target);
-                        config.voters.insert(target);
+                let change = if config.learners.contains(&target) {
+                    MemberChange::Promote(target)
+                } else if !config.contains(target) {
+                    MemberChange::AddLearner {
+                        id: target,
+                        url: format!("sim://n{target}"),
                     }
-                    let voters = config.voters.clone();
-                    let result = raft.propose(Record::Config(config), now);
-                    self.trace(|| format!("n{l} proposes voters={voters:?}: {result:?}"));
-                    self.drive(l);
-                }
+                } else if config.voters.len() > 3 {
+                    MemberChange::Remove(target)
+                } else {
+                    return;
+                };
+                self.trace(|| format!("n{l} membership change {change:?}"));
+                let (tx, _rx) = oneshot::channel();
+                self.call(l, |d| d.input(Input::Members { change, reply: tx }));
             }
             9 => {
                 // A disk stall (fsync hiccup), most often the leader's.
@@ -1213,15 +1204,10 @@ impl Sim {
             }
             8 => {
                 // Leadership transfer, if someone leads.
-                let leader = self.some_leader();
-                if let Some(l) = leader {
+                if let Some(l) = self.some_leader() {
                     let to = ids[self.rand(n) as usize];
-                    if let Some(raft) = self.raft(l)
-                        && raft.transfer_leadership(to)
-                    {
-                        self.trace(|| format!("n{l} transfer leadership to n{to}"));
-                    }
-                    self.drive(l);
+                    self.trace(|| format!("n{l} transfer leadership to n{to}"));
+                    self.call(l, |d| d.input(Input::Transfer(to)));
                 }
             }
             _ => {}
@@ -1232,7 +1218,7 @@ impl Sim {
     fn some_leader(&self) -> Option<NodeId> {
         self.nodes
             .iter()
-            .find(|(_, n)| n.raft.as_ref().is_some_and(|r| r.role() == Role::Leader))
+            .find(|(_, n)| n.raft().is_some_and(|r| r.role() == Role::Leader))
             .map(|(&id, _)| id)
     }
 
@@ -1259,21 +1245,11 @@ impl Sim {
         }
     }
 
-    /// Loses everything not reported durable: the core, queued writes, in-flight proposals.
+    /// Loses everything not reported durable (see `SimNode::crash`).
     fn crash(&mut self, id: NodeId) {
-        let Some(node) = self.nodes.get_mut(&id) else {
-            return;
-        };
-        node.raft = None;
-        node.queue.clear();
-        node.fsync_scheduled = false;
-        node.proposals.clear();
-        node.reads.clear();
-        node.reads_waiting.clear();
-        node.leader_ticks = 0;
-        node.frozen = false;
-        node.missed_ticks = 0;
-        node.restarts += 1;
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.crash();
+        }
         self.trace(|| format!("n{id} crash"));
     }
 
@@ -1284,12 +1260,12 @@ impl Sim {
             .nodes
             .iter()
             .filter_map(|(&id, n)| {
-                let r = n.raft.as_ref()?;
+                let r = n.raft()?;
                 (r.role() == Role::Leader).then(|| (id, r.term(), r.last_index()))
             })
             .collect();
         for (id, term, last) in leaders {
-            let Some(raft) = self.nodes[&id].raft.as_ref() else {
+            let Some(raft) = self.nodes.get(&id).and_then(SimNode::raft) else {
                 continue;
             };
             if let Err(v) = self.inv.on_leader(id, term, last, raft) {
@@ -1299,36 +1275,46 @@ impl Sim {
         }
     }
 
-    /// Every node is up, one leader leads, and everyone applied exactly its log's end.
-    fn converged(&self) -> bool {
-        let Some(leader_last) = self
+    /// The members of the leader's configuration (nodes a membership change removed are
+    /// left out: nobody replicates to them).
+    fn members(&self) -> Option<(Index, Vec<NodeId>)> {
+        let r = self
             .nodes
             .values()
-            .filter_map(|n| n.raft.as_ref())
-            .find(|r| r.role() == Role::Leader)
-            .map(|r| r.last_index())
-        else {
+            .filter_map(SimNode::raft)
+            .find(|r| r.role() == Role::Leader)?;
+        Some((r.last_index(), r.config().members().collect()))
+    }
+
+    /// One leader leads, and every member is up and applied exactly the leader's log end.
+    fn converged(&self) -> bool {
+        let Some((leader_last, members)) = self.members() else {
             return false;
         };
-        self.nodes.values().all(|n| {
-            n.raft
-                .as_ref()
-                .is_some_and(|r| r.commit_index() == leader_last && n.disk.applied == leader_last)
+        members.iter().all(|id| {
+            self.nodes.get(id).is_some_and(|n| {
+                n.driver.as_ref().is_some_and(|d| {
+                    d.raft().commit_index() == leader_last && d.applied() == leader_last
+                })
+            })
         })
     }
 
     fn node_summary(&self) -> String {
         self.nodes
             .iter()
-            .map(|(id, n)| match n.raft.as_ref() {
-                Some(r) => format!(
-                    "n{id}:{:?}/t{} last={} commit={} applied={}",
-                    r.role(),
-                    r.term(),
-                    r.last_index(),
-                    r.commit_index(),
-                    n.disk.applied
-                ),
+            .map(|(id, n)| match n.driver.as_ref() {
+                Some(d) => {
+                    let r = d.raft();
+                    format!(
+                        "n{id}:{:?}/t{} last={} commit={} applied={}",
+                        r.role(),
+                        r.term(),
+                        r.last_index(),
+                        r.commit_index(),
+                        d.applied()
+                    )
+                }
                 None => format!("n{id}:down"),
             })
             .collect::<Vec<_>>()
@@ -1360,13 +1346,28 @@ impl Sim {
             )));
             return;
         }
-        // Replicas hold the same state.
-        let states: BTreeSet<Vec<u8>> =
-            self.nodes.values().map(|n| n.disk.state.encode()).collect();
-        if states.len() != 1 {
-            self.fail(Violation::Divergence(
-                "replicas applied the same index but hold different state".into(),
-            ));
+        // Replicas hold the same state: the real state hash, after a flush, as
+        // `GET /v1/state-hash` computes it.
+        let members = self.members().map(|(_, m)| m).unwrap_or_default();
+        let mut hashes = BTreeMap::new();
+        for id in members {
+            let (tx, _rx) = oneshot::channel();
+            self.call(id, |d| d.input(Input::Flush(tx)));
+            match self.nodes.get(&id).map(SimNode::state_hash) {
+                Some(Ok(h)) => {
+                    hashes.insert(id, h);
+                }
+                Some(Err(e)) => {
+                    self.fail(Violation::Harness(format!("n{id} state hash: {e}")));
+                    return;
+                }
+                None => {}
+            }
+        }
+        if hashes.values().collect::<BTreeSet<_>>().len() != 1 {
+            self.fail(Violation::Divergence(format!(
+                "replicas applied the same index but hold different state: {hashes:?}"
+            )));
             return;
         }
         match linearizability::check(&self.history, 2_000_000) {
@@ -1386,15 +1387,68 @@ impl Sim {
     }
 }
 
-fn latest_config(entries: &[Entry], base: ClusterConfig) -> (Index, ClusterConfig) {
-    entries
-        .iter()
-        .rev()
-        .find_map(|e| match &e.record {
-            Record::Config(c) => Some((e.index, c.clone())),
-            _ => None,
-        })
-        .unwrap_or((0, base))
+/// A write as the kv plugin takes it (keys `k0`..`k2`, values as decimal strings).
+fn command_json(op: &Op) -> String {
+    let json = match *op {
+        Op::Put { key, value } => {
+            serde_json::json!({"op": "put", "key": format!("k{key}"), "value": value.to_string()})
+        }
+        Op::Cas { key, expect, value } => serde_json::json!({
+            "op": "cas",
+            "key": format!("k{key}"),
+            "expect": expect.map(|v| v.to_string()),
+            "value": value.to_string(),
+        }),
+        Op::Get { key } => serde_json::json!({"op": "get", "key": format!("k{key}")}),
+    };
+    json.to_string()
+}
+
+/// A write's reply as the client sees it. A plugin error or an unknown session is a
+/// finding: the simulator's commands are valid and its sessions never expire.
+fn write_reply(r: CommandReply, expect: Option<u64>) -> Result<Reply, String> {
+    match r {
+        CommandReply::Done {
+            result: Ok(bytes), ..
+        } => {
+            let v: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| format!("kv answered {e}"))?;
+            if v.get("ok").is_some() {
+                // The plugin answers a success with the value now there; the specification
+                // with the value found, which was the expected one.
+                let ok = v["ok"].as_bool().unwrap_or(false);
+                let found = if ok {
+                    expect
+                } else {
+                    parse_value(&v["current"])?
+                };
+                Ok(Reply::Done(OpResult::Cas(ok, found)))
+            } else {
+                Ok(Reply::Done(OpResult::Put(parse_value(&v["prev"])?)))
+            }
+        }
+        CommandReply::Done { result: Err(e), .. } => Err(format!("command failed: {e}")),
+        CommandReply::SessionUnknown(e) => Err(format!("session unknown: {e}")),
+        CommandReply::NotLeader(l) => Ok(Reply::Redirect(l)),
+        CommandReply::Retry(_) | CommandReply::OutcomeUnknown(_) => Ok(Reply::Retry),
+    }
+}
+
+fn session_reply(r: CommandReply) -> Result<Reply, String> {
+    match r {
+        CommandReply::Done {
+            result: Ok(bytes), ..
+        } => {
+            let v: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| format!("session answer {e}"))?;
+            v["client_id"]
+                .as_u64()
+                .map(Reply::Session)
+                .ok_or_else(|| format!("session answer without an id: {v}"))
+        }
+        CommandReply::NotLeader(l) => Ok(Reply::Redirect(l)),
+        _ => Ok(Reply::Retry),
+    }
 }
 
 /// Runs one seed. A panic inside the core (it asserts its own invariants) is a violation.

@@ -1,11 +1,13 @@
 //! `keel-sim --seeds N [--start S] [--nodes K]`: runs seeds S..S+N with all faults on.
 //! `keel-sim --seed S --trace`: replays one seed, printing its transcript.
-//! `keel-sim --teeth N`: runs each deliberately broken core until caught (or N seeds).
+//! `keel-sim --teeth N`: runs each deliberately broken core and driver until caught (or N
+//! seeds).
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+use keel::driver::DriverBug;
 use keel_raft::testkit::Bug;
 use keel_tests::{SimConfig, run_seed};
 
@@ -34,7 +36,8 @@ struct Args {
     /// (at most this many).
     #[arg(long)]
     teeth: Option<u64>,
-    /// Run with this broken variant of the core (a `testkit::Bug` name, e.g. LeaseByRole).
+    /// Run with this broken variant of the core (a `testkit::Bug` name, e.g. LeaseByRole)
+    /// or of the driver (a `DriverBug` name, e.g. AckBeforeDurable).
     #[arg(long)]
     bug: Option<String>,
 }
@@ -52,6 +55,10 @@ fn config(args: &Args, seed: u64) -> SimConfig {
         .bug
         .as_deref()
         .and_then(|name| Bug::ALL.into_iter().find(|b| format!("{b:?}") == name));
+    cfg.driver_bug = args
+        .bug
+        .as_deref()
+        .and_then(|name| DriverBug::ALL.into_iter().find(|b| format!("{b:?}") == name));
     cfg
 }
 
@@ -59,8 +66,13 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(name) = &args.bug
         && !Bug::ALL.iter().any(|b| format!("{b:?}") == *name)
+        && !DriverBug::ALL.iter().any(|b| format!("{b:?}") == *name)
     {
-        eprintln!("unknown bug {name:?}; one of {:?}", Bug::ALL);
+        eprintln!(
+            "unknown bug {name:?}; one of {:?} {:?}",
+            Bug::ALL,
+            DriverBug::ALL
+        );
         return ExitCode::FAILURE;
     }
     if let Some(limit) = args.teeth {
@@ -108,26 +120,31 @@ fn teeth(args: &Args, limit: u64) -> ExitCode {
         "{:<32} {:>14}  caught by",
         "broken variant", "seeds to catch"
     );
+    let variants = Bug::ALL
+        .into_iter()
+        .map(|b| (format!("{b:?}"), Some(b), None))
+        .chain(
+            DriverBug::ALL
+                .into_iter()
+                .map(|b| (format!("driver: {b:?}"), None, Some(b))),
+        );
     let mut missed = 0;
-    for bug in Bug::ALL {
+    for (name, bug, driver_bug) in variants {
         let mut caught = None;
         for seed in args.start..args.start + limit {
             let mut cfg = config(args, seed);
-            cfg.bug = Some(bug);
+            cfg.bug = bug;
+            cfg.driver_bug = driver_bug;
             if let Some(v) = run_seed(cfg).violation {
                 caught = Some((seed - args.start + 1, v.property()));
                 break;
             }
         }
         match caught {
-            Some((n, prop)) => println!("{:<32} {:>14}  {prop}", format!("{bug:?}"), n),
+            Some((n, prop)) => println!("{name:<32} {n:>14}  {prop}"),
             None => {
                 missed += 1;
-                println!(
-                    "{:<32} {:>14}  NOT CAUGHT",
-                    format!("{bug:?}"),
-                    format!(">{limit}")
-                );
+                println!("{name:<32} {:>14}  NOT CAUGHT", format!(">{limit}"));
             }
         }
         let _ = std::io::Write::flush(&mut std::io::stdout());
