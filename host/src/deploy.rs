@@ -21,8 +21,8 @@ use keel_raft::Deploy;
 use tokio::sync::oneshot;
 
 use crate::blobs::{hex, parse_hex};
-use crate::net::{Body, Refusal, answer, error, json, not_leader, read_body, retry_later};
 use crate::driver::{Input, NodeHandle};
+use crate::net::{Body, Refusal, answer, error, json, not_leader, read_body, retry_later};
 
 /// Default fuel per apply of a deployed plugin (`Keel-Fuel` overrides).
 pub const DEFAULT_FUEL: u64 = 100_000_000;
@@ -127,12 +127,8 @@ pub async fn deploy(
         fuel_per_apply: fuel,
         memory_limit: memory,
     };
-    if node
-        .inputs
-        .send(Input::Deploy { deploy, reply: tx })
-        .is_err()
-    {
-        return retry_later("node is stopping");
+    if let Err(e) = node.submit(Input::Deploy { deploy, reply: tx }) {
+        return retry_later(&e.to_string());
     }
     answer(node, rx, node.config.default_timeout_ms, path).await
 }

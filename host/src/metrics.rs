@@ -22,6 +22,8 @@ pub struct Metrics {
     pub peer_dropped: Counter,
     /// Snapshots installed from a leader.
     pub snapshots_installed: Counter,
+    /// Requests and peer batches refused because the driver's queue was full.
+    pub inputs_refused: Counter,
     /// Current term.
     pub term: Gauge,
     /// Commit index.
@@ -55,6 +57,7 @@ impl Default for Metrics {
             foreign_cluster: Counter::default(),
             peer_dropped: Counter::default(),
             snapshots_installed: Counter::default(),
+            inputs_refused: Counter::default(),
             term: Gauge::default(),
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
@@ -78,6 +81,11 @@ impl Default for Metrics {
             "log_commits",
             "Durable log commits (one per batch)",
             m.fsyncs.clone(),
+        );
+        registry.register(
+            "driver_inputs_refused",
+            "Requests (503) and peer batches (dropped) refused: the driver's queue was full",
+            m.inputs_refused.clone(),
         );
         registry.register(
             "foreign_cluster_messages",

@@ -80,7 +80,9 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, ["v1", "events"]) => events(&node),
         (&Method::POST, ["v1", "admin", "transfer-leadership", to]) => match to.parse() {
             Ok(to) => {
-                let _ = node.inputs.send(Input::Transfer(to));
+                if let Err(e) = node.submit(Input::Transfer(to)) {
+                    return retry_later(&e.to_string());
+                }
                 json(
                     StatusCode::ACCEPTED,
                     &serde_json::json!({"transfer_to": to}),
@@ -289,8 +291,8 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
         payload,
         reply: tx,
     };
-    if node.inputs.send(input).is_err() {
-        return retry_later("node is stopping");
+    if let Err(e) = node.submit(input) {
+        return retry_later(&e.to_string());
     }
     answer(node, rx, timeout_ms, &path).await
 }
@@ -317,8 +319,8 @@ async fn open_session(node: &NodeHandle, path: &str) -> Response<Body> {
         return elsewhere;
     }
     let (tx, rx) = oneshot::channel();
-    if node.inputs.send(Input::OpenSession(tx)).is_err() {
-        return retry_later("node is stopping");
+    if let Err(e) = node.submit(Input::OpenSession(tx)) {
+        return retry_later(&e.to_string());
     }
     answer(node, rx, node.config.default_timeout_ms, path).await
 }
@@ -401,8 +403,8 @@ async fn query(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> Res
         // Thesis §6.4: confirm leadership (a follower asks its leader), then wait until the
         // local state machine has applied up to the read index.
         let (tx, rx) = oneshot::channel();
-        if node.inputs.send(Input::Read { mode, reply: tx }).is_err() {
-            return retry_later("node is stopping");
+        if let Err(e) = node.submit(Input::Read { mode, reply: tx }) {
+            return retry_later(&e.to_string());
         }
         match tokio::time::timeout(Duration::from_millis(node.config.default_timeout_ms), rx).await
         {
@@ -474,12 +476,8 @@ async fn add_member(node: &NodeHandle, req: Request<Incoming>) -> Response<Body>
 /// Proposes a membership change on the leader and answers once it is applied.
 async fn change_members(node: &NodeHandle, change: MemberChange, path: &str) -> Response<Body> {
     let (tx, rx) = oneshot::channel();
-    if node
-        .inputs
-        .send(Input::Members { change, reply: tx })
-        .is_err()
-    {
-        return retry_later("node is stopping");
+    if let Err(e) = node.submit(Input::Members { change, reply: tx }) {
+        return retry_later(&e.to_string());
     }
     let timeout = Duration::from_millis(node.config.default_timeout_ms);
     match tokio::time::timeout(timeout, rx).await {

@@ -30,9 +30,9 @@ use hyper_util::rt::TokioExecutor;
 use keel_raft::{Message, MessageBody, NodeId};
 use tokio::sync::mpsc;
 
+use crate::driver::{Input, NodeHandle, SubmitError};
 use crate::metrics::Metrics;
 use crate::net::{Body, error, read_body, retry_later};
-use crate::driver::{Input, NodeHandle};
 
 /// Largest frame, or one-shot batch, accepted from a peer (snapshots travel one-shot).
 pub const MAX_PEER_BODY: usize = 512 << 20;
@@ -307,9 +307,15 @@ fn deliver(node: &NodeHandle, bytes: &[u8]) -> Result<(), Refused> {
             m.from, m.cluster, node.cluster
         )));
     }
-    node.inputs
-        .send(Input::Peer(batch))
-        .map_err(|_| Refused::Stopping)
+    match node.submit(Input::Peer(batch)) {
+        Ok(()) => Ok(()),
+        // Dropped like a lost packet: the sender's next heartbeat or append tries again.
+        Err(SubmitError::Full(queued)) => {
+            tracing::debug!(target: "keel::msg", queued, "driver busy, peer batch dropped");
+            Ok(())
+        }
+        Err(SubmitError::Stopping) => Err(Refused::Stopping),
+    }
 }
 
 fn no_content() -> Response<Body> {

@@ -7,10 +7,10 @@ use crate::error::PluginId;
 use crate::kv::{KvView, Writes};
 use crate::store::{Abort, HostState, Mode};
 use crate::{PluginError, wasi};
-use std::path::PathBuf;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre, Linker};

@@ -15,9 +15,9 @@ use keel_plugin::Runtime;
 use keel_raft::Entry;
 use keel_storage::StateView;
 
+use super::Input;
 use crate::apply::{self, Applied, ApplyError, Registry, Unflushed};
 use crate::blobs::Blobs;
-use super::Input;
 
 /// One batch for the worker, with the state it applies on top of.
 pub struct ApplyJob {

@@ -2,11 +2,15 @@
 //! replies, the status, and the handle the HTTP layer holds.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, RwLock};
 
 use keel_plugin::Runtime;
-use keel_raft::{ClientSerial, ClusterConfig, ClusterId, Deploy, Index, Message, NodeId, ReadMode, Snapshot, Term};
+use keel_raft::{
+    ClientSerial, ClusterConfig, ClusterId, Deploy, Index, Message, NodeId, ReadMode, Snapshot,
+    Term,
+};
 use keel_storage::{RedbStorage, Storage};
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
@@ -187,11 +191,45 @@ pub struct NodeStatus {
     pub lease_ms_left: u64,
 }
 
+/// Inputs from outside the node (client requests, peer batches) that may wait for the driver
+/// at once; past it clients get 503 and peer batches are dropped (Raft tolerates lost
+/// messages), instead of a queue that grows without bound while the driver is held up.
+pub const MAX_QUEUED_INPUTS: usize = 10_000;
+
+/// Why an input was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The driver has stopped.
+    #[error("node is stopping")]
+    Stopping,
+    /// Too many inputs wait already.
+    #[error("{0} requests are queued for the driver; retry shortly")]
+    Full(usize),
+}
+
+impl Input {
+    /// Whether it comes from outside the node (and counts against [`MAX_QUEUED_INPUTS`]);
+    /// the driver's own threads report back without limit (the driver waits for some of
+    /// them, so bounding those could deadlock it).
+    pub fn is_external(&self) -> bool {
+        !matches!(
+            self,
+            Input::Persisted(..)
+                | Input::Flushed(_)
+                | Input::BlobFetched { .. }
+                | Input::SnapshotBuilt(_)
+                | Input::Applied(_)
+        )
+    }
+}
+
 /// The handle the HTTP layer holds.
 #[derive(Clone)]
 pub struct NodeHandle {
-    /// Inputs to the driver.
+    /// Inputs to the driver; send external ones with [`NodeHandle::submit`].
     pub inputs: Sender<Input>,
+    /// External inputs queued and not yet taken by the driver.
+    pub queued: Arc<AtomicUsize>,
     /// Latest status, refreshed by the driver.
     pub status: Arc<Mutex<NodeStatus>>,
     /// State-change events, as JSON (for `GET /v1/events`).
@@ -229,12 +267,25 @@ impl NodeHandle {
         Ok((view, Arc::clone(&slot)))
     }
 
+    /// Queues an input from outside the node, unless [`MAX_QUEUED_INPUTS`] wait already.
+    pub fn submit(&self, input: Input) -> Result<(), SubmitError> {
+        let queued = self.queued.fetch_add(1, Ordering::Relaxed);
+        if queued >= MAX_QUEUED_INPUTS {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.inputs_refused.inc();
+            return Err(SubmitError::Full(queued));
+        }
+        self.inputs.send(input).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            SubmitError::Stopping
+        })
+    }
+
     /// Asks the driver to flush the applied state to storage, and waits for it.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.inputs.send(Input::Flush(tx)).is_ok() {
+        if self.submit(Input::Flush(tx)).is_ok() {
             let _ = rx.await;
         }
     }
 }
-

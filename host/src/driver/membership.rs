@@ -12,7 +12,11 @@ impl Driver {
     /// Proposes a single-server change against the configuration in force (thesis §4.1: it
     /// takes effect as soon as it is in the log; the core refuses a second one until the
     /// first is committed).
-    pub(super) fn change_members(&mut self, change: MemberChange, reply: oneshot::Sender<MemberReply>) {
+    pub(super) fn change_members(
+        &mut self,
+        change: MemberChange,
+        reply: oneshot::Sender<MemberReply>,
+    ) {
         let mut config = self.raft.config().clone();
         let invalid = match &change {
             MemberChange::AddLearner { id, url } => {

@@ -38,8 +38,8 @@ use tokio::sync::{broadcast, oneshot};
 
 pub use apply_worker::{ApplyDone, ApplyJob, run_job};
 pub use inbox::{
-    CommandReply, Input, MemberChange, MemberReply, NodeHandle, NodeStatus, ReadRefused,
-    ReadReply,
+    CommandReply, Input, MAX_QUEUED_INPUTS, MemberChange, MemberReply, NodeHandle, NodeStatus,
+    ReadRefused, ReadReply, SubmitError,
 };
 pub use io::{Io, NodeStore};
 pub use log_writer::{Write, WriterJob, WriterOut, round as writer_round};
@@ -755,7 +755,6 @@ impl Driver {
         };
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }
-
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! threads the driver's effects run on, and the driver's own loop, paced by the monotonic
 //! clock.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -92,7 +93,8 @@ pub fn open_state<S: Storage>(
         None => storage.set_identity(identity)?,
     }
     let view = storage.view()?;
-    apply::reload(runtime, blobs, registry, &view).map_err(|e| StartError::Plugin(e.to_string()))?;
+    apply::reload(runtime, blobs, registry, &view)
+        .map_err(|e| StartError::Plugin(e.to_string()))?;
 
     let fresh = recovered.log.last.index == 0
         && recovered.hard_state.term == 0
@@ -192,6 +194,7 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = NodeHandle {
         inputs: tx.clone(),
+        queued: Arc::default(),
         status: status.clone(),
         events: events.clone(),
         registry: registry.clone(),
@@ -209,13 +212,8 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         ApplyWorker::start(runtime.clone(), blobs.clone(), registry.clone(), tx.clone())
             .map_err(StartError::Thread)?;
     let store: Arc<dyn NodeStore> = storage;
-    let writer = LogWriter::start(
-        store.clone(),
-        outboxes.clone(),
-        tx.clone(),
-        metrics.clone(),
-    )
-    .map_err(StartError::Thread)?;
+    let writer = LogWriter::start(store.clone(), outboxes.clone(), tx.clone(), metrics.clone())
+        .map_err(StartError::Thread)?;
     let io = ThreadIo {
         inputs: tx,
         outboxes,
@@ -245,22 +243,31 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     });
     std::thread::Builder::new()
         .name("keel-driver".into())
-        .spawn(move || run(driver, &rx, tick))
+        .spawn({
+            let queued = handle.queued.clone();
+            move || run(driver, &rx, &queued, tick)
+        })
         .map_err(StartError::Thread)?;
     Ok(handle)
 }
 
 /// The driver thread's loop: inputs as they come, ticks as the clock says.
-fn run(mut driver: Driver, rx: &Receiver<Input>, tick: Duration) {
+fn run(mut driver: Driver, rx: &Receiver<Input>, queued: &AtomicUsize, tick: Duration) {
     let ok = |r: anyhow::Result<()>| {
         if let Err(e) = r {
             fail_stop(&e);
+        }
+    };
+    let taken = |input: &Input| {
+        if input.is_external() {
+            queued.fetch_sub(1, Ordering::Relaxed);
         }
     };
     let mut clock = TickClock::new(tick);
     loop {
         match rx.recv_timeout(clock.until_next()) {
             Ok(input) => {
+                taken(&input);
                 // The ticks due go in before the input: a leader whose thread was held
                 // up must see its lease lapse before it answers a lease read.
                 clock.catch_up(&mut driver);
@@ -271,6 +278,7 @@ fn run(mut driver: Driver, rx: &Receiver<Input>, tick: Duration) {
         }
         // Everything that queued meanwhile joins this batch (bounded, to keep ticks).
         for input in rx.try_iter().take(8192) {
+            taken(&input);
             ok(driver.input(input));
         }
         clock.catch_up(&mut driver);

@@ -1,7 +1,10 @@
 //! Unit tests of the driver's small decisions.
 
-use super::*;
 use super::upkeep::session_cutoff;
+use super::*;
+use crate::config::NodeConfig;
+use std::time::Duration;
+
 use keel_raft::{ClusterConfig, ClusterId, Config, Entry, HardState, InitialState};
 
 /// A single-voter core restored with one entry stamped `log_ms` by an earlier leader,
@@ -60,4 +63,64 @@ fn the_session_expiry_cutoff_is_on_the_log_clock_not_the_wall_clock() {
         .expect("the leader proposes");
     let stamped = raft.entry(index).expect("the entry").timestamp_ms;
     assert_eq!((stamped, before_ms), (later, later - ttl));
+}
+
+/// Issue #10 §3: the driver's queue of outside inputs is bounded. Past the bound a request is
+/// refused (the HTTP layer answers 503) and counted; once the driver has taken inputs, it is
+/// accepted again. The driver's own reports never count against it.
+#[test]
+fn outside_inputs_are_refused_past_the_queue_bound_and_accepted_again_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let _guard = rt.enter();
+    let cfg = NodeConfig {
+        data_dir: dir.path().to_path_buf(),
+        tick_ms: 10,
+        ..NodeConfig::default()
+    };
+    let node = start(cfg).expect("node starts");
+    let leads = || {
+        node.status
+            .lock()
+            .map(|s| s.role == "Leader")
+            .unwrap_or(false)
+    };
+    for _ in 0..500 {
+        if leads() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(leads(), "a single voter elects itself");
+    // As if MAX_QUEUED_INPUTS requests were waiting.
+    node.queued
+        .fetch_add(MAX_QUEUED_INPUTS, std::sync::atomic::Ordering::Relaxed);
+    let (tx, _rx) = oneshot::channel();
+    let refused = node.submit(Input::OpenSession(tx));
+    assert!(
+        matches!(refused, Err(SubmitError::Full(n)) if n == MAX_QUEUED_INPUTS),
+        "{refused:?}"
+    );
+    assert_eq!(node.metrics.inputs_refused.get(), 1);
+    // The driver took them.
+    node.queued
+        .fetch_sub(MAX_QUEUED_INPUTS, std::sync::atomic::Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    node.submit(Input::OpenSession(tx)).expect("accepted");
+    let reply = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), rx).await })
+        .expect("answered in time")
+        .expect("a reply");
+    assert!(
+        matches!(reply, CommandReply::Done { .. }),
+        "a single node opens the session: {reply:?}"
+    );
+    // Every input the driver took was counted back down.
+    assert_eq!(
+        node.queued.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the count returns to zero"
+    );
+    assert!(!Input::Persisted(1, 1).is_external());
+    assert!(Input::Transfer(2).is_external());
 }
