@@ -1,18 +1,19 @@
 //! Keel: a Raft host whose replicated state machines are WebAssembly components.
 //!
-//! This crate is the node: [`driver`] drives the consensus core (`keel-raft`) over durable
-//! storage (`keel-storage`) and plugins (`keel-plugin`); [`net`] serves peers and clients
-//! over HTTP; [`dev`] starts a local cluster; [`client`] is the CLI's client and [`cli`] the
-//! rest of the CLI that has tests.
+//! This crate is the node, one layer per folder, imports pointing down (docs/node.md):
+//! [`http`] serves clients and peers; [`driver`] drives the consensus core (`keel-raft`)
+//! over durable storage (`keel-storage`); [`state`] applies committed entries through the
+//! plugins (`keel-plugin`); [`peer`] sends Raft messages to the other nodes. [`dev`] starts
+//! a local cluster; [`client`] is the CLI's client and [`cli`] the rest of the CLI that has
+//! tests.
 
-pub mod apply;
 pub mod blobs;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod deploy;
 pub mod dev;
 pub mod driver;
+pub mod http;
 pub mod metrics;
-pub mod net;
-pub mod transport;
+pub mod peer;
+pub mod state;

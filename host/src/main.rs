@@ -268,7 +268,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             storage.sync()
         };
         tokio::select! {
-            served = keel::net::serve(listener, node) => served.context("serving"),
+            served = keel::http::serve(listener, node) => served.context("serving"),
             stopped = stop => Ok(stopped?),
         }
     })

@@ -629,7 +629,7 @@ fn an_idle_session_expires_on_every_replica_and_its_commands_are_refused() {
 /// The embedded kv component with a custom section appended: still a valid component, but
 /// other bytes, so no node holds them built in.
 fn kv_variant() -> Vec<u8> {
-    let mut wasm = keel::apply::BUILTIN_KV.to_vec();
+    let mut wasm = keel::state::BUILTIN_KV.to_vec();
     let (name, data) = (b"keel-test", b"variant");
     let payload_len = 1 + name.len() + data.len();
     wasm.push(0); // custom section

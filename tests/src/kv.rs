@@ -1,7 +1,6 @@
 //! The operations the simulator's clients run against the real kv plugin, and their
 //! sequential specification (what the linearizability checker compares with).
 
-
 use serde::{Deserialize, Serialize};
 
 /// A key (few distinct keys make conflicts, and so linearizability bugs, likely).

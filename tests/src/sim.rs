@@ -612,8 +612,7 @@ impl Sim {
         }
         let jobs = std::mem::take(&mut lock(&node.fx).writer_queue);
         let mut out = crate::sim_node::Collect(Vec::new());
-        if let Err(e) = keel::driver::writer_round(jobs, &*node.store, &node.metrics, &mut out)
-        {
+        if let Err(e) = keel::driver::writer_round(jobs, &*node.store, &node.metrics, &mut out) {
             self.fail(Violation::Harness(format!("n{id} storage: {e}")));
             return;
         }
@@ -899,9 +898,11 @@ impl Sim {
     /// Whether some node has the kv plugin active: clients start once its deployment is
     /// applied (a command before it would be refused as naming an unknown plugin).
     fn kv_deployed(&self) -> bool {
-        self.nodes
-            .values()
-            .any(|n| n.driver.as_ref().is_some_and(|d| d.registry().get("kv").is_some()))
+        self.nodes.values().any(|n| {
+            n.driver
+                .as_ref()
+                .is_some_and(|d| d.registry().get("kv").is_some())
+        })
     }
 
     fn client_send(&mut self, c: usize) {
@@ -1086,7 +1087,11 @@ impl Sim {
                 // remove a voter, add a removed node back as a learner, promote a learner
                 // (refused until it has caught up, as etcd does).
                 let Some(l) = self.some_leader() else { return };
-                let Some(config) = self.nodes.get(&l).and_then(SimNode::raft).map(|r| r.config().clone())
+                let Some(config) = self
+                    .nodes
+                    .get(&l)
+                    .and_then(SimNode::raft)
+                    .map(|r| r.config().clone())
                 else {
                     return;
                 };

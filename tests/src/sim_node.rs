@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use keel::apply::{self, Registry, Unflushed};
 use keel::blobs::Blobs;
 use keel::config::NodeConfig;
 use keel::driver::{
@@ -14,6 +13,7 @@ use keel::driver::{
     ReadReply, WriterJob, WriterOut,
 };
 use keel::metrics::Metrics;
+use keel::state::{self, Registry, Unflushed};
 use keel_plugin::Runtime;
 use keel_raft::{ClusterId, Entry, Message, NodeId, Raft, Snapshot, SnapshotMeta};
 use keel_storage::{ApplyBatch, LogId, LogWrite, MemStorage, StateView, Storage, StorageError};
@@ -208,7 +208,7 @@ impl SimNode {
             mem,
             fx,
             registry: Registry::default(),
-            blobs: Blobs::new(None, &[apply::BUILTIN_KV]),
+            blobs: Blobs::new(None, &[state::BUILTIN_KV]),
             unflushed: Arc::default(),
             events: None,
             metrics: Arc::new(Metrics::default()),
@@ -248,7 +248,7 @@ impl SimNode {
             fx: self.fx.clone(),
         });
         self.registry = Registry::default();
-        self.blobs = Blobs::new(None, &[apply::BUILTIN_KV]);
+        self.blobs = Blobs::new(None, &[state::BUILTIN_KV]);
         self.unflushed = Arc::default();
         self.metrics = Arc::new(Metrics::default());
         let init = keel::driver::open_state(
@@ -316,7 +316,7 @@ impl SimNode {
             let view = Storage::view(&*self.mem).map_err(|e| e.to_string())?;
             (view, Arc::clone(&slot))
         };
-        let kv = apply::query_view(Box::new(view), unflushed, "kv".into());
+        let kv = state::query_view(Box::new(view), unflushed, "kv".into());
         let q = serde_json::json!({"op": "get", "key": format!("k{key}")});
         let out = plugin
             .query(kv, q.to_string().as_bytes())
@@ -328,7 +328,7 @@ impl SimNode {
     /// The real state hash of everything applied (after a flush).
     pub(crate) fn state_hash(&self) -> Result<String, String> {
         let view = Storage::view(&*self.mem).map_err(|e| e.to_string())?;
-        apply::state_hash(&view).map_err(|e| e.to_string())
+        state::state_hash(&view).map_err(|e| e.to_string())
     }
 }
 

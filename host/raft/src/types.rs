@@ -215,9 +215,10 @@ pub struct Snapshot {
 }
 
 /// A node's role (thesis §3.3, plus PreCandidate for PreVote, §9.6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Role {
-    /// Follows a leader, or waits for one.
+    /// Follows a leader, or waits for one (where every server starts, §3.3).
+    #[default]
     Follower,
     /// Asks for pre-votes without disturbing anyone's term (§9.6).
     PreCandidate,

@@ -16,8 +16,8 @@ use keel_raft::Entry;
 use keel_storage::StateView;
 
 use super::Input;
-use crate::apply::{self, Applied, ApplyError, Registry, Unflushed};
 use crate::blobs::Blobs;
+use crate::state::{self, Applied, ApplyError, Registry, Unflushed};
 
 /// One batch for the worker, with the state it applies on top of.
 pub struct ApplyJob {
@@ -98,7 +98,7 @@ fn run(
 /// says the worker is done).
 pub fn run_job(job: ApplyJob, runtime: &Runtime, blobs: &Blobs, registry: &Registry) -> ApplyDone {
     let started = Instant::now();
-    let result = apply::apply_batch(
+    let result = state::apply_batch(
         runtime,
         blobs,
         registry,

@@ -8,18 +8,18 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use keel_plugin::Runtime;
 use keel_raft::{
-    ClientSerial, ClusterConfig, ClusterId, Deploy, Index, Message, NodeId, ReadMode, Snapshot,
-    Term,
+    ClientSerial, ClusterConfig, ClusterId, Deploy, Index, Message, NodeId, ReadMode, Role,
+    Snapshot, Term,
 };
 use keel_storage::{RedbStorage, Storage};
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
 
 use super::apply_worker::ApplyDone;
-use crate::apply::{CommandResult, Registry, Unflushed};
 use crate::blobs::Blobs;
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
+use crate::state::{CommandResult, Registry, Unflushed};
 
 /// What a client's command came to.
 #[derive(Debug)]
@@ -160,8 +160,8 @@ pub enum MemberReply {
 pub struct NodeStatus {
     /// This node.
     pub node_id: NodeId,
-    /// Follower, PreCandidate, Candidate or Leader.
-    pub role: String,
+    /// Follower, PreCandidate, Candidate or Leader (as a string in JSON).
+    pub role: Role,
     /// Current term.
     pub term: Term,
     /// Known leader.

@@ -17,7 +17,7 @@ use super::apply_worker::{ApplyJob, ApplyWorker};
 use super::log_writer::{LogWriter, WriterJob};
 use crate::blobs::{self, Blobs};
 use crate::metrics::Metrics;
-use crate::transport::Outboxes;
+use crate::peer::Outboxes;
 
 /// The store as the driver and the log writer use it: any [`Storage`], behind one
 /// object-safe face (views are boxed).
@@ -156,7 +156,7 @@ impl Io for ThreadIo {
             let url = peers[&id].clone();
             tracing::info!(target: "keel::msg", peer = id, %url, "connecting to peer");
             self.tokio
-                .spawn(crate::transport::peer_sender(url, rx, self.metrics.clone()));
+                .spawn(crate::peer::peer_sender(url, rx, self.metrics.clone()));
         }
     }
 }

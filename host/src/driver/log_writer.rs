@@ -24,9 +24,9 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use super::Input;
 use super::io::NodeStore;
-use crate::apply::Unflushed;
 use crate::metrics::Metrics;
-use crate::transport::Outboxes;
+use crate::peer::Outboxes;
+use crate::state::Unflushed;
 
 /// One Ready's worth of step 2 and 3.
 #[derive(Debug, Default)]

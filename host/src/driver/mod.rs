@@ -45,10 +45,10 @@ pub use io::{Io, NodeStore};
 pub use log_writer::{Write, WriterJob, WriterOut, round as writer_round};
 pub use start::{StartError, core_config, open_state, start};
 
-use crate::apply::{self, Applied, CommandOutcome, Registry, Unflushed};
 use crate::blobs::Blobs;
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
+use crate::state::{self, Applied, CommandOutcome, Registry, Unflushed};
 
 /// Flush sooner when this many keys and sessions are waiting.
 const FLUSH_AT: usize = 50_000;
@@ -457,7 +457,7 @@ impl Driver {
             self.fetching = None;
             self.answer_covered(snap.meta.index);
             let view = self.storage.view()?;
-            apply::reload(&self.runtime, &self.blobs, &self.registry, &view)?;
+            state::reload(&self.runtime, &self.blobs, &self.registry, &view)?;
             for m in rd.persisted_messages {
                 self.io.send(m);
             }
@@ -568,7 +568,7 @@ impl Driver {
     }
 
     fn absorb(&mut self, entries: &[keel_raft::Entry], applied: Applied) -> anyhow::Result<()> {
-        apply::activate(&self.registry, applied.deployed);
+        state::activate(&self.registry, applied.deployed);
         let last = applied.batch.last_applied;
         let waiting = {
             let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
@@ -738,7 +738,7 @@ impl Driver {
             .set(i64::from(s.role == Role::Leader));
         let status = NodeStatus {
             node_id: s.id,
-            role: format!("{:?}", s.role),
+            role: s.role,
             term: s.term,
             leader_id: s.leader,
             leader_url,

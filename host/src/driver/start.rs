@@ -16,11 +16,11 @@ use super::apply_worker::ApplyWorker;
 use super::io::{NodeStore, ThreadIo};
 use super::log_writer::LogWriter;
 use super::{Driver, DriverParts, Input, NodeHandle, NodeStatus, fail_stop};
-use crate::apply::{self, Registry};
 use crate::blobs::Blobs;
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
-use crate::transport::Outboxes;
+use crate::peer::Outboxes;
+use crate::state::{self, Registry};
 
 /// Plugin instances live at once: queries plus the one apply in progress.
 const PLUGIN_INSTANCES: u32 = 64;
@@ -93,7 +93,7 @@ pub fn open_state<S: Storage>(
         None => storage.set_identity(identity)?,
     }
     let view = storage.view()?;
-    apply::reload(runtime, blobs, registry, &view)
+    state::reload(runtime, blobs, registry, &view)
         .map_err(|e| StartError::Plugin(e.to_string()))?;
 
     let fresh = recovered.log.last.index == 0
@@ -169,7 +169,7 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         ..keel_plugin::RuntimeConfig::default()
     })
     .map_err(|e| StartError::Plugin(e.to_string()))?;
-    let blobs = Blobs::new(Some(cfg.data_dir.join("blobs")), &[apply::BUILTIN_KV]);
+    let blobs = Blobs::new(Some(cfg.data_dir.join("blobs")), &[state::BUILTIN_KV]);
     // Until the driver knows the membership: the configured peers, to fetch missing blobs.
     blobs.set_peers(
         cfg.peers

@@ -82,7 +82,7 @@ fn outside_inputs_are_refused_past_the_queue_bound_and_accepted_again_after() {
     let leads = || {
         node.status
             .lock()
-            .map(|s| s.role == "Leader")
+            .map(|s| s.role == Role::Leader)
             .unwrap_or(false)
     };
     for _ in 0..500 {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use keel_raft::{Deploy, Raft, Record, Role, Snapshot};
 
 use super::{Driver, SnapshotState, WriterJob};
-use crate::apply::{self, Unflushed};
 use crate::blobs;
+use crate::state::{self, Unflushed};
 
 /// The cut-off of an expiry proposed now: `ttl_ms` before the log's clock (design §5), that
 /// is before the timestamp the `ExpireSessions` entry itself will carry (the core never lets
@@ -137,7 +137,7 @@ impl Driver {
         {
             return;
         }
-        let sha256 = blobs::sha256(apply::BUILTIN_KV);
+        let sha256 = blobs::sha256(state::BUILTIN_KV);
         let deploy = Deploy {
             plugin: "kv".into(),
             version: format!("builtin-{}", &blobs::hex(&sha256)[..12]),

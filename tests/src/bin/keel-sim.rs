@@ -55,10 +55,11 @@ fn config(args: &Args, seed: u64) -> SimConfig {
         .bug
         .as_deref()
         .and_then(|name| Bug::ALL.into_iter().find(|b| format!("{b:?}") == name));
-    cfg.driver_bug = args
-        .bug
-        .as_deref()
-        .and_then(|name| DriverBug::ALL.into_iter().find(|b| format!("{b:?}") == name));
+    cfg.driver_bug = args.bug.as_deref().and_then(|name| {
+        DriverBug::ALL
+            .into_iter()
+            .find(|b| format!("{b:?}") == name)
+    });
     cfg
 }
 

@@ -1,5 +1,9 @@
-//! The HTTP server: the client API (`docs/http-api.md`) and the peer endpoints, whose
-//! protocol lives in [`crate::transport`] (design §1).
+//! The HTTP server: the client API (`docs/http-api.md`), deploys and blobs (`deploy`), and
+//! the receiving end of the peer transport (`peer`; the sending end is [`crate::peer`],
+//! design §1).
+
+pub mod deploy;
+pub mod peer;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -12,13 +16,13 @@ use hyper::header::{CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use keel_raft::{ClientSerial, ReadMode};
+use keel_raft::{ClientSerial, ReadMode, Role};
 use keel_storage::{StateView, Storage};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::driver::{CommandReply, Input, MemberChange, MemberReply, NodeHandle, ReadRefused};
-use crate::{apply, deploy, transport};
+use crate::state;
 
 /// Response body type: a whole buffer or a stream (server-sent events).
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -48,8 +52,8 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let response = match (req.method(), parts.as_slice()) {
-        (&Method::POST, ["v1", "raft"]) => transport::peer_messages(&node, req).await,
-        (&Method::POST, ["v1", "raft", "stream"]) => transport::peer_stream(&node, req).await,
+        (&Method::POST, ["v1", "raft"]) => peer::peer_messages(&node, req).await,
+        (&Method::POST, ["v1", "raft", "stream"]) => peer::peer_stream(&node, req).await,
         (&Method::POST, ["v1", "plugins", plugin, "commands"]) => {
             let plugin = plugin.to_string();
             command(&node, req, plugin).await
@@ -301,9 +305,9 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
 /// follower, 503 during an election; `None` on the leader.
 pub(crate) fn not_leader(node: &NodeHandle, path: &str) -> Option<Response<Body>> {
     let status = node.status.lock().unwrap_or_else(|e| e.into_inner());
-    match status.role.as_str() {
-        "Leader" => None,
-        "Follower" => {
+    match status.role {
+        Role::Leader => None,
+        Role::Follower => {
             let leader = status.leader_id;
             drop(status);
             Some(redirect(node, leader, path))
@@ -429,7 +433,7 @@ async fn query(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> Res
     let handle = node.clone();
     let answer = tokio::task::spawn_blocking(move || {
         let (view, unflushed) = handle.applied_view().map_err(|e| (false, e.to_string()))?;
-        let kv = apply::query_view(Box::new(view), unflushed, plugin);
+        let kv = state::query_view(Box::new(view), unflushed, plugin);
         plugin_impl
             .query(kv, &body)
             .map_err(|e| (e.is_deterministic(), e.to_string()))
@@ -505,7 +509,7 @@ async fn state_hash(node: &NodeHandle) -> Response<Body> {
     let result = tokio::task::spawn_blocking(move || {
         let view = storage.view()?;
         let index = view.applied().last_applied.index;
-        apply::state_hash(&view).map(|h| (index, h))
+        state::state_hash(&view).map(|h| (index, h))
     })
     .await;
     match result {

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::blobs::{hex, parse_hex};
 use crate::driver::{Input, NodeHandle};
-use crate::net::{Body, Refusal, answer, error, json, not_leader, read_body, retry_later};
+use crate::http::{Body, Refusal, answer, error, json, not_leader, read_body, retry_later};
 
 /// Default fuel per apply of a deployed plugin (`Keel-Fuel` overrides).
 pub const DEFAULT_FUEL: u64 = 100_000_000;
@@ -135,7 +135,7 @@ pub async fn deploy(
 
 /// A numeric header, or `default` when absent.
 fn header_number(req: &Request<Incoming>, name: &str, default: u64) -> Result<u64, Refusal> {
-    crate::net::header_u64(req, name).map(|v| v.unwrap_or(default))
+    crate::http::header_u64(req, name).map(|v| v.unwrap_or(default))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -221,7 +221,7 @@ pub async fn put_blob(node: &NodeHandle, req: Request<Incoming>, hash: &str) -> 
     })
     .await;
     match stored {
-        Ok(Ok(())) => crate::net::full(StatusCode::NO_CONTENT, "text/plain", Bytes::new()),
+        Ok(Ok(())) => crate::http::full(StatusCode::NO_CONTENT, "text/plain", Bytes::new()),
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, &e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
@@ -234,7 +234,7 @@ pub async fn get_blob(node: &NodeHandle, hash: &str) -> Response<Body> {
     };
     let blobs = node.blobs.clone();
     match tokio::task::spawn_blocking(move || blobs.local(&hash)).await {
-        Ok(Some(bytes)) => crate::net::full(
+        Ok(Some(bytes)) => crate::http::full(
             StatusCode::OK,
             "application/wasm",
             Bytes::from(bytes.as_ref().clone()),

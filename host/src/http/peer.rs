@@ -1,0 +1,109 @@
+//! The receiving end of the peer transport (`crate::peer` sends): `POST /v1/raft/stream`
+//! frames and `POST /v1/raft/messages` (snapshots), decoded, checked for the cluster UUID,
+//! and queued for the driver.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use keel_raft::Message;
+
+use super::{Body, error, read_body, retry_later};
+use crate::driver::{Input, NodeHandle, SubmitError};
+use crate::peer::MAX_PEER_BODY;
+
+/// `POST /v1/raft/stream`: reads frames until the peer closes the stream.
+pub async fn peer_stream(node: &NodeHandle, req: Request<Incoming>) -> Response<Body> {
+    let mut body = req.into_body();
+    let mut buf = BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(_)) => break, // the peer went away mid-frame; it reconnects
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+        while buf.len() >= 4 {
+            let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if len > MAX_PEER_BODY {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("peer frame of {len} bytes; the limit is {MAX_PEER_BODY}"),
+                );
+            }
+            if buf.len() < 4 + len {
+                break;
+            }
+            buf.advance(4);
+            let frame = buf.split_to(len);
+            if let Err(refused) = deliver(node, &frame) {
+                return refused.response();
+            }
+        }
+    }
+    if !buf.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "peer stream ended inside a frame");
+    }
+    no_content()
+}
+
+/// `POST /v1/raft`: one batch of messages (snapshots, and peers that do not stream).
+pub async fn peer_messages(node: &NodeHandle, req: Request<Incoming>) -> Response<Body> {
+    let bytes = match read_body(req.into_body(), MAX_PEER_BODY).await {
+        Ok(b) => b,
+        Err(r) => return r.response(),
+    };
+    match deliver(node, &bytes) {
+        Ok(()) => no_content(),
+        Err(refused) => refused.response(),
+    }
+}
+
+/// Why a batch from a peer was not delivered.
+enum Refused {
+    Malformed,
+    Foreign(String),
+    Stopping,
+}
+
+impl Refused {
+    fn response(self) -> Response<Body> {
+        match self {
+            Refused::Malformed => error(StatusCode::BAD_REQUEST, "malformed peer message batch"),
+            Refused::Foreign(why) => error(StatusCode::FORBIDDEN, &why),
+            Refused::Stopping => retry_later("node is stopping"),
+        }
+    }
+}
+
+/// Decodes one batch, checks its cluster, and hands it to the driver.
+fn deliver(node: &NodeHandle, bytes: &[u8]) -> Result<(), Refused> {
+    let batch = postcard::from_bytes::<Vec<Message>>(bytes).map_err(|_| Refused::Malformed)?;
+    // Design §7: every message carries the cluster UUID; a foreign one is refused whole.
+    if let Some(m) = batch.iter().find(|m| m.cluster != node.cluster) {
+        node.metrics.foreign_cluster.inc();
+        tracing::warn!(target: "keel::msg", from = m.from, cluster = %m.cluster, "refused message from another cluster");
+        return Err(Refused::Foreign(format!(
+            "message from node {} belongs to cluster {}, not {}",
+            m.from, m.cluster, node.cluster
+        )));
+    }
+    match node.submit(Input::Peer(batch)) {
+        Ok(()) => Ok(()),
+        // Dropped like a lost packet: the sender's next heartbeat or append tries again.
+        Err(SubmitError::Full(queued)) => {
+            tracing::debug!(target: "keel::msg", queued, "driver busy, peer batch dropped");
+            Ok(())
+        }
+        Err(SubmitError::Stopping) => Err(Refused::Stopping),
+    }
+}
+
+fn no_content() -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}

@@ -1,0 +1,315 @@
+//! Applying committed entries: plugins run each command against the state as of the entry
+//! before it (earlier entries of the same batch included), and the whole batch — plugins' KV
+//! writes, client sessions, deployments, `last_applied` — is committed in one storage
+//! transaction (design §4: nothing half-applied survives a crash).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use keel_plugin::{ApplyContext, Plugin, Runtime};
+use keel_raft::{Entry, Payload, Record};
+use keel_storage::{ApplyBatch, KvWrite, LogId, Session, StateView, StorageError};
+
+use crate::blobs::{Blobs, hex};
+
+use super::layer::*;
+use super::registry::*;
+
+/// The stored form of a session result: `0` + answer, or `1` + error text.
+pub(super) fn encode_result(r: &CommandResult) -> Vec<u8> {
+    match r {
+        Ok(b) => [&[0u8][..], b].concat(),
+        Err(e) => [&[1u8][..], e.as_bytes()].concat(),
+    }
+}
+
+pub(super) fn decode_result(b: &[u8]) -> CommandResult {
+    match b.split_first() {
+        Some((0, rest)) => Ok(rest.to_vec()),
+        Some((_, rest)) => Err(String::from_utf8_lossy(rest).into_owned()),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// One client command's outcome: where it sits in the log and what it came to.
+#[derive(Debug)]
+pub struct CommandOutcome {
+    /// Its entry's index.
+    pub index: u64,
+    /// Its entry's term.
+    pub term: u64,
+    /// Its place within the entry (0 unless the entry is a [`Record::Batch`]).
+    pub position: u32,
+    /// The plugin's answer, identical on every node.
+    pub result: CommandResult,
+    /// Refused without running: the command's session is unknown or expired (thesis
+    /// §6.3). Whether an earlier command of that session was applied cannot be told.
+    pub unknown_session: bool,
+}
+
+/// What applying a batch produced: the storage batch to commit and each command's result.
+pub struct Applied {
+    /// To commit with [`keel_storage::Storage::apply`].
+    pub batch: ApplyBatch,
+    /// Every client command of the batch, in log order.
+    pub results: Vec<CommandOutcome>,
+    /// Plugins deployed by this batch, to activate once it is committed.
+    pub deployed: Vec<(String, Arc<Plugin>)>,
+}
+
+/// Runs a batch of committed entries through the plugins.
+pub fn apply_batch(
+    runtime: &Runtime,
+    blobs: &Blobs,
+    registry: &Registry,
+    base: Box<dyn StateView + Send>,
+    unflushed: Arc<Unflushed>,
+    entries: &[Entry],
+) -> Result<Applied, ApplyError> {
+    let mut applier = Applier {
+        registry,
+        overlay: Arc::new(Mutex::new(Overlay {
+            base,
+            unflushed,
+            writes: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+        })),
+        batch: ApplyBatch::default(),
+        results: Vec::new(),
+        deployed: BTreeMap::new(),
+    };
+    for e in entries {
+        applier.batch.last_applied = LogId::of(e);
+        match &e.record {
+            Record::Noop => {}
+            Record::Config(c) => applier.batch.config = Some(c.clone()),
+            Record::Deploy(d) => {
+                let plugin = Arc::new(load(runtime, blobs, d)?);
+                applier.deployed.insert(d.plugin.clone(), plugin);
+                let key = format!("plugin/{}", d.plugin).into_bytes();
+                let value = postcard::to_allocvec(d).unwrap_or_default();
+                applier.write(SYSTEM_NAMESPACE, key, Some(value));
+                // The deployer's answer (`PUT /v1/plugins/{name}`).
+                let answer = serde_json::json!({
+                    "plugin": d.plugin,
+                    "version": d.version,
+                    "sha256": hex(&d.sha256),
+                    "index": e.index,
+                });
+                applier.answer_entry(e, answer.to_string());
+            }
+            Record::Command(cmd) => applier.commands(e, std::slice::from_ref(cmd))?,
+            Record::Batch(cmds) => applier.commands(e, cmds)?,
+            Record::OpenSession => applier.open_session(e),
+            Record::ExpireSessions { before_ms } => {
+                let expired = applier.overlay().sessions_unused_since(*before_ms)?;
+                for client in expired {
+                    applier.set_session(client, None);
+                }
+            }
+        }
+    }
+    Ok(Applied {
+        batch: applier.batch,
+        results: applier.results,
+        deployed: applier.deployed.into_iter().collect(),
+    })
+}
+
+/// The state of one [`apply_batch`] call.
+pub(super) struct Applier<'a> {
+    registry: &'a Registry,
+    overlay: Arc<Mutex<Overlay>>,
+    batch: ApplyBatch,
+    results: Vec<CommandOutcome>,
+    /// Deployed earlier in this batch: active for the entries after theirs.
+    deployed: BTreeMap<String, Arc<Plugin>>,
+}
+
+/// One plugin's commands of an entry: `(position, context, bytes)` each.
+pub(super) type Group<'e> = (Arc<Plugin>, Vec<(usize, ApplyContext, &'e [u8])>);
+
+/// What one command of an entry comes to before any plugin runs.
+pub(super) enum Plan {
+    /// Decided without the plugin (a stored answer, a stale serial, an unknown plugin).
+    Answer(CommandResult),
+    /// A retry of the command at this position of the same entry: its answer.
+    SameAs(usize),
+    /// Runs in its plugin's group.
+    Run,
+}
+
+impl Applier<'_> {
+    fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.overlay.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&mut self, namespace: &str, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.overlay()
+            .writes
+            .insert((namespace.to_owned(), key.clone()), value.clone());
+        self.batch.writes.push(KvWrite {
+            namespace: namespace.to_owned(),
+            key,
+            value,
+        });
+    }
+
+    fn session(&self, client: u64) -> Result<Option<Session>, StorageError> {
+        self.overlay().session(client)
+    }
+
+    fn set_session(&mut self, client: u64, session: Option<Session>) {
+        self.overlay().sessions.insert(client, session.clone());
+        self.batch.sessions.push((client, session));
+    }
+
+    /// Thesis §6.3: the session's id is the index of the entry that opened it.
+    fn open_session(&mut self, e: &Entry) {
+        self.set_session(
+            e.index,
+            Some(Session {
+                serial: 0,
+                result: Vec::new(),
+                last_ms: e.timestamp_ms,
+            }),
+        );
+        self.answer_entry(e, format!("{{\"client_id\":{}}}", e.index));
+    }
+
+    /// The answer to whoever proposed a whole entry (a session, a deployment).
+    fn answer_entry(&mut self, e: &Entry, json: String) {
+        self.results.push(CommandOutcome {
+            index: e.index,
+            term: e.term,
+            position: 0,
+            result: Ok(json.into_bytes()),
+            unknown_session: false,
+        });
+    }
+
+    /// The commands of one entry, in order. Each plugin's commands run together on one
+    /// fresh instance ([`Plugin::apply_batch`]): plugins have disjoint namespaces, so the
+    /// grouping changes no answer, and it is a function of the entry alone, the same on
+    /// every node.
+    fn commands(&mut self, e: &Entry, cmds: &[keel_raft::Command]) -> Result<(), ApplyError> {
+        let mut plans = Vec::with_capacity(cmds.len());
+        let mut groups: BTreeMap<&str, Group<'_>> = BTreeMap::new();
+        // Sessions as this entry leaves them: client → (serial, position that set it).
+        let mut in_entry: HashMap<u64, (u64, usize)> = HashMap::new();
+        let mut unknown: Vec<usize> = Vec::new();
+        for (pos, cmd) in cmds.iter().enumerate() {
+            // Raft paper §8: a retried serial gets the stored answer, never a second apply.
+            if let Some(cs) = cmd.client {
+                if let Some(&(serial, at)) = in_entry.get(&cs.client_id) {
+                    if cs.serial == serial {
+                        plans.push(Plan::SameAs(at));
+                        continue;
+                    }
+                    if cs.serial < serial {
+                        plans.push(Plan::Answer(Err(stale(cs.serial, serial))));
+                        continue;
+                    }
+                } else {
+                    // Thesis §6.3: a command of a session that was never opened, or has
+                    // expired, is refused: it may be a retry of one applied long ago.
+                    let Some(s) = self.session(cs.client_id)? else {
+                        unknown.push(pos);
+                        plans.push(Plan::Answer(Err(format!(
+                            "session {} is unknown or expired",
+                            cs.client_id
+                        ))));
+                        continue;
+                    };
+                    if cs.serial == s.serial {
+                        plans.push(Plan::Answer(decode_result(&s.result)));
+                        continue;
+                    }
+                    if cs.serial < s.serial {
+                        plans.push(Plan::Answer(Err(stale(cs.serial, s.serial))));
+                        continue;
+                    }
+                }
+                in_entry.insert(cs.client_id, (cs.serial, pos));
+            }
+            let plugin = self
+                .deployed
+                .get(&cmd.plugin)
+                .cloned()
+                .or_else(|| self.registry.get(&cmd.plugin));
+            let plan = match (&cmd.payload, plugin) {
+                (_, None) => Plan::Answer(Err(format!("unknown plugin {:?}", cmd.plugin))),
+                (Payload::Ref { .. }, Some(_)) => {
+                    Plan::Answer(Err("reference-only payloads are not supported yet".into()))
+                }
+                (Payload::Inline(bytes), Some(plugin)) => {
+                    let ctx = ApplyContext {
+                        index: e.index,
+                        term: e.term,
+                        timestamp_ms: e.timestamp_ms,
+                        client_id: cmd.client.map(|c| c.client_id.to_string()),
+                    };
+                    let group = groups
+                        .entry(cmd.plugin.as_str())
+                        .or_insert_with(|| (plugin, Vec::new()));
+                    group.1.push((pos, ctx, bytes.as_slice()));
+                    Plan::Run
+                }
+            };
+            plans.push(plan);
+        }
+
+        // Run each plugin's group; record its writes in command order.
+        let mut ran: HashMap<usize, CommandResult> = HashMap::new();
+        for (name, (plugin, group)) in groups {
+            let view = Arc::new(Namespace {
+                overlay: self.overlay.clone(),
+                name: name.to_owned(),
+            });
+            let calls: Vec<(ApplyContext, &[u8])> =
+                group.iter().map(|(_, c, b)| (c.clone(), *b)).collect();
+            let outcomes = plugin.apply_batch(view, &calls).map_err(ApplyError::Host)?;
+            for ((pos, _, _), outcome) in group.iter().zip(outcomes) {
+                for (key, value) in outcome.writes {
+                    self.write(name, key, value);
+                }
+                ran.insert(*pos, outcome.result.map_err(|e| e.to_string()));
+            }
+        }
+
+        let mut answers: Vec<CommandResult> = Vec::with_capacity(cmds.len());
+        for (pos, plan) in plans.into_iter().enumerate() {
+            let result = match plan {
+                Plan::Answer(r) => r,
+                Plan::SameAs(at) => answers[at].clone(),
+                Plan::Run => ran
+                    .remove(&pos)
+                    .unwrap_or_else(|| Err("internal: command did not run".into())),
+            };
+            if let Some(cs) = cmds[pos].client {
+                let fresh = in_entry.get(&cs.client_id) == Some(&(cs.serial, pos));
+                if fresh {
+                    let session = Session {
+                        serial: cs.serial,
+                        result: encode_result(&result),
+                        last_ms: e.timestamp_ms,
+                    };
+                    self.set_session(cs.client_id, Some(session));
+                }
+            }
+            answers.push(result.clone());
+            self.results.push(CommandOutcome {
+                index: e.index,
+                term: e.term,
+                position: pos as u32,
+                result,
+                unknown_session: unknown.contains(&pos),
+            });
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn stale(serial: u64, at: u64) -> String {
+    format!("stale serial {serial} (session is at {at})")
+}

@@ -1,0 +1,15 @@
+//! The replicated state machine's side of the node: the plugin registry, applying committed
+//! entries, the write-back layer and layered views, and the state hash.
+
+mod apply;
+mod hash;
+mod layer;
+mod registry;
+
+pub use apply::*;
+pub use hash::*;
+pub use layer::*;
+pub use registry::*;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+//! The active plugins: loading a deployed version, reloading them all from the applied
+//! state after a restart or a snapshot install, activating those a batch deployed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use keel_plugin::{Limits, Plugin, PluginError, PluginId, Runtime};
+use keel_raft::Deploy;
+use keel_storage::{KvRange, StateView, StorageError};
+
+use crate::blobs::{Blobs, hex};
+
+/// Reserved namespace holding the deployed plugins (name → `Deploy`), so the set of active
+/// plugins is part of the replicated state, snapshots and restarts included.
+pub const SYSTEM_NAMESPACE: &str = "__keel";
+
+/// The example kv plugin, built from `plugins/kv` and embedded in the binary.
+pub static BUILTIN_KV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kv.wasm"));
+
+/// The outcome of one command, identical on every node.
+pub type CommandResult = Result<Vec<u8>, String>;
+
+/// The active plugins, shared by the apply path and the query handlers.
+#[derive(Clone, Default)]
+pub struct Registry {
+    plugins: Arc<RwLock<BTreeMap<String, Arc<Plugin>>>>,
+}
+
+impl Registry {
+    /// The active version of `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.plugins
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Names of the active plugins.
+    pub fn names(&self) -> Vec<String> {
+        self.plugins
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    pub(super) fn set(&self, name: String, plugin: Arc<Plugin>) {
+        self.plugins
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, plugin);
+    }
+}
+
+/// Why the apply path must stop the node (never a plugin's fault: those are results).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// A plugin failed in a way that is not the same on every node (host resources).
+    #[error("plugin host failure: {0}")]
+    Host(PluginError),
+    /// A deployment record in the applied state does not decode: this node cannot tell
+    /// which plugin it names, so it stops rather than answer "unknown plugin" where the
+    /// other replicas apply (design §8).
+    #[error(
+        "deployment record {SYSTEM_NAMESPACE}/{key} in the applied state does not decode \
+         ({detail}); refusing to go on without a plugin the other replicas have"
+    )]
+    BadDeployment {
+        /// The record's key.
+        key: String,
+        /// The decoder's complaint.
+        detail: String,
+    },
+    /// A deployed plugin's bytes are not on this node.
+    #[error("plugin {plugin} {version}: blob {hash} is not on this node")]
+    MissingBlob {
+        /// Plugin.
+        plugin: String,
+        /// Version.
+        version: String,
+        /// Hex SHA-256.
+        hash: String,
+    },
+}
+
+/// Loads a deployed plugin.
+pub fn load(runtime: &Runtime, blobs: &Blobs, d: &Deploy) -> Result<Plugin, ApplyError> {
+    let bytes = blobs
+        .get(&d.sha256)
+        .ok_or_else(|| ApplyError::MissingBlob {
+            plugin: d.plugin.clone(),
+            version: d.version.clone(),
+            hash: hex(&d.sha256),
+        })?;
+    let limits = Limits {
+        fuel: d.fuel_per_apply,
+        memory_bytes: d.memory_limit,
+    };
+    runtime
+        .load(
+            PluginId::new(d.plugin.clone(), d.version.clone()),
+            &bytes,
+            limits,
+        )
+        .map_err(ApplyError::Host)
+}
+
+/// Reloads the registry from the applied state (after a restart or a snapshot install).
+/// Every deployment record is read and decoded before any plugin is loaded: one that does
+/// not decode stops the node (design §8) instead of leaving its plugin unknown here while
+/// the other replicas apply its commands.
+pub fn reload(
+    runtime: &Runtime,
+    blobs: &Blobs,
+    registry: &Registry,
+    view: &dyn StateView,
+) -> Result<(), ApplyError> {
+    for d in deployments(view)? {
+        let plugin = load(runtime, blobs, &d)?;
+        registry.set(d.plugin.clone(), Arc::new(plugin));
+    }
+    Ok(())
+}
+
+/// Deployment records read from storage at a time.
+pub(super) const DEPLOYMENTS_PAGE: usize = 1_000;
+
+/// Every deployment the applied state holds, in key order, page by page (there is no cap
+/// on their number: stopping at one would drop the plugins past it on this node only).
+pub fn deployments(view: &dyn StateView) -> Result<Vec<Deploy>, ApplyError> {
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        // The first key after the last one read: that key with a zero byte appended.
+        let start = after.take().map(|mut k| {
+            k.push(0);
+            k
+        });
+        let page = view.range(
+            SYSTEM_NAMESPACE,
+            KvRange {
+                prefix: b"plugin/",
+                start: start.as_deref(),
+                end: None,
+                limit: DEPLOYMENTS_PAGE,
+            },
+        )?;
+        let full = page.len() >= DEPLOYMENTS_PAGE;
+        for (key, value) in page {
+            let d =
+                postcard::from_bytes::<Deploy>(&value).map_err(|e| ApplyError::BadDeployment {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    detail: e.to_string(),
+                })?;
+            out.push(d);
+            after = Some(key);
+        }
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// Activates plugins once the batch that deployed them is committed.
+pub fn activate(registry: &Registry, deployed: Vec<(String, Arc<Plugin>)>) {
+    for (name, plugin) in deployed {
+        registry.set(name, plugin);
+    }
+}
