@@ -1,23 +1,27 @@
-//! The node's blob store (design §6): plugin binaries by SHA-256, in `data_dir/blobs`.
+//! The node's blob store (design §6): content-addressed bytes outside the log — plugin
+//! binaries and the payloads of reference-only commands — by SHA-256, in `data_dir/blobs`
+//! (or in memory, for the simulator and unit tests).
 //!
-//! A blob is written durably before anything that names it is proposed, and a node that
-//! applies a `Deploy` record (or installs a snapshot) naming a blob it lacks fetches it from
-//! its peers and checks the hash before using it. The leader places a plugin's bytes on a
-//! majority before proposing its `Deploy` (`net::deploy`), so a committed deployment can
-//! always be fetched from someone while a majority is up.
+//! Blobs are written as streams: hashed while they are written to a temporary file, synced,
+//! then renamed into place, so no blob is ever held whole in memory on the way in. A blob is
+//! durable on a majority of voters before anything that names it is proposed (the HTTP
+//! layer places it); a node that must apply a record naming a blob it lacks fetches it from
+//! its peers, streamed and checked against the hash, beside the Raft loop. A blob whose
+//! bytes no longer hash to its name (a flipped bit on disk) is moved to `quarantine/` when
+//! read and fetched again; it is never handed to a plugin.
 
 use std::collections::HashMap;
-use std::io::Write as _;
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use sha2::{Digest, Sha256};
 
-/// Largest blob fetched from a peer.
-pub const MAX_BLOB_BYTES: usize = 256 << 20;
+/// Largest blob a node accepts or fetches, unless configured otherwise.
+pub const MAX_BLOB_BYTES: u64 = 1 << 30;
 
 /// SHA-256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -41,17 +45,131 @@ pub fn parse_hex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+type MemBlobs = Arc<Mutex<HashMap<[u8; 32], Arc<Vec<u8>>>>>;
+
 /// Content-addressed blobs this node can read. Cheap to clone (shared).
 #[derive(Clone, Default)]
 pub struct Blobs {
     builtin: Arc<HashMap<[u8; 32], Arc<Vec<u8>>>>,
+    /// Where blobs live on disk; `None`: in `mem`.
     dir: Option<PathBuf>,
+    mem: MemBlobs,
     /// Where to fetch a missing blob: the other members' URLs.
     peers: Arc<Mutex<Vec<String>>>,
 }
 
+/// A blob being written: bytes go to a temporary file (or a buffer, in memory) and into
+/// the hash as they arrive. [`BlobWriter::finish`] makes it durable under its hash.
+pub struct BlobWriter {
+    blobs: Blobs,
+    hasher: Sha256,
+    len: u64,
+    limit: u64,
+    /// `None` once finished.
+    sink: Option<Sink>,
+}
+
+enum Sink {
+    File(std::fs::File, PathBuf),
+    Mem(Vec<u8>),
+}
+
+/// Why a blob could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// More bytes than the limit.
+    #[error("blob larger than {0} bytes")]
+    TooLarge(u64),
+    /// The bytes do not hash to the name they were sent under.
+    #[error("the bytes hash to {got}, not {want}")]
+    HashMismatch {
+        /// The expected hash.
+        want: String,
+        /// What the bytes hash to.
+        got: String,
+    },
+    /// The disk failed.
+    #[error("blob store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BlobWriter {
+    /// Appends bytes.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
+        self.len += chunk.len() as u64;
+        if self.len > self.limit {
+            return Err(BlobError::TooLarge(self.limit));
+        }
+        self.hasher.update(chunk);
+        match &mut self.sink {
+            Some(Sink::File(f, _)) => f.write_all(chunk)?,
+            Some(Sink::Mem(buf)) => buf.extend_from_slice(chunk),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Makes the blob durable under its hash (synced, renamed into place, directory
+    /// synced) and returns `(hash, len)`. With `expect`, bytes that hash to anything else
+    /// are discarded.
+    pub fn finish(mut self, expect: Option<[u8; 32]>) -> Result<([u8; 32], u64), BlobError> {
+        let hash: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+        if let Some(want) = expect
+            && want != hash
+        {
+            return Err(BlobError::HashMismatch {
+                want: hex(&want),
+                got: hex(&hash),
+            });
+        }
+        match self.sink.take() {
+            None => {}
+            Some(Sink::Mem(buf)) => {
+                lock(&self.blobs.mem).insert(hash, Arc::new(buf));
+            }
+            Some(Sink::File(f, tmp)) => {
+                f.sync_all()?;
+                drop(f);
+                let dir = self.blobs.dir.as_ref().ok_or_else(|| {
+                    std::io::Error::other("a file-backed writer without a directory")
+                })?;
+                std::fs::rename(&tmp, dir.join(hex(&hash)))?;
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+        }
+        Ok((hash, self.len))
+    }
+}
+
+impl Drop for BlobWriter {
+    /// An unfinished blob (refused, or its sender went away) leaves no file behind.
+    fn drop(&mut self) {
+        if let Some(Sink::File(_, tmp)) = self.sink.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Bytes read per step when hashing or streaming a stored blob.
+const CHUNK: usize = 1 << 20;
+
 impl Blobs {
-    /// Blobs stored under `dir`, plus `builtin` ones compiled into the binary.
+    /// Blobs stored under `dir` (in memory if `None`), plus `builtin` ones compiled into the
+    /// binary.
     pub fn new(dir: Option<PathBuf>, builtin: &[&[u8]]) -> Blobs {
         Blobs {
             builtin: Arc::new(
@@ -61,71 +179,164 @@ impl Blobs {
                     .collect(),
             ),
             dir,
+            mem: Arc::default(),
             peers: Arc::default(),
         }
     }
 
     /// The peers to fetch from (the driver keeps it in step with the membership).
     pub fn set_peers(&self, urls: Vec<String>) {
-        *self.peers.lock().unwrap_or_else(|e| e.into_inner()) = urls;
+        *lock(&self.peers) = urls;
     }
 
-    /// Stores `bytes` durably (written, synced, then renamed into place and the directory
-    /// synced) and returns their hash.
-    pub fn store(&self, bytes: &[u8]) -> std::io::Result<[u8; 32]> {
-        let hash = sha256(bytes);
-        let Some(dir) = &self.dir else {
-            return Ok(hash);
+    /// Starts writing a blob of at most `limit` bytes.
+    pub fn writer(&self, limit: u64) -> Result<BlobWriter, BlobError> {
+        let sink = match &self.dir {
+            None => Sink::Mem(Vec::new()),
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                let tmp = dir.join(format!(".upload-{}.tmp", unique()));
+                Sink::File(std::fs::File::create(&tmp)?, tmp)
+            }
         };
-        let path = dir.join(hex(&hash));
-        if path.exists() {
+        Ok(BlobWriter {
+            blobs: self.clone(),
+            hasher: Sha256::new(),
+            len: 0,
+            limit,
+            sink: Some(sink),
+        })
+    }
+
+    /// Stores `bytes` durably and returns their hash.
+    pub fn store(&self, bytes: &[u8]) -> Result<[u8; 32], BlobError> {
+        let hash = sha256(bytes);
+        if self.has(&hash) {
             return Ok(hash);
         }
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".{}.tmp", hex(&hash)));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(hash)
+        let mut w = self.writer(u64::MAX)?;
+        w.write(bytes)?;
+        w.finish(Some(hash)).map(|(h, _)| h)
     }
 
-    /// Whether this node holds the blob (built in, or a file by that name: [`Blobs::local`]
-    /// checks its bytes when read). Cheap: reads nothing.
+    fn path(&self, hash: &[u8; 32]) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(hex(hash)))
+    }
+
+    /// Whether this node holds the blob (built in, or stored: [`Blobs::local`] checks its
+    /// bytes when read). Cheap: reads nothing.
     pub fn has(&self, hash: &[u8; 32]) -> bool {
         self.builtin.contains_key(hash)
-            || self
-                .dir
-                .as_ref()
-                .is_some_and(|dir| dir.join(hex(hash)).is_file())
+            || lock(&self.mem).contains_key(hash)
+            || self.path(hash).is_some_and(|p| p.is_file())
     }
 
-    /// The blob if this node holds it (built in or stored).
+    /// The blob's length, if this node holds it.
+    pub fn len_of(&self, hash: &[u8; 32]) -> Option<u64> {
+        if let Some(b) = self.builtin.get(hash).or(lock(&self.mem).get(hash)) {
+            return Some(b.len() as u64);
+        }
+        std::fs::metadata(self.path(hash)?).ok().map(|m| m.len())
+    }
+
+    /// The whole blob if this node holds it and its bytes hash to its name. A stored blob
+    /// that does not is quarantined (and so no longer held: the sweep fetches it again).
     pub fn local(&self, hash: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
         if let Some(b) = self.builtin.get(hash) {
             return Some(b.clone());
         }
-        let bytes = std::fs::read(self.dir.as_ref()?.join(hex(hash))).ok()?;
-        (sha256(&bytes) == *hash).then(|| Arc::new(bytes))
+        if let Some(b) = lock(&self.mem).get(hash) {
+            return Some(b.clone());
+        }
+        let bytes = std::fs::read(self.path(hash)?).ok()?;
+        if sha256(&bytes) != *hash {
+            self.quarantine(hash);
+            return None;
+        }
+        Some(Arc::new(bytes))
     }
 
-    /// The blob, fetched from a peer (and stored) if this node lacks it. Blocks: a few
-    /// rounds over the peers with a pause between them.
+    /// Whether the stored bytes still hash to the name, read a chunk at a time; a blob that
+    /// does not is quarantined.
+    pub fn verify(&self, hash: &[u8; 32]) -> bool {
+        if self.builtin.contains_key(hash) || lock(&self.mem).contains_key(hash) {
+            return true;
+        }
+        let Some(path) = self.path(hash) else {
+            return false;
+        };
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            return false;
+        };
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(_) => return false,
+            }
+        }
+        let ok = <[u8; 32]>::from(hasher.finalize()) == *hash;
+        if !ok {
+            self.quarantine(hash);
+        }
+        ok
+    }
+
+    /// Up to `len` bytes of the blob from `offset` (no hash check: callers that hand bytes
+    /// on check the whole blob first, with [`Blobs::verify`] or [`Blobs::local`]).
+    pub fn read_range(&self, hash: &[u8; 32], offset: u64, len: usize) -> Option<Vec<u8>> {
+        if let Some(b) = self
+            .builtin
+            .get(hash)
+            .cloned()
+            .or_else(|| lock(&self.mem).get(hash).cloned())
+        {
+            let start = usize::try_from(offset).ok()?.min(b.len());
+            let end = start.saturating_add(len).min(b.len());
+            return Some(b[start..end].to_vec());
+        }
+        let mut f = std::fs::File::open(self.path(hash)?).ok()?;
+        f.seek(SeekFrom::Start(offset)).ok()?;
+        let mut out = Vec::with_capacity(len.min(CHUNK));
+        f.take(len as u64).read_to_end(&mut out).ok()?;
+        Some(out)
+    }
+
+    /// Moves a damaged blob out of the way (kept for inspection), so it is fetched again.
+    fn quarantine(&self, hash: &[u8; 32]) {
+        let (Some(dir), Some(path)) = (&self.dir, self.path(hash)) else {
+            return;
+        };
+        let q = dir.join("quarantine");
+        let moved = std::fs::create_dir_all(&q)
+            .and_then(|()| std::fs::rename(&path, q.join(format!("{}-{}", hex(hash), unique()))));
+        tracing::error!(target: "keel::txn", blob = %hex(hash), moved = moved.is_ok(), "blob bytes do not match their hash; quarantined, to be fetched again");
+    }
+
+    /// The blob, fetched from a peer (streamed into the store, checked against the hash)
+    /// if this node lacks it. Blocks: a few rounds over the peers with a pause between.
     pub fn get(&self, hash: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
-        if let Some(b) = self.local(hash) {
-            return Some(b);
+        if self.fetch(hash) {
+            return self.local(hash);
+        }
+        None
+    }
+
+    /// Makes sure this node holds the blob, fetching it from a peer if not (see
+    /// [`Blobs::get`]); returns whether it is here now. Holds nothing whole in memory.
+    pub fn fetch(&self, hash: &[u8; 32]) -> bool {
+        if self.has(hash) && self.verify(hash) {
+            return true;
         }
         for round in 0..5 {
-            let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let peers = lock(&self.peers).clone();
             for url in peers {
-                match fetch(&url, hash) {
-                    Ok(bytes) => {
-                        if let Err(e) = self.store(&bytes) {
-                            tracing::warn!(target: "keel::txn", error = %e, "storing a fetched blob");
-                        }
-                        tracing::info!(target: "keel::txn", blob = %hex(hash), from = %url, "fetched blob");
-                        return Some(Arc::new(bytes));
+                match fetch_from(self, &url, hash) {
+                    Ok(len) => {
+                        tracing::info!(target: "keel::txn", blob = %hex(hash), from = %url, len, "fetched blob");
+                        return true;
                     }
                     Err(e) => {
                         tracing::warn!(target: "keel::txn", blob = %hex(hash), from = %url, error = %e, "blob fetch failed");
@@ -134,17 +345,27 @@ impl Blobs {
             }
             std::thread::sleep(Duration::from_millis(200 << round));
         }
-        None
+        false
     }
 }
 
-/// `GET {url}/v1/blobs/{hash}`, checked against the hash. Runs on a thread of its own with
-/// its own small runtime, so it may be called from anywhere (the driver thread, or inside
-/// the async start-up).
-fn fetch(url: &str, hash: &[u8; 32]) -> anyhow::Result<Vec<u8>> {
+/// A name for a temporary file no other writer uses.
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `GET {url}/v1/blobs/{hash}`, streamed into the store and checked against the hash. Runs
+/// on a thread of its own with its own small runtime, so it may be called from anywhere.
+fn fetch_from(blobs: &Blobs, url: &str, hash: &[u8; 32]) -> anyhow::Result<u64> {
     let target = format!("{url}/v1/blobs/{}", hex(hash));
-    let want = *hash;
-    std::thread::spawn(move || -> anyhow::Result<Vec<u8>> {
+    let (want, blobs) = (*hash, blobs.clone());
+    std::thread::spawn(move || -> anyhow::Result<u64> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -155,13 +376,20 @@ fn fetch(url: &str, hash: &[u8; 32]) -> anyhow::Result<Vec<u8>> {
             let req = hyper::Request::get(&target).body(Full::new(Bytes::new()))?;
             let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await??;
             anyhow::ensure!(resp.status().is_success(), "{target}: {}", resp.status());
-            let body = Limited::new(resp.into_body(), MAX_BLOB_BYTES)
-                .collect()
-                .await
+            let mut body = resp.into_body();
+            let mut w = blobs.writer(MAX_BLOB_BYTES)?;
+            // Each frame within 30 s: a stalled peer is given up, not waited on for ever.
+            while let Some(frame) = tokio::time::timeout(Duration::from_secs(30), body.frame())
+                .await?
+                .transpose()
                 .map_err(|e| anyhow::anyhow!("{target}: {e}"))?
-                .to_bytes();
-            anyhow::ensure!(sha256(&body) == want, "{target}: hash mismatch");
-            Ok(body.to_vec())
+            {
+                if let Ok(data) = frame.into_data() {
+                    w.write(&data)?;
+                }
+            }
+            let (_, len) = w.finish(Some(want))?;
+            Ok(len)
         })
     })
     .join()
@@ -173,7 +401,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stored_blob_is_read_back_by_hash_and_a_corrupt_one_is_not() {
+    fn a_stored_blob_is_read_back_by_hash_and_a_corrupt_one_is_quarantined_not_served() {
         let dir = tempfile::tempdir().expect("tempdir");
         let blobs = Blobs::new(Some(dir.path().to_path_buf()), &[b"built in"]);
         let hash = blobs.store(b"plugin bytes").expect("store");
@@ -183,9 +411,59 @@ mod tests {
             Some(&b"plugin bytes"[..])
         );
         assert!(blobs.local(&sha256(b"built in")).is_some());
-        // Bytes changed on disk are refused, not served.
+        assert_eq!(blobs.read_range(&hash, 7, 3).as_deref(), Some(&b"byt"[..]));
+        // Bytes changed on disk are refused, not served, and moved aside.
         std::fs::write(dir.path().join(hex(&hash)), b"tampered").expect("write");
         assert!(blobs.local(&hash).is_none());
+        assert!(!blobs.has(&hash), "quarantined: to be fetched again");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("quarantine"))
+                .expect("quarantine")
+                .count(),
+            1
+        );
         assert!(parse_hex("xyz").is_none());
+    }
+
+    #[test]
+    fn a_streamed_blob_is_hashed_as_written_and_refused_under_a_wrong_name_or_past_its_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = Blobs::new(Some(dir.path().to_path_buf()), &[]);
+        let mut w = blobs.writer(1 << 20).expect("writer");
+        for _ in 0..64 {
+            w.write(&[7u8; 1024]).expect("write");
+        }
+        let (hash, len) = w.finish(None).expect("finish");
+        assert_eq!((hash, len), (sha256(&[7u8; 65536]), 65536));
+        assert!(blobs.verify(&hash));
+        assert_eq!(blobs.len_of(&hash), Some(65536));
+
+        let mut w = blobs.writer(1 << 20).expect("writer");
+        w.write(b"other bytes").expect("write");
+        assert!(matches!(
+            w.finish(Some(hash)),
+            Err(BlobError::HashMismatch { .. })
+        ));
+        let mut w = blobs.writer(10).expect("writer");
+        assert!(matches!(w.write(&[0; 11]), Err(BlobError::TooLarge(10))));
+        drop(w);
+        // Nothing half-written is left behind, under a blob's name or a temporary one.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![hex(&hash)]);
+    }
+
+    #[test]
+    fn an_in_memory_store_keeps_what_it_is_given() {
+        let blobs = Blobs::new(None, &[]);
+        let hash = blobs.store(b"payload").expect("store");
+        assert!(blobs.has(&hash) && blobs.verify(&hash));
+        assert_eq!(
+            blobs.read_range(&hash, 3, 100).as_deref(),
+            Some(&b"load"[..])
+        );
     }
 }

@@ -32,6 +32,12 @@ pub struct NodeConfig {
     /// Largest plugin binary accepted by `PUT /v1/plugins/{name}` (a componentize-py plugin
     /// is ~18 MB).
     pub max_plugin_bytes: usize,
+    /// Largest blob accepted (`PUT /v1/blobs`, or a command body sent by reference).
+    pub max_blob_bytes: u64,
+    /// A command body larger than this goes by reference (design §6): stored as a blob on a
+    /// majority of voters, the log entry holding only its hash and length. The plugin sees
+    /// the same bytes either way.
+    pub ref_threshold_bytes: u64,
     /// Command timeout when the client sends no `Keel-Timeout-Ms`.
     pub default_timeout_ms: u64,
     /// Take a snapshot and compact the log every this many applied entries.
@@ -72,6 +78,8 @@ impl Default for NodeConfig {
             heartbeat_ticks: 2,
             max_body_bytes: 1 << 20,
             max_plugin_bytes: 64 << 20,
+            max_blob_bytes: 1 << 30,
+            ref_threshold_bytes: 64 << 10,
             default_timeout_ms: 5_000,
             snapshot_every: 10_000,
             builtin_kv: true,
@@ -188,6 +196,8 @@ mod tests {
             heartbeat_ticks: 3,
             max_body_bytes: 123_456,
             max_plugin_bytes: 7_654_321,
+            max_blob_bytes: 3_333_333,
+            ref_threshold_bytes: 4_444,
             default_timeout_ms: 1_234,
             snapshot_every: 777,
             builtin_kv: false,

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub snapshots_installed: Counter,
     /// Requests and peer batches refused because the driver's queue was full.
     pub inputs_refused: Counter,
+    /// Blob fetches the resend sweep started.
+    pub blob_sweep_fetches: Counter,
     /// Current term.
     pub term: Gauge,
     /// Commit index.
@@ -58,6 +60,7 @@ impl Default for Metrics {
             peer_dropped: Counter::default(),
             snapshots_installed: Counter::default(),
             inputs_refused: Counter::default(),
+            blob_sweep_fetches: Counter::default(),
             term: Gauge::default(),
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
@@ -81,6 +84,11 @@ impl Default for Metrics {
             "log_commits",
             "Durable log commits (one per batch)",
             m.fsyncs.clone(),
+        );
+        registry.register(
+            "blob_sweep_fetches",
+            "Blob fetches started by the resend sweep (blobs the log names, missing here)",
+            m.blob_sweep_fetches.clone(),
         );
         registry.register(
             "driver_inputs_refused",

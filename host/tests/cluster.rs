@@ -878,8 +878,15 @@ fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
     // Unknown plugin.
     let r = post("/v1/plugins/nope/commands", "", b"{}");
     assert!(status_line(&r).contains("404"), "{r}");
-    // Too large.
+    // Larger than the inline limit: it goes by reference (design §6), and the plugin sees
+    // the same bytes (and refuses them, deterministically).
     let r = post("/v1/plugins/kv/commands", "", &vec![b'x'; 2 << 20]);
+    assert!(status_line(&r).contains("422"), "{r}");
+    // Larger than any blob may be: refused before a byte is read.
+    let r = raw(
+        &url,
+        b"POST /v1/plugins/kv/commands HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 4000000000\r\n\r\n",
+    );
     assert!(status_line(&r).contains("413"), "{r}");
     // Malformed session header.
     let r = post(

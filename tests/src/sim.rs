@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use keel::config::NodeConfig;
 use keel::driver::{CommandReply, Driver, DriverBug, Input, MemberChange, ReadRefused};
 use keel_raft::testkit::{Bug, Bugs};
-use keel_raft::{ClientSerial, ClusterId, Index, Message, NodeId, ReadMode, Role, Term};
+use keel_raft::{ClientSerial, ClusterId, Index, Message, NodeId, Payload, ReadMode, Role, Term};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use tokio::sync::oneshot::{self, error::TryRecvError};
@@ -90,6 +90,13 @@ pub struct SimConfig {
     pub apply_max_ms: Time,
     /// How often the driver flushes the applied state to storage (ms).
     pub apply_flush_ms: Time,
+    /// Share of writes whose body goes by reference (design §6): placed in the blob stores
+    /// of a majority, as `PUT /v1/blobs` does, then proposed as `Payload::Ref`.
+    pub ref_writes: f64,
+    /// Deliberately broken placement: a reference-only write's blob is placed on the node
+    /// it is sent to only (the check that every committed record's blobs are on a majority
+    /// must catch it).
+    pub place_on_one: bool,
     /// Print the transcript as it happens.
     pub trace: bool,
 }
@@ -124,6 +131,8 @@ impl SimConfig {
             driver_bug: None,
             apply_max_ms: [1, 5, 20][(r.next_u32() % 3) as usize],
             apply_flush_ms: [20, 100][(r.next_u32() % 2) as usize],
+            ref_writes: [0.0, 0.3, 1.0][(r.next_u32() % 3) as usize],
+            place_on_one: false,
             trace: false,
         };
         if r.next_u32() % 4 == 0 {
@@ -548,6 +557,11 @@ impl Sim {
                 if let Err(v) = self.inv.on_write(id, role, term, None, &entries) {
                     self.fail(v);
                 }
+                if role == Role::Leader {
+                    for e in &entries {
+                        self.check_blobs_placed(id, e);
+                    }
+                }
             }
             Effect::Installed(snapshot, entries) => {
                 if let Err(v) = self.inv.on_write(id, role, term, Some(&snapshot), &entries) {
@@ -674,6 +688,86 @@ impl Sim {
         self.call(id, |d| d.input(Input::Applied(Box::new(done))));
     }
 
+    /// A blob fetch as `Blobs::fetch` does it: from any peer that is up, reachable and holds
+    /// it (checked by hash on the way in, as the store does).
+    fn fetch_blob(&mut self, id: NodeId, hash: [u8; 32]) -> bool {
+        if self.nodes.get(&id).is_some_and(|n| n.blobs.has(&hash)) {
+            return true;
+        }
+        let source = self
+            .nodes
+            .iter()
+            .filter(|(p, n)| **p != id && n.driver.is_some() && self.connected(**p, id))
+            .find_map(|(_, n)| n.blobs.local(&hash));
+        let Some(bytes) = source else {
+            return false;
+        };
+        let stored = self.nodes.get(&id).map(|n| n.blobs.store(&bytes));
+        self.trace(|| format!("n{id} fetched blob {}", keel::blobs::hex(&hash[..4])));
+        matches!(stored, Some(Ok(h)) if h == hash)
+    }
+
+    /// `PUT /v1/blobs` as the HTTP layer does it for a reference-only command sent to
+    /// `target`: stored there and pushed to the members it reaches; `true` once a majority
+    /// of the voters it knows holds it.
+    fn place_blob(&mut self, target: NodeId, bytes: &[u8]) -> bool {
+        let Some(voters) = self
+            .nodes
+            .get(&target)
+            .and_then(SimNode::raft)
+            .map(|r| r.config().voters.clone())
+        else {
+            return false;
+        };
+        let reach: Vec<NodeId> = if self.cfg.place_on_one {
+            vec![target]
+        } else {
+            self.nodes
+                .iter()
+                .filter(|(p, n)| {
+                    n.driver.is_some() && (**p == target || self.connected(**p, target))
+                })
+                .map(|(&p, _)| p)
+                .collect()
+        };
+        for p in &reach {
+            if let Some(n) = self.nodes.get(p) {
+                let _ = n.blobs.store(bytes);
+            }
+        }
+        let held = voters.iter().filter(|v| reach.contains(v)).count();
+        self.cfg.place_on_one || held * 2 > voters.len()
+    }
+
+    /// Design §6: every blob a record names is durable on a majority of the nodes before the
+    /// record is proposed (checked when the leader writes it), so a committed record can
+    /// always be resolved while a majority is up.
+    fn check_blobs_placed(&mut self, leader: NodeId, e: &keel_raft::Entry) {
+        let Some(voters) = self
+            .nodes
+            .get(&leader)
+            .and_then(SimNode::raft)
+            .map(|r| r.config().voters.clone())
+        else {
+            return;
+        };
+        for hash in e.record.blobs() {
+            let held = voters
+                .iter()
+                .filter(|v| self.nodes.get(v).is_some_and(|n| n.blobs.has(&hash)))
+                .count();
+            if held * 2 <= voters.len() {
+                self.fail(Violation::Harness(format!(
+                    "n{leader} proposed entry {} naming blob {} that only {held} of its {} voters hold",
+                    e.index,
+                    keel::blobs::hex(&hash[..4]),
+                    voters.len()
+                )));
+                return;
+            }
+        }
+    }
+
     fn snapshot_built(&mut self, id: NodeId) {
         let Some(view) = self.nodes.get_mut(&id).and_then(|n| n.building.pop_front()) else {
             return;
@@ -779,9 +873,13 @@ impl Sim {
             Ev::Fsync(id, _) => self.fsync(id),
             Ev::ApplyDone(id, _) => self.apply_done(id),
             Ev::SnapshotBuilt(id, _) => self.snapshot_built(id),
-            Ev::BlobFetched(id, _, hash) => {
-                let found = self.nodes.get(&id).is_some_and(|n| n.blobs.has(&hash));
+            Ev::BlobFetched(id, r, hash) => {
+                let found = self.fetch_blob(id, hash);
                 self.call(id, |d| d.input(Input::BlobFetched { hash, found }));
+                if !found {
+                    // As the real fetcher: it keeps trying, a second apart.
+                    self.schedule(1_000, Ev::BlobFetched(id, r, hash));
+                }
             }
             Ev::Thaw(id) => {
                 let missed = self.nodes.get_mut(&id).map_or(0, |n| {
@@ -958,10 +1056,25 @@ impl Sim {
             }
             (_, Some(client_id)) => {
                 let (tx, rx) = oneshot::channel();
+                let bytes = command_json(&op).into_bytes();
+                let payload = if self.chance(self.cfg.ref_writes) {
+                    if !self.place_blob(target, &bytes) {
+                        // 503 from the upload: no majority reachable; the client retries.
+                        let d = 1 + self.rand(3);
+                        self.schedule(d, Ev::Reply(c, attempt, Reply::Retry));
+                        return;
+                    }
+                    Payload::Ref {
+                        sha256: keel::blobs::sha256(&bytes),
+                        len: bytes.len() as u64,
+                    }
+                } else {
+                    Payload::Inline(bytes)
+                };
                 let input = Input::Propose {
                     plugin: "kv".into(),
                     client: Some(ClientSerial { client_id, serial }),
-                    payload: command_json(&op).into_bytes(),
+                    payload,
                     reply: tx,
                 };
                 let expect = match op {

@@ -248,7 +248,7 @@ impl SimNode {
             fx: self.fx.clone(),
         });
         self.registry = Registry::default();
-        self.blobs = Blobs::new(None, &[state::BUILTIN_KV]);
+        // The blob store is on disk in `keel serve` (written durably): it survives too.
         self.unflushed = Arc::default();
         self.metrics = Arc::new(Metrics::default());
         let init = keel::driver::open_state(

@@ -88,6 +88,19 @@ pub enum Record {
     },
 }
 
+impl Record {
+    /// The blobs this record names (design §6): a deployment's plugin binary, the payloads
+    /// of reference-only commands. A node applies the record only once it holds them all.
+    pub fn blobs(&self) -> Vec<[u8; 32]> {
+        match self {
+            Record::Deploy(d) => vec![d.sha256],
+            Record::Command(c) => c.payload.blob_ref().into_iter().collect(),
+            Record::Batch(cmds) => cmds.iter().filter_map(|c| c.payload.blob_ref()).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// An application command addressed to one plugin.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use keel_plugin::Runtime;
 use keel_raft::{
-    ClientSerial, ClusterConfig, ClusterId, Deploy, Index, Message, NodeId, ReadMode, Role,
-    Snapshot, Term,
+    ClientSerial, ClusterConfig, ClusterId, Deploy, Index, Message, NodeId, Payload, ReadMode,
+    Role, Snapshot, Term,
 };
 use keel_storage::{RedbStorage, Storage};
 use serde::Serialize;
@@ -71,8 +71,8 @@ pub enum Input {
         plugin: String,
         /// Exactly-once session, if any.
         client: Option<ClientSerial>,
-        /// Command bytes.
-        payload: Vec<u8>,
+        /// Command bytes, inline or by reference to a blob a majority of voters holds.
+        payload: Payload,
         /// Where the outcome goes.
         reply: oneshot::Sender<CommandReply>,
     },
@@ -189,6 +189,21 @@ pub struct NodeStatus {
     /// Leader only: how long its lease still holds, in ms (0: `lease` reads take a
     /// ReadIndex round until a heartbeat round renews it; thesis §6.4.1).
     pub lease_ms_left: u64,
+    /// The blob apply waits for, if it does (design §6: never failed, waited for).
+    pub waiting_for_blob: Option<BlobWait>,
+    /// Blobs the resend sweep is fetching.
+    pub blobs_sweeping: usize,
+}
+
+/// Apply waits for a blob this node lacks.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlobWait {
+    /// Its SHA-256, hex.
+    pub blob: String,
+    /// The entry that names it.
+    pub index: Index,
+    /// For how long.
+    pub waiting_ms: u64,
 }
 
 /// Inputs from outside the node (client requests, peer batches) that may wait for the driver

@@ -38,8 +38,8 @@ use tokio::sync::{broadcast, oneshot};
 
 pub use apply_worker::{ApplyDone, ApplyJob, run_job};
 pub use inbox::{
-    CommandReply, Input, MAX_QUEUED_INPUTS, MemberChange, MemberReply, NodeHandle, NodeStatus,
-    ReadRefused, ReadReply, SubmitError,
+    BlobWait, CommandReply, Input, MAX_QUEUED_INPUTS, MemberChange, MemberReply, NodeHandle,
+    NodeStatus, ReadRefused, ReadReply, SubmitError,
 };
 pub use io::{Io, NodeStore};
 pub use log_writer::{Write, WriterJob, WriterOut, round as writer_round};
@@ -164,9 +164,14 @@ pub struct Driver {
     snapshot_index: Index,
     snapshot_state: SnapshotState,
     deploy_in_flight: Option<Index>,
-    /// The plugin blob a queued `Deploy` waits for (design §6), fetched beside the driver;
-    /// nothing from that entry on is applied until it is here.
-    fetching: Option<[u8; 32]>,
+    /// The blob the next entry to apply waits for (design §6), fetched beside the driver,
+    /// with that entry's index and since when (`Io::mono_ms`); nothing from that entry on
+    /// is applied until it is here.
+    fetching: Option<([u8; 32], Index, u64)>,
+    /// Blobs the resend sweep is fetching.
+    sweeping: std::collections::BTreeSet<[u8; 32]>,
+    /// `Io::mono_ms` of the last resend sweep.
+    last_sweep_ms: u64,
     unflushed: Arc<RwLock<Arc<Unflushed>>>,
     /// `Io::mono_ms` of the last flush and session sweep.
     last_flush_ms: u64,
@@ -212,6 +217,8 @@ impl Driver {
             snapshot_state: SnapshotState::Idle,
             deploy_in_flight: None,
             fetching: None,
+            sweeping: Default::default(),
+            last_sweep_ms: now,
             unflushed: p.unflushed,
             last_flush_ms: now,
             last_session_sweep_ms: now,
@@ -252,6 +259,7 @@ impl Driver {
         }
         self.maybe_deploy_builtin();
         self.maybe_expire_sessions();
+        self.maybe_sweep();
     }
 
     /// After a round of inputs: a flush if one is due, the queued commands as one proposal,
@@ -294,7 +302,12 @@ impl Driver {
                 payload,
                 reply,
             } => {
-                let size = plugin.len() + payload.len() + 32;
+                let size = plugin.len()
+                    + 32
+                    + match &payload {
+                        Payload::Inline(b) => b.len(),
+                        Payload::Ref { .. } => 40,
+                    };
                 if self.pending_bytes + size > MAX_BATCH_BYTES
                     || self.pending.len() >= MAX_BATCH_COMMANDS
                 {
@@ -304,7 +317,7 @@ impl Driver {
                 let command = Command {
                     plugin,
                     client,
-                    payload: Payload::Inline(payload),
+                    payload,
                 };
                 self.pending.push((command, reply));
             }
@@ -338,7 +351,10 @@ impl Driver {
                 }
             }
             Input::BlobFetched { hash, found } => {
-                if found && self.fetching == Some(hash) {
+                if found {
+                    self.sweeping.remove(&hash);
+                }
+                if found && self.fetching.is_some_and(|(h, _, _)| h == hash) {
                     self.fetching = None;
                     self.dispatch_apply()?;
                 }
@@ -528,14 +544,19 @@ impl Driver {
         }
         // Only the entries of the next batch: the rest of the queue is looked at when its turn
         // comes (a full scan per batch would cost O(queue) on every dispatch under load).
+        let blobs = &self.blobs;
         let missing = self
             .apply_queue
             .iter()
             .take(MAX_APPLY_BATCH)
-            .position(|e| matches!(&e.record, Record::Deploy(d) if !self.blobs.has(&d.sha256)));
+            .position(|e| e.record.blobs().iter().any(|h| !blobs.has(h)));
         if missing == Some(0) {
-            if let Some(Record::Deploy(d)) = self.apply_queue.front().map(|e| e.record.clone()) {
-                self.fetch_blob(&d);
+            let lacking = self.apply_queue.front().and_then(|e| {
+                let h = e.record.blobs().into_iter().find(|h| !self.blobs.has(h))?;
+                Some((e.index, h))
+            });
+            if let Some((index, hash)) = lacking {
+                self.wait_for_blob(index, hash);
             }
             return Ok(());
         }
@@ -563,8 +584,22 @@ impl Driver {
         }
         self.applying = None;
         self.metrics.apply_seconds.observe(done.took.as_secs_f64());
-        self.absorb(&done.entries, done.result?)?;
-        self.dispatch_apply()
+        match done.result {
+            // A payload blob went missing or was found damaged (and quarantined) after the
+            // batch was dispatched: fetch it and apply the same entries again.
+            Err(state::ApplyError::BlobGone(hash)) => {
+                let first = done.entries.first().map_or(0, |e| e.index);
+                for e in done.entries.into_iter().rev() {
+                    self.apply_queue.push_front(e);
+                }
+                self.wait_for_blob(first, hash);
+                Ok(())
+            }
+            result => {
+                self.absorb(&done.entries, result?)?;
+                self.dispatch_apply()
+            }
+        }
     }
 
     fn absorb(&mut self, entries: &[keel_raft::Entry], applied: Applied) -> anyhow::Result<()> {
@@ -752,6 +787,12 @@ impl Driver {
             plugins: self.registry.names(),
             apply_lag: self.apply_lag(),
             lease_ms_left: u64::from(s.lease_ticks_left) * self.cfg.tick_ms,
+            waiting_for_blob: self.fetching.map(|(hash, index, since)| BlobWait {
+                blob: crate::blobs::hex(&hash),
+                index,
+                waiting_ms: self.io.mono_ms().saturating_sub(since),
+            }),
+            blobs_sweeping: self.sweeping.len(),
         };
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }

@@ -3,9 +3,16 @@
 
 use std::sync::Arc;
 
-use keel_raft::{Deploy, Raft, Record, Role, Snapshot};
+use keel_raft::{Deploy, Index, Raft, Record, Role, Snapshot};
 
 use super::{Driver, SnapshotState, WriterJob};
+
+/// How often the resend sweep looks at the log (ms).
+const SWEEP_EVERY_MS: u64 = 1_000;
+/// Entries it looks at, from the first not applied.
+const SWEEP_SCAN: u64 = 100_000;
+/// Blob fetches it keeps going at once.
+const SWEEP_FETCHES: usize = 4;
 use crate::blobs;
 use crate::state::{self, Unflushed};
 
@@ -55,16 +62,44 @@ impl Driver {
         }
     }
 
-    /// Fetches a plugin blob from the peers until one has it, beside the driver; reports
-    /// with `Input::BlobFetched`.
-    pub(super) fn fetch_blob(&mut self, d: &Deploy) {
-        let hash = d.sha256;
-        if self.fetching == Some(hash) {
+    /// Entry `index` is next to apply and names blob `hash`, which is not here: apply waits
+    /// (it never fails a record for a missing blob), says so in the status, and fetches it
+    /// from the peers beside the driver; `Input::BlobFetched` resumes it.
+    pub(super) fn wait_for_blob(&mut self, index: Index, hash: [u8; 32]) {
+        if self.fetching.is_some_and(|(h, _, _)| h == hash) {
             return;
         }
-        tracing::warn!(target: "keel::txn", plugin = %d.plugin, version = %d.version, blob = %blobs::hex(&hash), "apply waits for the plugin's blob, fetching it from peers");
-        self.fetching = Some(hash);
-        self.io.fetch_blob(hash);
+        tracing::warn!(target: "keel::txn", index, blob = %blobs::hex(&hash), "apply waits for a blob, fetching it from peers");
+        self.fetching = Some((hash, index, self.io.mono_ms()));
+        if self.sweeping.insert(hash) {
+            self.io.fetch_blob(hash);
+        }
+    }
+
+    /// Design §6, the resend sweep: the blobs named from `applied + 1` to the end of this
+    /// node's log that it lacks are fetched from the peers now, beside the Raft loop, not
+    /// when apply reaches them, so a follower that was down or cut off heals by itself. At
+    /// most [`SWEEP_FETCHES`] fetches at a time (each on its own thread, hash-checked).
+    pub(super) fn maybe_sweep(&mut self) {
+        let now = self.io.mono_ms();
+        if now.saturating_sub(self.last_sweep_ms) < SWEEP_EVERY_MS {
+            return;
+        }
+        self.last_sweep_ms = now;
+        let (from, to) = (self.applied + 1, self.raft.last_index());
+        let mut i = from.max(self.raft.first_index());
+        while i <= to && i < from + SWEEP_SCAN && self.sweeping.len() < SWEEP_FETCHES {
+            if let Some(e) = self.raft.entry(i) {
+                for hash in e.record.blobs() {
+                    if !self.blobs.has(&hash) && self.sweeping.insert(hash) {
+                        tracing::info!(target: "keel::txn", index = i, blob = %blobs::hex(&hash), "resend sweep: fetching a blob the log names");
+                        self.metrics.blob_sweep_fetches.inc();
+                        self.io.fetch_blob(hash);
+                    }
+                }
+            }
+            i += 1;
+        }
     }
 
     /// Snapshots are built from the applied (hence committed) state as storage holds it

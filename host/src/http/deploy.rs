@@ -22,14 +22,12 @@ use tokio::sync::oneshot;
 
 use crate::blobs::{hex, parse_hex};
 use crate::driver::{Input, NodeHandle};
-use crate::http::{Body, Refusal, answer, error, json, not_leader, read_body, retry_later};
+use crate::http::{Body, Refusal, answer, error, not_leader, read_body, retry_later};
 
 /// Default fuel per apply of a deployed plugin (`Keel-Fuel` overrides).
 pub const DEFAULT_FUEL: u64 = 100_000_000;
 /// Default memory limit per instance (`Keel-Memory-Bytes` overrides).
 pub const DEFAULT_MEMORY: u64 = 128 << 20;
-/// The header a blob push carries: the pusher's cluster (a foreign one gets 403).
-const CLUSTER_HEADER: &str = "keel-cluster";
 
 /// `PUT /v1/plugins/{name}`: the body is the component.
 pub async fn deploy(
@@ -157,7 +155,7 @@ async fn push(
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let req = Request::put(format!("{url}/v1/blobs/{}", hex(hash)))
-        .header(CLUSTER_HEADER, cluster)
+        .header(super::blobs::CLUSTER_HEADER, cluster)
         .header("keel-fuel", limits.fuel)
         .header("keel-memory-bytes", limits.memory_bytes)
         .body(Full::new(bytes))?;
@@ -184,20 +182,8 @@ pub async fn put_blob(node: &NodeHandle, req: Request<Incoming>, hash: &str) -> 
         (Ok(fuel), Ok(memory_bytes)) => Limits { fuel, memory_bytes },
         (Err(r), _) | (_, Err(r)) => return r.response(),
     };
-    let cluster = req
-        .headers()
-        .get(CLUSTER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !cluster.eq_ignore_ascii_case(&node.config.cluster_id) {
-        node.metrics.foreign_cluster.inc();
-        return error(
-            StatusCode::FORBIDDEN,
-            &format!(
-                "blob from cluster {cluster:?}, this is {}",
-                node.config.cluster_id
-            ),
-        );
+    if let Some(refused) = super::blobs::foreign(node, &req) {
+        return refused;
     }
     let bytes = match read_body(req.into_body(), node.config.max_plugin_bytes).await {
         Ok(b) => b,
@@ -224,25 +210,6 @@ pub async fn put_blob(node: &NodeHandle, req: Request<Incoming>, hash: &str) -> 
         Ok(Ok(())) => crate::http::full(StatusCode::NO_CONTENT, "text/plain", Bytes::new()),
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, &e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
-}
-
-/// `GET /v1/blobs/{hash}`: the bytes, if this node holds them.
-pub async fn get_blob(node: &NodeHandle, hash: &str) -> Response<Body> {
-    let Some(hash) = parse_hex(hash) else {
-        return error(StatusCode::BAD_REQUEST, "a blob is named by 64 hex digits");
-    };
-    let blobs = node.blobs.clone();
-    match tokio::task::spawn_blocking(move || blobs.local(&hash)).await {
-        Ok(Some(bytes)) => crate::http::full(
-            StatusCode::OK,
-            "application/wasm",
-            Bytes::from(bytes.as_ref().clone()),
-        ),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({"error": "no such blob here"}),
-        ),
     }
 }
 

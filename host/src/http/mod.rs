@@ -2,6 +2,7 @@
 //! the receiving end of the peer transport (`peer`; the sending end is [`crate::peer`],
 //! design §1).
 
+pub mod blobs;
 pub mod deploy;
 pub mod peer;
 
@@ -12,15 +13,16 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use keel_raft::{ClientSerial, ReadMode, Role};
+use keel_raft::{ClientSerial, Payload, ReadMode, Role};
 use keel_storage::{StateView, Storage};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use crate::blobs::parse_hex;
 use crate::driver::{CommandReply, Input, MemberChange, MemberReply, NodeHandle, ReadRefused};
 use crate::state;
 
@@ -67,11 +69,23 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
             let name = name.to_string();
             deploy::deploy(&node, req, &name, &path).await
         }
+        (&Method::PUT, ["v1", "blobs"]) => blobs::upload(&node, req).await,
         (&Method::PUT, ["v1", "blobs", hash]) => {
-            let hash = hash.to_string();
-            deploy::put_blob(&node, req, &hash).await
+            let data = req
+                .headers()
+                .get(blobs::KIND_HEADER)
+                .is_some_and(|v| v.as_bytes() == b"data");
+            match (parse_hex(hash), data) {
+                (Some(hash), true) => blobs::put_data(&node, req, hash).await,
+                (_, false) => {
+                    let hash = hash.to_string();
+                    deploy::put_blob(&node, req, &hash).await
+                }
+                (None, true) => error(StatusCode::BAD_REQUEST, "a blob is named by 64 hex digits"),
+            }
         }
-        (&Method::GET, ["v1", "blobs", hash]) => deploy::get_blob(&node, hash).await,
+        (&Method::GET, ["v1", "blobs", hash]) => blobs::get(&node, &req, hash, false).await,
+        (&Method::HEAD, ["v1", "blobs", hash]) => blobs::get(&node, &req, hash, true).await,
         (&Method::GET, ["v1", "status"]) => {
             let status = node
                 .status
@@ -283,11 +297,52 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
     if node.registry.get(&plugin).is_none() {
         return unknown_plugin(node, &plugin);
     }
-    let payload = match read_body(req.into_body(), node.config.max_body_bytes).await {
-        Ok(b) if b.is_empty() => return error(StatusCode::BAD_REQUEST, "empty command"),
-        Ok(b) => b.to_vec(),
-        Err(r) => return r.response(),
+    // Design §6: a body larger than `ref_threshold_bytes` goes by reference, streamed to a
+    // majority of voters first (up to `max_blob_bytes`); the entry holds its hash.
+    let declared = header_u64(&req, CONTENT_LENGTH.as_str()).ok().flatten();
+    if let Some(n) = declared.filter(|&n| n > node.config.max_blob_bytes) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "a {n}-byte command; the limit is {} (max_blob_bytes)",
+                node.config.max_blob_bytes
+            ),
+        );
+    }
+    let payload = if declared.is_some_and(|n| n > node.config.ref_threshold_bytes) {
+        match blobs::store_on_majority(node, req.into_body()).await {
+            Ok((sha256, len)) => Payload::Ref { sha256, len },
+            Err(r) => return r,
+        }
+    } else {
+        match read_body(req.into_body(), node.config.max_body_bytes).await {
+            Ok(b) if b.is_empty() => return error(StatusCode::BAD_REQUEST, "empty command"),
+            Ok(b) if b.len() as u64 > node.config.ref_threshold_bytes => {
+                // Sent without a length: in memory already (bounded by max_body_bytes).
+                let stored = node.blobs.store(&b);
+                match stored {
+                    Ok(sha256) => match blobs::place(node, sha256, b.len() as u64).await {
+                        (held, voters, _) if held * 2 > voters => Payload::Ref {
+                            sha256,
+                            len: b.len() as u64,
+                        },
+                        (held, voters, failures) => {
+                            return retry_later(&format!(
+                                "the command's body reached {held} of {voters} voters: {}",
+                                failures.join("; ")
+                            ));
+                        }
+                    },
+                    Err(e) => return error(StatusCode::INSUFFICIENT_STORAGE, &e.to_string()),
+                }
+            }
+            Ok(b) => Payload::Inline(b.to_vec()),
+            Err(r) => return r.response(),
+        }
     };
+    if matches!(payload, Payload::Ref { len: 0, .. }) {
+        return error(StatusCode::BAD_REQUEST, "empty command");
+    }
     let (tx, rx) = oneshot::channel();
     let input = Input::Propose {
         plugin,

@@ -68,6 +68,7 @@ pub fn apply_batch(
 ) -> Result<Applied, ApplyError> {
     let mut applier = Applier {
         registry,
+        blobs,
         overlay: Arc::new(Mutex::new(Overlay {
             base,
             unflushed,
@@ -119,6 +120,7 @@ pub fn apply_batch(
 /// The state of one [`apply_batch`] call.
 pub(super) struct Applier<'a> {
     registry: &'a Registry,
+    blobs: &'a Blobs,
     overlay: Arc<Mutex<Overlay>>,
     batch: ApplyBatch,
     results: Vec<CommandOutcome>,
@@ -193,6 +195,22 @@ impl Applier<'_> {
     /// grouping changes no answer, and it is a function of the entry alone, the same on
     /// every node.
     fn commands(&mut self, e: &Entry, cmds: &[keel_raft::Command]) -> Result<(), ApplyError> {
+        // Reference-only payloads (design §6): the plugin sees the same bytes as inline. The
+        // driver applies an entry only once its blobs are here; one lost or damaged since
+        // stops the batch (it is fetched and the batch applied again), never the command.
+        let mut resolved: HashMap<[u8; 32], Arc<Vec<u8>>> = HashMap::new();
+        for cmd in cmds {
+            if let Payload::Ref { sha256, len } = &cmd.payload
+                && !resolved.contains_key(sha256)
+            {
+                let bytes = self
+                    .blobs
+                    .local(sha256)
+                    .filter(|b| b.len() as u64 == *len)
+                    .ok_or(ApplyError::BlobGone(*sha256))?;
+                resolved.insert(*sha256, bytes);
+            }
+        }
         let mut plans = Vec::with_capacity(cmds.len());
         let mut groups: BTreeMap<&str, Group<'_>> = BTreeMap::new();
         // Sessions as this entry leaves them: client → (serial, position that set it).
@@ -237,12 +255,13 @@ impl Applier<'_> {
                 .get(&cmd.plugin)
                 .cloned()
                 .or_else(|| self.registry.get(&cmd.plugin));
-            let plan = match (&cmd.payload, plugin) {
-                (_, None) => Plan::Answer(Err(format!("unknown plugin {:?}", cmd.plugin))),
-                (Payload::Ref { .. }, Some(_)) => {
-                    Plan::Answer(Err("reference-only payloads are not supported yet".into()))
-                }
-                (Payload::Inline(bytes), Some(plugin)) => {
+            let bytes: &[u8] = match &cmd.payload {
+                Payload::Inline(bytes) => bytes,
+                Payload::Ref { sha256, .. } => resolved.get(sha256).map_or(&[], |b| b.as_slice()),
+            };
+            let plan = match plugin {
+                None => Plan::Answer(Err(format!("unknown plugin {:?}", cmd.plugin))),
+                Some(plugin) => {
                     let ctx = ApplyContext {
                         index: e.index,
                         term: e.term,
@@ -252,7 +271,7 @@ impl Applier<'_> {
                     let group = groups
                         .entry(cmd.plugin.as_str())
                         .or_insert_with(|| (plugin, Vec::new()));
-                    group.1.push((pos, ctx, bytes.as_slice()));
+                    group.1.push((pos, ctx, bytes));
                     Plan::Run
                 }
             };

@@ -76,6 +76,11 @@ pub enum ApplyError {
         /// The decoder's complaint.
         detail: String,
     },
+    /// A command's payload blob is not here, or its bytes no longer match its hash (it was
+    /// quarantined). Not the command's fault: the driver fetches it and applies the batch
+    /// again (design §6: a record is never failed for a missing blob).
+    #[error("blob {} of a reference-only command is not on this node", hex(.0))]
+    BlobGone([u8; 32]),
     /// A deployed plugin's bytes are not on this node.
     #[error("plugin {plugin} {version}: blob {hash} is not on this node")]
     MissingBlob {

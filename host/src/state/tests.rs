@@ -546,3 +546,50 @@ fn a_flush_leaves_the_same_state_in_storage() {
     );
     assert!(Unflushed::default().to_batch().is_none());
 }
+
+/// Design §6: a command by reference is applied with the same bytes as inline, so the plugin
+/// answers the same; a payload blob whose bytes no longer match its hash is never handed to
+/// the plugin: the batch stops with `BlobGone` (the driver fetches it again and retries)
+/// and the damaged file is quarantined.
+#[test]
+fn a_command_by_reference_applies_like_inline_and_a_damaged_blob_is_never_applied() {
+    let (runtime, registry) = kv();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blobs = Blobs::new(Some(dir.path().to_path_buf()), &[BUILTIN_KV]);
+    let body = br#"{"op":"put","key":"doc","value":"by reference"}"#;
+    let sha256 = blobs.store(body).expect("store");
+    let by_ref = Command {
+        plugin: "kv".into(),
+        client: None,
+        payload: Payload::Ref {
+            sha256,
+            len: body.len() as u64,
+        },
+    };
+    let apply = |blobs: &Blobs, cmd: Command| {
+        apply_batch(
+            &runtime,
+            blobs,
+            &registry,
+            Box::new(with_sessions().view().expect("view")),
+            Arc::default(),
+            &[entry(2, Record::Command(cmd))],
+        )
+    };
+    let inline = apply(&blobs, put("doc", "by reference", None)).expect("inline");
+    let referenced = apply(&blobs, by_ref.clone()).expect("by reference");
+    assert_eq!(answers(&inline), answers(&referenced));
+    assert_eq!(inline.batch.writes, referenced.batch.writes);
+
+    std::fs::write(
+        dir.path().join(crate::blobs::hex(&sha256)),
+        b"{\"op\":\"delete\"}",
+    )
+    .expect("damage the blob");
+    match apply(&blobs, by_ref) {
+        Err(ApplyError::BlobGone(h)) => assert_eq!(h, sha256),
+        Err(e) => panic!("expected BlobGone, got {e}"),
+        Ok(a) => panic!("a damaged blob was applied: {:?}", answers(&a)),
+    }
+    assert!(!blobs.has(&sha256), "quarantined, to be fetched again");
+}

@@ -42,6 +42,9 @@ struct Args {
     bug: Option<String>,
 }
 
+/// The broken blob placement (`SimConfig::place_on_one`), by name.
+const PLACE_ON_ONE: &str = "PlaceBlobOnOneNode";
+
 fn config(args: &Args, seed: u64) -> SimConfig {
     let nodes = if args.nodes == 0 {
         [3, 5, 7][(seed % 3) as usize]
@@ -60,6 +63,7 @@ fn config(args: &Args, seed: u64) -> SimConfig {
             .into_iter()
             .find(|b| format!("{b:?}") == name)
     });
+    cfg.place_on_one = args.bug.as_deref() == Some(PLACE_ON_ONE);
     cfg
 }
 
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
     if let Some(name) = &args.bug
         && !Bug::ALL.iter().any(|b| format!("{b:?}") == *name)
         && !DriverBug::ALL.iter().any(|b| format!("{b:?}") == *name)
+        && name != PLACE_ON_ONE
     {
         eprintln!(
             "unknown bug {name:?}; one of {:?} {:?}",
@@ -123,19 +128,21 @@ fn teeth(args: &Args, limit: u64) -> ExitCode {
     );
     let variants = Bug::ALL
         .into_iter()
-        .map(|b| (format!("{b:?}"), Some(b), None))
+        .map(|b| (format!("{b:?}"), Some(b), None, false))
         .chain(
             DriverBug::ALL
                 .into_iter()
-                .map(|b| (format!("driver: {b:?}"), None, Some(b))),
-        );
+                .map(|b| (format!("driver: {b:?}"), None, Some(b), false)),
+        )
+        .chain([(format!("placement: {PLACE_ON_ONE}"), None, None, true)]);
     let mut missed = 0;
-    for (name, bug, driver_bug) in variants {
+    for (name, bug, driver_bug, place_on_one) in variants {
         let mut caught = None;
         for seed in args.start..args.start + limit {
             let mut cfg = config(args, seed);
             cfg.bug = bug;
             cfg.driver_bug = driver_bug;
+            cfg.place_on_one = place_on_one;
             if let Some(v) = run_seed(cfg).violation {
                 caught = Some((seed - args.start + 1, v.property()));
                 break;

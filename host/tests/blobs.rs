@@ -1,0 +1,210 @@
+//! Reference-only records (design §6) on real `keel serve` processes: a command body larger
+//! than `ref_threshold_bytes` travels as a blob placed on a majority of voters, the log entry
+//! holds only its hash, and a follower that was down while such commands committed fetches
+//! the blobs itself when it comes back (apply waits for them; the resend sweep fetches them).
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
+
+use keel::client::Client;
+
+mod common;
+use common::{kill_all, rt, state_hashes, status, wait_for_leader, wait_for_same_state};
+
+struct Cluster {
+    children: Vec<Child>,
+    configs: Vec<PathBuf>,
+    urls: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        kill_all(&mut self.children);
+    }
+}
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_keel"))
+}
+
+fn start(n: usize) -> Cluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = keel::dev::plan(n, dir.path()).expect("plan");
+    let (mut children, mut configs, mut urls) = (Vec::new(), Vec::new(), Vec::new());
+    for (mut cfg, path) in plan {
+        cfg.default_timeout_ms = 30_000;
+        std::fs::write(&path, serde_json::to_vec_pretty(&cfg).expect("json")).expect("config");
+        children.push(keel::dev::spawn(exe(), &path).expect("spawn").0);
+        urls.push(cfg.url());
+        configs.push(path);
+    }
+    Cluster {
+        children,
+        configs,
+        urls,
+        dir,
+    }
+}
+
+/// A put whose JSON is `size` bytes or so: well past the 64 KiB threshold.
+fn big_put(key: &str, size: usize, fill: char) -> Vec<u8> {
+    let value: String = std::iter::repeat_n(fill, size).collect();
+    serde_json::json!({"op": "put", "key": key, "value": value})
+        .to_string()
+        .into_bytes()
+}
+
+/// Files in a node's blob directory (named by hash).
+fn blob_files(config: &Path) -> Vec<String> {
+    let dir = config.with_file_name("data").join("blobs");
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.len() == 64)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn large_commands_go_by_reference_and_a_follower_that_missed_them_heals_by_itself() {
+    let mut cluster = start(3);
+    let rt = rt();
+    let urls = cluster.urls.clone();
+    let leader = rt.block_on(wait_for_leader(&urls, Duration::from_secs(30)));
+    // Stop a follower: it misses the commands and the blobs' placement.
+    let follower = (1..=3u64).find(|&id| id != leader).expect("a follower");
+    let f = (follower - 1) as usize;
+    let _ = cluster.children[f].kill();
+    let _ = cluster.children[f].wait();
+    let data_dir = cluster.configs[f].with_file_name("data");
+    assert!(data_dir.exists(), "{data_dir:?}");
+
+    let mut client = Client::new(urls.clone()).with_deadline(Duration::from_secs(60));
+    let (count, size) = (20, 512 << 10);
+    let last_log = rt.block_on(async {
+        let before = status(&urls[(leader - 1) as usize])
+            .await
+            .expect("leader status")["last_log_index"]
+            .as_u64()
+            .unwrap_or(0);
+        for i in 0..count {
+            let fill = char::from(b'a' + (i % 26) as u8);
+            let a = client
+                .submit("kv", big_put(&format!("doc{i}"), size, fill))
+                .await
+                .expect("submit");
+            assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        }
+        // The documents read back whole through the plugin.
+        let a = client
+            .query(
+                "kv",
+                br#"{"op":"get","key":"doc7"}"#.to_vec(),
+                "linearizable",
+            )
+            .await
+            .expect("query");
+        let v: serde_json::Value = serde_json::from_slice(&a.body).expect("json");
+        assert_eq!(v["value"].as_str().map(str::len), Some(size));
+        assert!(v["value"].as_str().is_some_and(|s| s.starts_with('h')));
+        before
+    });
+    // Every body is a blob on the two running nodes; the log holds only references.
+    for (i, cfg) in cluster.configs.iter().enumerate() {
+        if i != f {
+            assert!(
+                blob_files(cfg).len() >= count,
+                "node {} holds {} blobs",
+                i + 1,
+                blob_files(cfg).len()
+            );
+        }
+    }
+    assert!(blob_files(&cluster.configs[f]).is_empty());
+    let db = cluster.configs[(leader - 1) as usize]
+        .with_file_name("data")
+        .join("db");
+    let db_bytes = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        db_bytes < (count as u64 * size as u64) / 2,
+        "the leader's database holds the documents' values once (applied state), not the log too: {db_bytes} bytes"
+    );
+
+    // The follower comes back: it receives the entries, lacks their blobs, fetches them, and
+    // converges with no operator action.
+    cluster.children[f] = keel::dev::spawn(exe(), &cluster.configs[f])
+        .expect("respawn")
+        .0;
+    rt.block_on(async {
+        wait_for_same_state(&urls, Duration::from_secs(60)).await;
+        let hashes = state_hashes(&urls).await;
+        assert!(hashes[0].0 > last_log, "{hashes:?}");
+    });
+    assert!(
+        blob_files(&cluster.configs[f]).len() >= count,
+        "the follower fetched every blob"
+    );
+    drop(cluster.dir.path().to_path_buf());
+}
+
+/// A GET with extra header lines, over a plain socket; the whole response.
+fn raw_get(url: &str, path: &str, headers: &str) -> Vec<u8> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(url.trim_start_matches("http://")).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n");
+    s.write_all(req.as_bytes()).expect("send");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+#[test]
+fn a_blob_uploaded_is_held_by_a_majority_and_read_back_whole_or_by_range() {
+    let cluster = start(3);
+    let rt = rt();
+    let urls = cluster.urls.clone();
+    rt.block_on(async {
+        wait_for_leader(&urls, Duration::from_secs(30)).await;
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut c = Client::new(vec![urls[1].clone()]);
+        let a = c
+            .request(hyper::Method::PUT, "/v1/blobs", bytes.clone())
+            .await
+            .expect("upload");
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        let v: serde_json::Value = serde_json::from_slice(&a.body).expect("json");
+        let sha = v["sha256"].as_str().expect("sha256").to_string();
+        assert_eq!(v["len"], 3_000_000);
+        assert_eq!(sha, keel::blobs::hex(&keel::blobs::sha256(&bytes)));
+        // Held by every node it reached (all three here), read back from any.
+        for url in &urls {
+            let mut c = Client::new(vec![url.clone()]);
+            let a = c.get(&format!("/v1/blobs/{sha}")).await.expect("get");
+            assert_eq!(a.status, 200);
+            assert!(a.body == bytes, "whole blob from {url}");
+            let r = raw_get(
+                url,
+                &format!("/v1/blobs/{sha}"),
+                "Range: bytes=1000-1009\r\n",
+            );
+            assert!(
+                r.starts_with(b"HTTP/1.1 206"),
+                "{}",
+                String::from_utf8_lossy(&r)
+            );
+            assert!(r.ends_with(&bytes[1000..1010]), "the range's bytes");
+        }
+        let mut c = Client::new(vec![urls[0].clone()]);
+        let a = c
+            .get(&format!("/v1/blobs/{}", "0".repeat(64)))
+            .await
+            .expect("get");
+        assert_eq!(a.status, 404);
+    });
+}
