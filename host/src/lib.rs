@@ -11,6 +11,7 @@ pub mod blobs;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod deploy;
 pub mod dev;
 pub mod log_writer;

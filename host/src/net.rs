@@ -108,6 +108,9 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
             );
             r
         }
+        (&Method::GET, [""] | ["dashboard.js" | "dashboard.css"] | ["v1", "cluster"]) => {
+            crate::dashboard::serve(&node, &path).await
+        }
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
     };
     node.metrics.http(response.status().as_u16());
@@ -282,6 +285,7 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
         Ok(b) => b.to_vec(),
         Err(r) => return r.response(),
     };
+    node.metrics.plugin_command(&plugin);
     let (tx, rx) = oneshot::channel();
     let input = Input::Propose {
         plugin,
