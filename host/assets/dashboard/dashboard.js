@@ -39,7 +39,7 @@ function renderMembers(view) {
     },
     el('td', {}, m.id),
     el('td', {}, el('a', { href: m.url + '/' }, m.url)),
-    el('td', {}, dash(m.role) + (m.voter ? '' : ' (learner)')),
+    el('td', {}, dash(m.role)),
     el('td', { class: 'num' }, dash(m.term)),
     el('td', { class: 'num' }, dash(m.commit_index)),
     el('td', { class: 'num' }, dash(m.applied_index)),
@@ -167,6 +167,8 @@ async function pollMetrics() {
     lastMetrics = sample;
     const commits = drawChart($('chart-commits'), series.commits, now);
     const apply = drawChart($('chart-apply'), series.apply, now);
+    $('commits-peak').textContent = Number($('chart-commits').dataset.peak).toFixed(1);
+    $('apply-peak').textContent = Number($('chart-apply').dataset.peak).toFixed(2);
     $('commits-now').textContent = commits === null ? '–' : commits.toFixed(1);
     $('apply-now').textContent = apply === null ? '–' : `${apply.toFixed(2)} ms`;
   } catch (e) {
