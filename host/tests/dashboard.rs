@@ -134,10 +134,18 @@ fn the_dashboard_shows_the_cluster_a_dead_follower_and_the_commit_rate_in_a_brow
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let followers: Vec<&(u64, String, Child)> =
-        nodes.0.iter().filter(|(id, _, _)| *id != leader).collect();
-    let (page_url, victim_id, victim_pid) =
-        (followers[0].1.clone(), followers[1].0, followers[1].2.id());
+    // The page of a follower (it must show the whole cluster); the script kills another.
+    let page_url = nodes
+        .0
+        .iter()
+        .find(|(id, _, _)| *id != leader)
+        .map(|(_, url, _)| url.clone())
+        .expect("a follower");
+    let pids: Vec<String> = nodes
+        .0
+        .iter()
+        .map(|(id, _, child)| format!("{id}:{}", child.id()))
+        .collect();
 
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     let _ = std::fs::remove_dir_all(&artifacts);
@@ -145,8 +153,7 @@ fn the_dashboard_shows_the_cluster_a_dead_follower_and_the_commit_rate_in_a_brow
     cmd.arg("check.mjs")
         .current_dir(&script_dir)
         .env("KEEL_DASH_URL", &page_url)
-        .env("KEEL_VICTIM_ID", victim_id.to_string())
-        .env("KEEL_VICTIM_PID", victim_pid.to_string())
+        .env("KEEL_NODE_PIDS", pids.join(","))
         .env("KEEL_ARTIFACTS", &artifacts)
         .env("KEEL_CHROMIUM", &chromium);
     let start = Instant::now();

@@ -1,8 +1,8 @@
 // Drives a node's dashboard in headless Chromium (run by host/tests/dashboard.rs, which
 // starts the cluster and passes it in through the environment):
 //   KEEL_DASH_URL    the page's node (a follower: its page must show the whole cluster)
-//   KEEL_VICTIM_ID   a follower to kill -9 (the test's own process; it reaps it)
-//   KEEL_VICTIM_PID
+//   KEEL_NODE_PIDS   id:pid,… of the nodes; the script kills -9 a follower other than the
+//                    page's node, chosen from the page (the test reaps it)
 //   KEEL_ARTIFACTS   where the screenshots go
 //   KEEL_CHROMIUM    the browser (default /usr/bin/chromium)
 // Prints one line per step and exits non-zero at the first failed check.
@@ -17,13 +17,35 @@ const env = (name) => {
   return v;
 };
 const DASH = env('KEEL_DASH_URL');
-const VICTIM_ID = env('KEEL_VICTIM_ID');
-const VICTIM_PID = Number(env('KEEL_VICTIM_PID'));
+const PIDS = Object.fromEntries(env('KEEL_NODE_PIDS').split(',').map((p) => p.split(':')));
 const ARTIFACTS = env('KEEL_ARTIFACTS');
 const BROWSER = process.env.KEEL_CHROMIUM || '/usr/bin/chromium';
 const BURST = 300;
 
 const started = Date.now();
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// One put through the page's node (a follower: fetch follows its 307 to the leader),
+// retried while the cluster answers 503 (an election) or a connection drops, for 10 s.
+async function put(key, value) {
+  const until = Date.now() + 10_000;
+  for (;;) {
+    let why;
+    try {
+      const r = await fetch(`${DASH}/v1/plugins/kv/commands`, {
+        method: 'POST',
+        body: JSON.stringify({ op: 'put', key, value }),
+      });
+      if (r.status === 200) return;
+      why = `HTTP ${r.status} ${await r.text()}`;
+      if (r.status !== 503) fail(`put ${key}: ${why}`);
+    } catch (e) {
+      why = e.message;
+    }
+    if (Date.now() > until) fail(`put ${key}: ${why}`);
+    await sleep(100);
+  }
+}
 const log = (msg) => console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${msg}`);
 const fail = (msg) => {
   throw new Error(msg);
@@ -64,21 +86,25 @@ try {
   await page.waitForFunction(() => {
     const trs = document.querySelectorAll('#members tr.member[data-health="healthy"]');
     return trs.length === 3 && /^node \d+$/.test(document.getElementById('leader').textContent);
-  }, null, { timeout: 10_000 }).catch(() => fail('the page did not list 3 healthy members and a leader within 10 s'));
+  }, null, { timeout: 20_000 }).catch(() => fail('the page did not list 3 healthy members and a leader within 20 s'));
   const first = await rows();
   const leaderText = await page.textContent('#leader');
   const leaders = first.filter((r) => r.role.startsWith('Leader'));
   if (leaders.length !== 1 || leaderText !== `node ${leaders[0].id}`) {
     fail(`leader shown as ${leaderText}, rows ${JSON.stringify(first)}`);
   }
-  if (leaders[0].id === VICTIM_ID) fail('the victim must be a follower');
+  const servedBy = await page.textContent('#served-by');
+  if (leaders[0].id === servedBy) fail(`the page's node ${servedBy} leads: it should be a follower's page`);
+  const victim = first.find((r) => r.id !== servedBy && r.id !== leaders[0].id);
+  if (!victim || !PIDS[victim.id]) fail(`no follower to kill among ${JSON.stringify(first)} (pids ${JSON.stringify(PIDS)})`);
+  const VICTIM_ID = victim.id;
   log(`3 members listed, ${leaderText} leads: ${JSON.stringify(first)}`);
   if ((await page.$$('#plugins tr[data-plugin="kv"]')).length !== 1) fail('the kv plugin is not listed');
   await page.waitForSelector('#events li', { timeout: 5_000 }).catch(() => fail('no event from /v1/events'));
   await shot('1-cluster');
 
   // 2. kill -9 of a follower: its row turns unhealthy within a few seconds.
-  process.kill(VICTIM_PID, 'SIGKILL');
+  process.kill(Number(PIDS[VICTIM_ID]), 'SIGKILL');
   const killedAt = Date.now();
   await page.waitForSelector(`#members tr.member[data-node="${VICTIM_ID}"][data-health="unhealthy"]`, { timeout: 6_000 })
     .catch(() => fail(`node ${VICTIM_ID}'s row was not unhealthy 6 s after kill -9`));
@@ -99,12 +125,7 @@ try {
   const before = await chart();
   const commandsBefore = Number(await page.textContent('#plugins tr[data-plugin="kv"] td:last-child'));
   for (let i = 0; i < BURST; i++) {
-    // The page's node is a follower: fetch follows its 307 to the leader.
-    const r = await fetch(`${DASH}/v1/plugins/kv/commands`, {
-      method: 'POST',
-      body: JSON.stringify({ op: 'put', key: `dash-${i}`, value: `v${i}` }),
-    });
-    if (r.status !== 200) fail(`put ${i}: HTTP ${r.status} ${await r.text()}`);
+    await put(`dash-${i}`, `v${i}`);
   }
   log(`${BURST} puts done; chart before: ${JSON.stringify(before)}`);
   await page.waitForFunction(
