@@ -2,7 +2,8 @@
 //! driven by Playwright (`tests/dashboard/check.mjs`) on a follower's page. The page must
 //! list the three members and the leader, show a follower killed with `kill -9` as unhealthy
 //! within seconds, move its commit chart after a burst of puts, and log no console error.
-//! Screenshots of each state land in `$CARGO_TARGET_TMPDIR/dashboard/`.
+//! Screenshots of each state land in `$CARGO_TARGET_TMPDIR/dashboard/`. A second test, with
+//! no browser, checks `GET /v1/cluster` against a stopped (SIGSTOP) member.
 //!
 //! Needs `node`, Chromium (`/usr/bin/chromium`, or `KEEL_CHROMIUM`) and `npm ci` in
 //! `tests/dashboard` (all from `scripts/install-toolchains.sh`). Without them the test says
@@ -13,6 +14,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use keel::client::Client;
 
 mod common;
 use common::{kill_all, rt, status, wait_for_leader};
@@ -81,11 +84,175 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> (bool, String) {
 }
 
 /// The test's nodes, killed and reaped however the test ends.
-struct Nodes(Vec<(u64, String, Child)>);
+struct Nodes {
+    nodes: Vec<(u64, String, Child)>,
+    _dir: tempfile::TempDir,
+    /// One cluster at a time: the tests' time bounds assume a machine not running six
+    /// nodes and a browser at once (this one has 2 cores).
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Nodes {
+    /// Three `keel serve` processes, once all know the leader and run the kv plugin.
+    fn start(rt: &tokio::runtime::Runtime) -> (Nodes, u64) {
+        let guard = ONE_CLUSTER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plan = keel::dev::plan(3, dir.path()).expect("plan");
+        let exe = Path::new(env!("CARGO_BIN_EXE_keel"));
+        let nodes = Nodes {
+            nodes: plan
+                .iter()
+                .map(|(cfg, path)| {
+                    let child = keel::dev::spawn(exe, path).expect("spawn keel serve").0;
+                    (cfg.id, cfg.url(), child)
+                })
+                .collect(),
+            _dir: dir,
+            _one_at_a_time: guard,
+        };
+        let urls = nodes.urls();
+        let leader = rt.block_on(wait_for_leader(&urls, Duration::from_secs(20)));
+        // Every follower must know the leader and have the kv plugin active before a page
+        // is asked to show them.
+        rt.block_on(async {
+            let start = Instant::now();
+            loop {
+                let mut known = 0;
+                for url in &urls {
+                    if let Some(s) = status(url).await
+                        && s["leader_id"] == leader
+                        && s["plugins"]
+                            .as_array()
+                            .is_some_and(|p| p.iter().any(|n| n == "kv"))
+                    {
+                        known += 1;
+                    }
+                }
+                if known == urls.len() || start.elapsed() > Duration::from_secs(10) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        (nodes, leader)
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|(_, url, _)| url.clone()).collect()
+    }
+
+    /// Sends `kill -{signal}` (STOP, CONT) to node `id`, a process this test started.
+    fn signal(&self, id: u64, signal: &str) {
+        let (_, _, child) = self.nodes.iter().find(|(n, _, _)| *n == id).expect("node");
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill -{signal} {}", child.id());
+    }
+}
 
 impl Drop for Nodes {
     fn drop(&mut self) {
-        kill_all(self.0.iter_mut().map(|(_, _, child)| child));
+        // A stopped node ignores nothing but SIGKILL, which kill_all sends.
+        kill_all(self.nodes.iter_mut().map(|(_, _, child)| child));
+    }
+}
+
+/// `GET path` on `url` within 5 s: (status, body).
+fn get(rt: &tokio::runtime::Runtime, url: &str, path: &str) -> (u16, Vec<u8>) {
+    rt.block_on(async {
+        let mut c = Client::new(vec![url.to_string()]).with_deadline(Duration::from_secs(5));
+        let a = c.get(path).await.expect("an answer");
+        (a.status.as_u16(), a.body.to_vec())
+    })
+}
+
+/// Without a browser: the assets are served, and `GET /v1/cluster` answers within its
+/// member timeout when a member is stopped (SIGSTOP: connections accepted by the kernel,
+/// never answered), shows it unhealthy, and healthy again once it runs.
+#[test]
+fn the_cluster_endpoint_marks_a_stopped_member_unhealthy_in_time_and_the_assets_are_served() {
+    let rt = rt();
+    let (nodes, leader) = Nodes::start(&rt);
+    let (page, page_url) = nodes
+        .nodes
+        .iter()
+        .find(|(id, _, _)| *id != leader)
+        .map(|(id, url, _)| (*id, url.clone()))
+        .expect("a follower");
+    for (path, want) in [
+        ("/", "/dashboard.js"),
+        ("/dashboard.js", "/v1/cluster"),
+        ("/dashboard.css", "unhealthy"),
+    ] {
+        let (code, body) = get(&rt, &page_url, path);
+        assert_eq!(code, 200, "{path}");
+        assert!(
+            String::from_utf8_lossy(&body).contains(want),
+            "{path} lacks {want:?}"
+        );
+    }
+    let cluster = |rt: &tokio::runtime::Runtime| -> (serde_json::Value, Duration) {
+        let start = Instant::now();
+        let (code, body) = get(rt, &page_url, "/v1/cluster");
+        assert_eq!(code, 200);
+        (
+            serde_json::from_slice(&body).expect("json"),
+            start.elapsed(),
+        )
+    };
+    let health = |v: &serde_json::Value| -> Vec<(u64, bool)> {
+        v["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .map(|m| (m["id"].as_u64().unwrap_or(0), m["healthy"] == true))
+            .collect()
+    };
+    let (all, _) = cluster(&rt);
+    assert_eq!(all["served_by"], page);
+    assert_eq!(all["leader"], leader);
+    assert_eq!(health(&all), vec![(1, true), (2, true), (3, true)], "{all}");
+    assert_eq!(all["plugins"][0]["name"], "kv", "{all}");
+    assert_eq!(
+        all["plugins"][0]["sha256"].as_str().map(str::len),
+        Some(64),
+        "{all}"
+    );
+
+    let stopped = (1..=3).find(|id| *id != leader && *id != page).expect("id");
+    nodes.signal(stopped, "STOP");
+    let (view, took) = cluster(&rt);
+    nodes.signal(stopped, "CONT");
+    assert!(
+        took < Duration::from_millis(3000),
+        "/v1/cluster took {took:?} with a member stopped"
+    );
+    let want: Vec<(u64, bool)> = (1..=3).map(|id| (id, id != stopped)).collect();
+    assert_eq!(health(&view), want, "{view}");
+    let row = &view["members"][(stopped - 1) as usize];
+    assert!(
+        row["error"].as_str().is_some_and(|e| e.contains("within")),
+        "{row}"
+    );
+    assert_eq!(view["leader"], leader, "{view}");
+
+    let start = Instant::now();
+    loop {
+        let (view, _) = cluster(&rt);
+        if health(&view).iter().all(|(_, ok)| *ok) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "node {stopped} not healthy again: {view}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -101,48 +268,17 @@ fn the_dashboard_shows_the_cluster_a_dead_follower_and_the_commit_rate_in_a_brow
             return;
         }
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plan = keel::dev::plan(3, dir.path()).expect("plan");
-    let exe = Path::new(env!("CARGO_BIN_EXE_keel"));
-    let nodes = Nodes(
-        plan.iter()
-            .map(|(cfg, path)| {
-                let child = keel::dev::spawn(exe, path).expect("spawn keel serve").0;
-                (cfg.id, cfg.url(), child)
-            })
-            .collect(),
-    );
-    let urls: Vec<String> = nodes.0.iter().map(|(_, url, _)| url.clone()).collect();
-
     let rt = rt();
-    let leader = rt.block_on(wait_for_leader(&urls, Duration::from_secs(20)));
-    // Every follower must know the leader before the page is asked to show it.
-    rt.block_on(async {
-        let start = Instant::now();
-        loop {
-            let mut known = 0;
-            for url in &urls {
-                if let Some(s) = status(url).await
-                    && s["leader_id"] == leader
-                {
-                    known += 1;
-                }
-            }
-            if known == urls.len() || start.elapsed() > Duration::from_secs(10) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    let (nodes, leader) = Nodes::start(&rt);
     // The page of a follower (it must show the whole cluster); the script kills another.
     let page_url = nodes
-        .0
+        .nodes
         .iter()
         .find(|(id, _, _)| *id != leader)
         .map(|(_, url, _)| url.clone())
         .expect("a follower");
     let pids: Vec<String> = nodes
-        .0
+        .nodes
         .iter()
         .map(|(id, _, child)| format!("{id}:{}", child.id()))
         .collect();
