@@ -37,7 +37,28 @@ install_jco() {
   npm ci --prefix "$dir" --no-audit --no-fund
 }
 
+# --- The dashboard's browser test (host/tests/dashboard.rs) ---
+# Debian's Chromium, driven by playwright-core (pinned in host/tests/dashboard/package-lock.json),
+# which is given the browser's path and never downloads one of its own.
+install_chromium() {
+  [ -x /usr/bin/chromium ] && return 0
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 1
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}
+
+install_playwright() {
+  local dir="$ROOT/host/tests/dashboard"
+  local want have
+  want="$(node -p "require('$dir/package.json').dependencies['playwright-core']")"
+  have="$(node -p "require('$dir/node_modules/playwright-core/package.json').version" 2>/dev/null || true)"
+  [ "$have" = "$want" ] && return 0
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$dir" --no-audit --no-fund
+}
+
 # Registries have bad moments: try each install three times before giving up.
 retry() { "$@" || { sleep 5; "$@"; } || { sleep 15; "$@"; }; }
 retry install_componentize_py || echo "WARNING: componentize-py not installed; the Python plugin tests will be skipped" >&2
 retry install_jco || echo "WARNING: jco not installed; the JavaScript plugin tests will be skipped" >&2
+# Without these the browser test skips, or fails where KEEL_REQUIRE_BROWSER=1 (.ci/run).
+retry install_chromium || echo "WARNING: chromium not installed; the dashboard's browser test needs it" >&2
+retry install_playwright || echo "WARNING: playwright-core not installed; the dashboard's browser test needs it" >&2

@@ -465,6 +465,50 @@ pub fn clock(now: std::time::SystemTime) -> String {
     format!("{:02}:{:02}:{:02}", day / 3600, day / 60 % 60, day % 60)
 }
 
+// ------------------------------------------------------------------------- progress
+
+/// A progress bar on stderr for a step that takes seconds; hidden (draws nothing) when
+/// stderr is not a terminal, so scripts and CI logs get only the answer.
+pub fn progress_bar() -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    // Not the default bar, which draws an empty `0/0` before the caller sets it up.
+    bar.set_style(waiting_style());
+    bar
+}
+
+/// What `keel deploy`'s bar says while the component goes out, and then while the leader
+/// compiles it, places it on a majority and commits the deployment.
+pub fn deploy_messages(name: &str, bytes: usize) -> (String, String) {
+    (
+        format!("deploy {name}: uploading"),
+        // Short enough for an 80-column terminal: a wrapped line is redrawn badly.
+        format!(
+            "deploy {name}: {} sent; the leader compiles and replicates it",
+            indicatif::BinaryBytes(bytes as u64)
+        ),
+    )
+}
+
+/// Bytes sent out of the total.
+pub fn upload_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec})",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ")
+}
+
+/// Waiting for something that reports no progress of its own.
+pub fn waiting_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,12 +3,15 @@
 //! after a lost answer is never applied twice. The session is opened (`POST /v1/sessions`)
 //! before the first command.
 
+use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::header::LOCATION;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::header::{CONTENT_LENGTH, LOCATION};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
@@ -16,13 +19,27 @@ use hyper_util::rt::TokioExecutor;
 /// A client of a Keel cluster.
 pub struct Client {
     endpoints: Vec<String>,
-    http: HttpClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    http:
+        HttpClient<hyper_util::client::legacy::connect::HttpConnector, BoxBody<Bytes, Infallible>>,
     /// The session, once opened (or given).
     client_id: Option<u64>,
     serial: u64,
     /// Give up retrying (and abandon a request in flight) after this long.
     deadline: Option<Duration>,
+    /// Shows how much of each request body has gone out, then a spinner until the answer.
+    progress: Option<Progress>,
 }
+
+/// A progress bar and what it says while uploading and while waiting for the answer.
+#[derive(Clone)]
+struct Progress {
+    bar: indicatif::ProgressBar,
+    uploading: String,
+    waiting: String,
+}
+
+/// Request bodies go out in pieces of this size when a progress bar follows them.
+const PROGRESS_CHUNK: usize = 256 << 10;
 
 /// Why a call got no answer to return (the CLI maps these to its exit codes).
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +101,23 @@ impl Client {
             client_id: None,
             serial: 0,
             deadline: None,
+            progress: None,
         }
+    }
+
+    /// Shows each request body's upload on `bar` (its length is set per request) as
+    /// `uploading`, then `waiting` with a spinner until the answer comes.
+    pub fn set_progress(
+        &mut self,
+        bar: indicatif::ProgressBar,
+        uploading: String,
+        waiting: String,
+    ) {
+        self.progress = Some(Progress {
+            bar,
+            uploading,
+            waiting,
+        });
     }
 
     /// The same client, giving up on each call (retries included) after `limit`.
@@ -209,6 +242,7 @@ impl Client {
         if self.endpoints.is_empty() {
             bail!("no endpoints given");
         }
+        let body = Bytes::from(body);
         let mut endpoint = 0;
         let mut url = format!("{}{path}", self.endpoints[0]);
         let mut backoff = Duration::from_millis(50);
@@ -227,9 +261,13 @@ impl Client {
                     .header("keel-client-id", id)
                     .header("keel-serial", self.serial);
             }
-            let req = req
-                .body(Full::new(Bytes::from(body.clone())))
-                .context("building the request")?;
+            let req = match &self.progress {
+                Some(progress) if !body.is_empty() => req
+                    .header(CONTENT_LENGTH, body.len())
+                    .body(progress_body(body.clone(), progress.clone())),
+                _ => req.body(Full::new(body.clone()).boxed()),
+            }
+            .context("building the request")?;
             let sent = self.http.request(req);
             let outcome = match give_up {
                 Some(at) => match tokio::time::timeout_at(at.into(), sent).await {
@@ -313,6 +351,38 @@ impl Client {
         }
         .into())
     }
+}
+
+/// `body` in pieces that advance `bar` as hyper takes them (so, as the socket accepts them);
+/// once the last has gone, the bar turns into a spinner: the server is at work.
+fn progress_body(body: Bytes, progress: Progress) -> BoxBody<Bytes, Infallible> {
+    use futures_util::StreamExt;
+    let Progress {
+        bar,
+        uploading,
+        waiting,
+    } = progress;
+    let total = body.len();
+    // A retry (a redirect, a 503) sends the whole body again.
+    bar.disable_steady_tick();
+    bar.reset();
+    bar.set_message(uploading);
+    bar.set_length(total as u64);
+    bar.set_style(crate::cli::upload_style());
+    let pieces: Vec<Bytes> = (0..total)
+        .step_by(PROGRESS_CHUNK)
+        .map(|at| body.slice(at..(at + PROGRESS_CHUNK).min(total)))
+        .collect();
+    let stream = futures_util::stream::iter(pieces).map(move |piece| {
+        bar.inc(piece.len() as u64);
+        if bar.position() >= total as u64 {
+            bar.set_style(crate::cli::waiting_style());
+            bar.set_message(waiting.clone());
+            bar.enable_steady_tick(Duration::from_millis(100));
+        }
+        Ok::<_, Infallible>(Frame::data(piece))
+    });
+    BodyExt::boxed(StreamBody::new(stream))
 }
 
 /// An error with its causes (hyper's own message alone is "client error (Connect)").

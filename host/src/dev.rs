@@ -4,6 +4,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
@@ -226,6 +227,31 @@ pub async fn run(n: usize, dir: PathBuf, fresh: bool) -> anyhow::Result<()> {
         serde_json::to_vec_pretty(&DevCluster { nodes })?,
     )?;
     let endpoints: Vec<String> = plan.iter().map(|(c, _)| c.url()).collect();
+    // Ctrl-C or a plain `kill`, from here on: either way the children go too, never
+    // orphaned. One listener of each for both waits below, so no signal falls between them.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    // The lines below promise that `keel put` works now: say so only once it does.
+    let ready = tokio::select! {
+        r = &mut ctrl_c => { r.context("waiting for Ctrl-C")?; None }
+        _ = term.recv() => None,
+        leader = wait_for_leader(&endpoints, LEADER_WAIT) => Some(leader),
+    };
+    match ready {
+        None => {
+            stop(children);
+            return Ok(());
+        }
+        Some(Some((id, took))) => {
+            println!("leader: node {id} (ready in {:.1} s)", took.as_secs_f64())
+        }
+        Some(None) => eprintln!(
+            "no leader after {} s: the nodes' logs may say why ({}/node-*/keel.log)",
+            LEADER_WAIT.as_secs(),
+            dir.display()
+        ),
+    }
     println!(
         "cluster: {}  (logs: {}/node-*/keel.log)",
         cluster_file.display(),
@@ -242,16 +268,64 @@ pub async fn run(n: usize, dir: PathBuf, fresh: bool) -> anyhow::Result<()> {
         "try:     keel put hello world && keel get hello && keel status  (from this directory, or after the export)"
     );
     println!("Ctrl-C stops the cluster.");
-    // Ctrl-C or a plain `kill`: either way the children go too, never orphaned.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        r = &mut ctrl_c => r.context("waiting for Ctrl-C")?,
         _ = term.recv() => {}
     }
+    stop(children);
+    Ok(())
+}
+
+fn stop(children: Vec<Child>) {
     for mut c in children {
         let _ = c.kill();
         let _ = c.wait();
     }
     println!("stopped");
-    Ok(())
+}
+
+/// How long `keel dev` waits for a leader before it prints the cluster anyway.
+const LEADER_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until a node leads with the kv plugin active (so a `keel put` now succeeds), with
+/// a spinner on a terminal; `(leader, time taken)`, or `None` after `limit`.
+async fn wait_for_leader(endpoints: &[String], limit: Duration) -> Option<(u64, Duration)> {
+    let bar = crate::cli::progress_bar();
+    bar.set_style(crate::cli::waiting_style());
+    bar.set_message("waiting for a leader");
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let start = Instant::now();
+    let found = loop {
+        let statuses = futures_util::future::join_all(
+            endpoints
+                .iter()
+                .map(|url| crate::cli::node_status(url, Duration::from_millis(500))),
+        )
+        .await;
+        let answered: Vec<&serde_json::Value> = statuses.iter().flatten().collect();
+        let leader = answered
+            .iter()
+            .filter(|s| {
+                s["role"] == "Leader"
+                    && s["plugins"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().any(|n| n == "kv"))
+            })
+            .max_by_key(|s| s["term"].as_u64().unwrap_or(0))
+            .and_then(|s| s["node_id"].as_u64());
+        if let Some(id) = leader {
+            break Some((id, start.elapsed()));
+        }
+        if start.elapsed() >= limit {
+            break None;
+        }
+        bar.set_message(format!(
+            "waiting for a leader ({} of {} nodes answer)",
+            answered.len(),
+            endpoints.len()
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    bar.finish_and_clear();
+    found
 }

@@ -584,7 +584,12 @@ fn main() -> ExitCode {
                 headers.push(("keel-version", v));
             }
             client_call(g, "deploy", Shown::Raw, async move |c| {
-                c.deploy(&name, wasm, &headers).await
+                let bar = keel::cli::progress_bar();
+                let (uploading, waiting) = keel::cli::deploy_messages(&name, wasm.len());
+                c.set_progress(bar.clone(), uploading, waiting);
+                let answer = c.deploy(&name, wasm, &headers).await;
+                bar.finish_and_clear();
+                answer
             })
         }
         Cmd::Member { command } => {

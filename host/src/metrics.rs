@@ -47,6 +47,8 @@ pub struct Metrics {
     /// Seconds to drop the log up to a snapshot.
     pub purge_seconds: Histogram,
     responses: Family<Vec<(String, String)>, Counter>,
+    /// Commands accepted for each plugin by this node as leader (the dashboard's rate).
+    plugin_commands: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -72,6 +74,7 @@ impl Default for Metrics {
             flush_seconds: seconds(),
             purge_seconds: seconds(),
             responses: Family::default(),
+            plugin_commands: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -157,6 +160,11 @@ impl Default for Metrics {
             "HTTP responses by status",
             m.responses.clone(),
         );
+        registry.register(
+            "plugin_commands",
+            "Commands accepted for each plugin by this node as leader",
+            m.plugin_commands.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -171,6 +179,13 @@ impl Metrics {
     pub fn http(&self, status: u16) {
         self.responses
             .get_or_create(&vec![("status".into(), status.to_string())])
+            .inc();
+    }
+
+    /// Counts one command accepted for `plugin`.
+    pub fn plugin_command(&self, plugin: &str) {
+        self.plugin_commands
+            .get_or_create(&vec![("plugin".into(), plugin.to_string())])
             .inc();
     }
 

@@ -3,6 +3,7 @@
 //! design §1).
 
 pub mod blobs;
+pub mod dashboard;
 pub mod deploy;
 pub mod peer;
 
@@ -127,6 +128,9 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
                 ),
             );
             r
+        }
+        (&Method::GET, [""] | ["dashboard.js" | "dashboard.css"] | ["v1", "cluster"]) => {
+            dashboard::serve(&node, &path).await
         }
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
     };
@@ -343,6 +347,7 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
     if matches!(payload, Payload::Ref { len: 0, .. }) {
         return error(StatusCode::BAD_REQUEST, "empty command");
     }
+    node.metrics.plugin_command(&plugin);
     let (tx, rx) = oneshot::channel();
     let input = Input::Propose {
         plugin,
