@@ -214,6 +214,18 @@ impl Runtime {
     /// Accepts a binary component or its WAT text. Every error here is deterministic
     /// for the same bytes and limits, except [`PluginError::Host`].
     pub fn load(&self, id: PluginId, wasm: &[u8], limits: Limits) -> Result<Plugin, PluginError> {
+        self.load_hashed(id, wasm, &sha256_hex(wasm), limits)
+    }
+
+    /// [`Runtime::load`] for bytes whose SHA-256 (hex) the caller has already checked, as a
+    /// content-addressed blob store does: spares hashing the binary again on every load.
+    pub fn load_hashed(
+        &self,
+        id: PluginId,
+        wasm: &[u8],
+        sha256: &str,
+        limits: Limits,
+    ) -> Result<Plugin, PluginError> {
         if limits.memory_bytes > MAX_MEMORY_BYTES || limits.fuel > MAX_FUEL || limits.fuel == 0 {
             return Err(PluginError::BadLimits {
                 plugin: id,
@@ -228,7 +240,7 @@ impl Runtime {
             return Err(PluginError::NotAComponent { plugin: id });
         }
 
-        let sha256 = sha256_hex(wasm);
+        let sha256 = sha256.to_string();
         let in_memory = self
             .loaded
             .lock()

@@ -185,7 +185,12 @@ pub struct Driver {
     /// acknowledgements (thesis §4.2.2). id → (entry index, URL).
     leaving: BTreeMap<NodeId, (Index, String)>,
     bug: Option<DriverBug>,
+    /// What the last published status showed (see `publish_status`).
+    published: Option<StatusKey>,
 }
+
+/// The parts of the status that decide whether it must be published again.
+type StatusKey = (Role, Term, Option<NodeId>, Index, Index, Index, Option<Index>, usize);
 
 impl Driver {
     /// Assembles a driver from its parts and connects it to its peers.
@@ -226,6 +231,7 @@ impl Driver {
             peers: BTreeMap::new(),
             leaving: BTreeMap::new(),
             bug: p.bug,
+            published: None,
         };
         driver.connect_peers(0);
         driver.publish_status();
@@ -757,6 +763,22 @@ impl Driver {
     }
 
     fn publish_status(&mut self) {
+        // Rebuilding the status allocates (members' URLs, plugin names): skip it when nothing
+        // it shows has moved. A leader's lease moves with every tick: it always publishes.
+        let key = (
+            self.raft.role(),
+            self.raft.term(),
+            self.raft.leader(),
+            self.raft.commit_index(),
+            self.applied,
+            self.raft.last_index(),
+            self.fetching.map(|(_, i, _)| i),
+            self.sweeping.len(),
+        );
+        if key.0 != Role::Leader && self.published == Some(key) {
+            return;
+        }
+        self.published = Some(key);
         let s = self.raft.status();
         let leader_url = s.leader.and_then(|l| self.member_url(l));
         let members = s

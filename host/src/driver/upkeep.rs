@@ -172,7 +172,7 @@ impl Driver {
         {
             return;
         }
-        let sha256 = blobs::sha256(state::BUILTIN_KV);
+        let sha256 = blobs::static_sha256(state::BUILTIN_KV);
         let deploy = Deploy {
             plugin: "kv".into(),
             version: format!("builtin-{}", &blobs::hex(&sha256)[..12]),

@@ -106,10 +106,12 @@ pub fn load(runtime: &Runtime, blobs: &Blobs, d: &Deploy) -> Result<Plugin, Appl
         fuel: d.fuel_per_apply,
         memory_bytes: d.memory_limit,
     };
+    // The store checked the bytes against the hash (or they are built in).
     runtime
-        .load(
+        .load_hashed(
             PluginId::new(d.plugin.clone(), d.version.clone()),
             &bytes,
+            &hex(&d.sha256),
             limits,
         )
         .map_err(ApplyError::Host)

@@ -593,3 +593,29 @@ fn a_command_by_reference_applies_like_inline_and_a_damaged_blob_is_never_applie
     }
     assert!(!blobs.has(&sha256), "quarantined, to be fetched again");
 }
+
+/// Issue #11: a reference-only command costs the log a few dozen bytes whatever its
+/// payload's size (the goal: at most 200 bytes per command).
+#[test]
+fn a_reference_only_entry_is_under_200_bytes_whatever_the_payload() {
+    for len in [1u64 << 16, 1 << 20, 16 << 20, 1 << 30] {
+        let e = Entry {
+            index: u64::MAX / 3,
+            term: u64::MAX / 5,
+            timestamp_ms: 1_800_000_000_000,
+            record: Record::Command(Command {
+                plugin: "documents".into(),
+                client: Some(ClientSerial {
+                    client_id: u64::MAX / 7,
+                    serial: u64::MAX / 11,
+                }),
+                payload: Payload::Ref {
+                    sha256: [0xab; 32],
+                    len,
+                },
+            }),
+        };
+        let bytes = postcard::to_allocvec(&e).expect("encodes").len();
+        assert!(bytes <= 200, "{len}-byte payload: {bytes}-byte entry");
+    }
+}
