@@ -76,7 +76,8 @@ pub(crate) fn torn_possible(recorded: Option<&str>, current: Option<&str>) -> bo
     matches!((recorded, current), (Some(r), Some(c)) if r != c)
 }
 
-/// What the repair callback saw during one open.
+/// What one open saw: redb falling back from the newest commit, through its repair callback
+/// (the commit's pages fail their checksums) or through the header (its commit slot does).
 #[derive(Clone, Default)]
 pub(crate) struct Verdict {
     fell_back: Arc<AtomicBool>,
@@ -106,6 +107,10 @@ impl Verdict {
     /// Whether redb found the newest commit damaged (and fell back, or was stopped).
     pub(crate) fn fell_back(&self) -> bool {
         self.fell_back.load(Ordering::SeqCst)
+    }
+
+    fn note_fall_back(&self) {
+        self.fell_back.store(true, Ordering::SeqCst);
     }
 }
 
@@ -219,22 +224,100 @@ fn seal_loop(db: &Database, path: &Path, shared: &SealShared, idle: Duration) {
 /// never reached the file, a commit torn without the machine going down. Written last, the
 /// header names only pages already in the OS's page cache, so only a machine crash can tear a
 /// commit, which is what the boot record tells apart.
-#[derive(Debug)]
+///
+/// It also watches the open: redb picks the commit slot to open in the header, before any
+/// repair callback, and silently takes the other slot when the newest one's own checksum fails
+/// (`select_primary_slot`). The first header write of an open is redb's repaired header; if its
+/// primary slot differs from the one read, redb is falling back (or, after a machine crash
+/// only, rolling forward to a commit whose header write was torn), and unless that is allowed
+/// the write is refused, the open fails, and the file stays as it was.
 pub(crate) struct HeaderLast {
     inner: FileBackend,
     /// Held-back writes to the super-header, in order.
     held: Mutex<Vec<(u64, Vec<u8>)>>,
+    /// Until the first header write of the open: the god byte read, whether another primary
+    /// slot is allowed, and where to report it.
+    open_watch: Arc<Mutex<Option<OpenWatch>>>,
+}
+
+/// Ends the watch of a [`HeaderLast`] once the open is over.
+pub(crate) struct OpenDone(Arc<Mutex<Option<OpenWatch>>>);
+
+impl OpenDone {
+    pub(crate) fn done(self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+struct OpenWatch {
+    read_god_byte: Option<u8>,
+    allow_fall_back: bool,
+    verdict: Verdict,
+}
+
+impl std::fmt::Debug for HeaderLast {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderLast")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 /// redb's super-header lives in the first page.
 const HEADER_PAGE: u64 = 4096;
+/// redb's file format (header.rs): the god byte follows the 9-byte magic number; its lowest bit
+/// names the primary commit slot.
+const GOD_BYTE: usize = 9;
+const PRIMARY_BIT: u8 = 1;
 
 impl HeaderLast {
-    pub(crate) fn new(inner: FileBackend) -> Self {
-        HeaderLast {
+    pub(crate) fn new(
+        inner: FileBackend,
+        allow_fall_back: bool,
+        verdict: Verdict,
+    ) -> (Self, OpenDone) {
+        let watch = Arc::new(Mutex::new(Some(OpenWatch {
+            read_god_byte: None,
+            allow_fall_back,
+            verdict,
+        })));
+        let backend = HeaderLast {
             inner,
             held: Mutex::new(Vec::new()),
+            open_watch: Arc::clone(&watch),
+        };
+        (backend, OpenDone(watch))
+    }
+
+    fn watch(&self) -> std::sync::MutexGuard<'_, Option<OpenWatch>> {
+        self.open_watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Checks the first header write of the open against the header read.
+    fn check_open(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut watch = self.watch();
+        let Some(w) = watch.as_ref() else {
+            return Ok(());
+        };
+        let Some(&written) = (offset == 0).then(|| data.get(GOD_BYTE)).flatten() else {
+            return Ok(());
+        };
+        let swapped = w
+            .read_god_byte
+            .is_some_and(|read| (read ^ written) & PRIMARY_BIT != 0);
+        let refuse = swapped && !w.allow_fall_back;
+        if swapped {
+            w.verdict.note_fall_back();
         }
+        *watch = None;
+        if refuse {
+            return Err(io::Error::other(
+                "the newest commit slot fails its checksum: refusing to fall back",
+            ));
+        }
+        Ok(())
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Vec<u8>)>> {
@@ -258,6 +341,12 @@ impl StorageBackend for HeaderLast {
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         self.inner.read(offset, out)?;
+        if offset == 0
+            && let Some(w) = self.watch().as_mut()
+            && w.read_god_byte.is_none()
+        {
+            w.read_god_byte = out.get(GOD_BYTE).copied();
+        }
         // Serve held-back header bytes as if written.
         let end = offset + out.len() as u64;
         for (at, data) in self.held().iter() {
@@ -282,7 +371,16 @@ impl StorageBackend for HeaderLast {
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         if offset < HEADER_PAGE {
-            self.held().push((offset, data.to_vec()));
+            self.check_open(offset, data)?;
+            let mut held = self.held();
+            // A later write of the same bytes replaces an earlier one: one header write per sync.
+            match held
+                .iter_mut()
+                .find(|(o, d)| *o == offset && d.len() == data.len())
+            {
+                Some((_, d)) => d.copy_from_slice(data),
+                None => held.push((offset, data.to_vec())),
+            }
             return Ok(());
         }
         self.inner.write(offset, data)

@@ -161,29 +161,27 @@ impl RedbStorage {
             path: path.clone(),
             source: Box::new(e.into()),
         })?;
-        let db = b
-            .create_with_backend(HeaderLast::new(backend))
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => {
-                    StorageError::InUse { path: path.clone() }
-                }
-                redb::DatabaseError::RepairAborted if verdict.fell_back() => {
-                    StorageError::NewestCommitDamaged {
-                        path: path.clone(),
-                        why: if recorded.is_none() || current.is_none() {
-                            "the boot it was written in is unknown (no readable boot record), so \
+        let (backend, open_done) = HeaderLast::new(backend, allow, verdict.clone());
+        let db = b.create_with_backend(backend).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse { path: path.clone() },
+            // Refused by the repair callback (RepairAborted) or by the backend (an I/O
+            // error on the header write).
+            _ if verdict.fell_back() && !allow => StorageError::NewestCommitDamaged {
+                path: path.clone(),
+                why: if recorded.is_none() || current.is_none() {
+                    "the boot it was written in is unknown (no readable boot record), so \
                          it cannot be told from damage after its fsync"
-                        } else {
-                            "the machine has not restarted since it was written, so it is not a \
+                } else {
+                    "the machine has not restarted since it was written, so it is not a \
                          torn write but damage after its fsync"
-                        },
-                    }
-                }
-                e => StorageError::Open {
-                    path: path.clone(),
-                    source: Box::new(e.into()),
                 },
-            })?;
+            },
+            e => StorageError::Open {
+                path: path.clone(),
+                source: Box::new(e.into()),
+            },
+        })?;
+        open_done.done();
         let rolled_back = verdict.fell_back();
         if rolled_back {
             tracing::warn!(

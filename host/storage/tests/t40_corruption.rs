@@ -192,6 +192,31 @@ fn damaged_newest_commit(
     vote_in_newest: bool,
     seal_wait: Option<std::time::Duration>,
 ) -> tempfile::TempDir {
+    damaged_newest_commit_with(options, vote_in_newest, seal_wait, flip_marker)
+}
+
+/// Flips a byte of the newest entry: a page of the newest commit.
+fn flip_marker(bytes: &mut [u8]) {
+    let at = bytes
+        .windows(MARKER.len())
+        .position(|w| w == MARKER)
+        .expect("marker on disk");
+    bytes[at] ^= 0x01;
+}
+
+/// Flips a byte of the newest commit's slot in redb's header (format: god byte at 9, its low
+/// bit names the primary slot; slots of 128 bytes at 64 and 192).
+fn flip_primary_slot(bytes: &mut [u8]) {
+    let slot = 64 + 128 * usize::from(bytes[9] & 1);
+    bytes[slot + 40] ^= 0x01;
+}
+
+fn damaged_newest_commit_with(
+    options: &StorageOptions,
+    vote_in_newest: bool,
+    seal_wait: Option<std::time::Duration>,
+    damage: fn(&mut [u8]),
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = RedbStorage::open(dir.path(), options.clone()).expect("open");
     s.persist(LogWrite {
@@ -222,11 +247,7 @@ fn damaged_newest_commit(
         std::thread::sleep(wait);
     }
     let mut bytes = std::fs::read(dir.path().join(DATA_FILE)).expect("read");
-    let at = bytes
-        .windows(MARKER.len())
-        .position(|w| w == MARKER)
-        .expect("marker on disk");
-    bytes[at] ^= 0x01;
+    damage(&mut bytes);
     let copy = tempfile::tempdir().expect("tempdir");
     std::fs::write(copy.path().join(DATA_FILE), &bytes).expect("write");
     if let Ok(boot) = std::fs::read(dir.path().join(BOOT_FILE)) {
@@ -274,6 +295,31 @@ fn damage_to_the_newest_one_phase_commit_fails_the_open_in_the_same_boot() {
     );
     let after = std::fs::read(copy.path().join(DATA_FILE)).expect("read");
     assert!(before == after, "a refused open changed the file");
+}
+
+/// The same for damage to the newest commit's slot in the header, where redb picks the commit
+/// to open before any repair starts.
+#[test]
+fn damage_to_the_newest_commit_slot_fails_the_open_in_the_same_boot() {
+    let copy = damaged_newest_commit_with(&unsealed(), false, None, flip_primary_slot);
+    let before = std::fs::read(copy.path().join(DATA_FILE)).expect("read");
+    let err = open_copy(copy.path(), &unsealed()).expect_err("damage refused");
+    assert!(
+        matches!(err, StorageError::NewestCommitDamaged { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains(DATA_FILE), "{err}");
+    let after = std::fs::read(copy.path().join(DATA_FILE)).expect("read");
+    assert!(before == after, "a refused open changed the file");
+    // After a machine restart it may be a torn header write: the commit before is reopened.
+    std::fs::write(
+        copy.path().join(BOOT_FILE),
+        "00000000-1111-2222-3333-444444444444\n",
+    )
+    .expect("another boot");
+    let (rolled_back, r) = open_copy(copy.path(), &unsealed()).expect("torn: opens");
+    assert!(rolled_back);
+    assert_eq!(r.log.last.index, 10);
 }
 
 /// Without a readable boot record nothing tells a torn write from damage: refused too.
