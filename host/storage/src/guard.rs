@@ -226,11 +226,13 @@ fn seal_loop(db: &Database, path: &Path, shared: &SealShared, idle: Duration) {
 /// commit, which is what the boot record tells apart.
 ///
 /// It also watches the open: redb picks the commit slot to open in the header, before any
-/// repair callback, and silently takes the other slot when the newest one's own checksum fails
-/// (`select_primary_slot`). The first header write of an open is redb's repaired header; if its
-/// primary slot differs from the one read, redb is falling back (or, after a machine crash
-/// only, rolling forward to a commit whose header write was torn), and unless that is allowed
-/// the write is refused, the open fails, and the file stays as it was.
+/// repair callback, and silently takes the other slot when the primary one's own checksum
+/// fails (`select_primary_slot`). The first header write of an open is redb's repaired header.
+/// If it names the other slot primary while the slot read as primary fails its checksum, redb
+/// is falling back from the newest commit, and unless that is allowed the write is refused:
+/// the open fails and the file stays as it was. (If the slot read verifies, redb is rolling
+/// forward to a newer commit whose phase one was durable — a two-phase commit cut between its
+/// two fsyncs — which loses nothing.)
 pub(crate) struct HeaderLast {
     inner: FileBackend,
     /// Held-back writes to the super-header, in order.
@@ -250,7 +252,8 @@ impl OpenDone {
 }
 
 struct OpenWatch {
-    read_god_byte: Option<u8>,
+    /// The super-header as first read by the open.
+    read: Option<Vec<u8>>,
     allow_fall_back: bool,
     verdict: Verdict,
 }
@@ -265,10 +268,27 @@ impl std::fmt::Debug for HeaderLast {
 
 /// redb's super-header lives in the first page.
 const HEADER_PAGE: u64 = 4096;
-/// redb's file format (header.rs): the god byte follows the 9-byte magic number; its lowest bit
-/// names the primary commit slot.
+/// redb's file format (redb 4, `header.rs`): the god byte follows the 9-byte magic number, and
+/// its lowest bit names the primary commit slot; two slots of 128 bytes follow at 64 and 192,
+/// each ending with the XXH3-128 (seed 0) of its first 112 bytes, little-endian.
 const GOD_BYTE: usize = 9;
 const PRIMARY_BIT: u8 = 1;
+const SLOT_0: usize = 64;
+const SLOT_LEN: usize = 128;
+const SLOT_SUM: usize = SLOT_LEN - 16;
+
+/// Whether commit slot `slot` (0 or 1) of a super-header passes its checksum.
+fn slot_verifies(header: &[u8], slot: usize) -> bool {
+    let at = SLOT_0 + slot * SLOT_LEN;
+    let Some(bytes) = header.get(at..at + SLOT_LEN) else {
+        return false;
+    };
+    let (body, sum) = bytes.split_at(SLOT_SUM);
+    let Ok(sum) = <[u8; 16]>::try_from(sum) else {
+        return false;
+    };
+    xxhash_rust::xxh3::xxh3_128_with_seed(body, 0) == u128::from_le_bytes(sum)
+}
 
 impl HeaderLast {
     pub(crate) fn new(
@@ -277,7 +297,7 @@ impl HeaderLast {
         verdict: Verdict,
     ) -> (Self, OpenDone) {
         let watch = Arc::new(Mutex::new(Some(OpenWatch {
-            read_god_byte: None,
+            read: None,
             allow_fall_back,
             verdict,
         })));
@@ -304,11 +324,13 @@ impl HeaderLast {
         let Some(&written) = (offset == 0).then(|| data.get(GOD_BYTE)).flatten() else {
             return Ok(());
         };
-        let swapped = w
-            .read_god_byte
-            .is_some_and(|read| (read ^ written) & PRIMARY_BIT != 0);
-        let refuse = swapped && !w.allow_fall_back;
-        if swapped {
+        let fell_back = w.read.as_deref().is_some_and(|read| {
+            let primary = read.get(GOD_BYTE).map(|g| g & PRIMARY_BIT);
+            let swapped = primary.is_some_and(|p| p != written & PRIMARY_BIT);
+            swapped && !primary.is_some_and(|p| slot_verifies(read, usize::from(p)))
+        });
+        let refuse = fell_back && !w.allow_fall_back;
+        if fell_back {
             w.verdict.note_fall_back();
         }
         *watch = None;
@@ -342,10 +364,11 @@ impl StorageBackend for HeaderLast {
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         self.inner.read(offset, out)?;
         if offset == 0
+            && out.len() >= SLOT_0 + 2 * SLOT_LEN
             && let Some(w) = self.watch().as_mut()
-            && w.read_god_byte.is_none()
+            && w.read.is_none()
         {
-            w.read_god_byte = out.get(GOD_BYTE).copied();
+            w.read = Some(out.to_vec());
         }
         // Serve held-back header bytes as if written.
         let end = offset + out.len() as u64;
@@ -430,6 +453,26 @@ impl Drop for HeaderLast {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The slot layout and checksum above are redb's: a fresh file's slots verify, and a flipped
+    /// byte in one fails it.
+    #[test]
+    fn slot_checksums_are_redbs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.redb");
+        {
+            let db = Database::create(&path).expect("create");
+            for _ in 0..3 {
+                let txn = db.begin_write().expect("write");
+                txn.commit().expect("commit");
+            }
+        }
+        let mut header = std::fs::read(&path).expect("read");
+        header.truncate(4096);
+        assert!(slot_verifies(&header, 0) && slot_verifies(&header, 1));
+        header[SLOT_0 + 8] ^= 1;
+        assert!(!slot_verifies(&header, 0) && slot_verifies(&header, 1));
+    }
 
     #[test]
     fn only_a_known_other_boot_makes_a_torn_commit_possible() {
