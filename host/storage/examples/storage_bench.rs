@@ -68,6 +68,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    println!("\nback to back, slices of each mode alternating (same disk weather):");
+    println!("  batch   two-phase commits/s   one-phase commits/s   one-phase / two-phase");
+    for batch in [1usize, 16] {
+        let (two, one) = back_to_back(&dir, batch, per_case)?;
+        println!("  {batch:>5} {two:>21.0} {one:>21.0} {:>21.2}", one / two);
+    }
+
     println!(
         "\napply throughput (non-durable commits, 64-byte values, 1 durable append per 16 batches):"
     );
@@ -208,6 +215,58 @@ fn fsyncs_per_commit(dir: &Path, two_phase: bool) -> Result<f64, Box<dyn std::er
     drop(store);
     let _ = std::fs::remove_dir_all(&sub);
     Ok(n as f64 / 200.0)
+}
+
+/// Durable appends of `batch` entries per commit on a two-phase and a one-phase store, in
+/// alternating slices; returns (two-phase commits/s, one-phase commits/s).
+fn back_to_back(
+    dir: &Path,
+    batch: usize,
+    per_case: Duration,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let mut stores = Vec::new();
+    for (name, two_phase_commit) in [("ab-two", true), ("ab-one", false)] {
+        let sub = dir.join(name);
+        let _ = std::fs::remove_dir_all(&sub);
+        let options = StorageOptions {
+            two_phase_commit,
+            ..StorageOptions::default()
+        };
+        let store = RedbStorage::open(&sub, options)?;
+        store.persist(LogWrite {
+            hard_state: Some(HardState {
+                term: 1,
+                vote: Some(1),
+            }),
+            ..LogWrite::default()
+        })?;
+        stores.push((sub, store, 1u64, 0u64, 0.0f64));
+    }
+    let slice = per_case / ROUNDS;
+    for _ in 0..ROUNDS {
+        for (_, store, next, commits, secs) in stores.iter_mut() {
+            let start = Instant::now();
+            while start.elapsed() < slice {
+                let entries: Vec<Entry> = (*next..*next + batch as u64).map(entry).collect();
+                store.persist(LogWrite {
+                    entries: &entries,
+                    ..LogWrite::default()
+                })?;
+                *next += batch as u64;
+                *commits += 1;
+            }
+            *secs += start.elapsed().as_secs_f64();
+        }
+    }
+    let rates: Vec<f64> = stores
+        .iter()
+        .map(|(_, _, _, commits, secs)| *commits as f64 / secs)
+        .collect();
+    for (sub, store, ..) in stores {
+        drop(store);
+        let _ = std::fs::remove_dir_all(&sub);
+    }
+    Ok((rates[0], rates[1]))
 }
 
 /// Durable appends of `batch` entries per commit, alternating with raw syncs.
