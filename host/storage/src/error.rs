@@ -32,7 +32,7 @@ pub enum StorageError {
     #[error(
         "{path}: the newest commit fails its checksums and {why}; it may hold a vote or log \
          entries this node acknowledged, so it is not rolled back: the node must not start on \
-         this file (docs/storage.md, \"Corruption\")"
+         this file (docs/storage.md, \"What the operator sees\")"
     )]
     NewestCommitDamaged {
         /// The data file.

@@ -3,6 +3,10 @@
 //! Tables: `log` (index → crc32 ‖ postcard Entry), `meta` (format marker, identity, hard state,
 //! snapshot point, applied state), `kv` ((namespace, key) → value) and `sessions`
 //! (client id → postcard Session). See `docs/storage.md` for the durability argument.
+//!
+//! Log appends are one-phase redb commits (one fsync); everything rare is two-phase. The file
+//! is opened through [`guard::HeaderLast`], with the boot record beside it, so that a damaged
+//! newest commit fails the open instead of being silently rolled back (`guard.rs`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
