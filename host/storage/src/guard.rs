@@ -1,25 +1,25 @@
 //! What makes one-phase commits safe for Raft (see `docs/storage.md`, "Durable commits"):
 //!
+//! - [`HeaderLast`], the data file's backend: it writes redb's header after every other page of
+//!   a commit, so that a killed process leaves its commits whole in the page cache and only a
+//!   machine going down can tear one;
 //! - the **boot record** (`keel.redb.boot`): the boot of the machine in which the data file was
-//!   last opened for writing. A commit can only be *torn* (its fsync never returned) if the
-//!   machine went down with it: a process that dies leaves its writes in the page cache. So if
-//!   the newest commit fails its checksums and the machine has not restarted since, the damage
-//!   came after the fsync, and the commit may have been acknowledged;
-//! - the **open verdict**: redb's repair callback tells when the newest commit fails its
-//!   checksums and redb is about to fall back to the one before; Keel refuses that fall-back
-//!   unless the boot record says the commit may have been torn;
+//!   last opened for writing. If the newest commit fails its checksums and the machine has not
+//!   restarted since, it was not torn: the damage came after its fsync, and the commit may have
+//!   been acknowledged;
+//! - the **open verdict**: redb's repair callback (a page of the newest commit fails) and the
+//!   header watch of [`HeaderLast`] (the newest commit's slot fails) tell when redb is about to
+//!   fall back to the commit before; Keel refuses that unless the commit may have been torn;
 //! - the **sealer**: a thread that, once no append has come for a while, makes an empty
 //!   two-phase commit, so that an acknowledged one-phase commit stays the newest only briefly.
 
-use std::io::Write;
+use std::io::{self, Write};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use std::io;
-use std::ops::Bound;
 
 use redb::backends::FileBackend;
 use redb::{BackendError, Database, RepairSession, StorageBackend};
@@ -237,7 +237,7 @@ pub(crate) struct HeaderLast {
     inner: FileBackend,
     /// Held-back writes to the super-header, in order.
     held: Mutex<Vec<(u64, Vec<u8>)>>,
-    /// Until the first header write of the open: the god byte read, whether another primary
+    /// Until the first header write of the open: the header read, whether another primary
     /// slot is allowed, and where to report it.
     open_watch: Arc<Mutex<Option<OpenWatch>>>,
 }
