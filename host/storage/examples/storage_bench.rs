@@ -1,6 +1,7 @@
-//! Storage benchmark (issue 3): durable appends of 128-byte entries at batch sizes 1, 16 and
-//! 256, next to the raw fsync rate of the same disk measured in the same run, plus apply
-//! throughput. Not a test.
+//! Storage benchmark (issues 3, 14): durable appends of 128-byte entries at batch sizes 1, 16
+//! and 256, with every commit two-phase (the old default) and with one-phase appends (the
+//! default since issue 14), next to the raw fsync rate of the same disk measured in the same
+//! run; fsyncs per commit counted under redb; apply throughput. Not a test.
 //!
 //! ```text
 //! cargo run --release -p keel-storage --example storage_bench [-- DIR [SECONDS_PER_CASE]]
@@ -46,12 +47,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     for two_phase in [true, false] {
         println!(
-            "\ndurable appends, 128-byte entries, {} commit:",
+            "\ndurable appends, 128-byte entries, {}: {:.2} fsyncs per commit (counted over 200)",
             if two_phase {
-                "two-phase (default)"
+                "every commit two-phase (two_phase_commit: true)"
             } else {
-                "one-phase"
-            }
+                "one-phase appends (default)"
+            },
+            fsyncs_per_commit(&dir, two_phase)?
         );
         println!("  batch   commits/s   entries/s   raw fdatasync/s   commits vs raw");
         for batch in [1usize, 16, 256] {
@@ -64,6 +66,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 100.0 * r.commits / r.raw
             );
         }
+    }
+
+    println!("\nback to back, slices of each mode alternating (same disk weather):");
+    println!("  batch   two-phase commits/s   one-phase commits/s   one-phase / two-phase");
+    for batch in [1usize, 16] {
+        let (two, one) = back_to_back(&dir, batch, per_case)?;
+        println!("  {batch:>5} {two:>21.0} {one:>21.0} {:>21.2}", one / two);
     }
 
     println!(
@@ -144,6 +153,120 @@ fn fresh_store(
     let _ = std::fs::remove_dir_all(&sub);
     let store = RedbStorage::open(&sub, options)?;
     Ok((sub, store))
+}
+
+/// A file backend counting `sync_data` calls.
+#[derive(Debug)]
+struct Counting {
+    inner: redb::backends::FileBackend,
+    syncs: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl redb::StorageBackend for Counting {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.inner.write(offset, data)
+    }
+}
+
+/// fsyncs per batch-1 append over 200 appends (the file's growth included).
+fn fsyncs_per_commit(dir: &Path, two_phase: bool) -> Result<f64, Box<dyn std::error::Error>> {
+    let sub = dir.join("count");
+    let _ = std::fs::remove_dir_all(&sub);
+    std::fs::create_dir_all(&sub)?;
+    let path = sub.join(keel_storage::DATA_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    let syncs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let backend = Counting {
+        inner: redb::backends::FileBackend::new(file)?,
+        syncs: std::sync::Arc::clone(&syncs),
+    };
+    let options = StorageOptions {
+        two_phase_commit: two_phase,
+        ..StorageOptions::default()
+    };
+    let store = RedbStorage::open_with_backend(path, backend, options)?;
+    let before = syncs.load(std::sync::atomic::Ordering::Relaxed);
+    for i in 1..=200 {
+        store.persist(LogWrite {
+            entries: &[entry(i)],
+            ..LogWrite::default()
+        })?;
+    }
+    let n = syncs.load(std::sync::atomic::Ordering::Relaxed) - before;
+    drop(store);
+    let _ = std::fs::remove_dir_all(&sub);
+    Ok(n as f64 / 200.0)
+}
+
+/// Durable appends of `batch` entries per commit on a two-phase and a one-phase store, in
+/// alternating slices; returns (two-phase commits/s, one-phase commits/s).
+fn back_to_back(
+    dir: &Path,
+    batch: usize,
+    per_case: Duration,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let mut stores = Vec::new();
+    for (name, two_phase_commit) in [("ab-two", true), ("ab-one", false)] {
+        let sub = dir.join(name);
+        let _ = std::fs::remove_dir_all(&sub);
+        let options = StorageOptions {
+            two_phase_commit,
+            ..StorageOptions::default()
+        };
+        let store = RedbStorage::open(&sub, options)?;
+        store.persist(LogWrite {
+            hard_state: Some(HardState {
+                term: 1,
+                vote: Some(1),
+            }),
+            ..LogWrite::default()
+        })?;
+        stores.push((sub, store, 1u64, 0u64, 0.0f64));
+    }
+    let slice = per_case / ROUNDS;
+    for _ in 0..ROUNDS {
+        for (_, store, next, commits, secs) in stores.iter_mut() {
+            let start = Instant::now();
+            while start.elapsed() < slice {
+                let entries: Vec<Entry> = (*next..*next + batch as u64).map(entry).collect();
+                store.persist(LogWrite {
+                    entries: &entries,
+                    ..LogWrite::default()
+                })?;
+                *next += batch as u64;
+                *commits += 1;
+            }
+            *secs += start.elapsed().as_secs_f64();
+        }
+    }
+    let rates: Vec<f64> = stores
+        .iter()
+        .map(|(_, _, _, commits, secs)| *commits as f64 / secs)
+        .collect();
+    for (sub, store, ..) in stores {
+        drop(store);
+        let _ = std::fs::remove_dir_all(&sub);
+    }
+    Ok((rates[0], rates[1]))
 }
 
 /// Durable appends of `batch` entries per commit, alternating with raw syncs.

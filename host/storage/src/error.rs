@@ -26,6 +26,29 @@ pub enum StorageError {
         #[source]
         source: Box<redb::Error>,
     },
+    /// The newest commit of the data file fails its checksums, and it cannot have been torn by
+    /// the machine going down (see `docs/storage.md`, "Durable commits"): it may hold a vote or log
+    /// entries this node acknowledged, so the file is not opened at the commit before it.
+    #[error(
+        "{path}: the newest commit fails its checksums and {why}; it may hold a vote or log \
+         entries this node acknowledged, so it is not rolled back: the node must not start on \
+         this file (docs/storage.md, \"What the operator sees\")"
+    )]
+    NewestCommitDamaged {
+        /// The data file.
+        path: PathBuf,
+        /// Why it cannot be a torn write.
+        why: &'static str,
+    },
+    /// The boot record beside the data file could not be written (see `docs/storage.md`).
+    #[error("cannot write the boot record {path}: {source}")]
+    BootRecord {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS reported.
+        #[source]
+        source: std::io::Error,
+    },
     /// Another process (a running node?) has the data file open.
     #[error("{path} is in use by another process (is a node running on it?)")]
     InUse {

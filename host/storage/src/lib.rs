@@ -45,6 +45,7 @@
 mod api;
 mod codec;
 mod error;
+mod guard;
 mod inspect;
 mod mem;
 mod plan;
@@ -56,6 +57,7 @@ pub use api::{
     LogWrite, RecoveredState, Session, StateView, Storage,
 };
 pub use error::StorageError;
+pub use guard::BOOT_FILE;
 pub use inspect::{InspectReport, inspect};
 pub use mem::{MemStorage, MemView};
 pub use redb_store::{DATA_FILE, RedbStorage, RedbView};
@@ -69,10 +71,16 @@ pub struct StorageOptions {
     /// Commit applies durably (fsync each apply batch). Off by default: the log is durable, so a
     /// restart replays from the last durable `last_applied` (see `docs/storage.md`).
     pub durable_applies: bool,
-    /// redb two-phase commit for durable writes: two fsyncs per commit, but a damaged newest
-    /// commit is reported at open instead of silently rolled back to the one before it (see
-    /// `docs/storage.md`). On by default.
+    /// Every durable commit two-phase (redb: fsync, flip the commit slot, fsync): two fsyncs per
+    /// log append. Off by default: appends then make ONE fsync (redb's one-phase commit with
+    /// checksums), while new terms/votes, snapshots, purges and syncs stay two-phase, and a
+    /// damaged newest commit still fails the open unless it can be a torn write (see
+    /// `docs/storage.md`, "Durable commits").
     pub two_phase_commit: bool,
+    /// With one-phase appends: once no durable commit came for this long, seal the last one
+    /// with an empty two-phase commit, so that an acknowledged one-phase commit is the newest
+    /// (the only one a fall-back could undo) only briefly. `None`: never (tests).
+    pub seal_after: Option<std::time::Duration>,
     /// redb page cache size.
     pub cache_bytes: usize,
 }
@@ -82,7 +90,8 @@ impl Default for StorageOptions {
         StorageOptions {
             max_entry_bytes: 4 << 20,
             durable_applies: false,
-            two_phase_commit: true,
+            two_phase_commit: false,
+            seal_after: Some(std::time::Duration::from_millis(50)),
             cache_bytes: 256 << 20,
         }
     }

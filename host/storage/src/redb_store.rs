@@ -3,12 +3,17 @@
 //! Tables: `log` (index → crc32 ‖ postcard Entry), `meta` (format marker, identity, hard state,
 //! snapshot point, applied state), `kv` ((namespace, key) → value) and `sessions`
 //! (client id → postcard Session). See `docs/storage.md` for the durability argument.
+//!
+//! Log appends are one-phase redb commits (one fsync); everything rare is two-phase. The file
+//! is opened through [`guard::HeaderLast`], with the boot record beside it, so that a damaged
+//! newest commit fails the open instead of being silently rolled back (`guard.rs`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keel_raft::{ClusterConfig, Entry, HardState, Index, SnapshotMeta, Term};
+use redb::backends::FileBackend;
 use redb::{
     Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
     StorageBackend, TableDefinition, TableHandle, WriteTransaction,
@@ -16,6 +21,7 @@ use redb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::guard::{self, HeaderLast, Sealer, Verdict};
 use crate::plan::{self, PersistPlan};
 use crate::{
     AppliedState, ApplyBatch, Identity, KvPairs, KvRange, KvRecord, LogBounds, LogId, LogWrite,
@@ -39,11 +45,26 @@ const K_HARD_STATE: &str = "hard_state";
 const K_SNAPSHOT: &str = "snapshot";
 const K_APPLIED: &str = "applied";
 
+/// How a write transaction commits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// Log appends (and durable applies): one fsync, unless `two_phase_commit` is set.
+    Frequent,
+    /// Everything rare: hard state, snapshots, purges, identity, sync. Always two-phase, so a
+    /// fall-back can never undo a vote (docs/storage.md).
+    Rare,
+    /// No fsync (applies).
+    NonDurable,
+}
+
 /// The redb-backed [`Storage`].
 pub struct RedbStorage {
-    db: Database,
+    // First, so that the seal thread stops before the database is dropped.
+    sealer: Option<Sealer>,
+    db: Arc<Database>,
     path: Arc<PathBuf>,
     options: StorageOptions,
+    rolled_back: bool,
 }
 
 impl fmt::Debug for RedbStorage {
@@ -110,16 +131,87 @@ impl RedbStorage {
     }
 
     /// Opens an existing data file in `dir`, never creating one (for the inspector).
+    ///
+    /// If the newest commit fails its checksums, the open fails with
+    /// [`StorageError::NewestCommitDamaged`] unless the boot record shows the machine restarted
+    /// since the file was last written (then the commit may have been torn, was never
+    /// acknowledged, and redb falls back to the one before: see [`Self::rolled_back`]).
     pub fn open_existing(dir: &Path, options: StorageOptions) -> Result<Self, StorageError> {
         let path = dir.join(DATA_FILE);
-        let db = builder(&options).open(&path).map_err(|e| match e {
+        let current = guard::current_boot();
+        let recorded = guard::recorded_boot(dir);
+        let allow = guard::torn_possible(recorded.as_deref(), current.as_deref());
+        let verdict = Verdict::default();
+        let mut b = builder(&options);
+        b.set_repair_callback(verdict.callback(allow));
+        let open_err = |e: std::io::Error| StorageError::Open {
+            path: path.clone(),
+            source: Box::new(redb::Error::Io(e)),
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(open_err)?;
+        // Opened through a backend (to order header writes), redb would lay out a new database
+        // in an empty file: refuse it first, it is a damaged one (see `open`).
+        if file.metadata().map_err(open_err)?.len() == 0 {
+            return Err(StorageError::Foreign {
+                path,
+                reason: "the file is empty".into(),
+            });
+        }
+        let backend = FileBackend::new(file).map_err(|e| StorageError::Open {
+            path: path.clone(),
+            source: Box::new(e.into()),
+        })?;
+        let (backend, open_done) = HeaderLast::new(backend, allow, verdict.clone());
+        let db = b.create_with_backend(backend).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse { path: path.clone() },
+            // Refused by the repair callback (RepairAborted) or by the backend (an I/O
+            // error on the header write).
+            _ if verdict.fell_back() && !allow => StorageError::NewestCommitDamaged {
+                path: path.clone(),
+                why: if recorded.is_none() || current.is_none() {
+                    "the boot it was written in is unknown (no readable boot record), so \
+                         it cannot be told from damage after its fsync"
+                } else {
+                    "the machine has not restarted since it was written, so it is not a \
+                         torn write but damage after its fsync"
+                },
+            },
             e => StorageError::Open {
                 path: path.clone(),
                 source: Box::new(e.into()),
             },
         })?;
-        Self::init(db, path, options, false)
+        open_done.done();
+        let rolled_back = verdict.fell_back();
+        if rolled_back {
+            tracing::warn!(
+                target: "keel::txn",
+                path = %path.display(),
+                "the newest commit failed its checksums after a machine restart: a torn write, \
+                 never acknowledged; reopened at the commit before it"
+            );
+        }
+        // Recorded before any one-phase commit of this process, so that damage to one of them
+        // is never taken for a torn write in this boot.
+        if let Some(boot) = &current
+            && recorded.as_ref() != Some(boot)
+        {
+            guard::record_boot(dir, boot)?;
+        }
+        let mut store = Self::init(db, path, options, false)?;
+        store.rolled_back = rolled_back;
+        Ok(store)
+    }
+
+    /// Whether this open found the newest commit torn (after a machine restart) and reopened
+    /// the commit before it. Never true for damage the machine could not have caused by going
+    /// down: that fails the open.
+    pub fn rolled_back(&self) -> bool {
+        self.rolled_back
     }
 
     /// Opens a database on a custom redb backend; `path` only labels errors. Used to inject
@@ -207,36 +299,74 @@ impl RedbStorage {
                 check.map_err(|e| foreign(format!("table `{name}`: {e}")))?;
             }
         }
+        let db = Arc::new(db);
+        let path = Arc::new(path);
+        let sealer = match options.seal_after {
+            Some(idle) if !options.two_phase_commit => {
+                Some(Sealer::start(Arc::clone(&db), Arc::clone(&path), idle))
+            }
+            _ => None,
+        };
         Ok(RedbStorage {
+            sealer,
             db,
-            path: Arc::new(path),
+            path,
             options,
+            rolled_back: false,
         })
     }
 
     fn begin_write(
         &self,
         op: &'static str,
-        durable: bool,
+        commit: Commit,
     ) -> Result<WriteTransaction, StorageError> {
         let mut txn = self.db.begin_write().ctx(&self.path, op)?;
-        if durable {
-            txn.set_two_phase_commit(self.options.two_phase_commit);
-        } else {
-            txn.set_durability(Durability::None).ctx(&self.path, op)?;
+        match commit {
+            Commit::Frequent => txn.set_two_phase_commit(self.options.two_phase_commit),
+            Commit::Rare => txn.set_two_phase_commit(true),
+            Commit::NonDurable => txn.set_durability(Durability::None).ctx(&self.path, op)?,
         }
         Ok(txn)
+    }
+
+    /// Commits `txn`, made by [`Self::begin_write`] with `commit`.
+    fn commit(
+        &self,
+        txn: WriteTransaction,
+        commit: Commit,
+        op: &'static str,
+    ) -> Result<(), StorageError> {
+        txn.commit().ctx(&self.path, op)?;
+        if commit == Commit::Frequent
+            && !self.options.two_phase_commit
+            && let Some(s) = &self.sealer
+        {
+            s.note_one_phase();
+        }
+        Ok(())
     }
 
     fn begin_read(&self) -> Result<ReadTransaction, StorageError> {
         self.db.begin_read().ctx(&self.path, "begin read")
     }
 
-    /// Closes the file after making every commit durable.
+    /// Closes the file after making every commit durable (with a two-phase commit, so the file
+    /// is left sealed).
     pub fn close(self) -> Result<(), StorageError> {
         self.sync()?;
-        let path = Arc::clone(&self.path);
-        self.db.close().ctx(&path, "close")
+        let RedbStorage {
+            sealer, db, path, ..
+        } = self;
+        drop(sealer);
+        match Arc::try_unwrap(db) {
+            Ok(db) => db.close().ctx(&path, "close"),
+            // Only the seal thread shares it, and it has stopped; dropping closes it too.
+            Err(db) => {
+                drop(db);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -342,7 +472,7 @@ impl Storage for RedbStorage {
 
     fn set_identity(&self, identity: Identity) -> Result<(), StorageError> {
         let p = self.path.as_path();
-        let txn = self.begin_write("begin write (identity)", true)?;
+        let txn = self.begin_write("begin write (identity)", Commit::Rare)?;
         {
             let mut meta = txn.open_table(META).ctx(p, "open table meta")?;
             match meta_get::<Identity>(p, &meta, K_IDENTITY)? {
@@ -356,12 +486,12 @@ impl Storage for RedbStorage {
                 None => meta_put(p, &mut meta, K_IDENTITY, &identity)?,
             }
         }
-        txn.commit().ctx(p, "commit (identity)")
+        self.commit(txn, Commit::Rare, "commit (identity)")
     }
 
     fn bootstrap(&self, config: &ClusterConfig) -> Result<(), StorageError> {
         let p = self.path.as_path();
-        let txn = self.begin_write("begin write (bootstrap)", true)?;
+        let txn = self.begin_write("begin write (bootstrap)", Commit::Rare)?;
         {
             let mut meta = txn.open_table(META).ctx(p, "open table meta")?;
             let mut applied = read_meta(p, &meta)?.applied;
@@ -371,7 +501,7 @@ impl Storage for RedbStorage {
                 meta_put(p, &mut meta, K_APPLIED, &applied)?;
             }
         }
-        txn.commit().ctx(p, "commit (bootstrap)")
+        self.commit(txn, Commit::Rare, "commit (bootstrap)")
     }
 
     fn hard_state(&self) -> Result<HardState, StorageError> {
@@ -431,12 +561,18 @@ impl Storage for RedbStorage {
         let p = self.path.as_path();
         // Sizes and contiguity are checked before a transaction even starts.
         let encoded = plan::encode_entries(write.entries, self.options.max_entry_bytes)?;
-        let mut txn = self.begin_write("begin write (persist)", true)?;
+        let mut txn = self.begin_write("begin write (persist)", Commit::Frequent)?;
+        let mut commit = Commit::Frequent;
         let plan = {
             let meta = txn.open_table(META).ctx(p, "open table meta")?;
             let log = txn.open_table(LOG).ctx(p, "open table log")?;
             let m = read_meta(p, &meta)?;
             let b = bounds(p, &m.snapshot, &log)?;
+            // A new term or vote, or a snapshot, is written two-phase: a fall-back from a
+            // damaged one-phase commit then never undoes one (docs/storage.md).
+            if write.snapshot.is_some() || write.hard_state.is_some_and(|hs| hs != m.hard_state) {
+                commit = Commit::Rare;
+            }
             plan::plan_persist(
                 &write,
                 encoded,
@@ -446,15 +582,23 @@ impl Storage for RedbStorage {
                 |i| term_at(p, &m.snapshot, &log, i),
             )?
         };
+        if commit == Commit::Rare {
+            txn.set_two_phase_commit(true);
+        }
         let last = plan.last;
         write_plan(p, &mut txn, plan)?;
-        txn.commit().ctx(p, "commit (persist)")?;
+        self.commit(txn, commit, "commit (persist)")?;
         Ok(last)
     }
 
     fn apply(&self, batch: &ApplyBatch) -> Result<(), StorageError> {
         let p = self.path.as_path();
-        let txn = self.begin_write("begin write (apply)", self.options.durable_applies)?;
+        let commit = if self.options.durable_applies {
+            Commit::Frequent
+        } else {
+            Commit::NonDurable
+        };
+        let txn = self.begin_write("begin write (apply)", commit)?;
         {
             let mut meta = txn.open_table(META).ctx(p, "open table meta")?;
             let log = txn.open_table(LOG).ctx(p, "open table log")?;
@@ -490,12 +634,12 @@ impl Storage for RedbStorage {
             }
             meta_put(p, &mut meta, K_APPLIED, &applied)?;
         }
-        txn.commit().ctx(p, "commit (apply)")
+        self.commit(txn, commit, "commit (apply)")
     }
 
     fn purge(&self, snapshot: &SnapshotMeta) -> Result<(), StorageError> {
         let p = self.path.as_path();
-        let txn = self.begin_write("begin write (purge)", true)?;
+        let txn = self.begin_write("begin write (purge)", Commit::Rare)?;
         {
             let mut meta = txn.open_table(META).ctx(p, "open table meta")?;
             let mut log = txn.open_table(LOG).ctx(p, "open table log")?;
@@ -510,13 +654,14 @@ impl Storage for RedbStorage {
                 .ctx(p, "purge table log")?;
             meta_put(p, &mut meta, K_SNAPSHOT, snapshot)?;
         }
-        txn.commit().ctx(p, "commit (purge)")
+        self.commit(txn, Commit::Rare, "commit (purge)")
     }
 
     fn sync(&self) -> Result<(), StorageError> {
-        // An empty durable commit makes every earlier non-durable one durable.
-        let txn = self.begin_write("begin write (sync)", true)?;
-        txn.commit().ctx(&self.path, "commit (sync)")
+        // An empty durable commit makes every earlier non-durable one durable; two-phase, it
+        // also seals the one-phase commits before it.
+        let txn = self.begin_write("begin write (sync)", Commit::Rare)?;
+        self.commit(txn, Commit::Rare, "commit (sync)")
     }
 
     fn view(&self) -> Result<RedbView, StorageError> {

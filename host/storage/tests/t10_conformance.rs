@@ -43,6 +43,35 @@ impl Harness for RedbH {
     }
 }
 
+/// The old default: every durable commit two-phase.
+struct RedbTwoPhaseH(RedbH);
+
+fn two_phase() -> StorageOptions {
+    StorageOptions {
+        two_phase_commit: true,
+        ..options()
+    }
+}
+
+impl Harness for RedbTwoPhaseH {
+    type S = RedbStorage;
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStorage::open(dir.path(), two_phase()).expect("open");
+        RedbTwoPhaseH(RedbH {
+            dir,
+            store: Some(store),
+        })
+    }
+    fn store(&self) -> &RedbStorage {
+        self.0.store()
+    }
+    fn restart(&mut self) {
+        drop(self.0.store.take());
+        self.0.store = Some(RedbStorage::open(self.0.dir.path(), two_phase()).expect("reopen"));
+    }
+}
+
 struct MemH(MemStorage);
 
 impl Harness for MemH {
@@ -848,6 +877,9 @@ macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod redb {
             $( #[test] fn $name() { super::$name::<super::RedbH>(); } )*
+        }
+        mod redb_two_phase {
+            $( #[test] fn $name() { super::$name::<super::RedbTwoPhaseH>(); } )*
         }
         mod mem {
             $( #[test] fn $name() { super::$name::<super::MemH>(); } )*

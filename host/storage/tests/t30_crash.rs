@@ -21,12 +21,13 @@ use std::time::{Duration, Instant};
 use common::{batch, effects, entries, entry};
 use keel_raft::{HardState, Snapshot, SnapshotMeta};
 use keel_storage::{
-    LogId, LogWrite, MemStorage, RedbStorage, Session, SnapshotChunks, StateView, Storage,
-    StorageOptions,
+    BOOT_FILE, DATA_FILE, LogId, LogWrite, MemStorage, RedbStorage, Session, SnapshotChunks,
+    StateView, Storage, StorageOptions,
 };
 
 const CHILD_ENV: &str = "KEEL_CRASH_CHILD";
 const SEED_ENV: &str = "KEEL_CRASH_SEED";
+const NO_SEAL_ENV: &str = "KEEL_CRASH_NO_SEAL";
 
 /// splitmix64: small, deterministic, good enough to pick workloads and kill times.
 struct Rng(u64);
@@ -128,7 +129,15 @@ fn crash_child() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
     let mut rng = Rng(seed);
-    let store = RedbStorage::open(Path::new(&dir), StorageOptions::default()).expect("child open");
+    let options = StorageOptions {
+        seal_after: if std::env::var_os(NO_SEAL_ENV).is_some() {
+            None
+        } else {
+            StorageOptions::default().seal_after
+        },
+        ..StorageOptions::default()
+    };
+    let store = RedbStorage::open(Path::new(&dir), options).expect("child open");
     let r = store.recover().expect("child recover");
     let (mut hs, mut last, mut applied) = (r.hard_state, r.log.last, r.applied.last_applied);
     let mut out = std::io::stdout().lock();
@@ -278,6 +287,60 @@ struct Counts {
     installs: u32,
 }
 
+/// Runs the child on `dir` until it has opened the store and `ms` more milliseconds, then
+/// kills it with SIGKILL; returns what it reported. `no_seal`: the child never seals.
+fn run_and_kill(dir: &Path, seed: u64, ms: u64, no_seal: bool, round: u32) -> Vec<Event> {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut cmd = Command::new(&exe);
+    cmd.args([
+        "crash_child",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, dir)
+    .env(SEED_ENV, seed.to_string())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if no_seal {
+        cmd.env(NO_SEAL_ENV, "1");
+    }
+    let mut child = cmd.spawn().expect("spawn child");
+    let stdout = child.stdout.take().expect("piped");
+    let (open_tx, open_rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut events = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(e) = parse(&line) {
+                if e == Event::Open {
+                    let _ = open_tx.send(());
+                }
+                events.push(e);
+            }
+        }
+        events
+    });
+    if open_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("child output");
+        panic!(
+            "round {round}: child did not open: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::thread::sleep(Duration::from_millis(ms));
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("wait");
+    let events = reader.join().expect("reader");
+    assert!(
+        !status.success(),
+        "round {round}: the child exited by itself: {status}"
+    );
+    events
+}
+
 #[test]
 fn crash_consistency_under_sigkill() {
     let kills: u32 = std::env::var("KEEL_CRASH_KILLS")
@@ -285,7 +348,6 @@ fn crash_consistency_under_sigkill() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
     let dir = tempfile::tempdir().expect("tempdir");
-    let exe = std::env::current_exe().expect("current exe");
     let base_seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -296,50 +358,12 @@ fn crash_consistency_under_sigkill() {
     let mut counts = Counts::default();
     let started = Instant::now();
     for round in 0..kills {
-        let mut child = Command::new(&exe)
-            .args([
-                "crash_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, dir.path())
-            .env(SEED_ENV, (base_seed ^ u64::from(round)).to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn child");
-        let stdout = child.stdout.take().expect("piped");
-        let (open_tx, open_rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut events = Vec::new();
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(e) = parse(&line) {
-                    if e == Event::Open {
-                        let _ = open_tx.send(());
-                    }
-                    events.push(e);
-                }
-            }
-            events
-        });
-        if open_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("child output");
-            panic!(
-                "round {round}: child did not open: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(rng.range(1, 120)));
-        child.kill().expect("SIGKILL");
-        let status = child.wait().expect("wait");
-        let events = reader.join().expect("reader");
-        assert!(
-            !status.success(),
-            "round {round}: the child exited by itself: {status}"
+        let events = run_and_kill(
+            dir.path(),
+            base_seed ^ u64::from(round),
+            rng.range(1, 120),
+            false,
+            round,
         );
         counts.kills += 1;
         check_after_kill(dir.path(), round, &events, &mut model, &mut counts);
@@ -520,4 +544,84 @@ fn check_after_kill(
     model.applied_floor = applied;
     drop(view);
     store.close().expect("close");
+}
+
+/// Copies the data file and the boot record of `from` into a new directory: the files a
+/// restarted node finds (the original stays as the kill left it).
+fn copy_store(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().expect("tempdir");
+    for f in [DATA_FILE, BOOT_FILE] {
+        std::fs::copy(from.join(f), to.path().join(f)).expect("copy");
+    }
+    to
+}
+
+/// Issue 14: damage after the fsync to the newest commit of a node killed with SIGKILL (its
+/// newest entry, in every copy of it in the file), with one-phase appends and no seal. The
+/// restarted node must never open without that entry or with an older vote: the open fails,
+/// naming the file (or, if the damage missed the live pages, opens it whole).
+#[test]
+fn a_newest_commit_damaged_after_sigkill_is_never_rolled_back() {
+    let base_seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(11);
+    eprintln!("damage test base seed {base_seed}");
+    let mut rng = Rng(base_seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut refused, mut intact) = (0, 0);
+    for round in 0..20 {
+        run_and_kill(
+            dir.path(),
+            base_seed ^ u64::from(round),
+            rng.range(20, 120),
+            true,
+            round,
+        );
+        // What the restarted node would find undamaged.
+        let (hs, last) = {
+            let copy = copy_store(dir.path());
+            let s = RedbStorage::open(copy.path(), StorageOptions::default())
+                .unwrap_or_else(|e| panic!("round {round}: undamaged reopen failed: {e}"));
+            let r = s.recover().expect("recover");
+            (r.hard_state, r.log.last)
+        };
+        let copy = copy_store(dir.path());
+        let path = copy.path().join(DATA_FILE);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let needle = format!("payload {}@{}", last.index, last.term).into_bytes();
+        let mut hits = 0;
+        let mut from = 0;
+        while let Some(at) = bytes[from..]
+            .windows(needle.len())
+            .position(|w| w == needle)
+        {
+            bytes[from + at] ^= 0x01;
+            from += at + needle.len();
+            hits += 1;
+        }
+        assert!(
+            hits > 0,
+            "round {round}: entry {last} not found in the file"
+        );
+        std::fs::write(&path, &bytes).expect("write");
+        match RedbStorage::open(copy.path(), StorageOptions::default()).and_then(|s| s.recover()) {
+            Err(e) => {
+                assert!(e.to_string().contains(DATA_FILE), "round {round}: {e}");
+                refused += 1;
+            }
+            Ok(r) => {
+                assert!(
+                    r.log.last == last && r.hard_state == hs,
+                    "round {round}: reopened at {} with {:?}, was {last} with {hs:?}",
+                    r.log.last,
+                    r.hard_state
+                );
+                intact += 1;
+            }
+        }
+        // The next round goes on from the undamaged files.
+    }
+    eprintln!("damaged newest commit after SIGKILL: {refused} opens refused, {intact} intact");
+    assert!(refused > 0);
 }
