@@ -44,9 +44,10 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Deploy the built-in example kv plugin (as `kv`) when the cluster has none.
     pub builtin_kv: bool,
-    /// redb two-phase commit: a second fsync per durable write, so that damage to the newest
-    /// commit fails the open instead of silently reopening the one before (which would
-    /// forget a vote or acknowledged entries). See docs/storage.md.
+    /// Every durable commit two-phase (two fsyncs). Off by default: log appends are one-phase
+    /// (one fsync), term and vote changes stay two-phase, and a damaged newest commit still
+    /// fails the open instead of silently reopening the one before (see docs/storage.md,
+    /// "One fsync per log append").
     pub two_phase_commit: bool,
     /// Applied state is kept in memory and written to storage at most this many
     /// milliseconds apart (write-back; docs/storage.md). Longer batches more page writes
@@ -83,7 +84,7 @@ impl Default for NodeConfig {
             default_timeout_ms: 5_000,
             snapshot_every: 10_000,
             builtin_kv: true,
-            two_phase_commit: true,
+            two_phase_commit: false,
             apply_flush_ms: 100,
             session_ttl_ms: 3_600_000,
             max_apply_lag: 10_000,
@@ -201,7 +202,7 @@ mod tests {
             default_timeout_ms: 1_234,
             snapshot_every: 777,
             builtin_kv: false,
-            two_phase_commit: false,
+            two_phase_commit: true,
             apply_flush_ms: 33,
             session_ttl_ms: 98_765,
             max_apply_lag: 4_321,
