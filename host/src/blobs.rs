@@ -212,6 +212,7 @@ impl Blobs {
     pub fn store(&self, bytes: &[u8]) -> Result<[u8; 32], BlobError> {
         let hash = sha256(bytes);
         if self.has(&hash) {
+            self.touch(&hash);
             return Ok(hash);
         }
         let mut w = self.writer(u64::MAX)?;
@@ -304,6 +305,47 @@ impl Blobs {
         Some(out)
     }
 
+    /// Every stored blob (not the built-in ones) with its age: since it was stored, or last
+    /// placed again ([`Blobs::touch`]). In memory, ages are zero.
+    pub fn list(&self) -> Vec<([u8; 32], Duration)> {
+        let Some(dir) = &self.dir else {
+            return lock(&self.mem)
+                .keys()
+                .map(|h| (*h, Duration::ZERO))
+                .collect();
+        };
+        let now = std::time::SystemTime::now();
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        let hash = parse_hex(&e.file_name().to_string_lossy())?;
+                        let modified = e.metadata().ok()?.modified().ok()?;
+                        Some((hash, now.duration_since(modified).unwrap_or_default()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Marks a blob as placed again now (a new upload of the same bytes): the grace period of
+    /// garbage collection starts over.
+    pub fn touch(&self, hash: &[u8; 32]) {
+        if let Some(path) = self.path(hash)
+            && let Ok(f) = std::fs::File::options().append(true).open(path)
+        {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// Deletes a blob (garbage collection decided nothing needs it).
+    pub fn remove(&self, hash: &[u8; 32]) {
+        lock(&self.mem).remove(hash);
+        if let Some(path) = self.path(hash) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
     /// Moves a damaged blob out of the way (kept for inspection), so it is fetched again.
     fn quarantine(&self, hash: &[u8; 32]) {
         let (Some(dir), Some(path)) = (&self.dir, self.path(hash)) else {
@@ -347,6 +389,34 @@ impl Blobs {
         }
         false
     }
+}
+
+/// Design §6, garbage collection: which of this node's blobs may go. `stored` are its blobs
+/// with their age (since stored or last placed again); `needed` those its own log names
+/// (first index to last) and its active plugins; `mine` its snapshot index, `watermark` the
+/// lowest snapshot index among all members (every one of them answered).
+///
+/// A blob named by no entry of this node's log is named, if at all, only by entries below its
+/// snapshot. Those are behind every member's snapshot only when `mine <= watermark`: then no
+/// member applies them again (a member further behind gets a snapshot instead), so nobody
+/// can need the blob. If some member's snapshot is older than ours (a lagging follower whose
+/// log still names the blob, which everyone else has applied past), nothing goes. Blobs
+/// younger than `grace` may belong to an upload whose entry is not in this log yet.
+pub fn collectable(
+    stored: &[([u8; 32], Duration)],
+    needed: &std::collections::BTreeSet<[u8; 32]>,
+    mine: u64,
+    watermark: u64,
+    grace: Duration,
+) -> Vec<[u8; 32]> {
+    if mine > watermark {
+        return Vec::new();
+    }
+    stored
+        .iter()
+        .filter(|(h, age)| *age >= grace && !needed.contains(h))
+        .map(|(h, _)| *h)
+        .collect()
 }
 
 /// SHA-256 of bytes compiled into the binary, computed once per process (a node, and every
@@ -468,6 +538,24 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec![hex(&hash)]);
+    }
+
+    /// Design §6 GC: the lagging-follower case. Nodes 1 and 2 applied past the entry naming
+    /// blob `a` and compacted it (snapshot 100); node 3's snapshot is at 40, its log still
+    /// names `a`. Nodes 1 and 2 must keep `a` until node 3's snapshot passes theirs.
+    #[test]
+    fn garbage_collection_keeps_what_a_lagging_member_may_still_apply() {
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let old = Duration::from_secs(3600);
+        let stored = [(a, old), (b, old), (c, Duration::from_secs(1))];
+        let needed = std::collections::BTreeSet::from([b]);
+        let grace = Duration::from_secs(600);
+        // Node 1: snapshot 100, but the lowest member snapshot is 40: nothing goes.
+        assert!(collectable(&stored, &needed, 100, 40, grace).is_empty());
+        // Once every member's snapshot is at 100 or past: `a` goes; `b` is named by the log,
+        // `c` is younger than the grace period.
+        assert_eq!(collectable(&stored, &needed, 100, 100, grace), vec![a]);
+        assert_eq!(collectable(&stored, &needed, 100, 250, grace), vec![a]);
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub struct NodeConfig {
     /// majority of voters, the log entry holding only its hash and length. The plugin sees
     /// the same bytes either way.
     pub ref_threshold_bytes: u64,
+    /// How often blob garbage collection runs (ms; 0: never). See docs/blobs.md.
+    pub blob_gc_interval_ms: u64,
+    /// A blob younger than this is never collected: its upload may not be in the log yet.
+    pub blob_gc_grace_ms: u64,
     /// Command timeout when the client sends no `Keel-Timeout-Ms`.
     pub default_timeout_ms: u64,
     /// Take a snapshot and compact the log every this many applied entries.
@@ -81,6 +85,8 @@ impl Default for NodeConfig {
             max_plugin_bytes: 64 << 20,
             max_blob_bytes: 1 << 30,
             ref_threshold_bytes: 64 << 10,
+            blob_gc_interval_ms: 60_000,
+            blob_gc_grace_ms: 600_000,
             default_timeout_ms: 5_000,
             snapshot_every: 10_000,
             builtin_kv: true,
@@ -199,6 +205,8 @@ mod tests {
             max_plugin_bytes: 7_654_321,
             max_blob_bytes: 3_333_333,
             ref_threshold_bytes: 4_444,
+            blob_gc_interval_ms: 5_555,
+            blob_gc_grace_ms: 6_666,
             default_timeout_ms: 1_234,
             snapshot_every: 777,
             builtin_kv: false,

@@ -255,6 +255,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         let node = keel::driver::start(cfg)?;
         tracing::info!(target: "keel::raft", id, %url, "serving");
         let storage = node.storage.clone();
+        tokio::spawn(keel::http::blob_gc::run(node.clone()));
         let stopping = node.clone();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let stop = async move {

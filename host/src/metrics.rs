@@ -26,6 +26,8 @@ pub struct Metrics {
     pub inputs_refused: Counter,
     /// Blob fetches the resend sweep started.
     pub blob_sweep_fetches: Counter,
+    /// Blobs deleted by garbage collection.
+    pub blobs_collected: Counter,
     /// Current term.
     pub term: Gauge,
     /// Commit index.
@@ -63,6 +65,7 @@ impl Default for Metrics {
             snapshots_installed: Counter::default(),
             inputs_refused: Counter::default(),
             blob_sweep_fetches: Counter::default(),
+            blobs_collected: Counter::default(),
             term: Gauge::default(),
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
@@ -87,6 +90,11 @@ impl Default for Metrics {
             "log_commits",
             "Durable log commits (one per batch)",
             m.fsyncs.clone(),
+        );
+        registry.register(
+            "blobs_collected",
+            "Blobs deleted by garbage collection (nothing any member may apply names them)",
+            m.blobs_collected.clone(),
         );
         registry.register(
             "blob_sweep_fetches",

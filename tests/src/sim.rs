@@ -30,6 +30,10 @@ pub type Time = u64;
 const TICK_MS: Time = 10;
 const TICK_DRIFT_MS: Time = 1;
 const CLUSTER: ClusterId = ClusterId(0x6b65_656c_5f73_696d);
+/// Blob garbage collection runs on each node about this often, and spares blobs younger
+/// than the grace period (virtual ms).
+const BLOB_GC_EVERY_MS: Time = 400;
+const BLOB_GC_GRACE_MS: Time = 300;
 
 /// What a run does.
 #[derive(Clone, Debug)]
@@ -97,6 +101,9 @@ pub struct SimConfig {
     /// it is sent to only (the check that every committed record's blobs are on a majority
     /// must catch it).
     pub place_on_one: bool,
+    /// Deliberately broken garbage collection: a node deletes what its own snapshot covers,
+    /// ignoring members whose snapshots are older (the lagging-follower case, design §6).
+    pub gc_ignores_laggers: bool,
     /// Print the transcript as it happens.
     pub trace: bool,
 }
@@ -133,6 +140,7 @@ impl SimConfig {
             apply_flush_ms: [20, 100][(r.next_u32() % 2) as usize],
             ref_writes: [0.0, 0.3, 1.0][(r.next_u32() % 3) as usize],
             place_on_one: false,
+            gc_ignores_laggers: false,
             trace: false,
         };
         if r.next_u32() % 4 == 0 {
@@ -183,6 +191,8 @@ enum Ev {
     Release,
     /// A frozen node (GC pause, a stuck driver thread) runs again.
     Thaw(NodeId),
+    /// A node's blob garbage collection round.
+    BlobGc(NodeId),
 }
 
 #[derive(Debug, Clone)]
@@ -315,6 +325,8 @@ impl Sim {
             sim.start_node(id);
             let offset = sim.rand(TICK_MS);
             sim.schedule(offset, Ev::Tick(id));
+            let gc = BLOB_GC_EVERY_MS + sim.rand(BLOB_GC_EVERY_MS);
+            sim.schedule(gc, Ev::BlobGc(id));
         }
         for c in 0..sim.clients.len() {
             let at = 50 + sim.rand(200);
@@ -702,7 +714,11 @@ impl Sim {
         let Some(bytes) = source else {
             return false;
         };
-        let stored = self.nodes.get(&id).map(|n| n.blobs.store(&bytes));
+        let now = self.now;
+        let stored = self.nodes.get_mut(&id).map(|n| {
+            n.blob_times.insert(hash, now);
+            n.blobs.store(&bytes)
+        });
         self.trace(|| format!("n{id} fetched blob {}", keel::blobs::hex(&hash[..4])));
         matches!(stored, Some(Ok(h)) if h == hash)
     }
@@ -730,9 +746,12 @@ impl Sim {
                 .map(|(&p, _)| p)
                 .collect()
         };
+        let now = self.now;
         for p in &reach {
-            if let Some(n) = self.nodes.get(p) {
+            if let Some(n) = self.nodes.get_mut(p) {
                 let _ = n.blobs.store(bytes);
+                // Placed again: the grace period starts over (as `Blobs::touch` does).
+                n.blob_times.insert(keel::blobs::sha256(bytes), now);
             }
         }
         let held = voters.iter().filter(|v| reach.contains(v)).count();
@@ -946,6 +965,68 @@ impl Sim {
                 }
             }
             Ev::Release => self.release_paused(),
+            Ev::BlobGc(id) => {
+                self.schedule(BLOB_GC_EVERY_MS, Ev::BlobGc(id));
+                if self.up(id) && !self.frozen(id) {
+                    self.blob_gc(id);
+                }
+            }
+        }
+    }
+
+    /// One garbage collection round on `id`, as `http::blob_gc` runs it: every member's
+    /// snapshot index (all must answer), the blobs the driver says to keep, the real rule
+    /// (`keel::blobs::collectable`).
+    fn blob_gc(&mut self, id: NodeId) {
+        let Some(members) = self
+            .nodes
+            .get(&id)
+            .and_then(SimNode::raft)
+            .map(|r| r.config().members().collect::<Vec<_>>())
+        else {
+            return;
+        };
+        let mut watermark = u64::MAX;
+        for m in &members {
+            let reachable = *m == id || (self.up(*m) && self.connected(id, *m));
+            let Some(node) = self.nodes.get(m).filter(|_| reachable) else {
+                return; // a member that cannot be asked may be the lagging one
+            };
+            let snapshot = lock(&node.status).snapshot_index;
+            if self.cfg.gc_ignores_laggers && *m != id {
+                continue;
+            }
+            watermark = watermark.min(snapshot);
+        }
+        let (tx, mut rx) = oneshot::channel();
+        self.call(id, |d| d.input(Input::BlobsNeeded(tx)));
+        let Ok((mine, needed)) = rx.try_recv() else {
+            return;
+        };
+        let now = self.now;
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let stored: Vec<([u8; 32], std::time::Duration)> = node
+            .blobs
+            .list()
+            .into_iter()
+            .map(|(h, _)| {
+                let born = *node.blob_times.entry(h).or_insert(now);
+                (h, std::time::Duration::from_millis(now - born))
+            })
+            .collect();
+        let grace = std::time::Duration::from_millis(BLOB_GC_GRACE_MS);
+        let doomed = keel::blobs::collectable(&stored, &needed, mine, watermark, grace);
+        for h in &doomed {
+            node.blobs.remove(h);
+            node.blob_times.remove(h);
+        }
+        if !doomed.is_empty() {
+            let n = doomed.len();
+            self.trace(|| {
+                format!("n{id} collects {n} blobs (snapshot {mine}, watermark {watermark})")
+            });
         }
     }
 

@@ -173,6 +173,10 @@ pub(crate) struct SimNode {
     pub(crate) blobs: Blobs,
     pub(crate) unflushed: Arc<RwLock<Arc<Unflushed>>>,
     pub(crate) events: Option<broadcast::Receiver<String>>,
+    /// The driver's published status (what `GET /v1/status` shows).
+    pub(crate) status: Arc<Mutex<NodeStatus>>,
+    /// When each blob was stored here (virtual ms): garbage collection's grace period.
+    pub(crate) blob_times: std::collections::HashMap<[u8; 32], u64>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) fsync_scheduled: bool,
     /// A stalled disk completes no fsync before this time.
@@ -211,6 +215,8 @@ impl SimNode {
             blobs: Blobs::new(None, &[state::BUILTIN_KV]),
             unflushed: Arc::default(),
             events: None,
+            status: Arc::default(),
+            blob_times: Default::default(),
             metrics: Arc::new(Metrics::default()),
             fsync_scheduled: false,
             stalled_until: 0,
@@ -250,6 +256,7 @@ impl SimNode {
         self.registry = Registry::default();
         // The blob store is on disk in `keel serve` (written durably): it survives too.
         self.unflushed = Arc::default();
+        self.status = Arc::default();
         self.metrics = Arc::new(Metrics::default());
         let init = keel::driver::open_state(
             &*self.mem,
@@ -281,7 +288,7 @@ impl SimNode {
             runtime: runtime().clone(),
             blobs: self.blobs.clone(),
             registry: self.registry.clone(),
-            status: Arc::new(Mutex::new(NodeStatus::default())),
+            status: self.status.clone(),
             events,
             metrics: self.metrics.clone(),
             unflushed: self.unflushed.clone(),

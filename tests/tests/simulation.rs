@@ -102,6 +102,18 @@ fn the_simulator_catches_broken_cores_and_broken_drivers() {
         });
         assert!(caught.is_some(), "driver {bug:?} survived {within} seeds");
     }
+    // Blobs (design §6): placing on one node only (caught at seed 0), and garbage collection
+    // that ignores a lagging member (caught at seed 141: that member waits for ever).
+    let caught = first_caught(100, |seed| SimConfig {
+        place_on_one: true,
+        ..config(seed)
+    });
+    assert!(caught.is_some(), "placement on one node survived 100 seeds");
+    let caught = first_caught(500, |seed| SimConfig {
+        gc_ignores_laggers: true,
+        ..config(seed)
+    });
+    assert!(caught.is_some(), "garbage collection ignoring laggers survived 500 seeds");
 }
 
 #[test]

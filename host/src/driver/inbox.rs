@@ -112,6 +112,9 @@ pub enum Input {
     SnapshotBuilt(Result<Snapshot, keel_storage::StorageError>),
     /// The apply worker finished a batch.
     Applied(Box<ApplyDone>),
+    /// For blob garbage collection: this node's snapshot index and the blobs it must keep
+    /// (named by its log from the first index on, or by its active plugins).
+    BlobsNeeded(oneshot::Sender<(Index, std::collections::BTreeSet<[u8; 32]>)>),
     /// Change the membership, one server at a time (thesis §4.1).
     Members {
         /// The change.
@@ -193,6 +196,9 @@ pub struct NodeStatus {
     pub waiting_for_blob: Option<BlobWait>,
     /// Blobs the resend sweep is fetching.
     pub blobs_sweeping: usize,
+    /// Index of the snapshot the log starts after (entries up to it are never applied here
+    /// again; blob garbage collection reads it from every member).
+    pub snapshot_index: Index,
 }
 
 /// Apply waits for a blob this node lacks.

@@ -190,7 +190,17 @@ pub struct Driver {
 }
 
 /// The parts of the status that decide whether it must be published again.
-type StatusKey = (Role, Term, Option<NodeId>, Index, Index, Index, Option<Index>, usize);
+type StatusKey = (
+    Role,
+    Term,
+    Option<NodeId>,
+    Index,
+    Index,
+    Index,
+    Option<Index>,
+    usize,
+    Index,
+);
 
 impl Driver {
     /// Assembles a driver from its parts and connects it to its peers.
@@ -368,6 +378,9 @@ impl Driver {
             Input::SnapshotBuilt(built) => self.snapshot_built(built?),
             Input::Applied(done) => self.applied_batch(*done)?,
             Input::Members { change, reply } => self.change_members(change, reply),
+            Input::BlobsNeeded(reply) => {
+                let _ = reply.send((self.snapshot_index, self.blobs_needed()));
+            }
             Input::Flush(done) => {
                 self.flush();
                 let _ = done.send(());
@@ -774,6 +787,7 @@ impl Driver {
             self.raft.last_index(),
             self.fetching.map(|(_, i, _)| i),
             self.sweeping.len(),
+            self.snapshot_index,
         );
         if key.0 != Role::Leader && self.published == Some(key) {
             return;
@@ -815,6 +829,7 @@ impl Driver {
                 waiting_ms: self.io.mono_ms().saturating_sub(since),
             }),
             blobs_sweeping: self.sweeping.len(),
+            snapshot_index: self.snapshot_index,
         };
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }

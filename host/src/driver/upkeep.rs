@@ -76,6 +76,27 @@ impl Driver {
         }
     }
 
+    /// The blobs this node must keep: named by an entry of its log (from the first index on,
+    /// applied or not: after a crash it applies again from its last flush) or by an active
+    /// plugin.
+    pub(super) fn blobs_needed(&self) -> std::collections::BTreeSet<[u8; 32]> {
+        let mut needed: std::collections::BTreeSet<[u8; 32]> = (self.raft.first_index()
+            ..=self.raft.last_index())
+            .filter_map(|i| self.raft.entry(i))
+            .flat_map(|e| e.record.blobs())
+            .collect();
+        for name in self.registry.names() {
+            if let Some(hash) = self
+                .registry
+                .get(&name)
+                .and_then(|p| blobs::parse_hex(p.sha256()))
+            {
+                needed.insert(hash);
+            }
+        }
+        needed
+    }
+
     /// Design §6, the resend sweep: the blobs named from `applied + 1` to the end of this
     /// node's log that it lacks are fetched from the peers now, beside the Raft loop, not
     /// when apply reaches them, so a follower that was down or cut off heals by itself. At

@@ -211,6 +211,8 @@ pub async fn put_data(node: &NodeHandle, req: Request<Incoming>, hash: [u8; 32])
         return refused;
     }
     if node.blobs.has(&hash) && node.blobs.verify(&hash) {
+        // Placed again: garbage collection's grace period starts over.
+        node.blobs.touch(&hash);
         return super::full(StatusCode::NO_CONTENT, "text/plain", Bytes::new());
     }
     match receive(

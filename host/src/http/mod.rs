@@ -2,6 +2,7 @@
 //! the receiving end of the peer transport (`peer`; the sending end is [`crate::peer`],
 //! design §1).
 
+pub mod blob_gc;
 pub mod blobs;
 pub mod dashboard;
 pub mod deploy;

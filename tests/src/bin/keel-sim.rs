@@ -44,6 +44,8 @@ struct Args {
 
 /// The broken blob placement (`SimConfig::place_on_one`), by name.
 const PLACE_ON_ONE: &str = "PlaceBlobOnOneNode";
+/// The broken garbage collection (`SimConfig::gc_ignores_laggers`), by name.
+const GC_IGNORES_LAGGERS: &str = "GcIgnoresLaggingMembers";
 
 fn config(args: &Args, seed: u64) -> SimConfig {
     let nodes = if args.nodes == 0 {
@@ -64,6 +66,7 @@ fn config(args: &Args, seed: u64) -> SimConfig {
             .find(|b| format!("{b:?}") == name)
     });
     cfg.place_on_one = args.bug.as_deref() == Some(PLACE_ON_ONE);
+    cfg.gc_ignores_laggers = args.bug.as_deref() == Some(GC_IGNORES_LAGGERS);
     cfg
 }
 
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         && !Bug::ALL.iter().any(|b| format!("{b:?}") == *name)
         && !DriverBug::ALL.iter().any(|b| format!("{b:?}") == *name)
         && name != PLACE_ON_ONE
+        && name != GC_IGNORES_LAGGERS
     {
         eprintln!(
             "unknown bug {name:?}; one of {:?} {:?}",
@@ -128,21 +132,25 @@ fn teeth(args: &Args, limit: u64) -> ExitCode {
     );
     let variants = Bug::ALL
         .into_iter()
-        .map(|b| (format!("{b:?}"), Some(b), None, false))
+        .map(|b| (format!("{b:?}"), Some(b), None, 0))
         .chain(
             DriverBug::ALL
                 .into_iter()
-                .map(|b| (format!("driver: {b:?}"), None, Some(b), false)),
+                .map(|b| (format!("driver: {b:?}"), None, Some(b), 0)),
         )
-        .chain([(format!("placement: {PLACE_ON_ONE}"), None, None, true)]);
+        .chain([
+            (format!("blobs: {PLACE_ON_ONE}"), None, None, 1),
+            (format!("blobs: {GC_IGNORES_LAGGERS}"), None, None, 2),
+        ]);
     let mut missed = 0;
-    for (name, bug, driver_bug, place_on_one) in variants {
+    for (name, bug, driver_bug, blob_bug) in variants {
         let mut caught = None;
         for seed in args.start..args.start + limit {
             let mut cfg = config(args, seed);
             cfg.bug = bug;
             cfg.driver_bug = driver_bug;
-            cfg.place_on_one = place_on_one;
+            cfg.place_on_one = blob_bug == 1;
+            cfg.gc_ignores_laggers = blob_bug == 2;
             if let Some(v) = run_seed(cfg).violation {
                 caught = Some((seed - args.start + 1, v.property()));
                 break;
