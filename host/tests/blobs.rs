@@ -30,11 +30,16 @@ fn exe() -> &'static Path {
 }
 
 fn start(n: usize) -> Cluster {
+    start_with(n, |_| {})
+}
+
+fn start_with(n: usize, tweak: impl Fn(&mut keel::config::NodeConfig)) -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
     let plan = keel::dev::plan(n, dir.path()).expect("plan");
     let (mut children, mut configs, mut urls) = (Vec::new(), Vec::new(), Vec::new());
     for (mut cfg, path) in plan {
         cfg.default_timeout_ms = 30_000;
+        tweak(&mut cfg);
         std::fs::write(&path, serde_json::to_vec_pretty(&cfg).expect("json")).expect("config");
         children.push(keel::dev::spawn(exe(), &path).expect("spawn").0);
         urls.push(cfg.url());
@@ -206,5 +211,74 @@ fn a_blob_uploaded_is_held_by_a_majority_and_read_back_whole_or_by_range() {
             .await
             .expect("get");
         assert_eq!(a.status, 404);
+    });
+}
+
+/// Design §6 garbage collection on real nodes: an upload no command ever named is collected
+/// on every node once the grace period has passed; a blob a log entry names is kept.
+#[test]
+fn an_orphan_upload_is_collected_after_the_grace_period_and_a_named_blob_is_kept() {
+    let cluster = start_with(3, |cfg| {
+        cfg.blob_gc_interval_ms = 300;
+        cfg.blob_gc_grace_ms = 1_500;
+    });
+    let rt = rt();
+    let urls = cluster.urls.clone();
+    rt.block_on(async {
+        wait_for_leader(&urls, Duration::from_secs(30)).await;
+        let mut c = Client::new(urls.clone()).with_deadline(Duration::from_secs(30));
+        let orphan = vec![7u8; 200_000];
+        let a = c
+            .request(hyper::Method::PUT, "/v1/blobs", orphan.clone())
+            .await
+            .expect("upload");
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        let orphan_hash = keel::blobs::hex(&keel::blobs::sha256(&orphan));
+        let a = c
+            .submit("kv", big_put("kept", 200_000, 'k'))
+            .await
+            .expect("submit");
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        let named_hash = keel::blobs::hex(&keel::blobs::sha256(&big_put("kept", 200_000, 'k')));
+        // Present everywhere at first.
+        for cfg in &cluster.configs {
+            let files = blob_files(cfg);
+            assert!(
+                files.contains(&orphan_hash) && files.contains(&named_hash),
+                "{files:?}"
+            );
+        }
+        // After the grace period (1.5 s) and a few rounds: the orphan is gone everywhere, the
+        // named one stays (its entry is in every log: nothing is compacted).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let gone = cluster
+                .configs
+                .iter()
+                .all(|cfg| !blob_files(cfg).contains(&orphan_hash));
+            if gone {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the orphan upload was not collected"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for cfg in &cluster.configs {
+            assert!(
+                blob_files(cfg).contains(&named_hash),
+                "a named blob was collected"
+            );
+        }
+        let a = c
+            .query(
+                "kv",
+                br#"{"op":"get","key":"kept"}"#.to_vec(),
+                "linearizable",
+            )
+            .await
+            .expect("query");
+        assert!(a.body.len() > 200_000);
     });
 }

@@ -113,7 +113,10 @@ fn the_simulator_catches_broken_cores_and_broken_drivers() {
         gc_ignores_laggers: true,
         ..config(seed)
     });
-    assert!(caught.is_some(), "garbage collection ignoring laggers survived 500 seeds");
+    assert!(
+        caught.is_some(),
+        "garbage collection ignoring laggers survived 500 seeds"
+    );
 }
 
 #[test]
