@@ -13,6 +13,8 @@
 # Keel node's peak RSS. Loopback only; everything it starts it stops.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
 root=$(cd "$here/.." && pwd)
 peers=${PEERS:-$root/../shared/peers}
 dur=10 conc=4
@@ -39,23 +41,10 @@ stop_keel() {
 }
 trap stop_keel EXIT
 
-start_keel() { # waits for a leader with kv; sets $leader
+start_keel() { # sets $leader
   "$keel" dev --nodes 3 --dir "$out/keel" >> "$out/keel-dev.log" 2>&1 &
   dev_pid=$!
-  leader=""
-  for _ in $(seq 1 300); do
-    if [[ -s "$out/keel/cluster.json" ]]; then
-      for u in $(jq -r '.nodes[].url' "$out/keel/cluster.json"); do
-        s=$(curl -fsS "$u/v1/status" 2>/dev/null || true)
-        if [[ $(jq -r '.role' <<<"$s" 2>/dev/null) == Leader ]] && jq -e '.plugins | index("kv")' <<<"$s" >/dev/null 2>&1; then
-          leader=$u
-        fi
-      done
-    fi
-    [[ -n "$leader" ]] && return 0
-    sleep 0.1
-  done
-  echo "keel cluster did not elect a leader" >&2; cat "$out/keel-dev.log" >&2; exit 1
+  leader=$(wait_keel_leader "$out/keel" "$out/keel-dev.log")
 }
 
 load() { # label url lua bytes

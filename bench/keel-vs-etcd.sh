@@ -11,6 +11,8 @@
 # Loopback only; everything it starts it stops.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
 root=$(cd "$here/.." && pwd)
 peers=${PEERS:-$root/../shared/peers}
 dur=10 reps=2 concs="1 16 64"
@@ -44,20 +46,7 @@ trap cleanup EXIT
 # --- Keel
 "$keel" dev --nodes 3 --dir "$out/keel" > "$out/keel-dev.log" 2>&1 &
 dev_pid=$!
-leader=""
-for _ in $(seq 1 200); do
-  if [[ -s "$out/keel/cluster.json" ]]; then
-    for u in $(jq -r '.nodes[].url' "$out/keel/cluster.json"); do
-      s=$(curl -fsS "$u/v1/status" 2>/dev/null || true)
-      if [[ $(jq -r '.role' <<<"$s" 2>/dev/null) == Leader ]] && jq -e '.plugins | index("kv")' <<<"$s" >/dev/null 2>&1; then
-        leader=$u
-      fi
-    done
-  fi
-  [[ -n "$leader" ]] && break
-  sleep 0.1
-done
-[[ -n "$leader" ]] || { echo "keel cluster did not elect a leader" >&2; cat "$out/keel-dev.log" >&2; exit 1; }
+leader=$(wait_keel_leader "$out/keel" "$out/keel-dev.log")
 echo "# keel leader $leader"
 "$peers/kv-load.sh" -u "$leader" -s "$peers/keel-kv.lua" -d "$dur" -r "$reps" -c "$concs" -g "64" | tee "$out/keel.txt"
 curl -fsS "$leader/metrics" | grep -E '^keel_(proposals|log_commits|applied_entries)_total' | sed 's/^/# leader /' || true

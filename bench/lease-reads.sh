@@ -9,6 +9,8 @@
 # everything it starts it stops.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
 root=$(cd "$here/.." && pwd)
 peers=${PEERS:-$root/../shared/peers}
 dur=10 reps=3 conc=64
@@ -33,15 +35,6 @@ dev_pid=""
 stop() { if [[ -n "$dev_pid" ]]; then kill -INT "$dev_pid" 2>/dev/null || true; wait "$dev_pid" 2>/dev/null || true; dev_pid=""; fi; }
 trap stop EXIT
 
-leader_of() { # dir
-  for u in $(jq -r '.nodes[].url' "$1/cluster.json" 2>/dev/null); do
-    s=$(curl -fsS "$u/v1/status" 2>/dev/null || true)
-    if [[ $(jq -r '.role' <<<"$s" 2>/dev/null) == Leader ]] && jq -e '.plugins | index("kv")' <<<"$s" >/dev/null 2>&1; then
-      echo "$u"; return
-    fi
-  done
-}
-
 for r in $(seq 1 "$reps"); do
   for i in "${!bins[@]}"; do
     bin=${bins[$i]}
@@ -49,7 +42,7 @@ for r in $(seq 1 "$reps"); do
     "$bin" dev --nodes 3 --dir "$dir" > "$dir.log" 2>&1 &
     dev_pid=$!
     leader=""
-    for _ in $(seq 1 300); do leader=$(leader_of "$dir"); [[ -n "$leader" ]] && break; sleep 0.1; done
+    for _ in $(seq 1 300); do leader=$(keel_leader "$dir"); [[ -n "$leader" ]] && break; sleep 0.1; done
     [[ -n "$leader" ]] || { echo "no leader for $bin" >&2; cat "$dir.log" >&2; exit 1; }
     # Prefill the keyspace so reads find values (the shared load's fill mode).
     wrk -t1 -c64 -d"${PREFILL_SECONDS:-8}s" -s "$peers/keel-kv.lua" "$leader" -- fill 10000 100 >/dev/null 2>&1 || true

@@ -147,13 +147,20 @@ pub(crate) async fn place(
             }
         });
     let results = futures_util::future::join_all(pushes).await;
-    let mut holders: Vec<u64> = results
+    tally(results, &voters, me)
+}
+
+/// How many `voters` hold a blob after pushes with these `results` (this node, `me`, holds
+/// it), out of how many, and the failures as text.
+pub(crate) fn tally<E: std::fmt::Display>(
+    results: Vec<(u64, Result<(), E>)>,
+    voters: &[u64],
+    me: u64,
+) -> (usize, usize, Vec<String>) {
+    let held = voters
         .iter()
-        .filter(|(_, r)| r.is_ok())
-        .map(|(id, _)| *id)
-        .collect();
-    holders.push(me);
-    let held = voters.iter().filter(|v| holders.contains(v)).count();
+        .filter(|v| **v == me || results.iter().any(|(id, r)| id == *v && r.is_ok()))
+        .count();
     let failures = results
         .into_iter()
         .filter_map(|(id, r)| r.err().map(|e| format!("node {id}: {e}")))

@@ -98,21 +98,10 @@ pub async fn deploy(
             async move { (id, push(&url, &sha256, bytes, &cluster, limits).await) }
         });
     let results = futures_util::future::join_all(pushes).await;
-    let mut holders: Vec<u64> = results
-        .iter()
-        .filter(|(_, r)| r.is_ok())
-        .map(|(id, _)| *id)
-        .collect();
-    holders.push(me);
-    let held = voters.iter().filter(|v| holders.contains(v)).count();
-    if held <= voters.len() / 2 {
-        let failures: Vec<String> = results
-            .iter()
-            .filter_map(|(id, r)| r.as_ref().err().map(|e| format!("node {id}: {e}")))
-            .collect();
+    let (held, voters, failures) = super::blobs::tally(results, &voters, me);
+    if held * 2 <= voters {
         return retry_later(&format!(
-            "the plugin reached {held} of {} voters, not a majority: {}",
-            voters.len(),
+            "the plugin reached {held} of {voters} voters, not a majority: {}",
             failures.join("; ")
         ));
     }
