@@ -119,6 +119,22 @@ enum Cmd {
         #[arg(long)]
         version: Option<String>,
     },
+    /// List the plugins: active version, hash, the index it became active at, limits.
+    Plugins,
+    /// Re-activate an earlier version of a plugin at a new log index.
+    ///
+    /// Without VERSION: the newest version whose bytes differ from the active ones.
+    Rollback {
+        /// The plugin.
+        name: String,
+        /// A version label or a sha256 prefix (8 hex digits at least).
+        version: Option<String>,
+    },
+    /// Deactivate a plugin: its commands then get 404; its state and history are kept.
+    Undeploy {
+        /// The plugin.
+        name: String,
+    },
     /// Change the membership, one server at a time (thesis §4.1).
     Member {
         #[command(subcommand)]
@@ -194,6 +210,9 @@ struct ServeArgs {
     /// Data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The watched plugin folder [default: DATA_DIR/plugins].
+    #[arg(long)]
+    plugins_dir: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -224,6 +243,9 @@ impl ServeArgs {
         if let Some(c) = &self.cluster_id {
             cfg.cluster_id = c.clone();
         }
+        if let Some(d) = &self.plugins_dir {
+            cfg.plugins_dir = Some(d.clone());
+        }
         if let Some(d) = &self.data_dir {
             cfg.data_dir = d.clone();
         }
@@ -252,7 +274,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
         let (id, url) = (cfg.id, cfg.url());
-        let node = keel::driver::start(cfg)?;
+        let node = keel::driver::start(cfg.clone())?;
+        keel::plugin_dir::spawn(&cfg)?;
         tracing::info!(target: "keel::raft", id, %url, "serving");
         let storage = node.storage.clone();
         let stopping = node.clone();
@@ -334,6 +357,8 @@ enum Shown {
     Get,
     /// The configuration now in force.
     Members,
+    /// `GET /v1/plugins` as a table.
+    Plugins,
 }
 
 fn show(ctx: &Ctx, context: &str, answer: &Answer, shown: Shown) -> ExitCode {
@@ -380,6 +405,7 @@ fn show(ctx: &Ctx, context: &str, answer: &Answer, shown: Shown) -> ExitCode {
             let event = serde_json::json!({"type": "config", "index": v["index"], "voters": v["voters"], "learners": v["learners"]});
             println!("{}", keel::cli::event_line(&event));
         }
+        (Shown::Plugins, Some(v)) => print!("{}", keel::cli_plugins::render_plugins(v)),
         _ => println!("{}", text.trim_end()),
     }
     ExitCode::SUCCESS
@@ -592,6 +618,21 @@ fn main() -> ExitCode {
                 answer
             })
         }
+        Cmd::Plugins => client_call(g, "plugins", Shown::Plugins, async move |c| {
+            c.get("/v1/plugins").await
+        }),
+        Cmd::Rollback { name, version } => client_call(g, "rollback", Shown::Raw, async move |c| {
+            let body = match version {
+                Some(v) => serde_json::json!({ "version": v }).to_string().into_bytes(),
+                None => Vec::new(),
+            };
+            let path = format!("/v1/plugins/{name}/rollback");
+            c.request(hyper::Method::POST, &path, body).await
+        }),
+        Cmd::Undeploy { name } => client_call(g, "undeploy", Shown::Raw, async move |c| {
+            let path = format!("/v1/plugins/{name}");
+            c.request(hyper::Method::DELETE, &path, Vec::new()).await
+        }),
         Cmd::Member { command } => {
             client_call(g, "member", Shown::Members, async move |c| match command {
                 MemberCmd::Add { id, url } => {

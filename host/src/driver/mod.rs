@@ -286,6 +286,7 @@ impl Driver {
             }
             Input::Propose { reply, .. }
             | Input::Deploy { reply, .. }
+            | Input::Undeploy { reply, .. }
             | Input::OpenSession(reply)
                 if self.raft.role() == Role::Leader
                     && self.apply_lag() > self.cfg.max_apply_lag =>
@@ -322,6 +323,9 @@ impl Driver {
                 self.pending.push((command, reply));
             }
             Input::Deploy { deploy, reply } => self.propose_for(Record::Deploy(deploy), reply),
+            Input::Undeploy { plugin, reply } => {
+                self.propose_for(Record::Undeploy { plugin }, reply)
+            }
             Input::OpenSession(reply) => self.propose_for(Record::OpenSession, reply),
             Input::Read { mode, reply } => {
                 let ctx = self.next_ctx;
