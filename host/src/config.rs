@@ -225,6 +225,9 @@ mod tests {
             session_ttl_ms: 98_765,
             max_apply_lag: 4_321,
             join: true,
+            plugins_dir: Some(PathBuf::from("/srv/keel-plugins")),
+            plugin_debounce_ms: 250,
+            plugin_history: 3,
         };
         let text = serde_json::to_string_pretty(&cfg).expect("a config serializes");
         let back: NodeConfig = serde_json::from_str(&text).expect("its own JSON parses");
