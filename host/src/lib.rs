@@ -19,3 +19,4 @@ pub mod metrics;
 pub mod peer;
 pub mod plugin_dir;
 pub mod state;
+pub mod templates;

@@ -45,6 +45,16 @@ struct Global {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Lang {
+    /// cargo (wasm32-wasip2).
+    Rust,
+    /// componentize-py.
+    Python,
+    /// jco (componentize-js).
+    Js,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Output {
     /// Lines and tables for people.
     Table,
@@ -118,6 +128,17 @@ enum Cmd {
         /// A version label (default: from the bytes' hash).
         #[arg(long)]
         version: Option<String>,
+    },
+    /// Start a plugin project: the state machine skeleton, its build, a README.
+    New {
+        /// The plugin's name (also the package's).
+        name: String,
+        /// The language.
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
+        /// Where to write it [default: ./NAME].
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// List the plugins: active version, hash, the index it became active at, limits.
     Plugins,
@@ -617,6 +638,25 @@ fn main() -> ExitCode {
                 bar.finish_and_clear();
                 answer
             })
+        }
+        Cmd::New { name, lang, dir } => {
+            let lang = match lang {
+                Lang::Rust => keel::templates::Lang::Rust,
+                Lang::Python => keel::templates::Lang::Python,
+                Lang::Js => keel::templates::Lang::Js,
+            };
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            match keel::templates::new_project(&name, lang, &dir) {
+                Ok(files) => {
+                    println!(
+                        "wrote {} files to {}; see its README.md",
+                        files.len(),
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("new", e),
+            }
         }
         Cmd::Plugins => client_call(g, "plugins", Shown::Plugins, async move |c| {
             c.get("/v1/plugins").await
