@@ -593,3 +593,43 @@ fn a_command_by_reference_applies_like_inline_and_a_damaged_blob_is_never_applie
     }
     assert!(!blobs.has(&sha256), "quarantined, to be fetched again");
 }
+
+/// An undeploy takes effect at its entry, within the batch too: the command before it runs,
+/// the one after is refused as for an unknown plugin; the history records both versions'
+/// activation and the undeploy, and activating the batch leaves the plugin out.
+#[test]
+fn an_undeploy_takes_effect_at_its_entry_and_the_history_is_kept() {
+    let (runtime, registry) = kv();
+    let mut app_put = put("k", "v", None);
+    app_put.plugin = "app".into();
+    let entries = [
+        entry(1, Record::Deploy(builtin_deploy("app"))),
+        entry(2, Record::Command(app_put.clone())),
+        entry(
+            3,
+            Record::Undeploy {
+                plugin: "app".into(),
+            },
+        ),
+        entry(4, Record::Command(app_put)),
+    ];
+    let applied = run(&runtime, &registry, &entries);
+    let got = answers(&applied);
+    assert!(got[1].contains("prev"), "{got:?}");
+    assert!(got[2].contains(r#""undeployed":true"#), "{got:?}");
+    assert_eq!(got[3], r#"error: unknown plugin "app""#);
+    let history = applied
+        .batch
+        .writes
+        .iter()
+        .rev()
+        .find(|w| w.key == history_key("app"))
+        .and_then(|w| w.value.clone())
+        .expect("a history");
+    let history: History = postcard::from_bytes(&history).expect("decodes");
+    assert_eq!(history.versions.len(), 1);
+    assert_eq!(history.versions[0].index, 1);
+    assert_eq!(history.undeployed_at, Some(3));
+    activate(&registry, applied.deployed);
+    assert!(registry.get("app").is_none() && registry.get("kv").is_some());
+}
