@@ -68,6 +68,15 @@ pub struct NodeConfig {
     /// of bootstrapping a new cluster from `peers`. `peers` must still list the current
     /// members, so that this node can answer them.
     pub join: bool,
+    /// The watched plugin folder (docs/plugins.md): a complete `NAME.wasm` dropped here is
+    /// deployed cluster-wide. Default `DATA_DIR/plugins`.
+    pub plugins_dir: Option<PathBuf>,
+    /// A file copied into the plugin folder is read once its size and modification time
+    /// have not changed for this long (a file renamed in is read at once).
+    pub plugin_debounce_ms: u64,
+    /// How many of a plugin's latest versions `GET /v1/plugins/{name}` shows and `keel
+    /// rollback` can reach.
+    pub plugin_history: usize,
 }
 
 impl Default for NodeConfig {
@@ -95,6 +104,9 @@ impl Default for NodeConfig {
             session_ttl_ms: 3_600_000,
             max_apply_lag: 10_000,
             join: false,
+            plugins_dir: None,
+            plugin_debounce_ms: 1_000,
+            plugin_history: 8,
         }
     }
 }
@@ -168,6 +180,13 @@ impl NodeConfig {
     pub fn url(&self) -> String {
         self.peers.get(&self.id).cloned().unwrap_or_default()
     }
+
+    /// The watched plugin folder.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.plugins_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("plugins"))
+    }
 }
 
 /// Parses `xxxxxxxx-xxxx-…` (dashes optional) into a [`ClusterId`].
@@ -215,6 +234,9 @@ mod tests {
             session_ttl_ms: 98_765,
             max_apply_lag: 4_321,
             join: true,
+            plugins_dir: Some(PathBuf::from("/srv/keel-plugins")),
+            plugin_debounce_ms: 250,
+            plugin_history: 3,
         };
         let text = serde_json::to_string_pretty(&cfg).expect("a config serializes");
         let back: NodeConfig = serde_json::from_str(&text).expect("its own JSON parses");

@@ -9,6 +9,7 @@
 
 pub mod blobs;
 pub mod cli;
+pub mod cli_plugins;
 pub mod client;
 pub mod config;
 pub mod dev;
@@ -16,4 +17,6 @@ pub mod driver;
 pub mod http;
 pub mod metrics;
 pub mod peer;
+pub mod plugin_dir;
 pub mod state;
+pub mod templates;

@@ -45,6 +45,16 @@ struct Global {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Lang {
+    /// cargo (wasm32-wasip2).
+    Rust,
+    /// componentize-py.
+    Python,
+    /// jco (componentize-js).
+    Js,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Output {
     /// Lines and tables for people.
     Table,
@@ -118,6 +128,33 @@ enum Cmd {
         /// A version label (default: from the bytes' hash).
         #[arg(long)]
         version: Option<String>,
+    },
+    /// Start a plugin project: the state machine skeleton, its build, a README.
+    New {
+        /// The plugin's name (also the package's).
+        name: String,
+        /// The language.
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
+        /// Where to write it [default: ./NAME].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// List the plugins: active version, hash, the index it became active at, limits.
+    Plugins,
+    /// Re-activate an earlier version of a plugin at a new log index.
+    ///
+    /// Without VERSION: the newest version whose bytes differ from the active ones.
+    Rollback {
+        /// The plugin.
+        name: String,
+        /// A version label or a sha256 prefix (8 hex digits at least).
+        version: Option<String>,
+    },
+    /// Deactivate a plugin: its commands then get 404; its state and history are kept.
+    Undeploy {
+        /// The plugin.
+        name: String,
     },
     /// Change the membership, one server at a time (thesis §4.1).
     Member {
@@ -194,6 +231,9 @@ struct ServeArgs {
     /// Data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The watched plugin folder [default: DATA_DIR/plugins].
+    #[arg(long)]
+    plugins_dir: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -224,6 +264,9 @@ impl ServeArgs {
         if let Some(c) = &self.cluster_id {
             cfg.cluster_id = c.clone();
         }
+        if let Some(d) = &self.plugins_dir {
+            cfg.plugins_dir = Some(d.clone());
+        }
         if let Some(d) = &self.data_dir {
             cfg.data_dir = d.clone();
         }
@@ -252,7 +295,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
         let (id, url) = (cfg.id, cfg.url());
-        let node = keel::driver::start(cfg)?;
+        let node = keel::driver::start(cfg.clone())?;
+        keel::plugin_dir::spawn(&cfg)?;
         tracing::info!(target: "keel::raft", id, %url, "serving");
         let storage = node.storage.clone();
         tokio::spawn(keel::http::blob_gc::run(node.clone()));
@@ -335,6 +379,8 @@ enum Shown {
     Get,
     /// The configuration now in force.
     Members,
+    /// `GET /v1/plugins` as a table.
+    Plugins,
 }
 
 fn show(ctx: &Ctx, context: &str, answer: &Answer, shown: Shown) -> ExitCode {
@@ -381,6 +427,7 @@ fn show(ctx: &Ctx, context: &str, answer: &Answer, shown: Shown) -> ExitCode {
             let event = serde_json::json!({"type": "config", "index": v["index"], "voters": v["voters"], "learners": v["learners"]});
             println!("{}", keel::cli::event_line(&event));
         }
+        (Shown::Plugins, Some(v)) => print!("{}", keel::cli_plugins::render_plugins(v)),
         _ => println!("{}", text.trim_end()),
     }
     ExitCode::SUCCESS
@@ -593,6 +640,40 @@ fn main() -> ExitCode {
                 answer
             })
         }
+        Cmd::New { name, lang, dir } => {
+            let lang = match lang {
+                Lang::Rust => keel::templates::Lang::Rust,
+                Lang::Python => keel::templates::Lang::Python,
+                Lang::Js => keel::templates::Lang::Js,
+            };
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            match keel::templates::new_project(&name, lang, &dir) {
+                Ok(files) => {
+                    println!(
+                        "wrote {} files to {}; see its README.md",
+                        files.len(),
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("new", e),
+            }
+        }
+        Cmd::Plugins => client_call(g, "plugins", Shown::Plugins, async move |c| {
+            c.get("/v1/plugins").await
+        }),
+        Cmd::Rollback { name, version } => client_call(g, "rollback", Shown::Raw, async move |c| {
+            let body = match version {
+                Some(v) => serde_json::json!({ "version": v }).to_string().into_bytes(),
+                None => Vec::new(),
+            };
+            let path = format!("/v1/plugins/{name}/rollback");
+            c.request(hyper::Method::POST, &path, body).await
+        }),
+        Cmd::Undeploy { name } => client_call(g, "undeploy", Shown::Raw, async move |c| {
+            let path = format!("/v1/plugins/{name}");
+            c.request(hyper::Method::DELETE, &path, Vec::new()).await
+        }),
         Cmd::Member { command } => {
             client_call(g, "member", Shown::Members, async move |c| match command {
                 MemberCmd::Add { id, url } => {

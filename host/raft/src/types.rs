@@ -86,6 +86,13 @@ pub enum Record {
         /// Sessions whose last command's entry is older than this (ms since the epoch) go.
         before_ms: u64,
     },
+    /// Deactivates a plugin at this index on every node: its commands and queries are then
+    /// refused as for an unknown plugin; its state and version history are kept. Last, so
+    /// older logs still decode (postcard numbers variants in order).
+    Undeploy {
+        /// Plugin name.
+        plugin: String,
+    },
 }
 
 impl Record {

@@ -84,6 +84,13 @@ pub enum Input {
         /// Where the outcome goes.
         reply: oneshot::Sender<CommandReply>,
     },
+    /// Undeploy a plugin (`Record::Undeploy`); answered once applied here.
+    Undeploy {
+        /// Plugin name.
+        plugin: String,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<CommandReply>,
+    },
     /// Open a client session (thesis §6.3); answered with its id once applied.
     OpenSession(oneshot::Sender<CommandReply>),
     /// A read that must be confirmed by the log (ReadIndex or lease).

@@ -302,6 +302,7 @@ impl Driver {
             }
             Input::Propose { reply, .. }
             | Input::Deploy { reply, .. }
+            | Input::Undeploy { reply, .. }
             | Input::OpenSession(reply)
                 if self.raft.role() == Role::Leader
                     && self.apply_lag() > self.cfg.max_apply_lag =>
@@ -338,6 +339,9 @@ impl Driver {
                 self.pending.push((command, reply));
             }
             Input::Deploy { deploy, reply } => self.propose_for(Record::Deploy(deploy), reply),
+            Input::Undeploy { plugin, reply } => {
+                self.propose_for(Record::Undeploy { plugin }, reply)
+            }
             Input::OpenSession(reply) => self.propose_for(Record::OpenSession, reply),
             Input::Read { mode, reply } => {
                 let ctx = self.next_ctx;
@@ -378,9 +382,15 @@ impl Driver {
             Input::SnapshotBuilt(built) => self.snapshot_built(built?),
             Input::Applied(done) => self.applied_batch(*done)?,
             Input::Members { change, reply } => self.change_members(change, reply),
-            Input::BlobsNeeded(reply) => {
-                let _ = reply.send((self.snapshot_index, self.blobs_needed()));
-            }
+            Input::BlobsNeeded(reply) => match self.blobs_needed() {
+                Ok(needed) => {
+                    let _ = reply.send((self.snapshot_index, needed));
+                }
+                // Nothing is collected this round (the reply is dropped); apply goes on.
+                Err(e) => {
+                    tracing::warn!(target: "keel::txn", error = %e, "blob garbage collection: cannot tell what is needed")
+                }
+            },
             Input::Flush(done) => {
                 self.flush();
                 let _ = done.send(());

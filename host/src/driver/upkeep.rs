@@ -77,9 +77,9 @@ impl Driver {
     }
 
     /// The blobs this node must keep: named by an entry of its log (from the first index on,
-    /// applied or not: after a crash it applies again from its last flush) or by an active
-    /// plugin.
-    pub(super) fn blobs_needed(&self) -> std::collections::BTreeSet<[u8; 32]> {
+    /// applied or not: after a crash it applies again from its last flush), by an active
+    /// plugin, or by a version in a plugin's history (a rollback needs its bytes).
+    pub(super) fn blobs_needed(&self) -> anyhow::Result<std::collections::BTreeSet<[u8; 32]>> {
         let mut needed: std::collections::BTreeSet<[u8; 32]> = (self.raft.first_index()
             ..=self.raft.last_index())
             .filter_map(|i| self.raft.entry(i))
@@ -94,7 +94,18 @@ impl Driver {
                 needed.insert(hash);
             }
         }
-        needed
+        let unflushed = Arc::clone(&self.unflushed.read().unwrap_or_else(|e| e.into_inner()));
+        let system = state::query_view(
+            self.storage.view()?,
+            unflushed,
+            state::SYSTEM_NAMESPACE.into(),
+        );
+        for name in state::plugin_names(&system)? {
+            let record = state::plugin_record(&system, &name)?;
+            needed.extend(record.active.map(|d| d.sha256));
+            needed.extend(record.history.versions.iter().map(|v| v.deploy.sha256));
+        }
+        Ok(needed)
     }
 
     /// Design §6, the resend sweep: the blobs named from `applied + 1` to the end of this

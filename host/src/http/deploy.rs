@@ -57,16 +57,30 @@ pub async fn deploy(
         .get("keel-version")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // The plugin folder sends this: bytes already active are not deployed again, so a
+    // restart, or the same file dropped into several nodes' folders, proposes nothing.
+    let unless_active = req.headers().contains_key("keel-unless-active");
     let bytes = match read_body(req.into_body(), node.config.max_plugin_bytes).await {
         Ok(b) => b,
         Err(r) => return r.response(),
     };
     let sha256 = crate::blobs::sha256(&bytes);
-    let version = version.unwrap_or_else(|| format!("sha-{}", &hex(&sha256)[..12]));
     let limits = Limits {
         fuel,
         memory_bytes: memory,
     };
+    if unless_active
+        && let Ok(rec) = super::plugins::record(node, name).await
+        && let Some(active) = &rec.active
+        && active.sha256 == sha256
+        && (active.fuel_per_apply, active.memory_limit) == (fuel, memory)
+        && version.as_ref().is_none_or(|v| *v == active.version)
+    {
+        let mut same = super::plugins::describe(name, &rec, 1);
+        same["unchanged"] = serde_json::json!(true);
+        return crate::http::json(StatusCode::OK, &same);
+    }
+    let version = version.unwrap_or_else(|| format!("sha-{}", &hex(&sha256)[..12]));
 
     // 1. Compile: the same engine on every node, so what fails here would fail everywhere.
     let runtime = node.runtime.clone();

@@ -7,6 +7,7 @@ pub mod blobs;
 pub mod dashboard;
 pub mod deploy;
 pub mod peer;
+pub mod plugins;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -67,6 +68,13 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
             query(&node, req, plugin).await
         }
         (&Method::POST, ["v1", "sessions"]) => open_session(&node, &path).await,
+        (&Method::GET, ["v1", "plugins"]) => plugins::list(&node).await,
+        (&Method::GET, ["v1", "plugins", name]) => plugins::show(&node, name).await,
+        (&Method::POST, ["v1", "plugins", name, "rollback"]) => {
+            let name = name.to_string();
+            plugins::rollback(&node, req, &name, &path).await
+        }
+        (&Method::DELETE, ["v1", "plugins", name]) => plugins::undeploy(&node, name, &path).await,
         (&Method::PUT, ["v1", "plugins", name]) => {
             let name = name.to_string();
             deploy::deploy(&node, req, &name, &path).await

@@ -53,8 +53,9 @@ pub struct Applied {
     pub batch: ApplyBatch,
     /// Every client command of the batch, in log order.
     pub results: Vec<CommandOutcome>,
-    /// Plugins deployed by this batch, to activate once it is committed.
-    pub deployed: Vec<(String, Arc<Plugin>)>,
+    /// Plugins deployed (`Some`) or undeployed (`None`) by this batch, to activate once it
+    /// is committed.
+    pub deployed: Vec<(String, Option<Arc<Plugin>>)>,
 }
 
 /// Runs a batch of committed entries through the plugins.
@@ -86,10 +87,11 @@ pub fn apply_batch(
             Record::Config(c) => applier.batch.config = Some(c.clone()),
             Record::Deploy(d) => {
                 let plugin = Arc::new(load(runtime, blobs, d)?);
-                applier.deployed.insert(d.plugin.clone(), plugin);
+                applier.deployed.insert(d.plugin.clone(), Some(plugin));
                 let key = format!("plugin/{}", d.plugin).into_bytes();
                 let value = postcard::to_allocvec(d).unwrap_or_default();
                 applier.write(SYSTEM_NAMESPACE, key, Some(value));
+                applier.note_deploy(e, d)?;
                 // The deployer's answer (`PUT /v1/plugins/{name}`).
                 let answer = serde_json::json!({
                     "plugin": d.plugin,
@@ -108,6 +110,18 @@ pub fn apply_batch(
                     applier.set_session(client, None);
                 }
             }
+            Record::Undeploy { plugin } => {
+                let was_active = applier.note_undeploy(e, plugin)?;
+                applier.deployed.insert(plugin.clone(), None);
+                let key = format!("plugin/{plugin}").into_bytes();
+                applier.write(SYSTEM_NAMESPACE, key, None);
+                let answer = serde_json::json!({
+                    "plugin": plugin,
+                    "undeployed": was_active,
+                    "index": e.index,
+                });
+                applier.answer_entry(e, answer.to_string());
+            }
         }
     }
     Ok(Applied {
@@ -124,8 +138,9 @@ pub(super) struct Applier<'a> {
     overlay: Arc<Mutex<Overlay>>,
     batch: ApplyBatch,
     results: Vec<CommandOutcome>,
-    /// Deployed earlier in this batch: active for the entries after theirs.
-    deployed: BTreeMap<String, Arc<Plugin>>,
+    /// Deployed (or undeployed: `None`) earlier in this batch: so for the entries after
+    /// theirs.
+    deployed: BTreeMap<String, Option<Arc<Plugin>>>,
 }
 
 /// One plugin's commands of an entry: `(position, context, bytes)` each.
@@ -146,7 +161,11 @@ impl Applier<'_> {
         self.overlay.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&mut self, namespace: &str, key: Vec<u8>, value: Option<Vec<u8>>) {
+    pub(super) fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.overlay().get(ns, key)
+    }
+
+    pub(super) fn write(&mut self, namespace: &str, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.overlay()
             .writes
             .insert((namespace.to_owned(), key.clone()), value.clone());
@@ -250,11 +269,10 @@ impl Applier<'_> {
                 }
                 in_entry.insert(cs.client_id, (cs.serial, pos));
             }
-            let plugin = self
-                .deployed
-                .get(&cmd.plugin)
-                .cloned()
-                .or_else(|| self.registry.get(&cmd.plugin));
+            let plugin = match self.deployed.get(&cmd.plugin) {
+                Some(p) => p.clone(),
+                None => self.registry.get(&cmd.plugin),
+            };
             let bytes: &[u8] = match &cmd.payload {
                 Payload::Inline(bytes) => bytes,
                 Payload::Ref { sha256, .. } => resolved.get(sha256).map_or(&[], |b| b.as_slice()),

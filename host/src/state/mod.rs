@@ -5,11 +5,13 @@ mod apply;
 mod hash;
 mod layer;
 mod registry;
+mod versions;
 
 pub use apply::*;
 pub use hash::*;
 pub use layer::*;
 pub use registry::*;
+pub use versions::*;
 
 #[cfg(test)]
 mod tests;

@@ -46,6 +46,13 @@ impl Registry {
             .collect()
     }
 
+    pub(super) fn remove(&self, name: &str) {
+        self.plugins
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
     pub(super) fn set(&self, name: String, plugin: Arc<Plugin>) {
         self.plugins
             .write()
@@ -127,7 +134,14 @@ pub fn reload(
     registry: &Registry,
     view: &dyn StateView,
 ) -> Result<(), ApplyError> {
-    for d in deployments(view)? {
+    let deployed = deployments(view)?;
+    // A snapshot installed over this node's state may have undeployed some.
+    for name in registry.names() {
+        if !deployed.iter().any(|d| d.plugin == name) {
+            registry.remove(&name);
+        }
+    }
+    for d in deployed {
         let plugin = load(runtime, blobs, &d)?;
         registry.set(d.plugin.clone(), Arc::new(plugin));
     }
@@ -173,9 +187,13 @@ pub fn deployments(view: &dyn StateView) -> Result<Vec<Deploy>, ApplyError> {
     }
 }
 
-/// Activates plugins once the batch that deployed them is committed.
-pub fn activate(registry: &Registry, deployed: Vec<(String, Arc<Plugin>)>) {
+/// Activates (or deactivates: `None`) plugins once the batch that deployed them is
+/// committed.
+pub fn activate(registry: &Registry, deployed: Vec<(String, Option<Arc<Plugin>>)>) {
     for (name, plugin) in deployed {
-        registry.set(name, plugin);
+        match plugin {
+            Some(plugin) => registry.set(name, plugin),
+            None => registry.remove(&name),
+        }
     }
 }

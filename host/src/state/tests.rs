@@ -619,3 +619,43 @@ fn a_reference_only_entry_is_under_200_bytes_whatever_the_payload() {
         assert!(bytes <= 200, "{len}-byte payload: {bytes}-byte entry");
     }
 }
+
+/// An undeploy takes effect at its entry, within the batch too: the command before it runs,
+/// the one after is refused as for an unknown plugin; the history records both versions'
+/// activation and the undeploy, and activating the batch leaves the plugin out.
+#[test]
+fn an_undeploy_takes_effect_at_its_entry_and_the_history_is_kept() {
+    let (runtime, registry) = kv();
+    let mut app_put = put("k", "v", None);
+    app_put.plugin = "app".into();
+    let entries = [
+        entry(1, Record::Deploy(builtin_deploy("app"))),
+        entry(2, Record::Command(app_put.clone())),
+        entry(
+            3,
+            Record::Undeploy {
+                plugin: "app".into(),
+            },
+        ),
+        entry(4, Record::Command(app_put)),
+    ];
+    let applied = run(&runtime, &registry, &entries);
+    let got = answers(&applied);
+    assert!(got[1].contains("prev"), "{got:?}");
+    assert!(got[2].contains(r#""undeployed":true"#), "{got:?}");
+    assert_eq!(got[3], r#"error: unknown plugin "app""#);
+    let history = applied
+        .batch
+        .writes
+        .iter()
+        .rev()
+        .find(|w| w.key == history_key("app"))
+        .and_then(|w| w.value.clone())
+        .expect("a history");
+    let history: History = postcard::from_bytes(&history).expect("decodes");
+    assert_eq!(history.versions.len(), 1);
+    assert_eq!(history.versions[0].index, 1);
+    assert_eq!(history.undeployed_at, Some(3));
+    activate(&registry, applied.deployed);
+    assert!(registry.get("app").is_none() && registry.get("kv").is_some());
+}

@@ -744,6 +744,7 @@ pub(crate) fn fmt_record(r: &Record) -> String {
         Record::Batch(cs) => format!("batch of {}", cs.len()),
         Record::OpenSession => "open session".into(),
         Record::ExpireSessions { before_ms } => format!("expire sessions before {before_ms}"),
+        Record::Undeploy { plugin } => format!("undeploy {plugin}"),
     }
 }
 
