@@ -63,6 +63,13 @@ pub struct NodeConfig {
     /// of bootstrapping a new cluster from `peers`. `peers` must still list the current
     /// members, so that this node can answer them.
     pub join: bool,
+    /// TLS on the client API and the peer transport: this node's certificate and key and
+    /// the cluster CA (files, reloaded when they change; docs/security.md). Peers' URLs
+    /// are then `https://`.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Allows listening without TLS on an address other than loopback (warned at start and
+    /// shown in `/v1/status`). Without it such a config is refused.
+    pub insecure: bool,
 }
 
 impl Default for NodeConfig {
@@ -88,6 +95,8 @@ impl Default for NodeConfig {
             session_ttl_ms: 3_600_000,
             max_apply_lag: 10_000,
             join: false,
+            tls: None,
+            insecure: false,
         }
     }
 }
@@ -109,6 +118,11 @@ pub enum ConfigError {
         /// Election ticks.
         election: u32,
     },
+    /// Plaintext on an address others can reach, without saying so.
+    #[error(
+        "listening on {0} without TLS: add \"tls\" (cert, key, ca; see docs/security.md), or \"insecure\": true to accept that anyone who can reach the port can read and forge the cluster's traffic"
+    )]
+    Plaintext(SocketAddr),
     /// The file could not be read or parsed.
     #[error("config {path}: {reason}")]
     File {
@@ -140,6 +154,9 @@ impl NodeConfig {
         if !self.peers.contains_key(&self.id) {
             return Err(ConfigError::NotAPeer(self.id));
         }
+        if self.exposed_without_tls() && !self.insecure {
+            return Err(ConfigError::Plaintext(self.listen));
+        }
         if self.tick_ms == 0
             || self.heartbeat_ticks == 0
             || self.heartbeat_ticks >= self.election_ticks
@@ -150,6 +167,11 @@ impl NodeConfig {
             });
         }
         Ok(())
+    }
+
+    /// Whether this node serves plaintext beyond loopback (allowed only with `insecure`).
+    pub fn exposed_without_tls(&self) -> bool {
+        self.tls.is_none() && !self.listen.ip().is_loopback()
     }
 
     /// The cluster id as a number.
@@ -206,6 +228,12 @@ mod tests {
             session_ttl_ms: 98_765,
             max_apply_lag: 4_321,
             join: true,
+            tls: Some(crate::tls::TlsFiles {
+                cert: PathBuf::from("/etc/keel/node-7.pem"),
+                key: PathBuf::from("/etc/keel/node-7-key.pem"),
+                ca: PathBuf::from("/etc/keel/ca.pem"),
+            }),
+            insecure: true,
         };
         let text = serde_json::to_string_pretty(&cfg).expect("a config serializes");
         let back: NodeConfig = serde_json::from_str(&text).expect("its own JSON parses");
@@ -245,6 +273,33 @@ mod tests {
             ..NodeConfig::default()
         };
         assert!(matches!(cfg.check(), Err(ConfigError::NotAPeer(9))));
+    }
+
+    #[test]
+    fn plaintext_beyond_loopback_is_refused_unless_insecure() {
+        let exposed = NodeConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7001)),
+            ..NodeConfig::default()
+        };
+        assert!(matches!(exposed.check(), Err(ConfigError::Plaintext(_))));
+        let insecure = NodeConfig {
+            insecure: true,
+            ..exposed.clone()
+        };
+        assert!(insecure.check().is_ok());
+        let with_tls = NodeConfig {
+            tls: Some(crate::tls::TlsFiles {
+                cert: "c".into(),
+                key: "k".into(),
+                ca: "a".into(),
+            }),
+            ..exposed
+        };
+        assert!(with_tls.check().is_ok());
+        assert!(
+            NodeConfig::default().check().is_ok(),
+            "loopback needs no TLS"
+        );
     }
 
     #[test]

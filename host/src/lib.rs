@@ -8,6 +8,7 @@
 //! tests.
 
 pub mod blobs;
+pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -17,3 +18,4 @@ pub mod http;
 pub mod metrics;
 pub mod peer;
 pub mod state;
+pub mod tls;

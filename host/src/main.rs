@@ -466,8 +466,7 @@ fn watch(global: &Global) -> ExitCode {
 async fn follow_events(ctx: &Ctx) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
     use std::io::Write;
-    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let http = keel::tls::client::<http_body_util::Empty<bytes::Bytes>>();
     let mut lost_since = std::time::Instant::now();
     let mut last_error = String::new();
     let mut stdout = std::io::stdout();

@@ -193,6 +193,8 @@ pub struct NodeStatus {
     pub waiting_for_blob: Option<BlobWait>,
     /// Blobs the resend sweep is fetching.
     pub blobs_sweeping: usize,
+    /// Serving plaintext by the config's `"insecure": true` (docs/security.md).
+    pub insecure: bool,
 }
 
 /// Apply waits for a blob this node lacks.

@@ -793,6 +793,7 @@ impl Driver {
                 waiting_ms: self.io.mono_ms().saturating_sub(since),
             }),
             blobs_sweeping: self.sweeping.len(),
+            insecure: self.cfg.insecure && self.cfg.tls.is_none(),
         };
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }
