@@ -135,33 +135,13 @@ impl Tls {
     }
 
     fn new(cert_key: Option<(PathBuf, PathBuf)>, ca: PathBuf) -> Result<Arc<Tls>, TlsError> {
-        let tls = Tls {
+        let stamps = stamps_of(&files_of(&cert_key, &ca));
+        let material = Arc::new(load(&cert_key, &ca)?);
+        Ok(Arc::new(Tls {
             cert_key,
             ca,
-            loaded: Mutex::new(Loaded {
-                stamps: Vec::new(),
-                material: Arc::new(Material {
-                    key: None,
-                    server: None,
-                    verifier: WebPkiServerVerifier::builder_with_provider(
-                        Arc::new(RootCertStore::empty()),
-                        provider(),
-                    )
-                    .build()
-                    .map_err(|e| TlsError::Setup {
-                        cert: PathBuf::new(),
-                        reason: e.to_string(),
-                    })?,
-                }),
-            }),
-        };
-        let stamps = tls.stamps();
-        let material = tls.load()?;
-        *tls.lock() = Loaded {
-            stamps,
-            material: Arc::new(material),
-        };
-        Ok(Arc::new(tls))
+            loaded: Mutex::new(Loaded { stamps, material }),
+        }))
     }
 
     /// Whether this setup can serve (it has a certificate and key).
@@ -173,33 +153,14 @@ impl Tls {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn files(&self) -> Vec<&Path> {
-        let mut files = vec![self.ca.as_path()];
-        if let Some((cert, key)) = &self.cert_key {
-            files.push(cert);
-            files.push(key);
-        }
-        files
-    }
-
-    fn stamps(&self) -> Vec<Option<(SystemTime, u64)>> {
-        self.files()
-            .iter()
-            .map(|f| {
-                let m = std::fs::metadata(f).ok()?;
-                Some((m.modified().ok()?, m.len()))
-            })
-            .collect()
-    }
-
     /// The current material, reloaded first if a file changed since the last look.
     fn current(&self) -> Arc<Material> {
-        let stamps = self.stamps();
+        let stamps = stamps_of(&files_of(&self.cert_key, &self.ca));
         let mut loaded = self.lock();
         if stamps == loaded.stamps {
             return loaded.material.clone();
         }
-        match self.load() {
+        match load(&self.cert_key, &self.ca) {
             Ok(material) => {
                 tracing::info!(target: "keel::tls", cert = ?self.cert_key.as_ref().map(|c| &c.0), ca = %self.ca.display(), "TLS files changed: reloaded");
                 loaded.material = Arc::new(material);
@@ -213,57 +174,77 @@ impl Tls {
         }
         loaded.material.clone()
     }
+}
 
-    fn load(&self) -> Result<Material, TlsError> {
-        let mut roots = RootCertStore::empty();
-        for cert in read_certs(&self.ca)? {
-            roots.add(cert).map_err(|e| TlsError::File {
-                path: self.ca.clone(),
-                reason: format!("not a usable CA certificate: {e}"),
-            })?;
-        }
-        let roots = Arc::new(roots);
-        let setup = |reason: String| TlsError::Setup {
-            cert: self
-                .cert_key
-                .as_ref()
-                .map_or_else(|| self.ca.clone(), |c| c.0.clone()),
-            reason,
-        };
-        let verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
-            .build()
-            .map_err(|e| setup(e.to_string()))?;
-        let Some((cert_path, key_path)) = &self.cert_key else {
-            return Ok(Material {
-                key: None,
-                server: None,
-                verifier,
-            });
-        };
-        let chain = read_certs(cert_path)?;
-        let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsError::File {
-            path: key_path.clone(),
-            reason: format!("no private key: {e}"),
-        })?;
-        let key = Arc::new(
-            CertifiedKey::from_der(chain, key, &provider()).map_err(|e| setup(e.to_string()))?,
-        );
-        let clients = WebPkiClientVerifier::builder_with_provider(roots, provider())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| setup(e.to_string()))?;
-        let mut server = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| setup(e.to_string()))?
-            .with_client_cert_verifier(clients)
-            .with_cert_resolver(Arc::new(Fixed(key.clone())));
-        server.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Material {
-            key: Some(key),
-            server: Some(Arc::new(server)),
-            verifier,
-        })
+fn files_of<'a>(cert_key: &'a Option<(PathBuf, PathBuf)>, ca: &'a Path) -> Vec<&'a Path> {
+    let mut files = vec![ca];
+    if let Some((cert, key)) = cert_key {
+        files.push(cert);
+        files.push(key);
     }
+    files
+}
+
+/// Modification time and length of each file (`None` for one that cannot be read).
+fn stamps_of(files: &[&Path]) -> Vec<Option<(SystemTime, u64)>> {
+    files
+        .iter()
+        .map(|f| {
+            let m = std::fs::metadata(f).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
+}
+
+/// Reads the files and builds the server and client sides from them.
+fn load(cert_key: &Option<(PathBuf, PathBuf)>, ca: &Path) -> Result<Material, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(ca)? {
+        roots.add(cert).map_err(|e| TlsError::File {
+            path: ca.to_path_buf(),
+            reason: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    let roots = Arc::new(roots);
+    let setup = |reason: String| TlsError::Setup {
+        cert: cert_key
+            .as_ref()
+            .map_or_else(|| ca.to_path_buf(), |c| c.0.clone()),
+        reason,
+    };
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+        .build()
+        .map_err(|e| setup(e.to_string()))?;
+    let Some((cert_path, key_path)) = cert_key else {
+        return Ok(Material {
+            key: None,
+            server: None,
+            verifier,
+        });
+    };
+    let chain = read_certs(cert_path)?;
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsError::File {
+        path: key_path.clone(),
+        reason: format!("no private key: {e}"),
+    })?;
+    let key = Arc::new(
+        CertifiedKey::from_der(chain, key, &provider()).map_err(|e| setup(e.to_string()))?,
+    );
+    let clients = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| setup(e.to_string()))?;
+    let mut server = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| setup(e.to_string()))?
+        .with_client_cert_verifier(clients)
+        .with_cert_resolver(Arc::new(Fixed(key.clone())));
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Material {
+        key: Some(key),
+        server: Some(Arc::new(server)),
+        verifier,
+    })
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -383,17 +364,16 @@ impl ResolvesClientCert for Source {
     }
 }
 
+/// ALPN is left to hyper-rustls (it refuses a config that sets it).
 fn client_config(source: Source) -> ClientConfig {
-    let mut config = ClientConfig::builder_with_provider(provider())
+    ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         // ring supports every default version, so this cannot fail; the fallback (the
         // process's default provider, ring too) keeps a panic out of the connector anyway.
         .unwrap_or_else(|_| ClientConfig::builder())
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(source.clone()))
-        .with_client_cert_resolver(Arc::new(source));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config
+        .with_client_cert_resolver(Arc::new(source))
 }
 
 /// The connector of every hyper client: plain TCP for `http://`, TLS for `https://`.
