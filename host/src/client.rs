@@ -257,6 +257,7 @@ impl Client {
         let mut uncertain = false;
         // Whether any node answered at all: a cluster without a leader is not unreachable.
         let mut answered = false;
+        let mut refused_trust = 0;
         let give_up = self.deadline.map(|d| Instant::now() + d);
         for _ in 0..40 {
             let mut req = Request::builder().method(method.clone()).uri(&url);
@@ -333,6 +334,14 @@ impl Client {
                     // Unless the connection was never made, the request may have arrived.
                     uncertain |= !e.is_connect();
                     last_error = error_chain(&e);
+                    // A server the CA does not vouch for (or no CA at all) will not change
+                    // its mind: once every endpoint said so, stop instead of retrying.
+                    if crate::tls::is_trust_error(&last_error) {
+                        refused_trust += 1;
+                        if refused_trust >= self.endpoints.len() {
+                            break;
+                        }
+                    }
                 }
             }
             // Unavailable or unreachable: back off, try the next endpoint.

@@ -307,9 +307,9 @@ impl ServerCertVerifier for Source {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let Some(m) = self.material() else {
-            return Err(rustls::Error::General(
-                "no CA to check the server against: set \"ca\" in cluster.json, $KEEL_CA, or the node's \"tls\" config".into(),
-            ));
+            return Err(rustls::Error::General(format!(
+                "{NO_CA}: set \"ca\" in cluster.json, $KEEL_CA, or the node's \"tls\" config"
+            )));
         };
         m.verifier
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
@@ -405,6 +405,14 @@ where
 {
     Client::builder(TokioExecutor::new()).build(connector())
 }
+
+/// Whether a client error (its text) is a certificate the client does not trust, or no CA
+/// to check with: retrying cannot help.
+pub fn is_trust_error(error: &str) -> bool {
+    error.contains("invalid peer certificate") || error.contains(NO_CA)
+}
+
+const NO_CA: &str = "no CA to check the server against";
 
 // ------------------------------------------------------------------------ server side
 

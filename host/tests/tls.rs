@@ -163,12 +163,19 @@ fn a_tls_cluster_serves_commands_and_a_plaintext_client_gets_a_clear_answer() {
         let unknown = tempfile::tempdir().expect("tempdir");
         keel::certs::init(unknown.path(), "elsewhere").expect("a CA");
         let stranger = Tls::client_only(&keel::certs::ca_path(unknown.path())).expect("CA");
-        let e = client(&cluster.urls[0], &stranger)
+        let asked = Instant::now();
+        let e = Client::new(vec![cluster.urls[0].clone()])
+            .with_tls(stranger)
+            .with_deadline(Duration::from_secs(20))
             .get("/v1/status")
             .await
             .err()
             .expect("a server from an unknown CA is refused");
         assert!(format!("{e:#}").contains("UnknownIssuer"), "{e:#}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "a certificate refusal is not retried until the deadline"
+        );
     });
 }
 
