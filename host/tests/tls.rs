@@ -143,6 +143,16 @@ fn a_tls_cluster_serves_commands_and_a_plaintext_client_gets_a_clear_answer() {
             .expect("a get");
         assert!(String::from_utf8_lossy(&got.body).contains("over tls"));
 
+        // The dashboard's fan-out reaches every member over TLS, as a peer.
+        let view = client(&cluster.urls[0], &cluster.client_tls)
+            .get("/v1/cluster")
+            .await
+            .expect("/v1/cluster");
+        let view: serde_json::Value = serde_json::from_slice(&view.body).expect("json");
+        let members = view["members"].as_array().cloned().unwrap_or_default();
+        assert_eq!(members.len(), 3, "{view}");
+        assert!(members.iter().all(|m| m["healthy"] == true), "{view}");
+
         // Plain HTTP to a TLS port: an answer that says what to do, at once.
         let plain = cluster.urls[0].replacen("https://", "http://", 1);
         let asked = Instant::now();
@@ -287,6 +297,16 @@ fn a_node_presenting_node_3s_certificate_but_sending_as_node_2_is_refused_and_co
             .await
             .expect("an answer");
         assert_eq!(a.status, hyper::StatusCode::FORBIDDEN);
+        // Blob pushes too: a client without a node certificate cannot place a blob.
+        let a = client(&leader_url, &cluster.client_tls)
+            .request(
+                hyper::Method::PUT,
+                &format!("/v1/blobs/{}", "ab".repeat(32)),
+                b"x".to_vec(),
+            )
+            .await
+            .expect("an answer");
+        assert_eq!(a.status, hyper::StatusCode::FORBIDDEN);
         // Node 3's certificate speaking as node 3 is a peer like any other.
         let a = client(&leader_url, &node3)
             .request(
@@ -299,7 +319,7 @@ fn a_node_presenting_node_3s_certificate_but_sending_as_node_2_is_refused_and_co
         assert_eq!(a.status, hyper::StatusCode::NO_CONTENT);
 
         let after = counter(&leader_url, &cluster.client_tls, "peer_identity_refused").await;
-        assert_eq!(after - before, 2, "both refusals are counted");
+        assert_eq!(after - before, 3, "every refusal is counted");
         tokio::time::sleep(Duration::from_millis(500)).await;
         let s = status(&leader_url, &cluster.client_tls)
             .await
