@@ -454,9 +454,7 @@ fn fetch_from(blobs: &Blobs, url: &str, hash: &[u8; 32]) -> anyhow::Result<u64> 
             .enable_all()
             .build()?;
         rt.block_on(async move {
-            let client =
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build_http::<Full<Bytes>>();
+            let client = crate::tls::client::<Full<Bytes>>();
             let req = hyper::Request::get(&target).body(Full::new(Bytes::new()))?;
             let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await??;
             anyhow::ensure!(resp.status().is_success(), "{target}: {}", resp.status());

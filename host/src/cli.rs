@@ -17,6 +17,8 @@ use crate::dev::DevCluster;
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7001";
 /// The variable that names the cluster (comma-separated URLs).
 pub const ENDPOINTS_VAR: &str = "KEEL_ENDPOINTS";
+/// The variable that names the CA file a TLS cluster's certificates are checked against.
+pub const CA_VAR: &str = "KEEL_CA";
 /// What `keel dev` writes in the directory it runs in (its default `--dir`).
 pub const DEV_CLUSTER_FILE: &str = "keel-dev/cluster.json";
 
@@ -77,6 +79,26 @@ pub fn resolve_endpoints(
         return Ok((urls, EndpointSource::DevCluster(file)));
     }
     Ok((vec![DEFAULT_ENDPOINT.to_string()], EndpointSource::Default))
+}
+
+/// The CA to check TLS servers against: `$KEEL_CA` (`env`) if set, else the `"ca"` of the
+/// `keel-dev/cluster.json` under `cwd` (written by `keel dev --tls`), else none (`https://`
+/// endpoints then fail with a message naming both).
+pub fn resolve_ca(env: Option<&str>, cwd: &Path) -> anyhow::Result<Option<PathBuf>> {
+    if let Some(ca) = env.map(str::trim).filter(|v| !v.is_empty()) {
+        return Ok(Some(PathBuf::from(ca)));
+    }
+    let file = cwd.join(DEV_CLUSTER_FILE);
+    if !file.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let cluster: DevCluster = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a keel dev cluster file", file.display()))?;
+    // A relative path is relative to the file that names it.
+    Ok(cluster
+        .ca
+        .map(|ca| file.parent().map_or(ca.clone(), |dir| dir.join(&ca))))
 }
 
 fn split_urls<'a>(parts: impl Iterator<Item = &'a str>) -> Vec<String> {

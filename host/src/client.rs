@@ -19,8 +19,7 @@ use hyper_util::rt::TokioExecutor;
 /// A client of a Keel cluster.
 pub struct Client {
     endpoints: Vec<String>,
-    http:
-        HttpClient<hyper_util::client::legacy::connect::HttpConnector, BoxBody<Bytes, Infallible>>,
+    http: HttpClient<crate::tls::Connector, BoxBody<Bytes, Infallible>>,
     /// The session, once opened (or given).
     client_id: Option<u64>,
     serial: u64,
@@ -97,7 +96,7 @@ impl Client {
     pub fn new(endpoints: Vec<String>) -> Client {
         Client {
             endpoints,
-            http: HttpClient::builder(TokioExecutor::new()).build_http(),
+            http: crate::tls::client(),
             client_id: None,
             serial: 0,
             deadline: None,
@@ -118,6 +117,14 @@ impl Client {
             uploading,
             waiting,
         });
+    }
+
+    /// The same client, trusting `tls`'s CA (and presenting its certificate, if it has one)
+    /// instead of the process's TLS setup.
+    pub fn with_tls(mut self, tls: std::sync::Arc<crate::tls::Tls>) -> Client {
+        self.http =
+            HttpClient::builder(TokioExecutor::new()).build(crate::tls::connector_with(Some(tls)));
+        self
     }
 
     /// The same client, giving up on each call (retries included) after `limit`.
@@ -250,6 +257,7 @@ impl Client {
         let mut uncertain = false;
         // Whether any node answered at all: a cluster without a leader is not unreachable.
         let mut answered = false;
+        let mut refused_trust = 0;
         let give_up = self.deadline.map(|d| Instant::now() + d);
         for _ in 0..40 {
             let mut req = Request::builder().method(method.clone()).uri(&url);
@@ -326,6 +334,14 @@ impl Client {
                     // Unless the connection was never made, the request may have arrived.
                     uncertain |= !e.is_connect();
                     last_error = error_chain(&e);
+                    // A server the CA does not vouch for (or no CA at all) will not change
+                    // its mind: once every endpoint said so, stop instead of retrying.
+                    if crate::tls::is_trust_error(&last_error) {
+                        refused_trust += 1;
+                        if refused_trust >= self.endpoints.len() {
+                            break;
+                        }
+                    }
                 }
             }
             // Unavailable or unreachable: back off, try the next endpoint.

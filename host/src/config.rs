@@ -77,6 +77,13 @@ pub struct NodeConfig {
     /// How many of a plugin's latest versions `GET /v1/plugins/{name}` shows and `keel
     /// rollback` can reach.
     pub plugin_history: usize,
+    /// TLS on the client API and the peer transport: this node's certificate and key and
+    /// the cluster CA (files, reloaded when they change; docs/security.md). Peers' URLs
+    /// are then `https://`.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Allows listening without TLS on an address other than loopback (warned at start and
+    /// shown in `/v1/status`). Without it such a config is refused.
+    pub insecure: bool,
 }
 
 impl Default for NodeConfig {
@@ -107,6 +114,8 @@ impl Default for NodeConfig {
             plugins_dir: None,
             plugin_debounce_ms: 1_000,
             plugin_history: 8,
+            tls: None,
+            insecure: false,
         }
     }
 }
@@ -128,6 +137,11 @@ pub enum ConfigError {
         /// Election ticks.
         election: u32,
     },
+    /// Plaintext on an address others can reach, without saying so.
+    #[error(
+        "listening on {0} without TLS: add \"tls\" (cert, key, ca; see docs/security.md), or \"insecure\": true to accept that anyone who can reach the port can read and forge the cluster's traffic"
+    )]
+    Plaintext(SocketAddr),
     /// The file could not be read or parsed.
     #[error("config {path}: {reason}")]
     File {
@@ -159,6 +173,9 @@ impl NodeConfig {
         if !self.peers.contains_key(&self.id) {
             return Err(ConfigError::NotAPeer(self.id));
         }
+        if self.exposed_without_tls() && !self.insecure {
+            return Err(ConfigError::Plaintext(self.listen));
+        }
         if self.tick_ms == 0
             || self.heartbeat_ticks == 0
             || self.heartbeat_ticks >= self.election_ticks
@@ -169,6 +186,11 @@ impl NodeConfig {
             });
         }
         Ok(())
+    }
+
+    /// Whether this node serves plaintext beyond loopback (allowed only with `insecure`).
+    pub fn exposed_without_tls(&self) -> bool {
+        self.tls.is_none() && !self.listen.ip().is_loopback()
     }
 
     /// The cluster id as a number.
@@ -237,6 +259,12 @@ mod tests {
             plugins_dir: Some(PathBuf::from("/srv/keel-plugins")),
             plugin_debounce_ms: 250,
             plugin_history: 3,
+            tls: Some(crate::tls::TlsFiles {
+                cert: PathBuf::from("/etc/keel/node-7.pem"),
+                key: PathBuf::from("/etc/keel/node-7-key.pem"),
+                ca: PathBuf::from("/etc/keel/ca.pem"),
+            }),
+            insecure: true,
         };
         let text = serde_json::to_string_pretty(&cfg).expect("a config serializes");
         let back: NodeConfig = serde_json::from_str(&text).expect("its own JSON parses");
@@ -276,6 +304,33 @@ mod tests {
             ..NodeConfig::default()
         };
         assert!(matches!(cfg.check(), Err(ConfigError::NotAPeer(9))));
+    }
+
+    #[test]
+    fn plaintext_beyond_loopback_is_refused_unless_insecure() {
+        let exposed = NodeConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7001)),
+            ..NodeConfig::default()
+        };
+        assert!(matches!(exposed.check(), Err(ConfigError::Plaintext(_))));
+        let insecure = NodeConfig {
+            insecure: true,
+            ..exposed.clone()
+        };
+        assert!(insecure.check().is_ok());
+        let with_tls = NodeConfig {
+            tls: Some(crate::tls::TlsFiles {
+                cert: "c".into(),
+                key: "k".into(),
+                ca: "a".into(),
+            }),
+            ..exposed
+        };
+        assert!(with_tls.check().is_ok());
+        assert!(
+            NodeConfig::default().check().is_ok(),
+            "loopback needs no TLS"
+        );
     }
 
     #[test]

@@ -31,10 +31,19 @@ pub struct DevNode {
 pub struct DevCluster {
     /// The nodes.
     pub nodes: Vec<DevNode>,
+    /// The CA of a TLS cluster (`keel dev --tls`): the CLI checks the nodes against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
 }
 
 /// Writes the configs of a new `n`-node cluster under `dir`, on free loopback ports.
 pub fn plan(n: usize, dir: &Path) -> anyhow::Result<Vec<(NodeConfig, PathBuf)>> {
+    plan_with(n, dir, false)
+}
+
+/// [`plan`], over TLS if `tls`: a throw-away CA and a certificate per node in `dir/certs`
+/// ([`crate::certs`]), `https://` URLs.
+pub fn plan_with(n: usize, dir: &Path, tls: bool) -> anyhow::Result<Vec<(NodeConfig, PathBuf)>> {
     if !(1..=7).contains(&n) {
         bail!("--nodes must be between 1 and 7, not {n}");
     }
@@ -50,8 +59,17 @@ pub fn plan(n: usize, dir: &Path) -> anyhow::Result<Vec<(NodeConfig, PathBuf)>> 
     let peers = addrs
         .iter()
         .enumerate()
-        .map(|(i, a)| (i as u64 + 1, format!("http://{a}")))
+        .map(|(i, a)| {
+            let scheme = if tls { "https" } else { "http" };
+            (i as u64 + 1, format!("{scheme}://{a}"))
+        })
         .collect();
+    let certs = dir.join("certs");
+    if tls {
+        // Throw-away: a fresh cluster gets a fresh CA.
+        let _ = std::fs::remove_dir_all(&certs);
+        crate::certs::init(&certs, "keel dev")?;
+    }
     let uuid = random_uuid();
     let mut out = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
@@ -59,12 +77,21 @@ pub fn plan(n: usize, dir: &Path) -> anyhow::Result<Vec<(NodeConfig, PathBuf)>> 
         let node_dir = dir.join(format!("node-{id}"));
         std::fs::create_dir_all(&node_dir)
             .with_context(|| format!("creating {}", node_dir.display()))?;
+        let tls = match tls {
+            true => Some(crate::certs::node(
+                &certs,
+                id,
+                &["127.0.0.1".to_string(), "localhost".to_string()],
+            )?),
+            false => None,
+        };
         let cfg = NodeConfig {
             id,
             cluster_id: uuid.clone(),
             listen: *addr,
             peers: std::collections::BTreeMap::clone(&peers),
             data_dir: node_dir.join("data"),
+            tls,
             ..NodeConfig::default()
         };
         let path = node_dir.join("config.json");
@@ -159,7 +186,7 @@ pub fn existing(dir: &Path) -> anyhow::Result<Option<Vec<(NodeConfig, PathBuf)>>
 /// Runs `keel dev` until Ctrl-C. A directory that already holds a cluster resumes it, data
 /// and all, on the same ports (the membership records the nodes' addresses); `fresh`
 /// deletes it and starts a new one.
-pub async fn run(n: usize, dir: PathBuf, fresh: bool) -> anyhow::Result<()> {
+pub async fn run(n: usize, dir: PathBuf, fresh: bool, tls: bool) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the keel binary")?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
@@ -179,6 +206,12 @@ pub async fn run(n: usize, dir: PathBuf, fresh: bool) -> anyhow::Result<()> {
             nodes.len(),
             nodes.len()
         ),
+        Some(nodes) if nodes[0].0.tls.is_some() != tls => bail!(
+            "{} holds a cluster {} TLS; run {} --tls to resume it, or --fresh to replace it",
+            dir.display(),
+            if tls { "without" } else { "with" },
+            if tls { "without" } else { "with" },
+        ),
         Some(nodes) => {
             for (cfg, _) in &nodes {
                 if let Err(e) = TcpListener::bind(cfg.listen) {
@@ -195,8 +228,13 @@ pub async fn run(n: usize, dir: PathBuf, fresh: bool) -> anyhow::Result<()> {
             );
             nodes
         }
-        None => plan(n, &dir)?,
+        None => plan_with(n, &dir, tls)?,
     };
+    // The CLI reads this from cluster.json; this process needs it to see the leader.
+    let ca = plan[0].0.tls.as_ref().map(|t| t.ca.clone());
+    if let Some(ca) = &ca {
+        crate::tls::install(crate::tls::Tls::client_only(ca)?);
+    }
     let mut children: Vec<Child> = Vec::new();
     let mut nodes = Vec::new();
     for (cfg, path) in &plan {
@@ -224,7 +262,10 @@ pub async fn run(n: usize, dir: PathBuf, fresh: bool) -> anyhow::Result<()> {
     let cluster_file = dir.join("cluster.json");
     std::fs::write(
         &cluster_file,
-        serde_json::to_vec_pretty(&DevCluster { nodes })?,
+        serde_json::to_vec_pretty(&DevCluster {
+            nodes,
+            ca: ca.clone(),
+        })?,
     )?;
     let endpoints: Vec<String> = plan.iter().map(|(c, _)| c.url()).collect();
     // Ctrl-C or a plain `kill`, from here on: either way the children go too, never
@@ -264,6 +305,9 @@ pub async fn run(n: usize, dir: PathBuf, fresh: bool) -> anyhow::Result<()> {
         crate::cli::ENDPOINTS_VAR,
         endpoints.join(",")
     );
+    if let Some(ca) = &ca {
+        println!("export {}={}", crate::cli::CA_VAR, ca.display());
+    }
     println!(
         "try:     keel put hello world && keel get hello && keel status  (from this directory, or after the export)"
     );

@@ -8,6 +8,7 @@
 //! tests.
 
 pub mod blobs;
+pub mod certs;
 pub mod cli;
 pub mod cli_plugins;
 pub mod client;
@@ -20,3 +21,4 @@ pub mod peer;
 pub mod plugin_dir;
 pub mod state;
 pub mod templates;
+pub mod tls;

@@ -83,6 +83,15 @@ enum Cmd {
         /// Delete a cluster DIR already holds and start a new one (by default it resumes).
         #[arg(long)]
         fresh: bool,
+        /// Serve over TLS with mutually authenticated peers: a throw-away CA and node
+        /// certificates in DIR/certs, the CA's path in DIR/cluster.json for the CLI.
+        #[arg(long)]
+        tls: bool,
+    },
+    /// Make certificates for a TLS cluster (docs/security.md).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCmd,
     },
     /// Run one node.
     Serve(ServeArgs),
@@ -206,6 +215,28 @@ enum MemberCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum CertsCmd {
+    /// Create a cluster CA in DIR (`ca.pem`, `ca-key.pem`; keep the key offline).
+    Init {
+        /// Where to write it.
+        dir: PathBuf,
+        /// A name for the CA's subject.
+        #[arg(long, default_value = "keel")]
+        name: String,
+    },
+    /// Issue node ID's certificate from the CA in DIR (`node-ID.pem`, `node-ID-key.pem`).
+    Node {
+        /// The node's id (the certificate binds it: the node may only speak as this id).
+        id: u64,
+        /// The directory holding the CA.
+        dir: PathBuf,
+        /// Host names or IP addresses in the node's URL [default: 127.0.0.1, localhost].
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCmd {
     /// Print the effective configuration as JSON.
     Show(ServeArgs),
@@ -290,6 +321,17 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    match &cfg.tls {
+        Some(files) => keel::tls::install(
+            keel::tls::Tls::node(files).context("loading the TLS files named in the config")?,
+        ),
+        None if cfg.insecure => tracing::warn!(
+            target: "keel::tls",
+            listen = %cfg.listen,
+            "serving WITHOUT TLS (\"insecure\": true): anyone who can reach this port can read the traffic, submit commands and pose as a peer"
+        ),
+        None => {}
+    }
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -332,6 +374,12 @@ impl Ctx {
         let env = std::env::var(keel::cli::ENDPOINTS_VAR).ok();
         let cwd = std::env::current_dir().context("reading the current directory")?;
         let (endpoints, source) = keel::cli::resolve_endpoints(&g.endpoints, env.as_deref(), &cwd)?;
+        let ca = std::env::var(keel::cli::CA_VAR).ok();
+        if let Some(ca) = keel::cli::resolve_ca(ca.as_deref(), &cwd)? {
+            let tls = keel::tls::Tls::client_only(&ca)
+                .with_context(|| format!("loading the cluster CA ({})", keel::cli::CA_VAR))?;
+            keel::tls::install(tls);
+        }
         Ok(Ctx {
             endpoints,
             source,
@@ -514,8 +562,7 @@ fn watch(global: &Global) -> ExitCode {
 async fn follow_events(ctx: &Ctx) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
     use std::io::Write;
-    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let http = keel::tls::client::<http_body_util::Empty<bytes::Bytes>>();
     let mut lost_since = std::time::Instant::now();
     let mut last_error = String::new();
     let mut stdout = std::io::stdout();
@@ -576,16 +623,49 @@ async fn follow_events(ctx: &Ctx) -> anyhow::Result<()> {
     .into())
 }
 
+fn certs(command: CertsCmd) -> anyhow::Result<()> {
+    match command {
+        CertsCmd::Init { dir, name } => {
+            let ca = keel::certs::init(&dir, &name)?;
+            println!(
+                "CA: {}  (its key beside it: keep it off the nodes)",
+                ca.display()
+            );
+        }
+        CertsCmd::Node { id, dir, hosts } => {
+            let hosts = if hosts.is_empty() {
+                vec!["127.0.0.1".to_string(), "localhost".to_string()]
+            } else {
+                hosts
+            };
+            let files = keel::certs::node(&dir, id, &hosts)?;
+            // The config fragment for this node, ready to paste.
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "tls": files }))?
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let g = &cli.global;
     match cli.command {
-        Cmd::Dev { nodes, dir, fresh } => {
-            match runtime().and_then(|rt| rt.block_on(keel::dev::run(nodes, dir, fresh))) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail("dev", e),
-            }
-        }
+        Cmd::Dev {
+            nodes,
+            dir,
+            fresh,
+            tls,
+        } => match runtime().and_then(|rt| rt.block_on(keel::dev::run(nodes, dir, fresh, tls))) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail("dev", e),
+        },
+        Cmd::Certs { command } => match certs(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail("certs", e),
+        },
         Cmd::Serve(args) => match serve(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail("serve", e),

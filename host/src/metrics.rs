@@ -20,6 +20,11 @@ pub struct Metrics {
     pub foreign_cluster: Counter,
     /// Peer messages dropped because a peer was down or not reading fast enough.
     pub peer_dropped: Counter,
+    /// TLS connections refused at the handshake (an unknown CA, a bad certificate).
+    pub tls_refused: Counter,
+    /// Peer requests refused for their certificate: none, or one naming another node than
+    /// the messages' sender (issue #13).
+    pub peer_identity_refused: Counter,
     /// Snapshots installed from a leader.
     pub snapshots_installed: Counter,
     /// Requests and peer batches refused because the driver's queue was full.
@@ -62,6 +67,8 @@ impl Default for Metrics {
             fsyncs: Counter::default(),
             foreign_cluster: Counter::default(),
             peer_dropped: Counter::default(),
+            tls_refused: Counter::default(),
+            peer_identity_refused: Counter::default(),
             snapshots_installed: Counter::default(),
             inputs_refused: Counter::default(),
             blob_sweep_fetches: Counter::default(),
@@ -110,6 +117,16 @@ impl Default for Metrics {
             "foreign_cluster_messages",
             "Peer messages refused for another cluster's UUID",
             m.foreign_cluster.clone(),
+        );
+        registry.register(
+            "tls_handshakes_refused",
+            "TLS connections refused at the handshake (unknown CA, bad certificate, timeout)",
+            m.tls_refused.clone(),
+        );
+        registry.register(
+            "peer_identity_refused",
+            "Peer requests refused: no node certificate, or one naming another node than the sender",
+            m.peer_identity_refused.clone(),
         );
         registry.register(
             "peer_messages_dropped",

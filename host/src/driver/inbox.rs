@@ -206,6 +206,8 @@ pub struct NodeStatus {
     /// Index of the snapshot the log starts after (entries up to it are never applied here
     /// again; blob garbage collection reads it from every member).
     pub snapshot_index: Index,
+    /// Serving plaintext by the config's `"insecure": true` (docs/security.md).
+    pub insecure: bool,
 }
 
 /// Apply waits for a blob this node lacks.

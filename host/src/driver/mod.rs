@@ -840,6 +840,7 @@ impl Driver {
             }),
             blobs_sweeping: self.sweeping.len(),
             snapshot_index: self.snapshot_index,
+            insecure: self.cfg.insecure && self.cfg.tls.is_none(),
         };
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }

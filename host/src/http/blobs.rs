@@ -125,10 +125,7 @@ pub(crate) async fn place(
             let cluster = node.config.cluster_id.clone();
             let body = stream(&node.blobs, hash, 0, len);
             async move {
-                let client = hyper_util::client::legacy::Client::builder(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .build_http::<Body>();
+                let client = crate::tls::client::<Body>();
                 let req = Request::put(format!("{url}/v1/blobs/{}", hex(&hash)))
                     .header(CLUSTER_HEADER, cluster)
                     .header(KIND_HEADER, "data")

@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{CACHE_CONTROL, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+
+use crate::tls::Connector;
 use serde::Serialize;
 
 use super::{Body, full, json};
@@ -84,8 +84,7 @@ pub async fn cluster(node: &NodeHandle) -> ClusterView {
         .clone();
     let local_json = serde_json::to_value(&local).unwrap_or_default();
     let members = cli::members_of(&local_json);
-    let http: HttpClient<HttpConnector, Full<Bytes>> =
-        HttpClient::builder(TokioExecutor::new()).build_http();
+    let http: HttpClient<Connector, Full<Bytes>> = crate::tls::client();
     let answers = futures_util::future::join_all(members.iter().map(|(id, url, _)| {
         let http = &http;
         let local_json = &local_json;
@@ -146,7 +145,7 @@ pub async fn cluster(node: &NodeHandle) -> ClusterView {
 }
 
 /// One GET, answered with 2xx within [`MEMBER_TIMEOUT`] (body included), or why not.
-async fn get(http: &HttpClient<HttpConnector, Full<Bytes>>, url: String) -> anyhow::Result<Bytes> {
+async fn get(http: &HttpClient<Connector, Full<Bytes>>, url: String) -> anyhow::Result<Bytes> {
     let req = Request::get(&url).body(Full::new(Bytes::new()))?;
     let answer = async {
         let resp = http.request(req).await?;

@@ -155,8 +155,7 @@ async fn push(
     cluster: &str,
     limits: Limits,
 ) -> anyhow::Result<()> {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
+    let client = crate::tls::client::<Full<Bytes>>();
     let req = Request::put(format!("{url}/v1/blobs/{}", hex(hash)))
         .header(super::blobs::CLUSTER_HEADER, cluster)
         .header("keel-fuel", limits.fuel)

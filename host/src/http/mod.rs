@@ -6,6 +6,7 @@ pub mod blob_gc;
 pub mod blobs;
 pub mod dashboard;
 pub mod deploy;
+mod listen;
 pub mod peer;
 pub mod plugins;
 
@@ -17,9 +18,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use keel_raft::{ClientSerial, Payload, ReadMode, Role};
 use keel_storage::{StateView, Storage};
 use tokio::net::TcpListener;
@@ -32,25 +31,10 @@ use crate::state;
 /// Response body type: a whole buffer or a stream (server-sent events).
 pub type Body = BoxBody<Bytes, Infallible>;
 
-/// Serves clients and peers until the listener fails.
+/// Serves clients and peers until the listener fails (over TLS when the process has a TLS
+/// setup, `crate::tls`).
 pub async fn serve(listener: TcpListener, node: NodeHandle) -> std::io::Result<()> {
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let _ = stream.set_nodelay(true);
-        let node = node.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let node = node.clone();
-                async move { Ok::<_, Infallible>(route(node, req).await) }
-            });
-            // Malformed requests (bad framing, wrong content length, oversized headers) are
-            // answered by hyper itself with 400/431 and the connection closed.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .max_buf_size(64 << 10)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    listen::serve(listener, node).await
 }
 
 async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {

@@ -6,14 +6,16 @@ use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use keel_raft::Message;
+use keel_raft::{Message, NodeId};
 
 use super::{Body, error, read_body, retry_later};
 use crate::driver::{Input, NodeHandle, SubmitError};
 use crate::peer::MAX_PEER_BODY;
+use crate::tls::Transport;
 
 /// `POST /v1/raft/stream`: reads frames until the peer closes the stream.
 pub async fn peer_stream(node: &NodeHandle, req: Request<Incoming>) -> Response<Body> {
+    let sender = sender_of(&req);
     let mut body = req.into_body();
     let mut buf = BytesMut::new();
     loop {
@@ -39,7 +41,7 @@ pub async fn peer_stream(node: &NodeHandle, req: Request<Incoming>) -> Response<
             }
             buf.advance(4);
             let frame = buf.split_to(len);
-            if let Err(refused) = deliver(node, &frame) {
+            if let Err(refused) = deliver(node, &frame, sender) {
                 return refused.response();
             }
         }
@@ -52,11 +54,12 @@ pub async fn peer_stream(node: &NodeHandle, req: Request<Incoming>) -> Response<
 
 /// `POST /v1/raft`: one batch of messages (snapshots, and peers that do not stream).
 pub async fn peer_messages(node: &NodeHandle, req: Request<Incoming>) -> Response<Body> {
+    let sender = sender_of(&req);
     let bytes = match read_body(req.into_body(), MAX_PEER_BODY).await {
         Ok(b) => b,
         Err(r) => return r.response(),
     };
-    match deliver(node, &bytes) {
+    match deliver(node, &bytes, sender) {
         Ok(()) => no_content(),
         Err(refused) => refused.response(),
     }
@@ -79,9 +82,49 @@ impl Refused {
     }
 }
 
-/// Decodes one batch, checks its cluster, and hands it to the driver.
-fn deliver(node: &NodeHandle, bytes: &[u8]) -> Result<(), Refused> {
+/// Who may send on this connection: over TLS, only the node its certificate names (the
+/// listener has already refused TLS connections without one); in plaintext, anyone.
+fn sender_of(req: &Request<Incoming>) -> Sender {
+    match req.extensions().get::<Transport>() {
+        Some(Transport {
+            tls: true,
+            peer: Some(id),
+        }) => Sender::Only(*id),
+        Some(Transport { tls: true, .. }) => Sender::Nobody,
+        _ => Sender::Anyone,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Sender {
+    Anyone,
+    Only(NodeId),
+    Nobody,
+}
+
+/// Decodes one batch, checks its sender and cluster, and hands it to the driver.
+fn deliver(node: &NodeHandle, bytes: &[u8], sender: Sender) -> Result<(), Refused> {
     let batch = postcard::from_bytes::<Vec<Message>>(bytes).map_err(|_| Refused::Malformed)?;
+    // Issue #13: a certificate binds a node id; node 3's certificate cannot vote, append
+    // or answer as node 2. The whole batch goes: one forged message taints the connection.
+    let forged = match sender {
+        Sender::Anyone => None,
+        Sender::Only(id) => batch
+            .iter()
+            .find(|m| m.from != id)
+            .map(|m| (m.from, Some(id))),
+        Sender::Nobody => batch.first().map(|m| (m.from, None)),
+    };
+    if let Some((from, cert)) = forged {
+        node.metrics.peer_identity_refused.inc();
+        tracing::warn!(target: "keel::msg", from, cert = ?cert, "refused peer messages sent as another node than the certificate names");
+        return Err(Refused::Foreign(match cert {
+            Some(id) => format!(
+                "message from node {from} on a connection whose certificate names node {id}"
+            ),
+            None => format!("message from node {from} on a connection without a node certificate"),
+        }));
+    }
     // Design §7: every message carries the cluster UUID; a foreign one is refused whole.
     if let Some(m) = batch.iter().find(|m| m.cluster != node.cluster) {
         node.metrics.foreign_cluster.inc();

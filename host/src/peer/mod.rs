@@ -26,7 +26,6 @@ use hyper::body::Frame;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use keel_raft::{Message, MessageBody, NodeId};
 use tokio::sync::mpsc;
@@ -106,8 +105,8 @@ pub async fn peer_sender(
     mut outbox: mpsc::UnboundedReceiver<Message>,
     metrics: std::sync::Arc<Metrics>,
 ) {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
+    // Over TLS when the URL is https://, presenting this node's certificate (crate::tls).
+    let http = crate::tls::connector();
     let streams: Client<_, FrameBody> = Client::builder(TokioExecutor::new()).build(http.clone());
     let (snapshots, snapshot_rx) = mpsc::channel::<Message>(1);
     tokio::spawn(snapshot_sender(url.clone(), snapshot_rx, http));
@@ -190,7 +189,11 @@ fn encode_frame(batch: &[Message]) -> Option<Bytes> {
 }
 
 /// Sends snapshots, each as one `POST /v1/raft` whose body goes out in chunks.
-async fn snapshot_sender(url: String, mut rx: mpsc::Receiver<Message>, http: HttpConnector) {
+async fn snapshot_sender(
+    url: String,
+    mut rx: mpsc::Receiver<Message>,
+    http: crate::tls::Connector,
+) {
     type Chunks = http_body_util::StreamBody<
         futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>,
     >;
