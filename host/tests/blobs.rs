@@ -79,7 +79,7 @@ fn large_commands_go_by_reference_and_a_follower_that_missed_them_heals_by_itsel
     let mut cluster = start(3);
     let rt = rt();
     let urls = cluster.urls.clone();
-    let leader = rt.block_on(wait_for_leader(&urls, Duration::from_secs(30)));
+    let leader = rt.block_on(wait_for_leader(&urls, Duration::from_secs(60)));
     // Stop a follower: it misses the commands and the blobs' placement.
     let follower = (1..=3u64).find(|&id| id != leader).expect("a follower");
     let f = (follower - 1) as usize;
@@ -175,7 +175,7 @@ fn a_blob_uploaded_is_held_by_a_majority_and_read_back_whole_or_by_range() {
     let rt = rt();
     let urls = cluster.urls.clone();
     rt.block_on(async {
-        wait_for_leader(&urls, Duration::from_secs(30)).await;
+        wait_for_leader(&urls, Duration::from_secs(60)).await;
         let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let mut c = Client::new(vec![urls[1].clone()]);
         let a = c
@@ -225,7 +225,7 @@ fn an_orphan_upload_is_collected_after_the_grace_period_and_a_named_blob_is_kept
     let rt = rt();
     let urls = cluster.urls.clone();
     rt.block_on(async {
-        wait_for_leader(&urls, Duration::from_secs(30)).await;
+        wait_for_leader(&urls, Duration::from_secs(60)).await;
         let mut c = Client::new(urls.clone()).with_deadline(Duration::from_secs(30));
         let orphan = vec![7u8; 200_000];
         let a = c

@@ -360,7 +360,7 @@ fn membership_flags_go_anywhere_an_empty_learner_is_not_promoted_and_removing_th
     let rt = rt();
     rt.block_on(wait_for_leader(
         &cluster.urls(1..=3),
-        Duration::from_secs(20),
+        Duration::from_secs(60),
     ));
     let limit = Duration::from_secs(60);
     let dir = std::env::temp_dir();
@@ -416,7 +416,7 @@ fn membership_flags_go_anywhere_an_empty_learner_is_not_promoted_and_removing_th
     );
 
     // Removing the leader: the client gets the new configuration, not 504.
-    let leader = rt.block_on(wait_for_leader(&all, Duration::from_secs(20)));
+    let leader = rt.block_on(wait_for_leader(&all, Duration::from_secs(60)));
     let removed = run(&[
         "member",
         "remove",
@@ -465,7 +465,7 @@ fn keel_watch_prints_a_line_per_event_and_follows_a_leadership_change() {
     let cluster = Cluster::plan(3, |_| {}, |_| true);
     let urls = cluster.urls(1..=3);
     let rt = rt();
-    let leader = rt.block_on(wait_for_leader(&urls, Duration::from_secs(20)));
+    let leader = rt.block_on(wait_for_leader(&urls, Duration::from_secs(60)));
     let mut watch = Command::new(exe())
         .args(["watch", "--endpoints", &cluster.url(leader)])
         .stdin(Stdio::null())

@@ -154,7 +154,7 @@ fn a_three_node_cluster_survives_kill_9_of_its_leader_without_losing_an_acknowle
     let urls = cluster.urls();
     let rt = rt();
     rt.block_on(async {
-        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let leader = wait_for_leader(&urls, Duration::from_secs(60)).await;
 
         // Commands through every node: followers redirect to the leader.
         for (i, url) in urls.iter().enumerate() {
@@ -195,7 +195,7 @@ fn a_three_node_cluster_survives_kill_9_of_its_leader_without_losing_an_acknowle
         let killed_at = Instant::now();
         cluster.kill(leader);
         let survivors = cluster.urls_except(leader);
-        let new_leader = wait_for_leader(&survivors, Duration::from_secs(10)).await;
+        let new_leader = wait_for_leader(&survivors, Duration::from_secs(30)).await;
         let failover = killed_at.elapsed();
         println!("failover: node {new_leader} leads {failover:?} after kill -9 of node {leader}");
         assert_ne!(new_leader, leader);
@@ -232,7 +232,7 @@ fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
     let urls = cluster.urls();
     let rt = rt();
     rt.block_on(async {
-        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let leader = wait_for_leader(&urls, Duration::from_secs(60)).await;
         let behind = cluster
             .nodes
             .iter()
@@ -280,7 +280,7 @@ fn a_whole_cluster_killed_and_restarted_elects_a_leader_and_keeps_its_writes() {
     let urls = cluster.urls();
     let rt = rt();
     rt.block_on(async {
-        wait_for_leader(&urls, Duration::from_secs(20)).await;
+        wait_for_leader(&urls, Duration::from_secs(60)).await;
         let mut c = Client::new(urls.clone());
         for i in 0..20 {
             let (code, body) = put(&mut c, &format!("r-{i}"), &format!("{i}")).await;
@@ -292,7 +292,7 @@ fn a_whole_cluster_killed_and_restarted_elects_a_leader_and_keeps_its_writes() {
         for id in 1..=3 {
             cluster.restart(id);
         }
-        wait_for_leader(&urls, Duration::from_secs(20)).await;
+        wait_for_leader(&urls, Duration::from_secs(60)).await;
         let mut c = Client::new(urls.clone());
         for i in 0..20 {
             assert_eq!(get(&mut c, &format!("r-{i}")).await, format!("{i}"));
@@ -314,7 +314,7 @@ fn a_history_with_a_leader_killed_mid_way_is_linearizable() {
     let urls = cluster.urls();
     let rt = rt();
     let history = rt.block_on(async {
-        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let leader = wait_for_leader(&urls, Duration::from_secs(60)).await;
         let start = Instant::now();
         let run_for = Duration::from_secs(6);
         let mut tasks = Vec::new();
@@ -432,7 +432,7 @@ fn a_node_joins_as_learner_is_promoted_and_carries_the_quorum() {
     let rt = rt();
     rt.block_on(async {
         let founders = urls[..3].to_vec();
-        let leader = wait_for_leader(&founders, Duration::from_secs(20)).await;
+        let leader = wait_for_leader(&founders, Duration::from_secs(60)).await;
         let mut c = Client::new(founders.clone());
         for i in 0..20 {
             let (code, body) = put(&mut c, &format!("m-{i}"), &format!("{i}")).await;
@@ -526,7 +526,7 @@ fn a_retried_serial_is_applied_once_even_across_a_leader_change() {
     let urls = cluster.urls();
     let rt = rt();
     rt.block_on(async {
-        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let leader = wait_for_leader(&urls, Duration::from_secs(60)).await;
         let leader_url = urls[(leader - 1) as usize].clone();
         let id = Client::new(vec![leader_url.clone()])
             .session()
@@ -557,7 +557,7 @@ fn a_retried_serial_is_applied_once_even_across_a_leader_change() {
 
         cluster.kill(leader);
         let survivors: Vec<String> = urls.iter().filter(|u| **u != leader_url).cloned().collect();
-        let new_leader = wait_for_leader(&survivors, Duration::from_secs(10)).await;
+        let new_leader = wait_for_leader(&survivors, Duration::from_secs(30)).await;
         let new_url = urls[(new_leader - 1) as usize].clone();
         // The same (client, serial) with another body: the stored answer comes back, and
         // nothing is applied again (a second apply would answer {"prev":"first"}).
@@ -583,7 +583,7 @@ fn an_idle_session_expires_on_every_replica_and_its_commands_are_refused() {
     let urls = cluster.urls();
     let rt = rt();
     rt.block_on(async {
-        wait_for_leader(&urls, Duration::from_secs(20)).await;
+        wait_for_leader(&urls, Duration::from_secs(60)).await;
         let mut idle = Client::new(urls.clone());
         let mut busy = Client::new(urls.clone());
         assert_eq!(put(&mut idle, "idle", "1").await.0, 200);
@@ -648,7 +648,7 @@ async fn deploy_kv2_with_a_follower_down(
     urls: &[String],
     headers: &[(&'static str, String)],
 ) -> (u64, u64, Vec<String>, Client, String) {
-    let leader = wait_for_leader(urls, Duration::from_secs(20)).await;
+    let leader = wait_for_leader(urls, Duration::from_secs(60)).await;
     let down = (1..=3).find(|id| *id != leader).expect("a follower");
     cluster.kill(down);
     let up = cluster.urls_except(down);
@@ -801,7 +801,7 @@ fn keel_dev_run_twice_in_one_directory_resumes_the_cluster() {
     let first = dev(&[]);
     let before = urls(dir.path());
     rt.block_on(async {
-        wait_for_leader(&before, Duration::from_secs(20)).await;
+        wait_for_leader(&before, Duration::from_secs(60)).await;
         let mut c = Client::new(before.clone());
         assert_eq!(put(&mut c, "kept", "yes").await.0, 200);
     });
@@ -812,7 +812,7 @@ fn keel_dev_run_twice_in_one_directory_resumes_the_cluster() {
     let after = urls(dir.path());
     assert_eq!(before, after, "resumed on the same addresses");
     rt.block_on(async {
-        wait_for_leader(&after, Duration::from_secs(20)).await;
+        wait_for_leader(&after, Duration::from_secs(60)).await;
         let mut c = Client::new(after.clone());
         assert_eq!(get(&mut c, "kept").await, "yes");
     });
@@ -861,7 +861,7 @@ fn bad_input_gets_a_clear_status_and_the_node_keeps_serving() {
     let url = urls[0].clone();
     let rt = rt();
     rt.block_on(async {
-        wait_for_leader(&urls, Duration::from_secs(20)).await;
+        wait_for_leader(&urls, Duration::from_secs(60)).await;
     });
     let post = |path: &str, headers: &str, body: &[u8]| {
         let mut req = format!(
@@ -1000,7 +1000,7 @@ fn a_query_burst_larger_than_the_plugin_pool_is_served_and_never_starves_apply()
     let urls = cluster.urls();
     let rt = rt();
     rt.block_on(async {
-        wait_for_leader(&urls, Duration::from_secs(20)).await;
+        wait_for_leader(&urls, Duration::from_secs(60)).await;
         let mut tasks = Vec::new();
         // 128 concurrent readers (the runtime pools 64 instances), with writers among them:
         // were queries to take every instance, an apply would find none and the node would
@@ -1049,7 +1049,7 @@ fn the_event_stream_reports_a_leadership_change() {
     let urls = cluster.urls();
     let rt = rt();
     rt.block_on(async {
-        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let leader = wait_for_leader(&urls, Duration::from_secs(60)).await;
         let watched = urls[(leader - 1) as usize].clone();
         let addr = watched.trim_start_matches("http://").to_string();
         let reader = tokio::task::spawn_blocking(move || {
@@ -1100,7 +1100,7 @@ fn a_command_whose_entry_a_snapshot_covers_is_answered_not_left_to_time_out() {
     let urls = cluster.urls();
     let rt = rt();
     rt.block_on(async {
-        let leader = wait_for_leader(&urls, Duration::from_secs(20)).await;
+        let leader = wait_for_leader(&urls, Duration::from_secs(60)).await;
         let leader_url = urls[(leader - 1) as usize].clone();
         let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
         let last_index = |s: Option<serde_json::Value>| {
@@ -1141,7 +1141,7 @@ fn a_command_whose_entry_a_snapshot_covers_is_answered_not_left_to_time_out() {
             cluster.signal(*f, "CONT");
         }
         let others = cluster.urls_except(leader);
-        wait_for_leader(&others, Duration::from_secs(20)).await;
+        wait_for_leader(&others, Duration::from_secs(60)).await;
         let mut c = Client::new(others.clone());
         for i in 0..150 {
             let (code, body) = put(&mut c, &format!("c-{i}"), "v").await;

@@ -115,7 +115,7 @@ impl Nodes {
             _one_at_a_time: guard,
         };
         let urls = nodes.urls();
-        let leader = rt.block_on(wait_for_leader(&urls, Duration::from_secs(20)));
+        let leader = rt.block_on(wait_for_leader(&urls, Duration::from_secs(60)));
         // Every follower must know the leader and have the kv plugin active before a page
         // is asked to show them.
         rt.block_on(async {

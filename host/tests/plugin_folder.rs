@@ -188,7 +188,7 @@ fn plugins_dropped_into_one_folder_run_everywhere_and_their_life_cycle_is_explic
     let mut cluster = start(3);
     let rt = rt();
     let urls = cluster.urls.clone();
-    let leader = rt.block_on(wait_for_leader(&urls, Duration::from_secs(30)));
+    let leader = rt.block_on(wait_for_leader(&urls, Duration::from_secs(60)));
     // Drop into a follower's folder; command through another node.
     let f = (1..=3u64).find(|&id| id != leader).expect("a follower") as usize - 1;
     let other = urls[(f + 1) % 3].clone();

@@ -107,7 +107,7 @@ fn a_plugin_looping_until_its_fuel_runs_out_changes_no_term_and_stale_reads_keep
     let wasm = misbehave_wasm();
     let (_nodes, urls, logs) = start(3);
     rt().block_on(async {
-        wait_for_leader(&urls, Duration::from_secs(30)).await;
+        wait_for_leader(&urls, Duration::from_secs(60)).await;
         let mut admin = Client::new(urls.clone());
         let fuel = keel_plugin::MAX_FUEL;
         let a = admin
