@@ -103,6 +103,9 @@ impl Net {
                     .map_err(|e| format!("{e}"))?,
                 peers: peers.clone(),
                 data_dir: node_dir.join("data"),
+                // Private addresses in this test's own network namespaces: plaintext on
+                // purpose (a node refuses it beyond loopback unless told, docs/security.md).
+                insecure: true,
                 ..NodeConfig::default()
             };
             let path = node_dir.join("config.json");
