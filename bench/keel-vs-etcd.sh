@@ -21,16 +21,7 @@ while getopts "d:r:c:" o; do
 done
 [[ -x "$peers/kv-load.sh" ]] || { echo "peer scripts not found at $peers (set PEERS=)" >&2; exit 2; }
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v etcd >/dev/null || need+=(etcd-server)
-command -v etcdctl >/dev/null || need+=(etcd-client)
-command -v jq >/dev/null || need+=(jq)
-command -v curl >/dev/null || need+=(curl)
-if ((${#need[@]})); then
-  echo "# installing ${need[*]}" >&2
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+bench_tools
 
 cargo build --release -q -p keel --bin keel --example ceiling --manifest-path "$root/Cargo.toml"
 target=${CARGO_TARGET_DIR:-$root/target}

@@ -1,4 +1,19 @@
-# Shared by the benchmark scripts (sourced): finding the leader of a `keel dev` cluster.
+# Shared by the benchmark scripts (sourced): the tools they need, finding the leader of a
+# `keel dev` cluster.
+
+# Installs (Debian packages) what the etcd comparisons need and the machine lacks.
+bench_tools() {
+  local need=()
+  command -v wrk >/dev/null || need+=(wrk)
+  command -v etcd >/dev/null || need+=(etcd-server)
+  command -v etcdctl >/dev/null || need+=(etcd-client)
+  command -v jq >/dev/null || need+=(jq)
+  command -v curl >/dev/null || need+=(curl)
+  if ((${#need[@]})); then
+    echo "# installing ${need[*]}" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+}
 
 # The URL of the node of the cluster in DIR that leads with the kv plugin active, if any.
 keel_leader() { # dir

@@ -5,7 +5,7 @@
 //! index, a rollback survives the folder and a restart, and an undeploy makes commands 404.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use keel::client::Client;
@@ -59,37 +59,9 @@ fn folder(config: &Path) -> PathBuf {
     cfg.plugins_dir()
 }
 
-/// `plugins/counter` built for wasm32-wasip2 (in the guests' own target directory: the
-/// outer `cargo test` holds the lock of ours).
+/// `plugins/counter` built for wasm32-wasip2.
 fn counter_wasm() -> Vec<u8> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let exe = std::env::current_exe().expect("test executable path");
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| root.join("target"))
-        .join("wasm-guests");
-    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    for var in [
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-    ] {
-        cargo.env_remove(var);
-    }
-    let status = cargo
-        .args(["build", "--release", "--target", "wasm32-wasip2"])
-        .args(["-p", "keel-plugin-counter", "--manifest-path"])
-        .arg(root.join("plugins/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .status()
-        .expect("run cargo to build the counter plugin");
-    assert!(status.success(), "building plugins/counter failed");
-    let path = target.join("wasm32-wasip2/release/keel_plugin_counter.wasm");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    common::guest_plugin("keel-plugin-counter", "keel_plugin_counter")
 }
 
 fn sha(bytes: &[u8]) -> String {

@@ -4,7 +4,7 @@
 //! changed twice). Real `keel serve` processes, the real misbehave plugin.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use keel::client::Client;
@@ -12,45 +12,9 @@ use keel::client::Client;
 mod common;
 use common::{kill_all, rt, status, wait_for_leader, wait_for_same_state};
 
-/// Builds `plugins/misbehave` for wasm32-wasip2 in a target directory of its own (the
-/// outer `cargo test` holds the lock of ours).
+/// `plugins/misbehave` built for wasm32-wasip2.
 fn misbehave_wasm() -> Vec<u8> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let exe = std::env::current_exe().expect("test executable path");
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| root.join("target"))
-        .join("wasm-guests");
-    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    for var in [
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-    ] {
-        cargo.env_remove(var);
-    }
-    let status = cargo
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(root.join("plugins/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .status()
-        .expect("run cargo to build the guest plugins");
-    assert!(
-        status.success(),
-        "building the guest plugins failed (run scripts/install-toolchains.sh)"
-    );
-    let path = target.join("wasm32-wasip2/release/keel_plugin_misbehave.wasm");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    common::guest_plugin("keel-plugin-misbehave", "keel_plugin_misbehave")
 }
 
 struct Nodes {

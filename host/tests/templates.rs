@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use keel_plugin::{ApplyContext, Limits, MemoryKv, PluginId, Runtime, RuntimeConfig};
 
+mod common;
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -79,24 +81,8 @@ fn check(wasm: &[u8]) {
 fn a_new_rust_project_builds_with_cargo_and_runs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let at = new_project(dir.path(), "rust");
-    // The guests' own target directory (shared with the other guest builds: the outer
-    // `cargo test` holds the lock of ours).
-    let exe = std::env::current_exe().expect("test executable path");
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| repo_root().join("target"))
-        .join("wasm-guests");
-    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    for var in [
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-    ] {
-        cargo.env_remove(var);
-    }
+    let target = common::guest_target();
+    let mut cargo = common::guest_cargo();
     cargo
         .current_dir(&at)
         .args([

@@ -1,7 +1,8 @@
 //! Support shared by the process tests: status, leaders and state hashes of real nodes.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use std::process::Child;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use keel::client::Client;
@@ -105,4 +106,57 @@ pub async fn wait_for_same_state(urls: &[String], deadline: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Where the tests build guest plugins: a target directory of their own beside ours (the
+/// outer `cargo test` holds the lock of ours), shared by every guest build.
+pub fn guest_target() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("wasm-guests")
+}
+
+/// `cargo`, without the outer build's target settings (a guest builds for wasm32-wasip2
+/// into [`guest_target`]).
+pub fn guest_cargo() -> Command {
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for var in [
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+    ] {
+        cargo.env_remove(var);
+    }
+    cargo
+}
+
+/// One of `plugins/` built for wasm32-wasip2: package `package`, file `{file}.wasm`.
+pub fn guest_plugin(package: &str, file: &str) -> Vec<u8> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = guest_target();
+    let status = guest_cargo()
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            package,
+        ])
+        .arg("--manifest-path")
+        .arg(root.join("plugins/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .expect("run cargo to build a guest plugin");
+    assert!(
+        status.success(),
+        "building {package} failed (run scripts/install-toolchains.sh)"
+    );
+    let path = target.join(format!("wasm32-wasip2/release/{file}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
