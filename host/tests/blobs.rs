@@ -3,54 +3,20 @@
 //! holds only its hash, and a follower that was down while such commands committed fetches
 //! the blobs itself when it comes back (apply waits for them; the resend sweep fetches them).
 
-use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::path::Path;
+
 use std::time::Duration;
 
 use keel::client::Client;
 
 mod common;
-use common::{kill_all, rt, state_hashes, status, wait_for_leader, wait_for_same_state};
+use common::{
+    ProcessCluster, keel_exe, rt, start_nodes, state_hashes, status, wait_for_leader,
+    wait_for_same_state,
+};
 
-struct Cluster {
-    children: Vec<Child>,
-    configs: Vec<PathBuf>,
-    urls: Vec<String>,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        kill_all(&mut self.children);
-    }
-}
-
-fn exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_keel"))
-}
-
-fn start(n: usize) -> Cluster {
-    start_with(n, |_| {})
-}
-
-fn start_with(n: usize, tweak: impl Fn(&mut keel::config::NodeConfig)) -> Cluster {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plan = keel::dev::plan(n, dir.path()).expect("plan");
-    let (mut children, mut configs, mut urls) = (Vec::new(), Vec::new(), Vec::new());
-    for (mut cfg, path) in plan {
-        cfg.default_timeout_ms = 30_000;
-        tweak(&mut cfg);
-        std::fs::write(&path, serde_json::to_vec_pretty(&cfg).expect("json")).expect("config");
-        children.push(keel::dev::spawn(exe(), &path).expect("spawn").0);
-        urls.push(cfg.url());
-        configs.push(path);
-    }
-    Cluster {
-        children,
-        configs,
-        urls,
-        dir,
-    }
+fn start(n: usize) -> ProcessCluster {
+    start_nodes(n, |_| {})
 }
 
 /// A put whose JSON is `size` bytes or so: well past the 64 KiB threshold.
@@ -141,7 +107,7 @@ fn large_commands_go_by_reference_and_a_follower_that_missed_them_heals_by_itsel
 
     // The follower comes back: it receives the entries, lacks their blobs, fetches them, and
     // converges with no operator action.
-    cluster.children[f] = keel::dev::spawn(exe(), &cluster.configs[f])
+    cluster.children[f] = keel::dev::spawn(keel_exe(), &cluster.configs[f])
         .expect("respawn")
         .0;
     rt.block_on(async {
@@ -153,7 +119,6 @@ fn large_commands_go_by_reference_and_a_follower_that_missed_them_heals_by_itsel
         blob_files(&cluster.configs[f]).len() >= count,
         "the follower fetched every blob"
     );
-    drop(cluster.dir.path().to_path_buf());
 }
 
 /// A GET with extra header lines, over a plain socket; the whole response.
@@ -218,7 +183,7 @@ fn a_blob_uploaded_is_held_by_a_majority_and_read_back_whole_or_by_range() {
 /// on every node once the grace period has passed; a blob a log entry names is kept.
 #[test]
 fn an_orphan_upload_is_collected_after_the_grace_period_and_a_named_blob_is_kept() {
-    let cluster = start_with(3, |cfg| {
+    let cluster = start_nodes(3, |cfg| {
         cfg.blob_gc_interval_ms = 300;
         cfg.blob_gc_grace_ms = 1_500;
     });

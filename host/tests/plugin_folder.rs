@@ -5,52 +5,21 @@
 //! index, a rollback survives the folder and a restart, and an undeploy makes commands 404.
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
+
 use std::time::{Duration, Instant};
 
 use keel::client::Client;
 use serde_json::Value;
 
 mod common;
-use common::{kill_all, rt, wait_for_leader, wait_for_same_state};
+use common::{
+    ProcessCluster, keel_exe, kill_all, rt, start_nodes, wait_for_leader, wait_for_same_state,
+};
 
 const DEBOUNCE_MS: u64 = 400;
 
-struct Cluster {
-    children: Vec<Child>,
-    configs: Vec<PathBuf>,
-    urls: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        kill_all(&mut self.children);
-    }
-}
-
-fn exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_keel"))
-}
-
-fn start(n: usize) -> Cluster {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plan = keel::dev::plan(n, dir.path()).expect("plan");
-    let (mut children, mut configs, mut urls) = (Vec::new(), Vec::new(), Vec::new());
-    for (mut cfg, path) in plan {
-        cfg.default_timeout_ms = 30_000;
-        cfg.plugin_debounce_ms = DEBOUNCE_MS;
-        std::fs::write(&path, serde_json::to_vec_pretty(&cfg).expect("json")).expect("config");
-        children.push(keel::dev::spawn(exe(), &path).expect("spawn").0);
-        urls.push(cfg.url());
-        configs.push(path);
-    }
-    Cluster {
-        children,
-        configs,
-        urls,
-        _dir: dir,
-    }
+fn start(n: usize) -> ProcessCluster {
+    start_nodes(n, |cfg| cfg.plugin_debounce_ms = DEBOUNCE_MS)
 }
 
 /// A node's plugin folder (the default: `DATA_DIR/plugins`).
@@ -280,7 +249,7 @@ fn plugins_dropped_into_one_folder_run_everywhere_and_their_life_cycle_is_explic
     assert!(v3_index > v2_index);
     assert_eq!(rt.block_on(submit(&other, put.clone())).0, 200);
     kill_all(std::iter::once(&mut cluster.children[f]));
-    cluster.children[f] = keel::dev::spawn(exe(), &cluster.configs[f])
+    cluster.children[f] = keel::dev::spawn(keel_exe(), &cluster.configs[f])
         .expect("restart")
         .0;
     rt.block_on(wait_for_same_state(&urls, Duration::from_secs(30)));

@@ -160,3 +160,45 @@ pub fn guest_plugin(package: &str, file: &str) -> Vec<u8> {
     let path = target.join(format!("wasm32-wasip2/release/{file}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
+
+/// `keel serve` processes of one `keel dev`-planned cluster, killed and reaped when dropped.
+pub struct ProcessCluster {
+    pub children: Vec<Child>,
+    /// Each node's config file (its data dir is `data` beside it).
+    pub configs: Vec<PathBuf>,
+    pub urls: Vec<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        kill_all(&mut self.children);
+    }
+}
+
+/// The `keel` binary under test.
+pub fn keel_exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_keel"))
+}
+
+/// Starts `n` nodes on free loopback ports, with a 30 s command timeout and `tweak` applied
+/// to each config.
+pub fn start_nodes(n: usize, tweak: impl Fn(&mut keel::config::NodeConfig)) -> ProcessCluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = keel::dev::plan(n, dir.path()).expect("plan");
+    let (mut children, mut configs, mut urls) = (Vec::new(), Vec::new(), Vec::new());
+    for (mut cfg, path) in plan {
+        cfg.default_timeout_ms = 30_000;
+        tweak(&mut cfg);
+        std::fs::write(&path, serde_json::to_vec_pretty(&cfg).expect("json")).expect("config");
+        children.push(keel::dev::spawn(keel_exe(), &path).expect("spawn").0);
+        urls.push(cfg.url());
+        configs.push(path);
+    }
+    ProcessCluster {
+        children,
+        configs,
+        urls,
+        dir,
+    }
+}
