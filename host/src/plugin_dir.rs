@@ -20,6 +20,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -117,11 +119,29 @@ struct Folder {
 
 /// Starts watching `cfg.plugins_dir()` (created if missing) on the current tokio runtime.
 pub fn spawn(cfg: &NodeConfig) -> anyhow::Result<()> {
-    let dir = cfg.plugins_dir();
+    let debounce = Duration::from_millis(cfg.plugin_debounce_ms);
+    watch(cfg.plugins_dir(), cfg.url(), debounce).map(drop)
+}
+
+/// Whether an event can mean a plugin file appeared, changed or left. Opening or reading
+/// the folder is not one: each scan opens the folder, and if that prompted a scan the
+/// watcher would spin, as it did for a while (a core's worth of wake-ups per node, half the
+/// cluster's throughput).
+fn prompts_scan(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any
+    )
+}
+
+/// Watches `dir`, deploying through the node at `url`; the count of scans so far.
+fn watch(dir: PathBuf, url: String, debounce: Duration) -> anyhow::Result<Arc<AtomicU64>> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Event>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
+        if let Ok(ev) = ev
+            && prompts_scan(&ev.kind)
+        {
             let _ = tx.send(ev);
         }
     })
@@ -131,11 +151,13 @@ pub fn spawn(cfg: &NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("watching {}", dir.display()))?;
     let mut folder = Folder {
         dir: dir.clone(),
-        url: cfg.url(),
-        debounce: Duration::from_millis(cfg.plugin_debounce_ms),
+        url,
+        debounce,
         seen: HashMap::new(),
         done: HashMap::new(),
     };
+    let scans = Arc::new(AtomicU64::new(0));
+    let counted = scans.clone();
     tracing::info!(target: "keel::plugins", dir = %dir.display(), "watching the plugin folder");
     tokio::spawn(async move {
         // Owned by the task: dropping it would stop the events.
@@ -149,10 +171,11 @@ pub fn spawn(cfg: &NodeConfig) -> anyhow::Result<()> {
                 },
                 _ = tick.tick() => {}
             }
+            counted.fetch_add(1, Ordering::Relaxed);
             folder.scan().await;
         }
     });
-    Ok(())
+    Ok(scans)
 }
 
 impl Folder {
@@ -397,6 +420,29 @@ fn write_marker(dir: &Path, marker: &Marker, suffix: &str, other: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A quiet folder is scanned on the rescan timer only: the scan's own opening of the
+    /// folder must not prompt another scan (it did, and the watcher spun).
+    #[test]
+    fn a_quiet_folder_is_not_rescanned_by_its_own_scans() {
+        let dir = std::env::temp_dir().join(format!("keel-quiet-{}", std::process::id()));
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let scans = rt
+            .block_on(async {
+                let scans = watch(dir.clone(), "http://127.0.0.1:9".into(), Duration::ZERO)?;
+                tokio::time::sleep(RESCAN * 4).await;
+                anyhow::Ok(scans)
+            })
+            .expect("watch");
+        let n = scans.load(Ordering::Relaxed);
+        // The timer allows about 5 in 4 rescan periods; spinning makes thousands.
+        assert!(
+            n <= 12,
+            "{n} scans of an unchanged folder in {:?}",
+            RESCAN * 4
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn only_complete_plugin_files_count() {
