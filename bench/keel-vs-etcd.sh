@@ -5,9 +5,11 @@
 #   bench/keel-vs-etcd.sh [-d SECONDS] [-r REPS] [-c "1 16 64"]
 #
 # Prints each side's RESULT lines, then a table: throughput and p50/p99 per concurrency and
-# the Keel/etcd ratios (median over reps), then the ceiling: the same put load against one
-# process with no consensus at all (host/examples/ceiling.rs: hyper + a HashMap + a
-# group-committed fdatasync), the bound any 3-replica system on these cores lives under.
+# the Keel/etcd ratios (median over reps); then the ceilings: the same load against one
+# process with no consensus at all (host/examples/ceiling.rs: hyper + a HashMap), puts with a
+# group-committed fdatasync (the durable ceiling) and reads without (the no-fsync ceiling),
+# the bounds any 3-replica system on these cores lives under; then issue #14's four ratios
+# and Keel's CPU time per 1,000 puts at c=64 on each node (from /proc/PID/stat).
 # Loopback only; everything it starts it stops.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -34,28 +36,64 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# CPU seconds (user + system) used so far by each `keel serve` of the cluster in DIR, one
+# per line in node order (found by the config path on their command lines).
+cpu_of_nodes() { # dir
+  local tck f pid
+  tck=$(getconf CLK_TCK)
+  for f in "$1"/node-*/config.json; do
+    for pid in /proc/[0-9]*; do
+      if tr '\0' ' ' < "$pid/cmdline" 2>/dev/null | grep -q -- "--config $f"; then
+        awk -v t="$tck" '{printf "%.3f\n", ($14 + $15) / t}' "$pid/stat"
+        break
+      fi
+    done
+  done
+}
+
 # --- Keel
 "$keel" dev --nodes 3 --dir "$out/keel" > "$out/keel-dev.log" 2>&1 &
 dev_pid=$!
 leader=$(wait_keel_leader "$out/keel" "$out/keel-dev.log")
 echo "# keel leader $leader"
-"$peers/kv-load.sh" -u "$leader" -s "$peers/keel-kv.lua" -d "$dur" -r "$reps" -c "$concs" -g "64" | tee "$out/keel.txt"
+low=$(tr ' ' '\n' <<<"$concs" | grep -vx 64 | tr '\n' ' ' || true)
+load() { "$peers/kv-load.sh" -u "$leader" -s "$peers/keel-kv.lua" -d "$dur" -r "$reps" "$@"; }
+load -c "$low" -g "" | tee "$out/keel.txt"
+if grep -qw 64 <<<"$concs"; then
+  mapfile -t cpu0 < <(cpu_of_nodes "$out/keel")
+  load -c 64 -g "" | tee -a "$out/keel.txt"
+  mapfile -t cpu1 < <(cpu_of_nodes "$out/keel")
+  puts=$(grep -E '^rep=[0-9]+ put conc=64 ' "$out/keel.txt" | grep -o 'requests=[0-9]*' | cut -d= -f2 | awk '{s += $1} END {print s + 0}')
+  for i in "${!cpu0[@]}"; do
+    awk -v n=$((i + 1)) -v a="${cpu0[$i]}" -v b="${cpu1[$i]}" -v p="$puts" \
+      'BEGIN {printf "cpu node=%d %.1f ms per 1,000 puts at c=64 (%d puts)\n", n, p ? (b - a) * 1e6 / p : 0, p}' >> "$out/keel-cpu.txt"
+  done
+fi
+load -c "" -g 64 | tee -a "$out/keel.txt"
 curl -fsS "$leader/metrics" | grep -E '^keel_(proposals|log_commits|applied_entries)_total' | sed 's/^/# leader /' || true
 cleanup; dev_pid=""
 
 # --- etcd
 "$peers/etcd-put-load.sh" -d "$dur" -r "$reps" -c "$concs" -g "64" | tee "$out/etcd.txt"
 
-# --- ceiling: puts only, same load
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$ceiling" --listen "127.0.0.1:$port" --dir "$out/ceiling" --fsync > "$out/ceiling.log" 2>&1 &
-ceiling_pid=$!
-for _ in $(seq 1 100); do curl -fsS -o /dev/null -X POST -d '{"op":"get","key":"k"}' "http://127.0.0.1:$port/v1/plugins/kv/query" 2>/dev/null && break; sleep 0.05; done
-"$peers/kv-load.sh" -u "http://127.0.0.1:$port" -s "$peers/keel-kv.lua" -d "$dur" -r "$reps" -c "64" -g "" | tee "$out/ceiling.txt"
-kill "$ceiling_pid" 2>/dev/null || true; wait "$ceiling_pid" 2>/dev/null || true
+# --- ceilings: durable puts, then reads with no fsync at all
+ceiling() { # label "put concurrencies" "read concurrencies" flags...
+  local label=$1 puts=$2 reads=$3; shift 3
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$ceiling_bin" --listen "127.0.0.1:$port" --dir "$out/ceiling-$label" "$@" > "$out/ceiling-$label.log" 2>&1 &
+  ceiling_pid=$!
+  for _ in $(seq 1 100); do curl -fsS -o /dev/null -X POST -d '{"op":"get","key":"k"}' "http://127.0.0.1:$port/v1/plugins/kv/query" 2>/dev/null && break; sleep 0.05; done
+  "$peers/kv-load.sh" -u "http://127.0.0.1:$port" -s "$peers/keel-kv.lua" -d "$dur" -r "$reps" -c "$puts" -g "$reads" | tee "$out/ceiling-$label.txt"
+  kill "$ceiling_pid" 2>/dev/null || true; wait "$ceiling_pid" 2>/dev/null || true
+}
+ceiling_bin=$ceiling
+ceiling durable 64 "" --fsync
+ceiling nofsync "" 64
 
 # --- table
-python3 - "$out/keel.txt" "$out/etcd.txt" "$out/ceiling.txt" <<'PY'
+touch "$out/keel-cpu.txt"
+python3 - "$out/keel.txt" "$out/etcd.txt" "$out/ceiling-durable.txt" "$out/ceiling-nofsync.txt" "$out/keel-cpu.txt" <<'PY'
 import re, statistics, sys
 def load(path):
     runs = {}
@@ -64,14 +102,32 @@ def load(path):
         if m:
             runs.setdefault((m[1], int(m[2])), []).append((float(m[3]), int(m[4]), int(m[5])))
     return {k: tuple(statistics.median(x[i] for x in v) for i in range(3)) for k, v in runs.items()}
-keel, etcd, ceiling = load(sys.argv[1]), load(sys.argv[2]), load(sys.argv[3])
+keel, etcd = load(sys.argv[1]), load(sys.argv[2])
+durable, nofsync = load(sys.argv[3]), load(sys.argv[4])
 print(f"{'op':5} {'conc':>4} | {'keel rps':>9} {'p50 ms':>7} {'p99 ms':>7} | {'etcd rps':>9} {'p50 ms':>7} {'p99 ms':>7} | {'rps x':>6} {'p99 /':>6}")
 for key in sorted(set(keel) | set(etcd)):
     k, e = keel.get(key), etcd.get(key)
     if not (k and e): continue
     print(f"{key[0]:5} {key[1]:>4} | {k[0]:9.0f} {k[1]/1e3:7.2f} {k[2]/1e3:7.2f} | {e[0]:9.0f} {e[1]/1e3:7.2f} {e[2]/1e3:7.2f} | {k[0]/e[0]:6.2f} {k[2]/max(e[2],1):6.2f}")
-c, e, k = ceiling.get(("put", 64)), etcd.get(("put", 64)), keel.get(("put", 64))
-if c and e and k:
-    print(f"ceiling put 64: {c[0]:.0f} req/s (p50 {c[1]/1e3:.2f} ms, p99 {c[2]/1e3:.2f} ms) from one process with no consensus;")
-    print(f"  Keel reaches {k[0]/c[0]:.2f} of it with 3 replicas; 10x etcd would be {10*e[0]:.0f} req/s = {10*e[0]/c[0]:.2f}x the ceiling.")
+c, n = durable.get(("put", 64)), nofsync.get(("read", 64))
+if c:
+    print(f"durable ceiling, put 64: {c[0]:.0f} req/s (p50 {c[1]/1e3:.2f} ms, p99 {c[2]/1e3:.2f} ms), one process, no consensus")
+if n:
+    print(f"no-fsync ceiling, read 64: {n[0]:.0f} req/s (p50 {n[1]/1e3:.2f} ms, p99 {n[2]/1e3:.2f} ms)")
+print("issue #14's ratios (medians of the reps):")
+def ratio(name, num, den, goal):
+    if num is None or den is None or den == 0:
+        print(f"  {name:44} not measured"); return
+    print(f"  {name:44} {num/den:6.2f}   (goal {goal})")
+kp64, ep64, kp1, ep1, kr64 = (keel.get(("put", 64)), etcd.get(("put", 64)), keel.get(("put", 1)),
+                              etcd.get(("put", 1)), keel.get(("read", 64)))
+ratio("put c=64 throughput / durable ceiling", kp64 and kp64[0], c and c[0], ">= 0.60")
+ratio("put c=64 p99 / etcd's p99", kp64 and kp64[2], ep64 and ep64[2], "<= 0.33")
+ratio("put c=1 throughput / etcd's", kp1 and kp1[0], ep1 and ep1[0], ">= 1.2")
+ratio("put c=1 p50 / etcd's p50", kp1 and kp1[1], ep1 and ep1[1], "<= 0.85")
+ratio("read c=64 throughput / no-fsync ceiling", kr64 and kr64[0], n and n[0], ">= 0.70")
+if e := ep64:
+    print(f"  (10x etcd would be {10*e[0]:.0f} put/s" + (f" = {10*e[0]/c[0]:.2f}x the durable ceiling)" if c else ")"))
+for line in open(sys.argv[5]):
+    print("keel " + line.strip())
 PY
