@@ -3,8 +3,8 @@
 # 64 KiB go to a blob on a majority, the log holds the hash), the same cluster with the
 # threshold raised so bodies travel inline in the log (where they fit: an entry is at most
 # 4 MiB), and a 3-member etcd cluster at 1 MiB (near its 1.5 MiB request limit), all on this
-# machine, fsync on, driven by the same wrk put load (../shared/peers) with values of 64 KiB,
-# 1 MiB and 16 MiB.
+# machine, fsync on, driven by the same wrk put load (../shared/peers) with values of 64 KiB
+# and 1 MiB (the kv plugin's largest value); then plain uploads (`PUT /v1/blobs`) of 16 MiB.
 #
 #   bench/blobs.sh [-d SECONDS] [-c CONNECTIONS]
 #
@@ -53,7 +53,8 @@ rss() { # peak RSS of each keel serve process of the cluster
 # --- Keel, reference mode (the default)
 start_keel
 echo "# keel leader $leader (reference mode above 64 KiB)"
-for b in 65536 1048576 16777216; do load "keel-ref" "$leader" "$peers/keel-kv.lua" "$b"; done
+for b in 65536 1048576; do load "keel-ref" "$leader" "$peers/keel-kv.lua" "$b"; done
+load "keel-upload" "$leader" "$here/keel-blob-put.lua" 16777216
 rss | tee -a "$out/rss.txt"
 stop_keel
 

@@ -6,9 +6,12 @@
 //! Bytes are streamed everywhere: into the store (hashed as written), out of it, and to the
 //! peers, a chunk at a time, so a node holds no blob whole in memory.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderValue, RANGE};
@@ -35,7 +38,40 @@ pub(crate) async fn receive(
     limit: u64,
     expect: Option<[u8; 32]>,
 ) -> Result<([u8; 32], u64), Response<Body>> {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(8);
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    let forward = async move {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Ok(data) = f.into_data()
+                        && tx.send(data).await.is_err()
+                    {
+                        break; // the writer stopped: its error says why
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    };
+    let (written, forwarded) = tokio::join!(receive_from(blobs, rx, limit, expect), forward);
+    if let Err(e) = forwarded {
+        // The writer is dropped unfinished: nothing is left behind.
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("body broken off: {e}"),
+        ));
+    }
+    written
+}
+
+/// Writes what arrives on `rx` into the store on a blocking thread until `rx` closes.
+async fn receive_from(
+    blobs: &Blobs,
+    mut rx: mpsc::Receiver<Bytes>,
+    limit: u64,
+    expect: Option<[u8; 32]>,
+) -> Result<([u8; 32], u64), Response<Body>> {
     let blobs = blobs.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<([u8; 32], u64), BlobError> {
         let mut w = blobs.writer(limit)?;
@@ -44,33 +80,9 @@ pub(crate) async fn receive(
         }
         w.finish(expect)
     });
-    let mut broken = None;
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(f) => {
-                if let Ok(data) = f.into_data()
-                    && tx.send(data).await.is_err()
-                {
-                    break; // the writer stopped: its error says why
-                }
-            }
-            Err(e) => {
-                broken = Some(e.to_string());
-                break;
-            }
-        }
-    }
-    drop(tx);
     let written = writer
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
-    if let Some(e) = broken {
-        // The writer is dropped unfinished: nothing is left behind.
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("body broken off: {e}"),
-        ));
-    }
     written.map_err(|e| match e {
         BlobError::TooLarge(_) => error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()),
         BlobError::HashMismatch { .. } => error(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -165,22 +177,224 @@ pub(crate) fn tally<E: std::fmt::Display>(
     (held, voters.len(), failures)
 }
 
+/// How long an upload waits for one member to take a chunk before it stops streaming to
+/// that member (which then gets the blob from a push by name or the resend sweep): a
+/// stalled follower must not hold up a majority that keeps up.
+const PEER_STALL: Duration = Duration::from_secs(5);
+
+/// How long the members may take, once they have every byte of an upload, to make it
+/// durable and answer.
+const PUSH_SETTLE: Duration = Duration::from_secs(30);
+
 /// Stores a body and places it on a majority of voters; `(hash, len)` once it is there, or
-/// the response to give instead.
+/// the response to give instead. The bytes go to the other members while they arrive (one
+/// stream per member, each chunk written locally and sent on at once), so a large upload
+/// costs about one transfer, not a transfer then a push.
 pub(crate) async fn store_on_majority(
     node: &NodeHandle,
     body: Incoming,
 ) -> Result<([u8; 32], u64), Response<Body>> {
-    let (hash, len) = receive(&node.blobs, body, node.config.max_blob_bytes, None).await?;
-    let (held, voters, failures) = place(node, hash, len).await;
-    if held * 2 <= voters {
+    let (members, voters, me) = {
+        let s = node.status.lock().unwrap_or_else(|e| e.into_inner());
+        (s.members.clone(), s.voters.clone(), s.node_id)
+    };
+    let complete = Arc::new(AtomicBool::new(false));
+    let mut copies = Vec::new();
+    let mut pushes = Vec::new();
+    for (&id, url) in members.iter().filter(|(id, _)| **id != me) {
+        let (tx, rx) = mpsc::channel::<Bytes>(8);
+        copies.push(tx);
+        let push = push_stream(
+            url.clone(),
+            node.config.cluster_id.clone(),
+            rx,
+            complete.clone(),
+        );
+        pushes.push((id, tokio::spawn(push)));
+    }
+    let received = receive_copying(
+        &node.blobs,
+        body,
+        node.config.max_blob_bytes,
+        copies,
+        &complete,
+    )
+    .await;
+    // The members have had every byte by now; what is left is their fsync and answer.
+    let deadline = tokio::time::Instant::now() + PUSH_SETTLE;
+    let mut results = Vec::new();
+    for (id, push) in pushes {
+        let abort = push.abort_handle();
+        let r = match tokio::time::timeout_at(deadline, push).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => {
+                abort.abort();
+                Err("timed out".to_string())
+            }
+        };
+        results.push((id, r));
+    }
+    let (hash, len) = received?;
+    let results = results
+        .into_iter()
+        .map(|(id, r)| {
+            let r = r.and_then(|(h, n)| {
+                if (h, n) == (hash, len) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "stored {} ({n} bytes), not {}",
+                        hex(&h),
+                        hex(&hash)
+                    ))
+                }
+            });
+            (id, r)
+        })
+        .collect();
+    let (mut held, mut voters_n, mut failures) = tally(results, &voters, me);
+    if held * 2 <= voters_n {
+        // Those that fell behind or failed mid-stream get it by name (a member that has it
+        // answers at once).
+        (held, voters_n, failures) = place(node, hash, len).await;
+    }
+    if held * 2 <= voters_n {
         return Err(retry_later(&format!(
-            "blob {} reached {held} of {voters} voters, not a majority: {}",
+            "blob {} reached {held} of {voters_n} voters, not a majority: {}",
             hex(&hash),
             failures.join("; ")
         )));
     }
     Ok((hash, len))
+}
+
+/// [`receive`], and every chunk also sent to each of `copies` as it comes; a copy that does
+/// not take a chunk within [`PEER_STALL`] is dropped (its stream then breaks off, see
+/// [`push_stream`]). `complete` is set once the whole body was read.
+async fn receive_copying(
+    blobs: &Blobs,
+    mut body: Incoming,
+    limit: u64,
+    mut copies: Vec<mpsc::Sender<Bytes>>,
+    complete: &AtomicBool,
+) -> Result<([u8; 32], u64), Response<Body>> {
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    let local = receive_from(blobs, rx, limit, None);
+    let forward = async move {
+        while let Some(frame) = body.frame().await {
+            let data = match frame {
+                Ok(f) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+                Err(e) => return Err(e.to_string()),
+            };
+            let sends = copies.iter().map(|c| {
+                let c = c.clone();
+                let d = data.clone();
+                async move {
+                    matches!(
+                        tokio::time::timeout(PEER_STALL, c.send(d)).await,
+                        Ok(Ok(()))
+                    )
+                }
+            });
+            let kept = futures_util::future::join_all(sends).await;
+            let mut kept = kept.into_iter();
+            copies.retain(|_| kept.next().unwrap_or(false));
+            if tx.send(data).await.is_err() {
+                // The local writer stopped (its error says why): the copies break off too.
+                return Ok(());
+            }
+        }
+        complete.store(true, Ordering::Release);
+        Ok(())
+    };
+    let (written, forwarded) = tokio::join!(local, forward);
+    if let Err(e) = forwarded {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("body broken off: {e}"),
+        ));
+    }
+    written
+}
+
+/// Streams what arrives on `rx` to the member at `url` as an unnamed payload blob; the
+/// `(hash, len)` it stored. If `rx` closes before `complete` is set, the request body ends
+/// with an error, so the member stores nothing.
+async fn push_stream(
+    url: String,
+    cluster: String,
+    rx: mpsc::Receiver<Bytes>,
+    complete: Arc<AtomicBool>,
+) -> Result<([u8; 32], u64), String> {
+    let frames = futures_util::stream::unfold(
+        (rx, complete, false),
+        |(mut rx, complete, ended)| async move {
+            if ended {
+                return None;
+            }
+            match rx.recv().await {
+                Some(b) => Some((Ok(Frame::data(b)), (rx, complete, false))),
+                None if complete.load(Ordering::Acquire) => None,
+                None => Some((
+                    Err(std::io::Error::other(
+                        "the upload stopped streaming to this member",
+                    )),
+                    (rx, complete, true),
+                )),
+            }
+        },
+    );
+    let body: BoxBody<Bytes, std::io::Error> = StreamBody::new(frames).boxed();
+    let req = Request::put(format!("{url}/v1/blobs"))
+        .header(CLUSTER_HEADER, cluster)
+        .header(KIND_HEADER, "data")
+        .body(body)
+        .map_err(|e| e.to_string())?;
+    let client = crate::tls::client::<BoxBody<Bytes, std::io::Error>>();
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    let hash = v["sha256"]
+        .as_str()
+        .and_then(parse_hex)
+        .ok_or("no sha256 in the answer")?;
+    let len = v["len"].as_u64().ok_or("no len in the answer")?;
+    Ok((hash, len))
+}
+
+/// `PUT /v1/blobs` from a peer streaming an upload as it arrives (`keel-blob-kind: data`):
+/// stored under the hash of what came, which the answer names for the leader to compare.
+pub async fn put_streamed(node: &NodeHandle, req: Request<Incoming>) -> Response<Body> {
+    if let Some(refused) = foreign(node, &req) {
+        return refused;
+    }
+    match receive(
+        &node.blobs,
+        req.into_body(),
+        node.config.max_blob_bytes,
+        None,
+    )
+    .await
+    {
+        Ok((hash, len)) => json(
+            StatusCode::OK,
+            &serde_json::json!({"sha256": hex(&hash), "len": len}),
+        ),
+        Err(r) => r,
+    }
 }
 
 /// `PUT /v1/blobs`: stores the body (any size up to `max_blob_bytes`) and answers once it is
@@ -215,8 +429,18 @@ pub async fn put_data(node: &NodeHandle, req: Request<Incoming>, hash: [u8; 32])
         return refused;
     }
     if node.blobs.has(&hash) && node.blobs.verify(&hash) {
-        // Placed again: garbage collection's grace period starts over.
+        // Placed again: garbage collection's grace period starts over. The body is read to
+        // its end (and dropped): answering before it would close the connection under a
+        // sender still writing, which sees a failed push, not this 204.
         node.blobs.touch(&hash);
+        let mut body = req.into_body();
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > node.config.max_blob_bytes {
+                break;
+            }
+        }
         return super::full(StatusCode::NO_CONTENT, "text/plain", Bytes::new());
     }
     match receive(

@@ -63,7 +63,17 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
             let name = name.to_string();
             deploy::deploy(&node, req, &name, &path).await
         }
-        (&Method::PUT, ["v1", "blobs"]) => blobs::upload(&node, req).await,
+        (&Method::PUT, ["v1", "blobs"]) => {
+            let streamed = req
+                .headers()
+                .get(blobs::KIND_HEADER)
+                .is_some_and(|v| v.as_bytes() == b"data");
+            if streamed {
+                blobs::put_streamed(&node, req).await
+            } else {
+                blobs::upload(&node, req).await
+            }
+        }
         (&Method::PUT, ["v1", "blobs", hash]) => {
             let data = req
                 .headers()
