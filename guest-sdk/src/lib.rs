@@ -223,6 +223,82 @@ pub mod kv {
     }
 }
 
+/// Blobs (design §6): bytes stored beside the log, any size, named by their SHA-256. A
+/// command attaches blobs (`Keel-Attach: <sha256>,…` on the HTTP request, after `PUT
+/// /v1/blobs`); the plugin reads them, and [`retain`](blobs::retain)s those its state
+/// keeps, so they are not collected. Only attachments of the command being applied and
+/// blobs this plugin retains can be read: every replica reads the same bytes.
+pub mod blobs {
+    use crate::bindings::keel::plugin::blobs as raw;
+
+    pub use raw::BlobError;
+
+    /// A blob: SHA-256 (64 lowercase hex digits) and length.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Blob {
+        /// SHA-256 of the bytes, 64 lowercase hex digits.
+        pub sha256: String,
+        /// Length in bytes.
+        pub len: u64,
+    }
+
+    /// The blobs the command being applied attaches, in the order the client named them.
+    pub fn attachments() -> Vec<Blob> {
+        raw::attachments()
+            .into_iter()
+            .map(|b| Blob {
+                sha256: b.sha256,
+                len: b.len,
+            })
+            .collect()
+    }
+
+    /// Up to `len` bytes of a blob from `offset` (at most 1 MiB per call; empty at the end).
+    pub fn read(sha256: &str, offset: u64, len: u32) -> Result<Vec<u8>, BlobError> {
+        raw::read(sha256, offset, len)
+    }
+
+    /// The whole blob (reads of 1 MiB until the end; mind the memory limit).
+    pub fn read_all(sha256: &str) -> Result<Vec<u8>, BlobError> {
+        let mut out = Vec::new();
+        loop {
+            let chunk = raw::read(sha256, out.len() as u64, 1 << 20)?;
+            if chunk.is_empty() {
+                return Ok(out);
+            }
+            out.extend_from_slice(&chunk);
+        }
+    }
+
+    /// Keeps the blob (an attachment of this command, or one already retained) for this
+    /// plugin; counted: each retain needs its own release. `apply` only.
+    pub fn retain(sha256: &str) -> Result<(), BlobError> {
+        raw::retain(sha256)
+    }
+
+    /// Gives up one retain; the blob may be collected once nothing retains or names it.
+    pub fn release(sha256: &str) -> Result<(), BlobError> {
+        raw::release(sha256)
+    }
+
+    /// How many retains this plugin holds on the blob.
+    pub fn retained(sha256: &str) -> u64 {
+        raw::retained(sha256)
+    }
+}
+
+impl From<blobs::BlobError> for Error {
+    fn from(e: blobs::BlobError) -> Self {
+        Error::msg(match e {
+            blobs::BlobError::Unknown => {
+                "blob unknown: not attached to this command and not retained"
+            }
+            blobs::BlobError::ReadOnly => "blobs cannot be retained or released here",
+            blobs::BlobError::NotRetained => "blob not retained",
+        })
+    }
+}
+
 /// Logging to the host's tracing (target `keel::plugin`).
 pub mod log {
     use crate::bindings::keel::plugin::log::{Level, log};

@@ -369,10 +369,20 @@ impl Blobs {
     /// Makes sure this node holds the blob, fetching it from a peer if not (see
     /// [`Blobs::get`]); returns whether it is here now. Holds nothing whole in memory.
     pub fn fetch(&self, hash: &[u8; 32]) -> bool {
+        self.fetch_rounds(hash, 5)
+    }
+
+    /// [`Blobs::fetch`], asking each peer once: for a blob a client names, which may exist
+    /// nowhere.
+    pub fn fetch_once(&self, hash: &[u8; 32]) -> bool {
+        self.fetch_rounds(hash, 1)
+    }
+
+    fn fetch_rounds(&self, hash: &[u8; 32], rounds: u32) -> bool {
         if self.has(hash) && self.verify(hash) {
             return true;
         }
-        for round in 0..5 {
+        for round in 0..rounds {
             let peers = lock(&self.peers).clone();
             for url in peers {
                 match fetch_from(self, &url, hash) {
@@ -385,7 +395,9 @@ impl Blobs {
                     }
                 }
             }
-            std::thread::sleep(Duration::from_millis(200 << round));
+            if round + 1 < rounds {
+                std::thread::sleep(Duration::from_millis(200 << round));
+            }
         }
         false
     }

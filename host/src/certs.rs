@@ -137,6 +137,32 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// `keel certs init DIR`: the CA, and where it is.
+pub fn init_cli(dir: &Path, name: &str) -> anyhow::Result<()> {
+    let ca = init(dir, name)?;
+    println!(
+        "CA: {}  (its key beside it: keep it off the nodes)",
+        ca.display()
+    );
+    Ok(())
+}
+
+/// `keel certs node ID DIR`: the node's certificate, and the config fragment naming it.
+pub fn node_cli(dir: &Path, id: u64, hosts: Vec<String>) -> anyhow::Result<()> {
+    let hosts = if hosts.is_empty() {
+        vec!["127.0.0.1".to_string(), "localhost".to_string()]
+    } else {
+        hosts
+    };
+    let files = node(dir, id, &hosts)?;
+    // The config fragment for this node, ready to paste.
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({ "tls": files }))?
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

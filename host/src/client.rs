@@ -168,9 +168,22 @@ impl Client {
     /// certainly never reached the cluster before, a new session is opened and the command
     /// sent again under it; otherwise the 410 is returned.
     pub async fn submit(&mut self, plugin: &str, body: Vec<u8>) -> anyhow::Result<Answer> {
+        self.submit_with(plugin, body, &[]).await
+    }
+
+    /// [`Client::submit`] with extra headers (`Keel-Attach`).
+    pub async fn submit_with(
+        &mut self,
+        plugin: &str,
+        body: Vec<u8>,
+        headers: &[(&'static str, String)],
+    ) -> anyhow::Result<Answer> {
+        let path = format!("/v1/plugins/{plugin}/commands");
         self.session().await?;
         self.serial += 1;
-        let answer = self.resubmit(plugin, body.clone()).await?;
+        let answer = self
+            .call(Method::POST, &path, body.clone(), true, headers)
+            .await?;
         if answer.status != StatusCode::GONE || answer.uncertain {
             return Ok(answer);
         }
@@ -179,7 +192,7 @@ impl Client {
         self.serial = 0;
         self.session().await?;
         self.serial += 1;
-        self.resubmit(plugin, body).await
+        self.call(Method::POST, &path, body, true, headers).await
     }
 
     /// Sends the last command again under the same serial (after a 504 or a lost answer):

@@ -1,310 +1,21 @@
 //! The `keel` command-line interface (design §2). Each subcommand is a thin shell over a
 //! library function, so that its logic is tested where it lives.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+mod args;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
-
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use args::*;
+use clap::{CommandFactory, Parser};
 use keel::cli::exit;
 use keel::client::{Answer, Client};
-use keel::config::NodeConfig;
 use keel_storage::Storage;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Keel: a Raft host whose replicated state machines are WebAssembly components.
-#[derive(Debug, Parser)]
-#[command(name = "keel", version, about)]
-struct Cli {
-    #[command(flatten)]
-    global: Global,
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-/// Connection and output flags: `global`, so they go anywhere on the command line
-/// (`keel member add 4 URL --endpoints …` as much as `keel --endpoints … member add 4 URL`).
-#[derive(Debug, Args)]
-struct Global {
-    /// Comma-separated node URLs [default: $KEEL_ENDPOINTS, else the nodes in
-    /// ./keel-dev/cluster.json, else http://127.0.0.1:7001].
-    #[arg(long, global = true, value_delimiter = ',', value_name = "URLS")]
-    endpoints: Vec<String>,
-    /// Output: `table` for people, `json` for scripts.
-    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
-    output: Output,
-    /// Give up after this many seconds, retries included.
-    #[arg(long, global = true, value_name = "SECONDS", default_value = "30", value_parser = seconds)]
-    timeout: Duration,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Lang {
-    /// cargo (wasm32-wasip2).
-    Rust,
-    /// componentize-py.
-    Python,
-    /// jco (componentize-js).
-    Js,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Output {
-    /// Lines and tables for people.
-    Table,
-    /// JSON for scripts.
-    Json,
-}
-
-fn seconds(s: &str) -> Result<Duration, String> {
-    s.parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{s:?}: expected a positive number of seconds"))
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Start a local cluster of real `keel serve` processes with the example kv plugin.
-    Dev {
-        /// Number of nodes (1 to 7).
-        #[arg(long, default_value_t = 3)]
-        nodes: usize,
-        /// Where the nodes keep their data, configs, logs and `cluster.json`.
-        #[arg(long, default_value = "keel-dev")]
-        dir: PathBuf,
-        /// Delete a cluster DIR already holds and start a new one (by default it resumes).
-        #[arg(long)]
-        fresh: bool,
-        /// Serve over TLS with mutually authenticated peers: a throw-away CA and node
-        /// certificates in DIR/certs, the CA's path in DIR/cluster.json for the CLI.
-        #[arg(long)]
-        tls: bool,
-    },
-    /// Make certificates for a TLS cluster (docs/security.md).
-    Certs {
-        #[command(subcommand)]
-        command: CertsCmd,
-    },
-    /// Run one node.
-    Serve(ServeArgs),
-    /// Configuration tools.
-    Config {
-        #[command(subcommand)]
-        command: ConfigCmd,
-    },
-    /// Store a value with the kv plugin.
-    Put {
-        /// Key.
-        key: String,
-        /// Value.
-        value: String,
-    },
-    /// Read a value with the kv plugin (linearizable).
-    Get {
-        /// Key.
-        key: String,
-    },
-    /// Submit a command to any plugin.
-    Submit {
-        /// Plugin name.
-        plugin: String,
-        /// Command body.
-        body: String,
-    },
-    /// Deploy a plugin (a WebAssembly component) to the cluster under NAME.
-    ///
-    /// The leader compiles it, places the bytes on a majority, and commits a Deploy record;
-    /// redeploying a name replaces the plugin from that log index on, keeping its state.
-    Deploy {
-        /// The plugin's name (its KV namespace and URL segment).
-        name: String,
-        /// The component (`.wasm`).
-        file: PathBuf,
-        /// Fuel per apply (instructions, roughly).
-        #[arg(long)]
-        fuel: Option<u64>,
-        /// Memory limit per instance, in bytes.
-        #[arg(long)]
-        memory_bytes: Option<u64>,
-        /// A version label (default: from the bytes' hash).
-        #[arg(long)]
-        version: Option<String>,
-    },
-    /// Start a plugin project: the state machine skeleton, its build, a README.
-    New {
-        /// The plugin's name (also the package's).
-        name: String,
-        /// The language.
-        #[arg(long, value_enum, default_value_t = Lang::Rust)]
-        lang: Lang,
-        /// Where to write it [default: ./NAME].
-        #[arg(long)]
-        dir: Option<PathBuf>,
-    },
-    /// List the plugins: active version, hash, the index it became active at, limits.
-    Plugins,
-    /// Re-activate an earlier version of a plugin at a new log index.
-    ///
-    /// Without VERSION: the newest version whose bytes differ from the active ones.
-    Rollback {
-        /// The plugin.
-        name: String,
-        /// A version label or a sha256 prefix (8 hex digits at least).
-        version: Option<String>,
-    },
-    /// Deactivate a plugin: its commands then get 404; its state and history are kept.
-    Undeploy {
-        /// The plugin.
-        name: String,
-    },
-    /// Change the membership, one server at a time (thesis §4.1).
-    Member {
-        #[command(subcommand)]
-        command: MemberCmd,
-    },
-    /// Show every member: role, term, commit and applied index, lag, health.
-    Status,
-    /// List the members: voters and learners with their URLs.
-    Members,
-    /// Follow a node's events (role, term, leader, configuration changes), one line each.
-    Watch,
-    /// Print a shell completion script (e.g. `source <(keel completions bash)`).
-    Completions {
-        /// The shell.
-        shell: clap_complete::Shell,
-    },
-    /// Print what a node's data directory holds.
-    ///
-    /// Cluster UUID, node id, term, vote, first/last log index and term, last applied, snapshot
-    /// index and plugin namespaces with key counts. Exits non-zero on a missing, corrupt or
-    /// foreign file, and while a node has the directory open.
-    Inspect {
-        /// The node's data directory (as given to `keel serve --data-dir`).
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum MemberCmd {
-    /// Add a node as a learner (start it first with `"join": true` in its config).
-    Add {
-        /// Its id, unique in the cluster.
-        id: u64,
-        /// Its URL.
-        url: String,
-    },
-    /// Make a learner a voter.
-    Promote {
-        /// The learner's id.
-        id: u64,
-    },
-    /// Remove a voter or learner.
-    Remove {
-        /// Its id.
-        id: u64,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum CertsCmd {
-    /// Create a cluster CA in DIR (`ca.pem`, `ca-key.pem`; keep the key offline).
-    Init {
-        /// Where to write it.
-        dir: PathBuf,
-        /// A name for the CA's subject.
-        #[arg(long, default_value = "keel")]
-        name: String,
-    },
-    /// Issue node ID's certificate from the CA in DIR (`node-ID.pem`, `node-ID-key.pem`).
-    Node {
-        /// The node's id (the certificate binds it: the node may only speak as this id).
-        id: u64,
-        /// The directory holding the CA.
-        dir: PathBuf,
-        /// Host names or IP addresses in the node's URL [default: 127.0.0.1, localhost].
-        #[arg(long = "host", value_name = "HOST")]
-        hosts: Vec<String>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum ConfigCmd {
-    /// Print the effective configuration as JSON.
-    Show(ServeArgs),
-}
-
-#[derive(Debug, Args)]
-struct ServeArgs {
-    /// A JSON config file; flags given too override its fields.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Node id.
-    #[arg(long)]
-    id: Option<u64>,
-    /// Listen address.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// Peers as `ID=URL,ID=URL` (this node included).
-    #[arg(long, value_delimiter = ',')]
-    peers: Vec<String>,
-    /// Cluster UUID.
-    #[arg(long)]
-    cluster_id: Option<String>,
-    /// Data directory.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// The watched plugin folder [default: DATA_DIR/plugins].
-    #[arg(long)]
-    plugins_dir: Option<PathBuf>,
-}
-
-impl ServeArgs {
-    fn resolve(&self) -> anyhow::Result<NodeConfig> {
-        let mut cfg = match &self.config {
-            Some(path) => NodeConfig::load(path)?,
-            None => NodeConfig::default(),
-        };
-        if let Some(id) = self.id {
-            cfg.id = id;
-        }
-        if let Some(listen) = self.listen {
-            cfg.listen = listen;
-        }
-        if !self.peers.is_empty() {
-            let mut peers = BTreeMap::new();
-            for p in &self.peers {
-                let (id, url) = p
-                    .split_once('=')
-                    .with_context(|| format!("peer {p:?}: expected ID=URL"))?;
-                peers.insert(
-                    id.parse().with_context(|| format!("peer id {id:?}"))?,
-                    url.to_string(),
-                );
-            }
-            cfg.peers = peers;
-        }
-        if let Some(c) = &self.cluster_id {
-            cfg.cluster_id = c.clone();
-        }
-        if let Some(d) = &self.plugins_dir {
-            cfg.plugins_dir = Some(d.clone());
-        }
-        if let Some(d) = &self.data_dir {
-            cfg.data_dir = d.clone();
-        }
-        cfg.check()?;
-        Ok(cfg)
-    }
-}
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -625,28 +336,42 @@ async fn follow_events(ctx: &Ctx) -> anyhow::Result<()> {
 
 fn certs(command: CertsCmd) -> anyhow::Result<()> {
     match command {
-        CertsCmd::Init { dir, name } => {
-            let ca = keel::certs::init(&dir, &name)?;
-            println!(
-                "CA: {}  (its key beside it: keep it off the nodes)",
-                ca.display()
-            );
-        }
-        CertsCmd::Node { id, dir, hosts } => {
-            let hosts = if hosts.is_empty() {
-                vec!["127.0.0.1".to_string(), "localhost".to_string()]
-            } else {
-                hosts
-            };
-            let files = keel::certs::node(&dir, id, &hosts)?;
-            // The config fragment for this node, ready to paste.
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&serde_json::json!({ "tls": files }))?
-            );
-        }
+        CertsCmd::Init { dir, name } => keel::certs::init_cli(&dir, &name),
+        CertsCmd::Node { id, dir, hosts } => keel::certs::node_cli(&dir, id, hosts),
     }
-    Ok(())
+}
+
+/// `keel blob get`: the bytes, checked against the name, to a file or standard output.
+fn blob_get(g: &Global, sha256: &str, output: Option<PathBuf>) -> ExitCode {
+    let ctx = match Ctx::new(g) {
+        Ok(c) => c,
+        Err(e) => return fail("blob get", e),
+    };
+    let Some(want) = keel::blobs::parse_hex(sha256) else {
+        eprintln!("keel blob get: {sha256:?} is not a blob name (64 hex digits)");
+        return ExitCode::from(exit::USAGE);
+    };
+    let path = format!("/v1/blobs/{}", keel::blobs::hex(&want));
+    let result = runtime().and_then(|rt| rt.block_on(async { ctx.client().get(&path).await }));
+    let answer = match result {
+        Ok(a) if a.status == hyper::StatusCode::OK => a,
+        Ok(a) => return show(&ctx, "blob get", &a, Shown::Raw),
+        Err(e) => return ctx.failed("blob get", &e),
+    };
+    if keel::blobs::sha256(&answer.body) != want {
+        return fail(
+            "blob get",
+            anyhow::anyhow!("the bytes received do not hash to {sha256}"),
+        );
+    }
+    let written = match &output {
+        Some(file) => std::fs::write(file, &answer.body),
+        None => std::io::Write::write_all(&mut std::io::stdout(), &answer.body),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail("blob get", e.into()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -687,9 +412,41 @@ fn main() -> ExitCode {
             let body = serde_json::json!({"op": "get", "key": key}).to_string();
             c.query("kv", body.into_bytes(), "linearizable").await
         }),
-        Cmd::Submit { plugin, body } => client_call(g, "submit", Shown::Raw, async move |c| {
-            c.submit(&plugin, body.into_bytes()).await
+        Cmd::Submit {
+            plugin,
+            body,
+            attach,
+        } => client_call(g, "submit", Shown::Raw, async move |c| {
+            let headers: Vec<(&'static str, String)> = if attach.is_empty() {
+                Vec::new()
+            } else {
+                vec![("keel-attach", attach.join(","))]
+            };
+            c.submit_with(&plugin, body.into_bytes(), &headers).await
         }),
+        Cmd::Blob {
+            command: BlobCmd::Put { file },
+        } => {
+            let bytes = match std::fs::read(&file) {
+                Ok(b) => b,
+                Err(e) => return fail("blob put", anyhow::anyhow!("{}: {e}", file.display())),
+            };
+            client_call(g, "blob put", Shown::Raw, async move |c| {
+                let bar = keel::cli::progress_bar();
+                let name = file.display().to_string();
+                c.set_progress(
+                    bar.clone(),
+                    format!("uploading {name}"),
+                    format!("placing {name} on a majority"),
+                );
+                let answer = c.request(hyper::Method::PUT, "/v1/blobs", bytes).await;
+                bar.finish_and_clear();
+                answer
+            })
+        }
+        Cmd::Blob {
+            command: BlobCmd::Get { sha256, file },
+        } => blob_get(g, &sha256, file),
         Cmd::Deploy {
             name,
             file,

@@ -374,3 +374,150 @@ fn an_upload_goes_on_without_a_member_that_stalls() {
         );
     });
 }
+
+/// One request with headers and no retries: the status and body as answered.
+async fn send_with(
+    method: hyper::Method,
+    url: &str,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("{url}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(bytes::Bytes::from(body)))
+        .expect("request");
+    match client.request(req).await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+            let text = body.map_or_else(
+                |e| e.to_string(),
+                |b| String::from_utf8_lossy(&b).into_owned(),
+            );
+            (status, text)
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// The document store on real nodes (`keel:plugin/blobs`): a command attaches an uploaded
+/// blob (`Keel-Attach`), the plugin retains it, every node answers from it; once the
+/// entries that named the blobs are compacted away, garbage collection keeps the retained
+/// document and collects the one whose document was deleted (released).
+#[test]
+fn attached_blobs_are_read_by_the_plugin_and_kept_while_its_state_retains_them() {
+    let cluster = start_nodes(3, |cfg| {
+        cfg.blob_gc_interval_ms = 300;
+        cfg.blob_gc_grace_ms = 1_500;
+        cfg.snapshot_every = 4;
+    });
+    let rt = rt();
+    let urls = cluster.urls.clone();
+    let wasm = common::guest_plugin("keel-plugin-docstore", "keel_plugin_docstore");
+    rt.block_on(async {
+        let leader = wait_for_leader(&urls, Duration::from_secs(60)).await;
+        let url = urls[(leader - 1) as usize].clone();
+        let mut c = Client::new(urls.clone()).with_deadline(Duration::from_secs(60));
+        let a = c.deploy("docstore", wasm, &[]).await.expect("deploy");
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+
+        let kept = b"kept document\nwith a second line\n".repeat(4_000);
+        let gone = b"a document to delete\n".repeat(4_000);
+        let mut sha = Vec::new();
+        for doc in [&kept, &gone] {
+            // Uploaded through a follower: the leader fetches it when the command names it.
+            let follower = &urls[(leader % 3) as usize];
+            let (status, text) =
+                send_with(hyper::Method::PUT, follower, "/v1/blobs", doc.clone(), &[]).await;
+            assert_eq!(status, 200, "{text}");
+            sha.push(keel::blobs::hex(&keel::blobs::sha256(doc)));
+        }
+        let command = |body: &'static str, attach: Option<String>| {
+            let url = url.clone();
+            async move {
+                let headers: Vec<(&str, &str)> = match &attach {
+                    Some(a) => vec![("keel-attach", a.as_str())],
+                    None => vec![],
+                };
+                send_with(
+                    hyper::Method::POST,
+                    &url,
+                    "/v1/plugins/docstore/commands",
+                    body.as_bytes().to_vec(),
+                    &headers,
+                )
+                .await
+            }
+        };
+        let (s, t) = command(r#"{"op":"put","id":"kept"}"#, Some(sha[0].clone())).await;
+        assert_eq!(s, 200, "{t}");
+        assert!(t.contains(r#""preview":"kept document""#), "{t}");
+        let (s, t) = command(r#"{"op":"put","id":"gone"}"#, Some(sha[1].clone())).await;
+        assert_eq!(s, 200, "{t}");
+        let (s, t) = command(r#"{"op":"delete","id":"gone"}"#, None).await;
+        assert_eq!((s, t.as_str()), (200, r#"{"deleted":true}"#));
+
+        // Bad names and blobs nobody holds are refused before anything is proposed.
+        let (s, t) = command(r#"{"op":"put","id":"bad"}"#, Some("zz".into())).await;
+        assert_eq!(s, 400, "{t}");
+        let (s, t) = command(r#"{"op":"put","id":"bad"}"#, Some("ab".repeat(32))).await;
+        assert_eq!(s, 400, "{t}");
+        assert!(t.contains("upload it first"), "{t}");
+
+        // Every node answers from the retained blob.
+        for u in &urls {
+            let (s, t) = send_with(
+                hyper::Method::POST,
+                u,
+                "/v1/plugins/docstore/query?consistency=stale",
+                br#"{"op":"head","id":"kept","bytes":13}"#.to_vec(),
+                &[],
+            )
+            .await;
+            assert_eq!(
+                (s, t.as_str()),
+                (200, r#"{"id":"kept","text":"kept document"}"#),
+                "{u}"
+            );
+        }
+        // Push the log past the entries that named the blobs (snapshots every 4 entries
+        // compact it), then wait for garbage collection.
+        for i in 0..12 {
+            let a = c
+                .submit(
+                    "kv",
+                    format!(r#"{{"op":"put","key":"k{i}","value":"v"}}"#).into_bytes(),
+                )
+                .await
+                .expect("submit");
+            assert_eq!(a.status, 200);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while cluster
+            .configs
+            .iter()
+            .any(|cfg| blob_files(cfg).contains(&sha[1]))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the released document's blob was not collected"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for cfg in &cluster.configs {
+            assert!(
+                blob_files(cfg).contains(&sha[0]),
+                "a retained blob was collected"
+            );
+        }
+    });
+}

@@ -292,6 +292,49 @@ fn keel_put_right_after_keel_dev_finds_the_cluster_and_status_shows_every_member
     let v: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{json}");
 
+    // Blobs: up, down (checked against the name), attached to a command; a command
+    // attaching a blob nobody holds is refused (exit 4) with the reason.
+    let file = cwd.join("doc.bin");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 199) as u8).collect();
+    std::fs::write(&file, &bytes).expect("write");
+    let put = keel_in(
+        cwd,
+        None,
+        &["blob", "put", file.to_str().expect("utf-8"), "-o", "json"],
+        limit,
+    );
+    let v: serde_json::Value = serde_json::from_str(&expect_code(&put, 0)).expect("json");
+    let sha = v["result"]["sha256"].as_str().expect("sha256").to_string();
+    assert_eq!(sha, keel::blobs::hex(&keel::blobs::sha256(&bytes)));
+    let back = cwd.join("back.bin");
+    let get = keel_in(
+        cwd,
+        None,
+        &["blob", "get", &sha, back.to_str().expect("utf-8")],
+        limit,
+    );
+    expect_code(&get, 0);
+    assert!(
+        std::fs::read(&back).expect("read") == bytes,
+        "the blob came back whole"
+    );
+    let put = r#"{"op":"put","key":"with","value":"attachment"}"#;
+    let attached = keel_in(cwd, None, &["submit", "kv", put, "--attach", &sha], limit);
+    expect_code(&attached, 0);
+    let nobody = "ab".repeat(32);
+    let refused = keel_in(
+        cwd,
+        None,
+        &["submit", "kv", put, "--attach", &nobody],
+        limit,
+    );
+    expect_code(&refused, 4);
+    assert!(
+        text(&refused).1.contains("upload it first"),
+        "{:?}",
+        text(&refused)
+    );
+
     // A refusal (no such plugin) is exit 4, with the server's reason.
     let refused = keel_in(cwd, None, &["submit", "nosuch", "{}"], limit);
     expect_code(&refused, 4);

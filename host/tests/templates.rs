@@ -63,6 +63,7 @@ fn check(wasm: &[u8]) {
             term: 1,
             timestamp_ms: 1,
             client_id: None,
+            attachments: Vec::new(),
         };
         let cmd = format!(r#"{{"op":"add","name":"visits","by":{by}}}"#);
         let out = plugin

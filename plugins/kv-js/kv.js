@@ -5,7 +5,7 @@
 //   npx jco componentize kv.js --wit ../../wit --world-name keel:plugin/state-machine \
 //     --disable all -o kv-js.wasm
 
-import { get as kvGet, set as kvSet, delete as kvDelete, range as kvRange } from 'keel:plugin/kv@0.1.0';
+import { get as kvGet, set as kvSet, delete as kvDelete, range as kvRange } from 'keel:plugin/kv@0.1.1';
 
 const MAX_RANGE = 1000;
 const DEFAULT_LIMIT = 100;

@@ -4,7 +4,7 @@
 //
 // Commands: {"op":"add","name":N,"by":I} -> {"value":I}, {"op":"reset","name":N}.
 // Query: {"op":"get","name":N} -> {"value":I}.
-import { get as kvGet, set as kvSet, delete as kvDelete } from 'keel:plugin/kv@0.1.0';
+import { get as kvGet, set as kvSet, delete as kvDelete } from 'keel:plugin/kv@0.1.1';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });

@@ -97,6 +97,10 @@ pub struct SimConfig {
     /// Share of writes whose body goes by reference (design §6): placed in the blob stores
     /// of a majority, as `PUT /v1/blobs` does, then proposed as `Payload::Ref`.
     pub ref_writes: f64,
+    /// Share of writes that attach a blob (`Keel-Attach`): the blob placed on a majority
+    /// first, the command proposed as `Payload::Attached`; every node must hold it to apply
+    /// (the kv plugin ignores it), so apply waits, the sweep fetches, GC keeps it.
+    pub attach_writes: f64,
     /// Deliberately broken placement: a reference-only write's blob is placed on the node
     /// it is sent to only (the check that every committed record's blobs are on a majority
     /// must catch it).
@@ -139,11 +143,16 @@ impl SimConfig {
             apply_max_ms: [1, 5, 20][(r.next_u32() % 3) as usize],
             apply_flush_ms: [20, 100][(r.next_u32() % 2) as usize],
             ref_writes: [0.0, 0.3, 1.0][(r.next_u32() % 3) as usize],
+            attach_writes: 0.0,
             place_on_one: false,
             gc_ignores_laggers: false,
             trace: false,
         };
-        if r.next_u32() % 4 == 0 {
+        let partitions_only = r.next_u32() % 4 == 0;
+        // Drawn last, so the draws above (and the seeds' runs without attachments) are as
+        // they were before attachments existed.
+        cfg.attach_writes = [0.0, 0.3][(r.next_u32() % 2) as usize];
+        if partitions_only {
             cfg.partitions_only = true;
             cfg.crashes = false;
             cfg.pauses = false;
@@ -1151,6 +1160,24 @@ impl Sim {
                     }
                 } else {
                     Payload::Inline(bytes)
+                };
+                let payload = if self.cfg.attach_writes > 0.0 && self.chance(self.cfg.attach_writes)
+                {
+                    let blob = format!("attached by client {client_id} serial {serial}");
+                    if !self.place_blob(target, blob.as_bytes()) {
+                        let d = 1 + self.rand(3);
+                        self.schedule(d, Ev::Reply(c, attempt, Reply::Retry));
+                        return;
+                    }
+                    Payload::Attached {
+                        body: Box::new(payload),
+                        attachments: vec![keel_raft::BlobRef {
+                            sha256: keel::blobs::sha256(blob.as_bytes()),
+                            len: blob.len() as u64,
+                        }],
+                    }
+                } else {
+                    payload
                 };
                 let input = Input::Propose {
                     plugin: "kv".into(),

@@ -64,6 +64,7 @@ fn bench(name: &str, wasm: &[u8], applies: u32) {
         term: 1,
         timestamp_ms: 1_700_000_000_000,
         client_id: None,
+        attachments: Vec::new(),
     };
     // Keys over 10,000 (like the load scripts), 100-byte values: a get and a set each.
     let value = "v".repeat(100);

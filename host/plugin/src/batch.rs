@@ -35,6 +35,7 @@ impl Plugin {
         let mut outcomes = Vec::with_capacity(commands.len());
         let mut live = None;
         let mut earlier = Some(crate::kv::WriteBuffer::default());
+        let mut earlier_retains = std::collections::BTreeMap::new();
         for (ctx, command) in commands {
             let (mut store, sm) = match live.take() {
                 Some(pair) => pair,
@@ -42,6 +43,7 @@ impl Plugin {
                     let mut state =
                         self.state(view.clone(), Mode::Apply, ctx.timestamp_ms, ctx.seed());
                     state.earlier = earlier.take().unwrap_or_default();
+                    state.earlier_retains = std::mem::take(&mut earlier_retains);
                     match self.fresh_instance(state) {
                         Ok((store, _, sm)) => (store, sm),
                         Err(e) if e.is_deterministic() => {
@@ -55,7 +57,7 @@ impl Plugin {
                     }
                 }
             };
-            store.data_mut().next_command();
+            store.data_mut().next_command(&ctx.attachments);
             self.arm(&mut store)?;
             let called = sm.call_apply(&mut store, &ctx.to_wit(), command);
             let fuel_used = self.fuel_used(&store);
@@ -64,16 +66,21 @@ impl Plugin {
                     let result = self.answer(answer);
                     let state = store.data_mut();
                     let own = std::mem::take(&mut state.writes);
-                    let writes = if result.is_ok() {
+                    let retains = state.take_retains();
+                    let (writes, retains) = if result.is_ok() {
                         let writes = own.into_writes();
                         state.earlier.absorb(&writes);
-                        writes
+                        for (sha, d) in &retains {
+                            *state.earlier_retains.entry(*sha).or_default() += d;
+                        }
+                        (writes, retains)
                     } else {
-                        Writes::new()
+                        (Writes::new(), Vec::new())
                     };
                     outcomes.push(ApplyOutcome {
                         result,
                         writes,
+                        retains,
                         fuel_used,
                     });
                     live = Some((store, sm));
@@ -87,6 +94,7 @@ impl Plugin {
                         return Err(err);
                     }
                     earlier = Some(std::mem::take(&mut state.earlier));
+                    earlier_retains = std::mem::take(&mut state.earlier_retains);
                     outcomes.push(failed(err, self.limits().fuel));
                 }
             }
@@ -99,6 +107,7 @@ fn failed(err: PluginError, budget: u64) -> ApplyOutcome {
     ApplyOutcome {
         result: Err(err),
         writes: Writes::new(),
+        retains: Vec::new(),
         fuel_used: budget,
     }
 }

@@ -149,6 +149,16 @@ pub enum PluginError {
         #[source]
         source: StorageError,
     },
+    /// The call reads or retains a blob this node does not hold yet (one the command
+    /// attaches or the plugin retains): not the plugin's fault. Apply waits for the blob
+    /// and runs the entry again; a query is answered "try again".
+    #[error("plugin {plugin}: blob {sha256} is not on this node yet")]
+    BlobMissing {
+        /// The plugin.
+        plugin: PluginId,
+        /// The blob, 64 hex digits.
+        sha256: String,
+    },
     /// The host could not run the call (for example the instance pool is exhausted).
     #[error("plugin {plugin}: host failure: {detail}")]
     Host {
@@ -166,7 +176,10 @@ impl PluginError {
     pub fn is_deterministic(&self) -> bool {
         !matches!(
             self,
-            PluginError::Deadline { .. } | PluginError::Storage { .. } | PluginError::Host { .. }
+            PluginError::Deadline { .. }
+                | PluginError::Storage { .. }
+                | PluginError::Host { .. }
+                | PluginError::BlobMissing { .. }
         )
     }
 
@@ -186,6 +199,7 @@ impl PluginError {
             | PluginError::ResultTooLarge { plugin, .. }
             | PluginError::Deadline { plugin, .. }
             | PluginError::Storage { plugin, .. }
+            | PluginError::BlobMissing { plugin, .. }
             | PluginError::Host { plugin, .. } => plugin,
         }
     }

@@ -38,6 +38,12 @@ pub trait KvView: Send + Sync {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StorageError>;
+
+    /// The node's blobs for this plugin's calls (`keel:plugin/blobs`); `None` (the
+    /// default): the plugin sees no attachments and every blob call is refused.
+    fn blobs(&self) -> Option<&dyn crate::BlobSource> {
+        None
+    }
 }
 
 /// Key-value pairs in ascending key order, as `range` returns them.

@@ -25,7 +25,7 @@
 //!
 //! // The node's view of the plugin's namespace (here: in memory).
 //! let state = Arc::new(MemoryKv::new());
-//! let ctx = ApplyContext { index: 7, term: 2, timestamp_ms: 1_700_000_000_000, client_id: None };
+//! let ctx = ApplyContext { index: 7, term: 2, timestamp_ms: 1_700_000_000_000, client_id: None, attachments: Vec::new() };
 //! let outcome = kv.apply(state.clone(), &ctx, br#"{"op":"put","key":"a","value":"1"}"#)?;
 //! // `Err` from `apply` itself: a node-local failure, fail-stop. Otherwise the outcome
 //! // is the same on every node: record `result`, commit `writes` with last_applied.
@@ -53,6 +53,7 @@
 
 mod batch;
 mod bindings;
+mod blobs;
 mod cache;
 mod error;
 mod kv;
@@ -60,6 +61,7 @@ mod runtime;
 mod store;
 mod wasi;
 
+pub use blobs::{BlobRef, BlobSource, MAX_BLOB_READ};
 pub use error::{PluginError, PluginId, StorageError};
 pub use kv::{
     Entries, KvView, MAX_BATCH_BYTES, MAX_KEY_BYTES, MAX_RANGE_ITEMS, MAX_VALUE_BYTES, MemoryKv,

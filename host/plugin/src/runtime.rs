@@ -79,7 +79,7 @@ impl Default for RuntimeConfig {
 }
 
 /// What the node knows about the entry being applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyContext {
     /// Raft log index.
     pub index: u64,
@@ -89,6 +89,9 @@ pub struct ApplyContext {
     pub timestamp_ms: u64,
     /// The client id the command came with, if any.
     pub client_id: Option<String>,
+    /// The blobs the command attaches (`keel:plugin/blobs`), in the order named; the node
+    /// holds each before it applies.
+    pub attachments: Vec<crate::BlobRef>,
 }
 
 impl ApplyContext {
@@ -126,6 +129,9 @@ pub struct ApplyOutcome {
     /// The writes to commit with this entry's `last_applied`; empty when `result` is
     /// an error (a failed command changes nothing).
     pub writes: Writes,
+    /// Blob retains (+n) and releases (-n) to commit with the writes, by SHA-256; empty
+    /// when `result` is an error.
+    pub retains: Vec<([u8; 32], i64)>,
     /// Fuel the guest used (wasm instructions; KV charges not included). A failed
     /// call counts as its whole budget.
     pub fuel_used: u64,
@@ -425,25 +431,31 @@ impl Plugin {
             Mode::Apply,
             ctx.timestamp_ms,
             ctx.seed(),
-            |store, _, sm| sm.call_apply(store, &wit_ctx, command),
+            |store, _, sm| {
+                store.data_mut().next_command(&ctx.attachments);
+                sm.call_apply(store, &wit_ctx, command)
+            },
         );
         match run {
-            Ok((answer, state, fuel_used)) => {
+            Ok((answer, mut state, fuel_used)) => {
                 let result = self.answer(answer);
-                let writes = if result.is_ok() {
-                    state.writes.into_writes()
+                let retains = state.take_retains();
+                let (writes, retains) = if result.is_ok() {
+                    (state.writes.into_writes(), retains)
                 } else {
-                    Writes::new()
+                    (Writes::new(), Vec::new())
                 };
                 Ok(ApplyOutcome {
                     result,
                     writes,
+                    retains,
                     fuel_used,
                 })
             }
             Err(e) if e.is_deterministic() => Ok(ApplyOutcome {
                 result: Err(e),
                 writes: Writes::new(),
+                retains: Vec::new(),
                 fuel_used: self.inner.limits.fuel,
             }),
             Err(e) => Err(e),
@@ -503,7 +515,7 @@ impl Plugin {
                 let started = Instant::now();
                 for _ in 0..n {
                     // Budgets are per call; reset them as `apply_batch` does.
-                    store.data_mut().next_command();
+                    store.data_mut().next_command(&ctx.attachments);
                     store.set_fuel(self.inner.limits.fuel)?;
                     let _ = sm.call_apply(&mut *store, &wit_ctx, command)?;
                 }
@@ -636,6 +648,12 @@ impl Plugin {
         let plugin = self.inner.id.clone();
         match state.abort.take() {
             Some(Abort::Storage(source)) => return PluginError::Storage { plugin, source },
+            Some(Abort::BlobMissing(sha)) => {
+                return PluginError::BlobMissing {
+                    plugin,
+                    sha256: crate::blobs::sha_hex(&sha),
+                };
+            }
             Some(Abort::HostBudget) => {
                 return PluginError::FuelExhausted {
                     plugin,

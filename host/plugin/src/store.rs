@@ -1,8 +1,10 @@
 //! Per-call host state: what a guest's imports act on, and the limits it runs under.
 
-use crate::bindings::keel::plugin::{kv, log};
+use crate::bindings::keel::plugin::{blobs, kv, log};
+use crate::blobs::{BlobRef, MAX_BLOB_READ, parse_sha, sha_hex};
 use crate::error::StorageError;
 use crate::kv::{KvView, Layered, MAX_RANGE_ITEMS, TooLarge, WriteBuffer};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Result};
@@ -33,6 +35,9 @@ pub(crate) enum Abort {
     Storage(StorageError),
     /// KV work exceeded the call's budget.
     HostBudget,
+    /// A blob the call may use is not on this node yet: not deterministic, the node waits
+    /// for it.
+    BlobMissing([u8; 32]),
 }
 
 /// Marker error a host function returns to trap the guest; see [`HostState::abort`].
@@ -100,6 +105,12 @@ pub(crate) struct HostState {
     host_budget: u64,
     host_used: u64,
     pub(crate) abort: Option<Abort>,
+    /// The blobs the current command attaches.
+    pub(crate) attachments: Vec<BlobRef>,
+    /// Retains (+) and releases (-) of the current command.
+    pub(crate) retains: BTreeMap<[u8; 32], i64>,
+    /// Those of the earlier successful commands of the batch.
+    pub(crate) earlier_retains: BTreeMap<[u8; 32], i64>,
 }
 
 impl HostState {
@@ -123,14 +134,48 @@ impl HostState {
             host_budget: fuel,
             host_used: 0,
             abort: None,
+            attachments: Vec::new(),
+            retains: BTreeMap::new(),
+            earlier_retains: BTreeMap::new(),
         }
     }
 
     /// Starts the next command of a batch: its own budget, writes and limit flag.
-    pub(crate) fn next_command(&mut self) {
+    pub(crate) fn next_command(&mut self, attachments: &[BlobRef]) {
         self.host_used = 0;
         self.limiter.hit = false;
         self.writes = WriteBuffer::default();
+        self.retains = BTreeMap::new();
+        self.attachments = attachments.to_vec();
+    }
+
+    /// The current command's retain changes, non-zero ones only, as an outcome carries them.
+    pub(crate) fn take_retains(&mut self) -> Vec<([u8; 32], i64)> {
+        std::mem::take(&mut self.retains)
+            .into_iter()
+            .filter(|(_, d)| *d != 0)
+            .collect()
+    }
+
+    /// Retains the plugin holds on `sha` now: the replicated count, the batch's earlier
+    /// commands' and this command's changes.
+    fn retain_count(&mut self, sha: &[u8; 32]) -> Result<u64> {
+        let stored = match self.view.blobs().map(|b| b.retained(sha)) {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(self.abort(Abort::Storage(e))),
+        };
+        let delta = self.earlier_retains.get(sha).copied().unwrap_or(0)
+            + self.retains.get(sha).copied().unwrap_or(0);
+        Ok((stored as i64).saturating_add(delta).max(0) as u64)
+    }
+
+    /// Whether the call may use `sha`: the command attaches it or the plugin retains it.
+    fn may_use(&mut self, sha: &[u8; 32]) -> Result<bool> {
+        if self.attachments.iter().any(|a| &a.sha256 == sha) {
+            return Ok(true);
+        }
+        Ok(self.retain_count(sha)? > 0)
     }
 
     /// What this command reads: its own writes over the batch's over the view.
@@ -246,3 +291,81 @@ impl log::Host for HostState {
 }
 
 impl crate::bindings::keel::plugin::types::Host for HostState {}
+
+impl blobs::Host for HostState {
+    fn attachments(&mut self) -> Result<Vec<blobs::Blob>> {
+        self.charge(self.attachments.len() * 64)?;
+        Ok(self
+            .attachments
+            .iter()
+            .map(|a| blobs::Blob {
+                sha256: sha_hex(&a.sha256),
+                len: a.len,
+            })
+            .collect())
+    }
+
+    fn read(
+        &mut self,
+        sha256: String,
+        offset: u64,
+        len: u32,
+    ) -> Result<Result<Vec<u8>, blobs::BlobError>> {
+        self.charge(0)?;
+        let Some(sha) = parse_sha(&sha256) else {
+            return Ok(Err(blobs::BlobError::Unknown));
+        };
+        if !self.may_use(&sha)? {
+            return Ok(Err(blobs::BlobError::Unknown));
+        }
+        let len = len.min(MAX_BLOB_READ) as usize;
+        let bytes = self.view.blobs().and_then(|b| b.read(&sha, offset, len));
+        match bytes {
+            Some(bytes) => {
+                self.charge(bytes.len())?;
+                Ok(Ok(bytes))
+            }
+            // Every node holds what a command attaches or a plugin retains before it
+            // applies: this one does not yet, so it must wait, not answer differently.
+            None => Err(self.abort(Abort::BlobMissing(sha))),
+        }
+    }
+
+    fn retain(&mut self, sha256: String) -> Result<Result<(), blobs::BlobError>> {
+        self.charge(0)?;
+        if self.mode == Mode::ReadOnly {
+            return Ok(Err(blobs::BlobError::ReadOnly));
+        }
+        let Some(sha) = parse_sha(&sha256) else {
+            return Ok(Err(blobs::BlobError::Unknown));
+        };
+        if !self.may_use(&sha)? {
+            return Ok(Err(blobs::BlobError::Unknown));
+        }
+        *self.retains.entry(sha).or_default() += 1;
+        Ok(Ok(()))
+    }
+
+    fn release(&mut self, sha256: String) -> Result<Result<(), blobs::BlobError>> {
+        self.charge(0)?;
+        if self.mode == Mode::ReadOnly {
+            return Ok(Err(blobs::BlobError::ReadOnly));
+        }
+        let Some(sha) = parse_sha(&sha256) else {
+            return Ok(Err(blobs::BlobError::NotRetained));
+        };
+        if self.retain_count(&sha)? == 0 {
+            return Ok(Err(blobs::BlobError::NotRetained));
+        }
+        *self.retains.entry(sha).or_default() -= 1;
+        Ok(Ok(()))
+    }
+
+    fn retained(&mut self, sha256: String) -> Result<u64> {
+        self.charge(0)?;
+        match parse_sha(&sha256) {
+            Some(sha) => self.retain_count(&sha),
+            None => Ok(0),
+        }
+    }
+}

@@ -101,8 +101,8 @@ impl Record {
     pub fn blobs(&self) -> Vec<[u8; 32]> {
         match self {
             Record::Deploy(d) => vec![d.sha256],
-            Record::Command(c) => c.payload.blob_ref().into_iter().collect(),
-            Record::Batch(cmds) => cmds.iter().filter_map(|c| c.payload.blob_ref()).collect(),
+            Record::Command(c) => c.payload.blobs(),
+            Record::Batch(cmds) => cmds.iter().flat_map(|c| c.payload.blobs()).collect(),
             _ => Vec::new(),
         }
     }
@@ -129,7 +129,7 @@ pub struct ClientSerial {
 }
 
 /// Application bytes, carried inline or as a reference to a content-addressed blob
-/// (design §6).
+/// (design §6), with any blobs the command attaches.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Payload {
     /// The bytes themselves.
@@ -141,15 +141,57 @@ pub enum Payload {
         /// Length of the bytes.
         len: u64,
     },
+    /// A body (`Inline` or `Ref`, never `Attached` again) and the blobs the command
+    /// attaches (`Keel-Attach`), in the order the client named them. Last, so older logs
+    /// still decode.
+    Attached {
+        /// The command's own bytes.
+        body: Box<Payload>,
+        /// The blobs it attaches, each on a majority of voters before the proposal.
+        attachments: Vec<BlobRef>,
+    },
+}
+
+/// A blob a record names: its SHA-256 and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// SHA-256 of the bytes.
+    pub sha256: [u8; 32],
+    /// Length of the bytes.
+    pub len: u64,
 }
 
 impl Payload {
-    /// The referenced blob's hash, if this payload is by reference.
-    pub fn blob_ref(&self) -> Option<[u8; 32]> {
+    /// The command's own bytes: this payload, or the body of an `Attached` one.
+    pub fn body(&self) -> &Payload {
         match self {
-            Payload::Inline(_) => None,
-            Payload::Ref { sha256, .. } => Some(*sha256),
+            Payload::Attached { body, .. } => body,
+            other => other,
         }
+    }
+
+    /// The blobs the command attaches (empty unless `Attached`).
+    pub fn attachments(&self) -> &[BlobRef] {
+        match self {
+            Payload::Attached { attachments, .. } => attachments,
+            _ => &[],
+        }
+    }
+
+    /// The referenced body blob's hash, if the body is by reference.
+    pub fn blob_ref(&self) -> Option<[u8; 32]> {
+        match self.body() {
+            Payload::Ref { sha256, .. } => Some(*sha256),
+            _ => None,
+        }
+    }
+
+    /// Every blob the payload names: the body's, then the attachments.
+    pub fn blobs(&self) -> Vec<[u8; 32]> {
+        self.blob_ref()
+            .into_iter()
+            .chain(self.attachments().iter().map(|a| a.sha256))
+            .collect()
     }
 }
 

@@ -321,10 +321,11 @@ impl Driver {
             } => {
                 let size = plugin.len()
                     + 32
-                    + match &payload {
+                    + match payload.body() {
                         Payload::Inline(b) => b.len(),
-                        Payload::Ref { .. } => 40,
-                    };
+                        _ => 40,
+                    }
+                    + 40 * payload.attachments().len();
                 if self.pending_bytes + size > MAX_BATCH_BYTES
                     || self.pending.len() >= MAX_BATCH_COMMANDS
                 {

@@ -105,6 +105,9 @@ impl Driver {
             needed.extend(record.active.map(|d| d.sha256));
             needed.extend(record.history.versions.iter().map(|v| v.deploy.sha256));
         }
+        // Blobs a plugin's state retains (`keel:plugin/blobs`): kept for as long as any
+        // plugin holds a retain, whatever the log says.
+        needed.extend(state::retained_blobs(&system)?);
         Ok(needed)
     }
 

@@ -123,6 +123,25 @@ pub(crate) async fn place(
     hash: [u8; 32],
     len: u64,
 ) -> (usize, usize, Vec<String>) {
+    place_with(node, hash, len, false).await
+}
+
+/// [`place`], first asking each member whether it holds the blob already (`HEAD`), so a
+/// blob placed before (an attachment named again) is not sent again.
+pub(crate) async fn place_probed(
+    node: &NodeHandle,
+    hash: [u8; 32],
+    len: u64,
+) -> (usize, usize, Vec<String>) {
+    place_with(node, hash, len, true).await
+}
+
+async fn place_with(
+    node: &NodeHandle,
+    hash: [u8; 32],
+    len: u64,
+    probe: bool,
+) -> (usize, usize, Vec<String>) {
     let (members, voters, me) = {
         let s = node.status.lock().unwrap_or_else(|e| e.into_inner());
         (s.members.clone(), s.voters.clone(), s.node_id)
@@ -138,6 +157,17 @@ pub(crate) async fn place(
             let body = stream(&node.blobs, hash, 0, len);
             async move {
                 let client = crate::tls::client::<Body>();
+                if probe {
+                    let head = Request::head(format!("{url}/v1/blobs/{}", hex(&hash)))
+                        .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed());
+                    if let Ok(head) = head
+                        && let Ok(Ok(resp)) =
+                            tokio::time::timeout(Duration::from_secs(5), client.request(head)).await
+                        && resp.status() == StatusCode::OK
+                    {
+                        return (id, Ok(()));
+                    }
+                }
                 let req = Request::put(format!("{url}/v1/blobs/{}", hex(&hash)))
                     .header(CLUSTER_HEADER, cluster)
                     .header(KIND_HEADER, "data")
@@ -395,6 +425,66 @@ pub async fn put_streamed(node: &NodeHandle, req: Request<Incoming>) -> Response
         ),
         Err(r) => r,
     }
+}
+
+/// Most blobs one command may attach.
+pub const MAX_ATTACHMENTS: usize = 64;
+
+/// The blobs a command's `Keel-Attach` header names (`<sha256>[,<sha256>…]`), each made
+/// durable on a majority of voters before the command is proposed (design §6 rule 1): held
+/// here, fetched from a peer if another node took the upload, then placed (members that
+/// hold it already say so to a `HEAD`). The response to give instead, if one is refused.
+pub(crate) async fn attachments(
+    node: &NodeHandle,
+    header: Option<&str>,
+) -> Result<Vec<keel_raft::BlobRef>, Response<Body>> {
+    let Some(header) = header.map(str::trim).filter(|h| !h.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<keel_raft::BlobRef> = Vec::new();
+    for name in header.split(',').map(str::trim) {
+        let Some(sha256) = parse_hex(name) else {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                &format!("Keel-Attach: {name:?} is not a blob name (64 hex digits)"),
+            ));
+        };
+        if out.len() == MAX_ATTACHMENTS {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                &format!("Keel-Attach: at most {MAX_ATTACHMENTS} blobs per command"),
+            ));
+        }
+        if !node.blobs.has(&sha256) {
+            let blobs = node.blobs.clone();
+            let fetched = tokio::task::spawn_blocking(move || blobs.fetch_once(&sha256)).await;
+            if !matches!(fetched, Ok(true)) {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "Keel-Attach: no node holds blob {name}; upload it first (PUT /v1/blobs)"
+                    ),
+                ));
+            }
+        }
+        let Some(len) = node.blobs.len_of(&sha256) else {
+            return Err(retry_later(&format!(
+                "blob {name} went away while attached"
+            )));
+        };
+        let (held, voters, failures) = place_probed(node, sha256, len).await;
+        if held * 2 <= voters {
+            return Err(retry_later(&format!(
+                "attached blob {name} reached {held} of {voters} voters: {}",
+                failures.join("; ")
+            )));
+        }
+        // Named twice: attached once.
+        if !out.iter().any(|a| a.sha256 == sha256) {
+            out.push(keel_raft::BlobRef { sha256, len });
+        }
+    }
+    Ok(out)
 }
 
 /// `PUT /v1/blobs`: stores the body (any size up to `max_blob_bytes`) and answers once it is

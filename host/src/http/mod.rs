@@ -304,6 +304,15 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
     if node.registry.get(&plugin).is_none() {
         return unknown_plugin(node, &plugin);
     }
+    let attach = req
+        .headers()
+        .get("keel-attach")
+        .map(|v| v.to_str().map(str::to_owned));
+    let attach = match attach {
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "Keel-Attach is not ASCII"),
+        Some(Ok(a)) => Some(a),
+        None => None,
+    };
     // Design §6: a body larger than `ref_threshold_bytes` goes by reference, streamed to a
     // majority of voters first (up to `max_blob_bytes`); the entry holds its hash.
     let declared = header_u64(&req, CONTENT_LENGTH.as_str()).ok().flatten();
@@ -350,6 +359,14 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
     if matches!(payload, Payload::Ref { len: 0, .. }) {
         return error(StatusCode::BAD_REQUEST, "empty command");
     }
+    let payload = match blobs::attachments(node, attach.as_deref()).await {
+        Ok(a) if a.is_empty() => payload,
+        Ok(attachments) => Payload::Attached {
+            body: Box::new(payload),
+            attachments,
+        },
+        Err(r) => return r,
+    };
     node.metrics.plugin_command(&plugin);
     let (tx, rx) = oneshot::channel();
     let input = Input::Propose {
@@ -496,7 +513,12 @@ async fn query(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> Res
     let handle = node.clone();
     let answer = tokio::task::spawn_blocking(move || {
         let (view, unflushed) = handle.applied_view().map_err(|e| (false, e.to_string()))?;
-        let kv = state::query_view(Box::new(view), unflushed, plugin);
+        let kv = state::query_view_with_blobs(
+            Box::new(view),
+            unflushed,
+            plugin,
+            Some(handle.blobs.clone()),
+        );
         plugin_impl
             .query(kv, &body)
             .map_err(|e| (e.is_deterministic(), e.to_string()))

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use keel_plugin::{ApplyContext, Plugin, Runtime};
+use keel_plugin::{ApplyContext, BlobRef, Plugin, PluginError, Runtime};
 use keel_raft::{Entry, Payload, Record};
 use keel_storage::{ApplyBatch, KvWrite, LogId, Session, StateView, StorageError};
 
@@ -219,7 +219,7 @@ impl Applier<'_> {
         // stops the batch (it is fetched and the batch applied again), never the command.
         let mut resolved: HashMap<[u8; 32], Arc<Vec<u8>>> = HashMap::new();
         for cmd in cmds {
-            if let Payload::Ref { sha256, len } = &cmd.payload
+            if let Payload::Ref { sha256, len } = cmd.payload.body()
                 && !resolved.contains_key(sha256)
             {
                 let bytes = self
@@ -228,6 +228,12 @@ impl Applier<'_> {
                     .filter(|b| b.len() as u64 == *len)
                     .ok_or(ApplyError::BlobGone(*sha256))?;
                 resolved.insert(*sha256, bytes);
+            }
+            // Attachments are read lazily by the plugin; they must be here all the same.
+            for a in cmd.payload.attachments() {
+                if self.blobs.len_of(&a.sha256) != Some(a.len) {
+                    return Err(ApplyError::BlobGone(a.sha256));
+                }
             }
         }
         let mut plans = Vec::with_capacity(cmds.len());
@@ -273,9 +279,11 @@ impl Applier<'_> {
                 Some(p) => p.clone(),
                 None => self.registry.get(&cmd.plugin),
             };
-            let bytes: &[u8] = match &cmd.payload {
+            let bytes: &[u8] = match cmd.payload.body() {
                 Payload::Inline(bytes) => bytes,
                 Payload::Ref { sha256, .. } => resolved.get(sha256).map_or(&[], |b| b.as_slice()),
+                // Never nested (the node builds payloads): no bytes.
+                Payload::Attached { .. } => &[],
             };
             let plan = match plugin {
                 None => Plan::Answer(Err(format!("unknown plugin {:?}", cmd.plugin))),
@@ -285,6 +293,15 @@ impl Applier<'_> {
                         term: e.term,
                         timestamp_ms: e.timestamp_ms,
                         client_id: cmd.client.map(|c| c.client_id.to_string()),
+                        attachments: cmd
+                            .payload
+                            .attachments()
+                            .iter()
+                            .map(|a| BlobRef {
+                                sha256: a.sha256,
+                                len: a.len,
+                            })
+                            .collect(),
                     };
                     let group = groups
                         .entry(cmd.plugin.as_str())
@@ -299,16 +316,31 @@ impl Applier<'_> {
         // Run each plugin's group; record its writes in command order.
         let mut ran: HashMap<usize, CommandResult> = HashMap::new();
         for (name, (plugin, group)) in groups {
-            let view = Arc::new(Namespace {
-                overlay: self.overlay.clone(),
-                name: name.to_owned(),
-            });
+            let view = Arc::new(Namespace::new(
+                self.overlay.clone(),
+                name.to_owned(),
+                Some(self.blobs.clone()),
+            ));
             let calls: Vec<(ApplyContext, &[u8])> =
                 group.iter().map(|(_, c, b)| (c.clone(), *b)).collect();
-            let outcomes = plugin.apply_batch(view, &calls).map_err(ApplyError::Host)?;
+            let outcomes = plugin.apply_batch(view, &calls).map_err(|e| match e {
+                // A blob the plugin may read is missing or was found damaged: wait for it
+                // and apply the batch again, as for a payload blob.
+                PluginError::BlobMissing { ref sha256, .. } => crate::blobs::parse_hex(sha256)
+                    .map_or(ApplyError::Host(e), ApplyError::BlobGone),
+                e => ApplyError::Host(e),
+            })?;
             for ((pos, _, _), outcome) in group.iter().zip(outcomes) {
                 for (key, value) in outcome.writes {
                     self.write(name, key, value);
+                }
+                // Retain counts change with the command's writes, in the same batch.
+                for (sha, delta) in outcome.retains {
+                    let key = retain_key(name, &sha);
+                    let now = decode_count(self.get(SYSTEM_NAMESPACE, &key)?.as_deref());
+                    let next = (now as i64).saturating_add(delta).max(0) as u64;
+                    let value = (next > 0).then(|| next.to_be_bytes().to_vec());
+                    self.write(SYSTEM_NAMESPACE, key, value);
                 }
                 ran.insert(*pos, outcome.result.map_err(|e| e.to_string()));
             }

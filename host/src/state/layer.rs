@@ -2,10 +2,13 @@
 //! layer not yet flushed ([`Unflushed`]), then the writes of the batch being applied
 //! (`Overlay`); [`query_view`] is a plugin's namespace of it for queries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use keel_plugin::KvView;
+use keel_plugin::{BlobSource, KvView};
+
+use super::registry::SYSTEM_NAMESPACE;
+use crate::blobs::{Blobs, hex};
 use keel_storage::{ApplyBatch, KvRange, KvWrite, LogId, Session, StateView, StorageError};
 
 /// Applied state not yet written to storage (write-back): the merged effect of the batches
@@ -234,10 +237,75 @@ impl Overlay {
     }
 }
 
-/// One plugin's namespace of an [`Overlay`], as the plugin runtime sees it.
+/// One plugin's namespace of an [`Overlay`], as the plugin runtime sees it, with the node's
+/// blobs (`keel:plugin/blobs`) when the caller gives them.
 pub(super) struct Namespace {
     pub(super) overlay: Arc<Mutex<Overlay>>,
     pub(super) name: String,
+    pub(super) blobs: Option<Blobs>,
+    /// Blobs whose bytes were checked against their hash during this view's life: each is
+    /// read whole once before any part of it reaches the plugin, so a damaged file is
+    /// quarantined (and fetched again) instead of read differently from the other nodes.
+    pub(super) verified: Mutex<HashSet<[u8; 32]>>,
+}
+
+impl Namespace {
+    pub(super) fn new(overlay: Arc<Mutex<Overlay>>, name: String, blobs: Option<Blobs>) -> Self {
+        Namespace {
+            overlay,
+            name,
+            blobs,
+            verified: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+/// Where the count of `plugin`'s retains on a blob lives in the system namespace.
+pub fn retain_key(plugin: &str, sha256: &[u8; 32]) -> Vec<u8> {
+    format!("{RETAIN_PREFIX}{plugin}/{}", hex(sha256)).into_bytes()
+}
+
+/// The prefix of every retain count's key (`retain/<plugin>/<sha256>` → u64 big-endian).
+pub const RETAIN_PREFIX: &str = "retain/";
+
+/// Every blob some plugin retains, from the system namespace `system`.
+pub fn retained_blobs(system: &Arc<dyn KvView>) -> anyhow::Result<Vec<[u8; 32]>> {
+    let mut out = Vec::new();
+    let mut start = RETAIN_PREFIX.as_bytes().to_vec();
+    // The first key past the prefix: its last byte, '/', plus one.
+    let end = b"retain0".to_vec();
+    loop {
+        let page = system
+            .range(&start, Some(&end), 1_000)
+            .map_err(|e| anyhow::anyhow!("reading retain counts: {e}"))?;
+        let Some((last, _)) = page.last() else { break };
+        let mut next = last.clone();
+        next.push(0);
+        for (k, v) in &page {
+            let sha = k
+                .rsplit(|b| *b == b'/')
+                .next()
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(crate::blobs::parse_hex);
+            if let Some(sha) = sha
+                && decode_count(Some(v)) > 0
+            {
+                out.push(sha);
+            }
+        }
+        if page.len() < 1_000 {
+            break;
+        }
+        start = next;
+    }
+    Ok(out)
+}
+
+/// A retain count as stored (absent: 0).
+pub fn decode_count(value: Option<&[u8]>) -> u64 {
+    value
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 impl KvView for Namespace {
@@ -256,6 +324,41 @@ impl KvView for Namespace {
         o.range(&self.name, start, end, limit)
             .map_err(plugin_storage_error)
     }
+
+    fn blobs(&self) -> Option<&dyn BlobSource> {
+        self.blobs.as_ref().map(|_| self as &dyn BlobSource)
+    }
+}
+
+impl BlobSource for Namespace {
+    fn read(&self, sha256: &[u8; 32], offset: u64, len: usize) -> Option<Vec<u8>> {
+        let blobs = self.blobs.as_ref()?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if !verified.contains(sha256) {
+            if !blobs.verify(sha256) {
+                return None;
+            }
+            verified.insert(*sha256);
+        }
+        drop(verified);
+        let total = blobs.len_of(sha256)?;
+        if offset >= total {
+            return Some(Vec::new());
+        }
+        blobs.read_range(sha256, offset, len)
+    }
+
+    fn len(&self, sha256: &[u8; 32]) -> Option<u64> {
+        self.blobs.as_ref()?.len_of(sha256)
+    }
+
+    fn retained(&self, sha256: &[u8; 32]) -> Result<u64, keel_plugin::StorageError> {
+        let o = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+        let value = o
+            .get(SYSTEM_NAMESPACE, &retain_key(&self.name, sha256))
+            .map_err(plugin_storage_error)?;
+        Ok(decode_count(value.as_deref()))
+    }
 }
 
 pub(super) fn plugin_storage_error(e: StorageError) -> keel_plugin::StorageError {
@@ -269,13 +372,21 @@ pub fn query_view(
     unflushed: Arc<Unflushed>,
     name: String,
 ) -> Arc<dyn KvView> {
-    Arc::new(Namespace {
-        overlay: Arc::new(Mutex::new(Overlay {
-            base: view,
-            unflushed,
-            writes: BTreeMap::new(),
-            sessions: BTreeMap::new(),
-        })),
-        name,
-    })
+    query_view_with_blobs(view, unflushed, name, None)
+}
+
+/// [`query_view`], with the node's blobs for the plugin's `keel:plugin/blobs` calls.
+pub fn query_view_with_blobs(
+    view: Box<dyn StateView + Send>,
+    unflushed: Arc<Unflushed>,
+    name: String,
+    blobs: Option<Blobs>,
+) -> Arc<dyn KvView> {
+    let overlay = Arc::new(Mutex::new(Overlay {
+        base: view,
+        unflushed,
+        writes: BTreeMap::new(),
+        sessions: BTreeMap::new(),
+    }));
+    Arc::new(Namespace::new(overlay, name, blobs))
 }

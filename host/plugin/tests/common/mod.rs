@@ -52,6 +52,7 @@ pub struct RustGuests {
     pub kv: Vec<u8>,
     pub counter: Vec<u8>,
     pub misbehave: Vec<u8>,
+    pub docstore: Vec<u8>,
 }
 
 pub fn rust_guests() -> &'static RustGuests {
@@ -77,6 +78,7 @@ pub fn rust_guests() -> &'static RustGuests {
             kv: read("keel_plugin_kv"),
             counter: read("keel_plugin_counter"),
             misbehave: read("keel_plugin_misbehave"),
+            docstore: read("keel_plugin_docstore"),
         }
     })
 }
@@ -229,6 +231,7 @@ pub fn ctx(index: u64) -> ApplyContext {
         term: 1,
         timestamp_ms: 1_700_000_000_000 + index,
         client_id: None,
+        attachments: Vec::new(),
     }
 }
 

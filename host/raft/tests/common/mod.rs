@@ -734,6 +734,9 @@ pub(crate) fn fmt_record(r: &Record) -> String {
         Record::Command(c) => match &c.payload {
             Payload::Inline(b) => format!("cmd {:?}", String::from_utf8_lossy(b)),
             Payload::Ref { len, .. } => format!("cmd ref len={len}"),
+            Payload::Attached { attachments, .. } => {
+                format!("cmd attaching {}", attachments.len())
+            }
         },
         Record::Config(c) => format!(
             "config voters={} learners={}",

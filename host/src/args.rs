@@ -1,0 +1,323 @@
+//! The `keel` command line: every subcommand and flag (clap). What each does is in
+//! `main.rs`, over library functions.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use keel::config::NodeConfig;
+
+/// Keel: a Raft host whose replicated state machines are WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "keel", version, about)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Cmd,
+}
+
+/// Connection and output flags: `global`, so they go anywhere on the command line
+/// (`keel member add 4 URL --endpoints …` as much as `keel --endpoints … member add 4 URL`).
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// Comma-separated node URLs [default: $KEEL_ENDPOINTS, else the nodes in
+    /// ./keel-dev/cluster.json, else http://127.0.0.1:7001].
+    #[arg(long, global = true, value_delimiter = ',', value_name = "URLS")]
+    pub(crate) endpoints: Vec<String>,
+    /// Output: `table` for people, `json` for scripts.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    pub(crate) output: Output,
+    /// Give up after this many seconds, retries included.
+    #[arg(long, global = true, value_name = "SECONDS", default_value = "30", value_parser = seconds)]
+    pub(crate) timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Lang {
+    /// cargo (wasm32-wasip2).
+    Rust,
+    /// componentize-py.
+    Python,
+    /// jco (componentize-js).
+    Js,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    /// Lines and tables for people.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+pub(crate) fn seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{s:?}: expected a positive number of seconds"))
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Cmd {
+    /// Start a local cluster of real `keel serve` processes with the example kv plugin.
+    Dev {
+        /// Number of nodes (1 to 7).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Where the nodes keep their data, configs, logs and `cluster.json`.
+        #[arg(long, default_value = "keel-dev")]
+        dir: PathBuf,
+        /// Delete a cluster DIR already holds and start a new one (by default it resumes).
+        #[arg(long)]
+        fresh: bool,
+        /// Serve over TLS with mutually authenticated peers: a throw-away CA and node
+        /// certificates in DIR/certs, the CA's path in DIR/cluster.json for the CLI.
+        #[arg(long)]
+        tls: bool,
+    },
+    /// Make certificates for a TLS cluster (docs/security.md).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCmd,
+    },
+    /// Run one node.
+    Serve(ServeArgs),
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+    /// Store a value with the kv plugin.
+    Put {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Read a value with the kv plugin (linearizable).
+    Get {
+        /// Key.
+        key: String,
+    },
+    /// Submit a command to any plugin.
+    Submit {
+        /// Plugin name.
+        plugin: String,
+        /// Command body.
+        body: String,
+        /// Attach blobs uploaded before (`keel blob put`), by SHA-256 (`Keel-Attach`).
+        #[arg(long = "attach", value_name = "SHA256", value_delimiter = ',')]
+        attach: Vec<String>,
+    },
+    /// Store and fetch blobs: bytes beside the log, named by their SHA-256 (docs/blobs.md).
+    Blob {
+        #[command(subcommand)]
+        command: BlobCmd,
+    },
+    /// Deploy a plugin (a WebAssembly component) to the cluster under NAME.
+    ///
+    /// The leader compiles it, places the bytes on a majority, and commits a Deploy record;
+    /// redeploying a name replaces the plugin from that log index on, keeping its state.
+    Deploy {
+        /// The plugin's name (its KV namespace and URL segment).
+        name: String,
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// Fuel per apply (instructions, roughly).
+        #[arg(long)]
+        fuel: Option<u64>,
+        /// Memory limit per instance, in bytes.
+        #[arg(long)]
+        memory_bytes: Option<u64>,
+        /// A version label (default: from the bytes' hash).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Start a plugin project: the state machine skeleton, its build, a README.
+    New {
+        /// The plugin's name (also the package's).
+        name: String,
+        /// The language.
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
+        /// Where to write it [default: ./NAME].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// List the plugins: active version, hash, the index it became active at, limits.
+    Plugins,
+    /// Re-activate an earlier version of a plugin at a new log index.
+    ///
+    /// Without VERSION: the newest version whose bytes differ from the active ones.
+    Rollback {
+        /// The plugin.
+        name: String,
+        /// A version label or a sha256 prefix (8 hex digits at least).
+        version: Option<String>,
+    },
+    /// Deactivate a plugin: its commands then get 404; its state and history are kept.
+    Undeploy {
+        /// The plugin.
+        name: String,
+    },
+    /// Change the membership, one server at a time (thesis §4.1).
+    Member {
+        #[command(subcommand)]
+        command: MemberCmd,
+    },
+    /// Show every member: role, term, commit and applied index, lag, health.
+    Status,
+    /// List the members: voters and learners with their URLs.
+    Members,
+    /// Follow a node's events (role, term, leader, configuration changes), one line each.
+    Watch,
+    /// Print a shell completion script (e.g. `source <(keel completions bash)`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print what a node's data directory holds.
+    ///
+    /// Cluster UUID, node id, term, vote, first/last log index and term, last applied, snapshot
+    /// index and plugin namespaces with key counts. Exits non-zero on a missing, corrupt or
+    /// foreign file, and while a node has the directory open.
+    Inspect {
+        /// The node's data directory (as given to `keel serve --data-dir`).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum MemberCmd {
+    /// Add a node as a learner (start it first with `"join": true` in its config).
+    Add {
+        /// Its id, unique in the cluster.
+        id: u64,
+        /// Its URL.
+        url: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// The learner's id.
+        id: u64,
+    },
+    /// Remove a voter or learner.
+    Remove {
+        /// Its id.
+        id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BlobCmd {
+    /// Upload FILE; prints its sha256 and length once a majority of the voters holds it.
+    Put {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Download a blob, checked against its name, to FILE (or standard output).
+    Get {
+        /// Its SHA-256 (64 hex digits).
+        sha256: String,
+        /// Where to write it [default: standard output].
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertsCmd {
+    /// Create a cluster CA in DIR (`ca.pem`, `ca-key.pem`; keep the key offline).
+    Init {
+        /// Where to write it.
+        dir: PathBuf,
+        /// A name for the CA's subject.
+        #[arg(long, default_value = "keel")]
+        name: String,
+    },
+    /// Issue node ID's certificate from the CA in DIR (`node-ID.pem`, `node-ID-key.pem`).
+    Node {
+        /// The node's id (the certificate binds it: the node may only speak as this id).
+        id: u64,
+        /// The directory holding the CA.
+        dir: PathBuf,
+        /// Host names or IP addresses in the node's URL [default: 127.0.0.1, localhost].
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCmd {
+    /// Print the effective configuration as JSON.
+    Show(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// A JSON config file; flags given too override its fields.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Node id.
+    #[arg(long)]
+    pub(crate) id: Option<u64>,
+    /// Listen address.
+    #[arg(long)]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Peers as `ID=URL,ID=URL` (this node included).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) peers: Vec<String>,
+    /// Cluster UUID.
+    #[arg(long)]
+    pub(crate) cluster_id: Option<String>,
+    /// Data directory.
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// The watched plugin folder [default: DATA_DIR/plugins].
+    #[arg(long)]
+    pub(crate) plugins_dir: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    pub(crate) fn resolve(&self) -> anyhow::Result<NodeConfig> {
+        let mut cfg = match &self.config {
+            Some(path) => NodeConfig::load(path)?,
+            None => NodeConfig::default(),
+        };
+        if let Some(id) = self.id {
+            cfg.id = id;
+        }
+        if let Some(listen) = self.listen {
+            cfg.listen = listen;
+        }
+        if !self.peers.is_empty() {
+            let mut peers = BTreeMap::new();
+            for p in &self.peers {
+                let (id, url) = p
+                    .split_once('=')
+                    .with_context(|| format!("peer {p:?}: expected ID=URL"))?;
+                peers.insert(
+                    id.parse().with_context(|| format!("peer id {id:?}"))?,
+                    url.to_string(),
+                );
+            }
+            cfg.peers = peers;
+        }
+        if let Some(c) = &self.cluster_id {
+            cfg.cluster_id = c.clone();
+        }
+        if let Some(d) = &self.plugins_dir {
+            cfg.plugins_dir = Some(d.clone());
+        }
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir = d.clone();
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+}
