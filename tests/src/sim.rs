@@ -705,7 +705,27 @@ impl Sim {
         let Some(node) = self.nodes.get(&id) else {
             return;
         };
+        let named: Vec<(u64, [u8; 32])> = job
+            .entries()
+            .iter()
+            .flat_map(|e| {
+                named_blobs(&e.record)
+                    .into_iter()
+                    .map(move |h| (e.index, h))
+            })
+            .collect();
         let done = keel::driver::run_job(job, runtime(), &node.blobs, &node.registry);
+        // Design §6: a node applies a record only once it holds every blob the record names
+        // (a by-reference body and every attachment).
+        if done.applied()
+            && let Some((index, hash)) = named.iter().find(|(_, h)| !node.blobs.has(h))
+        {
+            self.fail(Violation::Harness(format!(
+                "n{id} applied entry {index} without blob {}",
+                keel::blobs::hex(&hash[..4])
+            )));
+            return;
+        }
         self.call(id, |d| d.input(Input::Applied(Box::new(done))));
     }
 
@@ -1169,6 +1189,12 @@ impl Sim {
                         self.schedule(d, Ev::Reply(c, attempt, Reply::Retry));
                         return;
                     }
+                    self.trace(|| {
+                        format!(
+                            "client{c} attaches blob {}",
+                            keel::blobs::hex(&keel::blobs::sha256(blob.as_bytes())[..4])
+                        )
+                    });
                     Payload::Attached {
                         body: Box::new(payload),
                         attachments: vec![keel_raft::BlobRef {
@@ -1693,4 +1719,27 @@ pub fn run_seed(cfg: SimConfig) -> Outcome {
             completed_ops: 0,
         }
     })
+}
+
+/// Every blob a record names, worked out here rather than with `Record::blobs`, so that a
+/// node code path that forgets some (attachments, say) is caught, not shared.
+fn named_blobs(record: &keel_raft::Record) -> Vec<[u8; 32]> {
+    let payloads: Vec<&Payload> = match record {
+        keel_raft::Record::Command(c) => vec![&c.payload],
+        keel_raft::Record::Batch(cmds) => cmds.iter().map(|c| &c.payload).collect(),
+        keel_raft::Record::Deploy(d) => return vec![d.sha256],
+        _ => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for p in payloads {
+        let (body, attachments) = match p {
+            Payload::Attached { body, attachments } => (&**body, attachments.as_slice()),
+            other => (other, &[][..]),
+        };
+        if let Payload::Ref { sha256, .. } = body {
+            out.push(*sha256);
+        }
+        out.extend(attachments.iter().map(|a| a.sha256));
+    }
+    out
 }

@@ -53,6 +53,13 @@ pub struct ApplyDone {
     pub(crate) took: Duration,
 }
 
+impl ApplyDone {
+    /// Whether the batch was applied (not stopped for a missing blob or a failure).
+    pub fn applied(&self) -> bool {
+        self.result.is_ok()
+    }
+}
+
 /// The handle the driver holds; the thread ends when it is dropped.
 pub(crate) struct ApplyWorker {
     jobs: Sender<ApplyJob>,
