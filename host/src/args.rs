@@ -281,6 +281,11 @@ pub(crate) struct ServeArgs {
     /// The watched plugin folder [default: DATA_DIR/plugins].
     #[arg(long)]
     pub(crate) plugins_dir: Option<PathBuf>,
+    /// Join the cluster the member at URL belongs to: its UUID and every member's address
+    /// come from there (a fresh data directory only); then add this node with `keel member
+    /// add ID URL`.
+    #[arg(long, value_name = "URL")]
+    pub(crate) join: Option<String>,
 }
 
 impl ServeArgs {

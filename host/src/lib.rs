@@ -16,6 +16,7 @@ pub mod config;
 pub mod dev;
 pub mod driver;
 pub mod http;
+pub mod join;
 pub mod metrics;
 pub mod peer;
 pub mod plugin_dir;

@@ -44,6 +44,10 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         None => {}
     }
     runtime()?.block_on(async move {
+        let cfg = match &args.join {
+            Some(url) => keel::join::through(cfg, url).await?,
+            None => cfg,
+        };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;

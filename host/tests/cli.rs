@@ -160,6 +160,29 @@ impl Cluster {
         node.2 = Some(keel::dev::spawn(exe(), &node.1).expect("spawn").0);
     }
 
+    /// Starts node `id` with extra `keel serve` flags, its output in `keel.log` beside its
+    /// config.
+    fn start_with(&mut self, id: u64, flags: &[&str]) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        let log = std::fs::File::create(node.1.with_file_name("keel.log")).expect("log");
+        let child = Command::new(exe())
+            .arg("serve")
+            .arg("--config")
+            .arg(&node.1)
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn");
+        node.2 = Some(child);
+    }
+
+    fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.nodes[(id - 1) as usize].1.with_file_name("keel.log"))
+            .unwrap_or_default()
+    }
+
     fn kill(&mut self, id: u64) {
         if let Some(mut c) = self.nodes[(id - 1) as usize].2.take() {
             let _ = c.kill();
@@ -373,6 +396,74 @@ fn nothing_listening_is_exit_3_and_says_where_the_endpoints_came_from() {
     );
     // A usage error is clap's 2.
     expect_code(&keel(&["put"]), 2);
+}
+
+/// `keel serve --join URL` (issue #15): a node that knows only itself and one member's URL
+/// learns the cluster's UUID and every member's address from it, so once added it answers
+/// the leader, catches up, and can be promoted. Before, it heard the leader, could not
+/// answer, and sat at index 0 without a word.
+#[test]
+fn a_node_started_with_join_learns_the_members_from_one_and_catches_up() {
+    let mut cluster = Cluster::plan(
+        4,
+        |cfg| {
+            if cfg.id == 4 {
+                // A fresh machine: nothing about the cluster but what --join finds.
+                cfg.peers.retain(|id, _| *id == 4);
+                cfg.cluster_id = "00000000-0000-0000-0000-000000000001".into();
+            } else {
+                cfg.peers.remove(&4);
+            }
+        },
+        |id| id != 4,
+    );
+    let founders = cluster.urls(1..=3).join(",");
+    let (url1, url4) = (cluster.url(1), cluster.url(4));
+    let rt = rt();
+    rt.block_on(wait_for_leader(
+        &cluster.urls(1..=3),
+        Duration::from_secs(60),
+    ));
+    cluster.start_with(4, &["--join", &url1]);
+    let limit = Duration::from_secs(60);
+    let dir = std::env::temp_dir();
+    let run = |args: &[&str]| keel_in(&dir, None, args, limit);
+    expect_code(
+        &run(&["member", "add", "4", &url4, "--endpoints", &founders]),
+        0,
+    );
+    let start = Instant::now();
+    loop {
+        let promoted = run(&["member", "promote", "4", "--endpoints", &founders]);
+        if promoted.status.code() == Some(0) {
+            break;
+        }
+        let (_, err) = text(&promoted);
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "node 4 never caught up: {err}\n{}",
+            cluster.log(4)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status: serde_json::Value = rt
+        .block_on(async {
+            let mut c = Client::new(vec![url4.clone()]);
+            let a = c.get("/v1/status").await.expect("status");
+            serde_json::from_slice(&a.body)
+        })
+        .expect("json");
+    assert!(status["last_log_index"].as_u64() > Some(0), "{status}");
+    assert_eq!(
+        status["voters"],
+        serde_json::json!([1, 2, 3, 4]),
+        "{status}"
+    );
+    assert!(
+        cluster.log(4).contains("--join: joining"),
+        "{}",
+        cluster.log(4)
+    );
 }
 
 #[test]

@@ -47,7 +47,12 @@ const RECONNECT_AFTER: Duration = Duration::from_millis(50);
 /// driver sends what may leave at once and connects and drops peers as the membership
 /// changes; the log writer sends what may leave only once durable.
 #[derive(Clone, Default)]
-pub struct Outboxes(Arc<Mutex<HashMap<NodeId, mpsc::UnboundedSender<Message>>>>);
+pub struct Outboxes(
+    Arc<Mutex<HashMap<NodeId, mpsc::UnboundedSender<Message>>>>,
+    /// When each node without an address was last reported (to log it every 10 s, not per
+    /// message).
+    Arc<Mutex<HashMap<NodeId, std::time::Instant>>>,
+);
 
 impl Outboxes {
     /// Queues `m` for its peer (dropped if that peer is not, or no longer, a member).
@@ -55,6 +60,23 @@ impl Outboxes {
         tracing::debug!(target: "keel::msg", "send {m}");
         if let Some(outbox) = self.lock().get(&m.to) {
             let _ = outbox.send(m);
+            return;
+        }
+        // An answer to a node this one has no address for: it hears from it (a leader
+        // adding it, say) and cannot answer. Said, not silent.
+        let mut warned = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        let due = warned
+            .get(&m.to)
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        if due {
+            warned.insert(m.to, std::time::Instant::now());
+            tracing::warn!(
+                target: "keel::raft",
+                to = m.to,
+                "node {} is not in this node's address book: messages to it are dropped; \
+                 start a joining node with `--join URL` (or list every member in `peers`)",
+                m.to
+            );
         }
     }
 
