@@ -15,7 +15,19 @@ use crate::config::NodeConfig;
 /// already holds a log knows its cluster, and must restart even with that member down.
 pub async fn through(mut cfg: NodeConfig, url: &str) -> anyhow::Result<NodeConfig> {
     if cfg.data_dir.join("db").exists() {
-        tracing::info!(target: "keel::raft", data_dir = %cfg.data_dir.display(), "--join: the data directory holds a node already; it knows its cluster");
+        // A restart: the cluster is the one the data directory belongs to (the members'
+        // addresses are in its log), whether or not the member at `url` is up.
+        let storage = keel_storage::RedbStorage::open_existing(
+            &cfg.data_dir.join("db"),
+            keel_storage::StorageOptions::default(),
+        )
+        .with_context(|| format!("--join: opening {}", cfg.data_dir.display()))?;
+        let recovered = keel_storage::Storage::recover(&storage)?;
+        if let Some(identity) = recovered.identity {
+            cfg.cluster_id = identity.cluster.to_string();
+        }
+        cfg.join = true;
+        tracing::info!(target: "keel::raft", data_dir = %cfg.data_dir.display(), cluster = %cfg.cluster_id, "--join: the data directory holds a node of this cluster already; restarting it");
         return Ok(cfg);
     }
     let mut client = Client::new(vec![url.to_string()]).with_deadline(Duration::from_secs(30));

@@ -164,7 +164,11 @@ impl Cluster {
     /// config.
     fn start_with(&mut self, id: u64, flags: &[&str]) {
         let node = &mut self.nodes[(id - 1) as usize];
-        let log = std::fs::File::create(node.1.with_file_name("keel.log")).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.1.with_file_name("keel.log"))
+            .expect("log");
         let child = Command::new(exe())
             .arg("serve")
             .arg("--config")
@@ -459,11 +463,48 @@ fn a_node_started_with_join_learns_the_members_from_one_and_catches_up() {
         serde_json::json!([1, 2, 3, 4]),
         "{status}"
     );
+    // Removed while it was down, node 4 never sees the entry that removes it: restarted, it
+    // campaigns, and the members tell it (410) instead of ignoring it for ever.
+    cluster.kill(4);
+    let all = cluster.urls(1..=3).join(",");
+    expect_code(&run(&["member", "remove", "4", "--endpoints", &all]), 0);
+    // Restarted the same way (`--join` again: its data directory decides now).
+    cluster.start_with(4, &["--join", &url1]);
+    let said = wait_removed(&rt, &url4, Duration::from_secs(30));
+    assert!(
+        said["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not in the configuration"),
+        "{said}"
+    );
     assert!(
         cluster.log(4).contains("--join: joining"),
         "{}",
         cluster.log(4)
     );
+}
+
+/// Waits until the node at `url` reports in its status that it is not a member; that report.
+fn wait_removed(rt: &tokio::runtime::Runtime, url: &str, limit: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let status: Option<serde_json::Value> = rt.block_on(async {
+            let mut c = Client::new(vec![url.to_string()]).with_deadline(Duration::from_secs(2));
+            let a = c.get("/v1/status").await.ok()?;
+            serde_json::from_slice(&a.body).ok()
+        });
+        if let Some(s) = &status
+            && !s["removed"].is_null()
+        {
+            return s["removed"].clone();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{url} never said it was removed: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -569,6 +610,9 @@ fn membership_flags_go_anywhere_an_empty_learner_is_not_promoted_and_removing_th
         .collect();
     assert_eq!(voters.len(), 3, "{v}");
     assert!(!voters.contains(&leader), "{v}");
+    // The removed leader knows it, from its own log, and says so in its status.
+    let said = wait_removed(&rt, &cluster.url(leader), Duration::from_secs(15));
+    assert_eq!(said["per"].as_u64(), Some(leader), "{said}");
     cluster.kill(leader);
     let rest: Vec<String> = (1..=4)
         .filter(|&id| id != leader)

@@ -65,6 +65,14 @@ pub enum ReadRefused {
 pub enum Input {
     /// Messages from a peer.
     Peer(Vec<Message>),
+    /// Member `per` refused this node's vote requests: this node is not in its
+    /// configuration (removed, or never added).
+    NotAMember {
+        /// The member that said so.
+        per: NodeId,
+        /// Its words.
+        detail: String,
+    },
     /// A client command.
     Propose {
         /// Plugin name.
@@ -208,6 +216,18 @@ pub struct NodeStatus {
     pub snapshot_index: Index,
     /// Serving plaintext by the config's `"insecure": true` (docs/security.md).
     pub insecure: bool,
+    /// Set when a member refused this node's vote requests because this node is not in its
+    /// configuration (it was removed); cleared once a leader is heard again.
+    pub removed: Option<Removed>,
+}
+
+/// What a member said when it refused this node as a non-member.
+#[derive(Clone, Debug, Serialize)]
+pub struct Removed {
+    /// The member that said so.
+    pub per: NodeId,
+    /// Its words.
+    pub detail: String,
 }
 
 /// Apply waits for a blob this node lacks.

@@ -155,8 +155,16 @@ impl Io for ThreadIo {
         for (id, rx) in self.outboxes.connect(peers) {
             let url = peers[&id].clone();
             tracing::info!(target: "keel::msg", peer = id, %url, "connecting to peer");
-            self.tokio
-                .spawn(crate::peer::peer_sender(url, rx, self.metrics.clone()));
+            let inputs = self.inputs.clone();
+            let told: crate::peer::NotAMember = std::sync::Arc::new(move |detail| {
+                let _ = inputs.send(Input::NotAMember { per: id, detail });
+            });
+            self.tokio.spawn(crate::peer::peer_sender(
+                url,
+                rx,
+                self.metrics.clone(),
+                told,
+            ));
         }
     }
 }

@@ -39,7 +39,7 @@ use tokio::sync::{broadcast, oneshot};
 pub use apply_worker::{ApplyDone, ApplyJob, run_job};
 pub use inbox::{
     BlobWait, CommandReply, Input, MAX_QUEUED_INPUTS, MemberChange, MemberReply, NodeHandle,
-    NodeStatus, ReadRefused, ReadReply, SubmitError,
+    NodeStatus, ReadRefused, ReadReply, Removed, SubmitError,
 };
 pub use io::{Io, NodeStore};
 pub use log_writer::{Write, WriterJob, WriterOut, round as writer_round};
@@ -187,6 +187,8 @@ pub struct Driver {
     bug: Option<DriverBug>,
     /// What the last published status showed (see `publish_status`).
     published: Option<StatusKey>,
+    /// A member refused this node as a non-member (see `Input::NotAMember`).
+    removed: Option<Removed>,
 }
 
 /// The parts of the status that decide whether it must be published again.
@@ -200,6 +202,7 @@ type StatusKey = (
     Option<Index>,
     usize,
     Index,
+    bool,
 );
 
 impl Driver {
@@ -242,6 +245,7 @@ impl Driver {
             leaving: BTreeMap::new(),
             bug: p.bug,
             published: None,
+            removed: None,
         };
         driver.connect_peers(0);
         driver.publish_status();
@@ -291,7 +295,28 @@ impl Driver {
     /// One input. An error is one the node cannot go on from (design §8: fail-stop).
     pub fn input(&mut self, input: Input) -> anyhow::Result<()> {
         match input {
+            Input::NotAMember { per, detail } => {
+                if self.raft.leader().is_none() && self.removed.is_none() {
+                    tracing::error!(
+                        target: "keel::raft",
+                        per,
+                        "this node is not a member of the cluster's configuration (it was removed, \
+                         or never added): node {per} says \"{detail}\"; it will not be elected \
+                         or answered; stop it, or add it again with `keel member add`"
+                    );
+                    self.removed = Some(Removed { per, detail });
+                }
+            }
             Input::Peer(msgs) => {
+                if self.removed.is_some()
+                    && msgs
+                        .iter()
+                        .any(|m| matches!(m.body, keel_raft::MessageBody::AppendEntries { .. }))
+                {
+                    // A leader counts this node again (it was added back).
+                    tracing::info!(target: "keel::raft", "a leader replicates to this node again: a member after all");
+                    self.removed = None;
+                }
                 for m in msgs {
                     tracing::debug!(target: "keel::msg", "recv {m}");
                     if let Err(e) = self.raft.step(m) {
@@ -799,12 +824,25 @@ impl Driver {
             self.fetching.map(|(_, i, _)| i),
             self.sweeping.len(),
             self.snapshot_index,
+            self.removed.is_some(),
         );
         if key.0 != Role::Leader && self.published == Some(key) {
             return;
         }
         self.published = Some(key);
         let s = self.raft.status();
+        // This node's own log removes it: it knows, and says so.
+        let me = s.id;
+        if self.removed.is_none()
+            && !s.config.voters.is_empty()
+            && !s.config.members().any(|id| id == me)
+        {
+            tracing::error!(target: "keel::raft", "this node's log removes it from the configuration: it is no longer a member");
+            self.removed = Some(Removed {
+                per: me,
+                detail: "this node's own log removes it from the configuration".into(),
+            });
+        }
         let leader_url = s.leader.and_then(|l| self.member_url(l));
         let members = s
             .config
@@ -842,6 +880,7 @@ impl Driver {
             blobs_sweeping: self.sweeping.len(),
             snapshot_index: self.snapshot_index,
             insecure: self.cfg.insecure && self.cfg.tls.is_none(),
+            removed: self.removed.clone(),
         };
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }

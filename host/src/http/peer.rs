@@ -69,6 +69,9 @@ pub async fn peer_messages(node: &NodeHandle, req: Request<Incoming>) -> Respons
 enum Refused {
     Malformed,
     Foreign(String),
+    /// A node outside this node's configuration asks for votes: it was removed (or never
+    /// added), and is told so instead of campaigning unheard for ever.
+    NotAMember(String),
     Stopping,
 }
 
@@ -77,6 +80,7 @@ impl Refused {
         match self {
             Refused::Malformed => error(StatusCode::BAD_REQUEST, "malformed peer message batch"),
             Refused::Foreign(why) => error(StatusCode::FORBIDDEN, &why),
+            Refused::NotAMember(why) => error(StatusCode::GONE, &why),
             Refused::Stopping => retry_later("node is stopping"),
         }
     }
@@ -134,6 +138,13 @@ fn deliver(node: &NodeHandle, bytes: &[u8], sender: Sender) -> Result<(), Refuse
             m.from, m.cluster, node.cluster
         )));
     }
+    if let Some(from) = campaigning_outsider(node, &batch) {
+        return Err(Refused::NotAMember(format!(
+            "node {from} is not in the configuration of node {}: it was removed from the \
+             cluster (or never added)",
+            node.config.id
+        )));
+    }
     match node.submit(Input::Peer(batch)) {
         Ok(()) => Ok(()),
         // Dropped like a lost packet: the sender's next heartbeat or append tries again.
@@ -143,6 +154,23 @@ fn deliver(node: &NodeHandle, bytes: &[u8], sender: Sender) -> Result<(), Refuse
         }
         Err(SubmitError::Stopping) => Err(Refused::Stopping),
     }
+}
+
+/// A node that asks for (pre-)votes though it is not in this node's configuration, which
+/// this node knows (it has members): the Raft rules ignore it (thesis §4.2.3), so it would
+/// never learn why nobody answers.
+fn campaigning_outsider(node: &NodeHandle, batch: &[Message]) -> Option<NodeId> {
+    let status = node.status.lock().unwrap_or_else(|e| e.into_inner());
+    if status.members.is_empty() {
+        return None;
+    }
+    batch
+        .iter()
+        .find(|m| {
+            matches!(m.body, keel_raft::MessageBody::RequestVote { .. })
+                && !status.members.contains_key(&m.from)
+        })
+        .map(|m| m.from)
 }
 
 fn no_content() -> Response<Body> {

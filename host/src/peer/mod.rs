@@ -121,11 +121,15 @@ impl hyper::body::Body for FrameBody {
     }
 }
 
+/// Called with what a peer said when it refused us as a non-member (HTTP 410).
+pub type NotAMember = std::sync::Arc<dyn Fn(String) + Send + Sync>;
+
 /// Sends one peer's outbox for as long as the node runs.
 pub async fn peer_sender(
     url: String,
     mut outbox: mpsc::UnboundedReceiver<Message>,
     metrics: std::sync::Arc<Metrics>,
+    not_a_member: NotAMember,
 ) {
     // Over TLS when the URL is https://, presenting this node's certificate (crate::tls).
     let http = crate::tls::connector();
@@ -148,6 +152,12 @@ pub async fn peer_sender(
             tokio::select! {
                 outcome = &mut ended => {
                     match outcome {
+                        Ok(Ok(resp)) if resp.status() == StatusCode::GONE => {
+                            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let said: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                            not_a_member(said["error"].as_str().unwrap_or("not a member").to_string());
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
                         Ok(Ok(resp)) if resp.status() == StatusCode::FORBIDDEN => {
                             let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             tracing::warn!(target: "keel::msg", peer = %url, answer = %String::from_utf8_lossy(&body), "peer refused our stream");
