@@ -12,6 +12,7 @@ pub mod certs;
 pub mod cli;
 pub mod cli_plugins;
 pub mod client;
+pub mod cluster_view;
 pub mod config;
 pub mod dev;
 pub mod driver;

@@ -27,6 +27,17 @@ function banner(text) {
 
 let lastPlugins = null; // {t, counts: {name: commands_total}}
 
+// What a member's blobs are doing (design §6): the blob apply waits for, the resend sweep's
+// fetches, or nothing.
+function blobsText(m) {
+  if (m.waiting_for_blob) {
+    const w = m.waiting_for_blob;
+    return `apply waits for ${String(w.blob).slice(0, 12)} (index ${w.index}, ${w.waiting_ms} ms)`;
+  }
+  if (m.blobs_sweeping) return `sweep fetching ${m.blobs_sweeping}`;
+  return m.healthy ? 'all held' : '-';
+}
+
 function renderMembers(view) {
   const body = $('members').tBodies[0];
   const rows = view.members.map((m) => {
@@ -44,7 +55,8 @@ function renderMembers(view) {
     el('td', { class: 'num' }, dash(m.commit_index)),
     el('td', { class: 'num' }, dash(m.applied_index)),
     el('td', { class: 'num' }, dash(m.lag)),
-    el('td', { class: 'health' }, m.healthy ? 'healthy' : 'unreachable'));
+    el('td', { class: 'blobs' }, blobsText(m)),
+    el('td', { class: 'health' }, m.healthy ? (m.removed ? 'removed' : 'healthy') : 'unreachable'));
     return tr;
   });
   body.replaceChildren(...rows);

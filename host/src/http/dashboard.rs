@@ -17,7 +17,7 @@ use crate::tls::Connector;
 use serde::Serialize;
 
 use super::{Body, full, json};
-use crate::cli::{self, ClusterStatus};
+use crate::cluster_view::{self, ClusterStatus};
 use crate::driver::NodeHandle;
 
 const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
@@ -83,7 +83,7 @@ pub async fn cluster(node: &NodeHandle) -> ClusterView {
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let local_json = serde_json::to_value(&local).unwrap_or_default();
-    let members = cli::members_of(&local_json);
+    let members = cluster_view::members_of(&local_json);
     let http: HttpClient<Connector, Full<Bytes>> = crate::tls::client();
     let answers = futures_util::future::join_all(members.iter().map(|(id, url, _)| {
         let http = &http;
@@ -139,7 +139,7 @@ pub async fn cluster(node: &NodeHandle) -> ClusterView {
     ClusterView {
         served_by: local.node_id,
         cluster_id: local.cluster_id.clone(),
-        status: cli::combine(&members, statuses),
+        status: cluster_view::combine(&members, statuses),
         plugins,
     }
 }

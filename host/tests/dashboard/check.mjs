@@ -100,6 +100,9 @@ try {
   const VICTIM_ID = victim.id;
   log(`3 members listed, ${leaderText} leads: ${JSON.stringify(first)}`);
   if ((await page.$$('#plugins tr[data-plugin="kv"]')).length !== 1) fail('the kv plugin is not listed');
+  // Each member's blob state (design §6): nothing to fetch on a healthy new cluster.
+  const blobCells = await page.$$eval('#members tr.member td.blobs', (tds) => tds.map((td) => td.textContent));
+  if (blobCells.length !== 3 || blobCells.some((t) => t !== 'all held')) fail(`blob column: ${JSON.stringify(blobCells)}`);
   await page.waitForSelector('#events li', { timeout: 5_000 }).catch(() => fail('no event from /v1/events'));
   await shot('1-cluster');
 
