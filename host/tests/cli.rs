@@ -415,6 +415,7 @@ fn a_node_started_with_join_learns_the_members_from_one_and_catches_up() {
                 // A fresh machine: nothing about the cluster but what --join finds.
                 cfg.peers.retain(|id, _| *id == 4);
                 cfg.cluster_id = "00000000-0000-0000-0000-000000000001".into();
+                cfg.join = true;
             } else {
                 cfg.peers.remove(&4);
             }
@@ -428,14 +429,53 @@ fn a_node_started_with_join_learns_the_members_from_one_and_catches_up() {
         &cluster.urls(1..=3),
         Duration::from_secs(60),
     ));
-    cluster.start_with(4, &["--join", &url1]);
     let limit = Duration::from_secs(60);
     let dir = std::env::temp_dir();
     let run = |args: &[&str]| keel_in(&dir, None, args, limit);
+
+    // First the old way: the right UUID, but no member's address. Added, it hears the
+    // leader and cannot answer; it says so in its status instead of sitting silently.
+    let cluster_id = rt
+        .block_on(async {
+            let mut c = Client::new(vec![url1.clone()]);
+            let a = c.get("/v1/status").await.expect("status");
+            serde_json::from_slice::<serde_json::Value>(&a.body)
+        })
+        .expect("json")["cluster_id"]
+        .as_str()
+        .expect("cluster_id")
+        .to_string();
+    cluster.start_with(4, &["--cluster-id", &cluster_id]);
     expect_code(
         &run(&["member", "add", "4", &url4, "--endpoints", &founders]),
         0,
     );
+    let start = Instant::now();
+    loop {
+        let status: Option<serde_json::Value> = rt.block_on(async {
+            let mut c = Client::new(vec![url4.clone()]).with_deadline(Duration::from_secs(2));
+            let a = c.get("/v1/status").await.ok()?;
+            serde_json::from_slice(&a.body).ok()
+        });
+        if status
+            .as_ref()
+            .and_then(|s| s["cannot_answer"].as_array())
+            .is_some_and(|a| !a.is_empty())
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "node 4 never said it cannot answer: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.kill(4);
+    let data = cluster.nodes[3].0.data_dir.clone();
+    std::fs::remove_dir_all(&data).expect("wipe node 4");
+
+    // Then with --join: it learns the members from one, catches up, and is promoted.
+    cluster.start_with(4, &["--join", &url1]);
     let start = Instant::now();
     loop {
         let promoted = run(&["member", "promote", "4", "--endpoints", &founders]);

@@ -219,6 +219,9 @@ pub struct NodeStatus {
     /// Set when a member refused this node's vote requests because this node is not in its
     /// configuration (it was removed); cleared once a leader is heard again.
     pub removed: Option<Removed>,
+    /// Nodes this one hears from but has no address for, so cannot answer (start a joining
+    /// node with `--join URL`, or list every member in `peers`).
+    pub cannot_answer: Vec<NodeId>,
 }
 
 /// What a member said when it refused this node as a non-member.

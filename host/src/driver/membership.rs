@@ -127,6 +127,7 @@ impl Driver {
             members.insert(*id, url.clone());
         }
         self.io.connect(&members);
+        self.cannot_answer.retain(|id| !members.contains_key(id));
         self.peers = members;
     }
 

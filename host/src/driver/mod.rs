@@ -189,6 +189,9 @@ pub struct Driver {
     published: Option<StatusKey>,
     /// A member refused this node as a non-member (see `Input::NotAMember`).
     removed: Option<Removed>,
+    /// Nodes this one hears from but has no address for, so cannot answer (a leader of a
+    /// cluster it was added to without being told the members: issue #15).
+    cannot_answer: std::collections::BTreeSet<NodeId>,
 }
 
 /// The parts of the status that decide whether it must be published again.
@@ -203,6 +206,7 @@ type StatusKey = (
     usize,
     Index,
     bool,
+    usize,
 );
 
 impl Driver {
@@ -246,6 +250,7 @@ impl Driver {
             bug: p.bug,
             published: None,
             removed: None,
+            cannot_answer: Default::default(),
         };
         driver.connect_peers(0);
         driver.publish_status();
@@ -318,6 +323,12 @@ impl Driver {
                     self.removed = None;
                 }
                 for m in msgs {
+                    if m.from != self.cfg.id
+                        && !self.peers.contains_key(&m.from)
+                        && self.cannot_answer.insert(m.from)
+                    {
+                        tracing::warn!(target: "keel::raft", from = m.from, "hearing from node {} but this node has no address for it: it cannot answer (start a joining node with --join URL)", m.from);
+                    }
                     tracing::debug!(target: "keel::msg", "recv {m}");
                     if let Err(e) = self.raft.step(m) {
                         self.metrics.foreign_cluster.inc();
@@ -825,6 +836,7 @@ impl Driver {
             self.sweeping.len(),
             self.snapshot_index,
             self.removed.is_some(),
+            self.cannot_answer.len(),
         );
         if key.0 != Role::Leader && self.published == Some(key) {
             return;
@@ -881,6 +893,7 @@ impl Driver {
             snapshot_index: self.snapshot_index,
             insecure: self.cfg.insecure && self.cfg.tls.is_none(),
             removed: self.removed.clone(),
+            cannot_answer: self.cannot_answer.iter().copied().collect(),
         };
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }
