@@ -250,26 +250,7 @@ fn an_orphan_upload_is_collected_after_the_grace_period_and_a_named_blob_is_kept
 
 /// One request with no retries: the status and body as answered.
 async fn send_once(method: hyper::Method, url: &str, path: &str, body: Vec<u8>) -> (u16, String) {
-    use http_body_util::{BodyExt, Full};
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<bytes::Bytes>>();
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(format!("{url}{path}"))
-        .body(Full::new(bytes::Bytes::from(body)))
-        .expect("request");
-    match client.request(req).await {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
-            let text = body.map_or_else(
-                |e| e.to_string(),
-                |b| String::from_utf8_lossy(&b).into_owned(),
-            );
-            (status, text)
-        }
-        Err(e) => (0, e.to_string()),
-    }
+    send_with(method, url, path, body, &[]).await
 }
 
 /// The same large upload many times at once, then again: each streams to the members while

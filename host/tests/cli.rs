@@ -234,18 +234,8 @@ fn keel_put_right_after_keel_dev_finds_the_cluster_and_status_shows_every_member
         .stderr(Stdio::null())
         .spawn()
         .expect("keel dev");
-    struct Stop(Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            // SIGINT, as Ctrl-C: `keel dev` stops its nodes before it exits.
-            let _ = Command::new("kill")
-                .args(["-INT", &self.0.id().to_string()])
-                .status();
-            let _ = self.0.wait();
-        }
-    }
     let lines = lines_of(&mut dev);
-    let _dev = Stop(dev);
+    let _dev = common::DevStop(dev);
     let export = wait_line(&lines, Duration::from_secs(30), |l| {
         l.starts_with("export KEEL_ENDPOINTS=")
     });
@@ -435,13 +425,7 @@ fn a_node_started_with_join_learns_the_members_from_one_and_catches_up() {
 
     // First the old way: the right UUID, but no member's address. Added, it hears the
     // leader and cannot answer; it says so in its status instead of sitting silently.
-    let cluster_id = rt
-        .block_on(async {
-            let mut c = Client::new(vec![url1.clone()]);
-            let a = c.get("/v1/status").await.expect("status");
-            serde_json::from_slice::<serde_json::Value>(&a.body)
-        })
-        .expect("json")["cluster_id"]
+    let cluster_id = status_of(&rt, &url1).expect("status")["cluster_id"]
         .as_str()
         .expect("cluster_id")
         .to_string();
@@ -452,11 +436,7 @@ fn a_node_started_with_join_learns_the_members_from_one_and_catches_up() {
     );
     let start = Instant::now();
     loop {
-        let status: Option<serde_json::Value> = rt.block_on(async {
-            let mut c = Client::new(vec![url4.clone()]).with_deadline(Duration::from_secs(2));
-            let a = c.get("/v1/status").await.ok()?;
-            serde_json::from_slice(&a.body).ok()
-        });
+        let status = status_of(&rt, &url4);
         if status
             .as_ref()
             .and_then(|s| s["cannot_answer"].as_array())
@@ -490,13 +470,7 @@ fn a_node_started_with_join_learns_the_members_from_one_and_catches_up() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let status: serde_json::Value = rt
-        .block_on(async {
-            let mut c = Client::new(vec![url4.clone()]);
-            let a = c.get("/v1/status").await.expect("status");
-            serde_json::from_slice(&a.body)
-        })
-        .expect("json");
+    let status = status_of(&rt, &url4).expect("node 4 answers");
     assert!(status["last_log_index"].as_u64() > Some(0), "{status}");
     assert_eq!(
         status["voters"],
@@ -525,15 +499,20 @@ fn a_node_started_with_join_learns_the_members_from_one_and_catches_up() {
     );
 }
 
+/// The node at `url`'s `/v1/status`, if it answers within 2 s.
+fn status_of(rt: &tokio::runtime::Runtime, url: &str) -> Option<serde_json::Value> {
+    rt.block_on(async {
+        let mut c = Client::new(vec![url.to_string()]).with_deadline(Duration::from_secs(2));
+        let a = c.get("/v1/status").await.ok()?;
+        serde_json::from_slice(&a.body).ok()
+    })
+}
+
 /// Waits until the node at `url` reports in its status that it is not a member; that report.
 fn wait_removed(rt: &tokio::runtime::Runtime, url: &str, limit: Duration) -> serde_json::Value {
     let start = Instant::now();
     loop {
-        let status: Option<serde_json::Value> = rt.block_on(async {
-            let mut c = Client::new(vec![url.to_string()]).with_deadline(Duration::from_secs(2));
-            let a = c.get("/v1/status").await.ok()?;
-            serde_json::from_slice(&a.body).ok()
-        });
+        let status = status_of(rt, url);
         if let Some(s) = &status
             && !s["removed"].is_null()
         {

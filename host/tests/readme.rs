@@ -50,15 +50,6 @@ fn the_readme_quick_start_runs_as_written() {
         .stderr(Stdio::null())
         .spawn()
         .expect("keel dev");
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = Command::new("kill")
-                .args(["-INT", &self.0.id().to_string()])
-                .status();
-            let _ = self.0.wait();
-        }
-    }
     // Wait for keel dev's cluster.json, then for a leader with the kv plugin.
     let cluster_json = cwd.join("keel-dev/cluster.json");
     let start = Instant::now();
@@ -72,7 +63,7 @@ fn the_readme_quick_start_runs_as_written() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _dev = Stop(dev);
+    let _dev = common::DevStop(dev);
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&cluster_json).expect("read")).expect("json");
     let urls: Vec<String> = v["nodes"]

@@ -202,3 +202,16 @@ pub fn start_nodes(n: usize, tweak: impl Fn(&mut keel::config::NodeConfig)) -> P
         dir,
     }
 }
+
+/// A `keel dev` process, stopped with SIGINT (as Ctrl-C: it stops its nodes before it
+/// exits) and reaped when dropped.
+pub struct DevStop(pub Child);
+
+impl Drop for DevStop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
