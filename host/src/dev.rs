@@ -145,12 +145,22 @@ fn watch_start(
 
 /// Starts one `keel serve --config` process, logging to `keel.log` beside its config.
 pub fn spawn(exe: &Path, config: &Path) -> anyhow::Result<(Child, Vec<String>)> {
-    let argv = vec![
+    spawn_with(exe, config, &[])
+}
+
+/// [`spawn`] with more `keel serve` flags after `--config` (`--join URL`, say).
+pub fn spawn_with(
+    exe: &Path,
+    config: &Path,
+    flags: &[&str],
+) -> anyhow::Result<(Child, Vec<String>)> {
+    let mut argv = vec![
         exe.display().to_string(),
         "serve".to_string(),
         "--config".to_string(),
         config.display().to_string(),
     ];
+    argv.extend(flags.iter().map(|f| f.to_string()));
     let log_path = config.with_file_name("keel.log");
     let log = std::fs::OpenOptions::new()
         .create(true)

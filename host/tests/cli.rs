@@ -156,30 +156,18 @@ impl Cluster {
     }
 
     fn start(&mut self, id: u64) {
-        let node = &mut self.nodes[(id - 1) as usize];
-        node.2 = Some(keel::dev::spawn(exe(), &node.1).expect("spawn").0);
+        self.start_with(id, &[]);
     }
 
-    /// Starts node `id` with extra `keel serve` flags, its output in `keel.log` beside its
-    /// config.
+    /// Starts node `id` with extra `keel serve` flags, its output appended to `keel.log`
+    /// beside its config.
     fn start_with(&mut self, id: u64, flags: &[&str]) {
         let node = &mut self.nodes[(id - 1) as usize];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(node.1.with_file_name("keel.log"))
-            .expect("log");
-        let child = Command::new(exe())
-            .arg("serve")
-            .arg("--config")
-            .arg(&node.1)
-            .args(flags)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn");
-        node.2 = Some(child);
+        node.2 = Some(
+            keel::dev::spawn_with(exe(), &node.1, flags)
+                .expect("spawn")
+                .0,
+        );
     }
 
     fn log(&self, id: u64) -> String {

@@ -34,35 +34,19 @@ const CHUNK: usize = 256 << 10;
 /// that hash) on a blocking thread, the network and the disk overlapping.
 pub(crate) async fn receive(
     blobs: &Blobs,
-    mut body: Incoming,
+    body: Incoming,
     limit: u64,
     expect: Option<[u8; 32]>,
 ) -> Result<([u8; 32], u64), Response<Body>> {
-    let (tx, rx) = mpsc::channel::<Bytes>(8);
-    let forward = async move {
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(f) => {
-                    if let Ok(data) = f.into_data()
-                        && tx.send(data).await.is_err()
-                    {
-                        break; // the writer stopped: its error says why
-                    }
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Ok(())
-    };
-    let (written, forwarded) = tokio::join!(receive_from(blobs, rx, limit, expect), forward);
-    if let Err(e) = forwarded {
-        // The writer is dropped unfinished: nothing is left behind.
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("body broken off: {e}"),
-        ));
-    }
-    written
+    receive_copying(
+        blobs,
+        body,
+        limit,
+        expect,
+        Vec::new(),
+        &AtomicBool::new(false),
+    )
+    .await
 }
 
 /// Writes what arrives on `rx` into the store on a blocking thread until `rx` closes.
@@ -246,6 +230,7 @@ pub(crate) async fn store_on_majority(
         &node.blobs,
         body,
         node.config.max_blob_bytes,
+        None,
         copies,
         &complete,
     )
@@ -306,11 +291,12 @@ async fn receive_copying(
     blobs: &Blobs,
     mut body: Incoming,
     limit: u64,
+    expect: Option<[u8; 32]>,
     mut copies: Vec<mpsc::Sender<Bytes>>,
     complete: &AtomicBool,
 ) -> Result<([u8; 32], u64), Response<Body>> {
     let (tx, rx) = mpsc::channel::<Bytes>(8);
-    let local = receive_from(blobs, rx, limit, None);
+    let local = receive_from(blobs, rx, limit, expect);
     let forward = async move {
         while let Some(frame) = body.frame().await {
             let data = match frame {

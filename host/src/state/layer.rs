@@ -268,36 +268,54 @@ pub fn retain_key(plugin: &str, sha256: &[u8; 32]) -> Vec<u8> {
 /// The prefix of every retain count's key (`retain/<plugin>/<sha256>` → u64 big-endian).
 pub const RETAIN_PREFIX: &str = "retain/";
 
-/// Every blob some plugin retains, from the system namespace `system`.
-pub fn retained_blobs(system: &Arc<dyn KvView>) -> anyhow::Result<Vec<[u8; 32]>> {
-    let mut out = Vec::new();
-    let mut start = RETAIN_PREFIX.as_bytes().to_vec();
+/// Calls `f` with the rest of the key and the value of every entry of `view` whose key
+/// starts with `prefix` (a prefix ending in `/`), in key order, a page of 1,000 at a time.
+pub fn for_each_under(
+    view: &Arc<dyn KvView>,
+    prefix: &str,
+    mut f: impl FnMut(&[u8], &[u8]),
+) -> anyhow::Result<()> {
+    let mut start = prefix.as_bytes().to_vec();
+    let mut end = start.clone();
     // The first key past the prefix: its last byte, '/', plus one.
-    let end = b"retain0".to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
     loop {
-        let page = system
+        let page = view
             .range(&start, Some(&end), 1_000)
-            .map_err(|e| anyhow::anyhow!("reading retain counts: {e}"))?;
-        let Some((last, _)) = page.last() else { break };
+            .map_err(|e| anyhow::anyhow!("reading the applied state: {e}"))?;
+        let Some((last, _)) = page.last() else {
+            return Ok(());
+        };
         let mut next = last.clone();
         next.push(0);
         for (k, v) in &page {
-            let sha = k
-                .rsplit(|b| *b == b'/')
-                .next()
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(crate::blobs::parse_hex);
-            if let Some(sha) = sha
-                && decode_count(Some(v)) > 0
-            {
-                out.push(sha);
-            }
+            f(&k[prefix.len()..], v);
         }
         if page.len() < 1_000 {
-            break;
+            return Ok(());
         }
         start = next;
     }
+}
+
+/// Every blob some plugin retains, from the system namespace `system`.
+pub fn retained_blobs(system: &Arc<dyn KvView>) -> anyhow::Result<Vec<[u8; 32]>> {
+    let mut out = Vec::new();
+    // Keys are `<plugin>/<sha256>` under the prefix.
+    for_each_under(system, RETAIN_PREFIX, |rest, value| {
+        let sha = rest
+            .rsplit(|b| *b == b'/')
+            .next()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(crate::blobs::parse_hex);
+        if let Some(sha) = sha
+            && decode_count(Some(value)) > 0
+        {
+            out.push(sha);
+        }
+    })?;
     Ok(out)
 }
 

@@ -125,25 +125,9 @@ fn kv_error(e: keel_plugin::StorageError) -> anyhow::Error {
 pub fn plugin_names(view: &Arc<dyn KvView>) -> anyhow::Result<Vec<String>> {
     let mut names = std::collections::BTreeSet::new();
     for prefix in ["plugin/", "history/"] {
-        let mut start = prefix.as_bytes().to_vec();
-        let mut end = prefix.as_bytes().to_vec();
-        // The first key past the prefix: its last byte, '/', plus one.
-        if let Some(last) = end.last_mut() {
-            *last += 1;
-        }
-        loop {
-            let page = view.range(&start, Some(&end), 1_000).map_err(kv_error)?;
-            let Some((last, _)) = page.last() else { break };
-            let mut next = last.clone();
-            next.push(0);
-            for (k, _) in &page {
-                names.insert(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
-            }
-            if page.len() < 1_000 {
-                break;
-            }
-            start = next;
-        }
+        super::layer::for_each_under(view, prefix, |name, _| {
+            names.insert(String::from_utf8_lossy(name).into_owned());
+        })?;
     }
     Ok(names.into_iter().collect())
 }
