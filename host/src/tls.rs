@@ -506,6 +506,7 @@ pub fn peer_only(method: &hyper::Method, path: &str) -> bool {
         (method, parts.as_slice()),
         (&hyper::Method::POST, ["v1", "raft"])
             | (&hyper::Method::POST, ["v1", "raft", "stream"])
+            | (&hyper::Method::POST, ["v1", "raft", "snapshot"])
             | (&hyper::Method::PUT, ["v1", "blobs", _])
     )
 }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use keel_raft::{Entry, Index, NodeId, Raft, Role, Snapshot, Term};
+use keel_raft::{Entry, Index, NodeId, Raft, Role, SnapshotMeta, Term};
 
 /// A broken property, with what shows it.
 #[derive(Debug, Clone)]
@@ -128,7 +128,7 @@ impl Invariants {
     pub fn node_restarted(
         &mut self,
         id: NodeId,
-        snapshot: &Snapshot,
+        snapshot: &SnapshotMeta,
         entries: &[Entry],
         applied: Index,
     ) {
@@ -136,7 +136,7 @@ impl Invariants {
         self.applied.insert(id, applied);
         let base_hash = self.snapshot_hash(snapshot);
         let mut view = View {
-            base_index: snapshot.meta.index,
+            base_index: snapshot.index,
             base_hash,
             entries: Vec::new(),
         };
@@ -149,14 +149,11 @@ impl Invariants {
         self.leader_last.remove(&id);
     }
 
-    fn snapshot_hash(&self, s: &Snapshot) -> u64 {
-        if s.meta.index == 0 {
+    fn snapshot_hash(&self, s: &SnapshotMeta) -> u64 {
+        if s.index == 0 {
             return 0;
         }
-        self.chain
-            .get(&(s.meta.index, s.meta.term))
-            .copied()
-            .unwrap_or(0)
+        self.chain.get(&(s.index, s.term)).copied().unwrap_or(0)
     }
 
     /// A node writes a snapshot and/or entries (Ready steps 2).
@@ -165,34 +162,34 @@ impl Invariants {
         id: NodeId,
         role: Role,
         term: Term,
-        snapshot: Option<&Snapshot>,
+        snapshot: Option<&SnapshotMeta>,
         entries: &[Entry],
     ) -> Result<(), Violation> {
         if let Some(s) = snapshot {
             let hash = self.snapshot_hash(s);
-            if s.meta.index > 0 && !self.chain.contains_key(&(s.meta.index, s.meta.term)) {
+            if s.index > 0 && !self.chain.contains_key(&(s.index, s.term)) {
                 return Err(Violation::LogMatching(format!(
                     "n{id} installs a snapshot at {}/{} that no log ever held",
-                    s.meta.index, s.meta.term
+                    s.index, s.term
                 )));
             }
-            if let Some(c) = self.committed.get(&s.meta.index)
+            if let Some(c) = self.committed.get(&s.index)
                 && c.hash != hash
             {
                 return Err(Violation::StateMachineSafety(format!(
                     "n{id} installs a snapshot at {} that differs from the committed entry",
-                    s.meta.index
+                    s.index
                 )));
             }
             self.views.insert(
                 id,
                 View {
-                    base_index: s.meta.index,
+                    base_index: s.index,
                     base_hash: hash,
                     entries: Vec::new(),
                 },
             );
-            self.applied.insert(id, s.meta.index);
+            self.applied.insert(id, s.index);
         }
         let Some(first) = entries.first() else {
             return Ok(());

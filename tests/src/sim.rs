@@ -22,6 +22,8 @@ use crate::kv::{Op, OpResult};
 use crate::linearizability::{self, Call, Verdict};
 use crate::sim_node::{Effect, SimNode, Waiting, lock, parse_value, runtime};
 
+mod transfer;
+
 /// Virtual milliseconds.
 pub type Time = u64;
 
@@ -175,6 +177,10 @@ pub struct Outcome {
     pub transcript: Vec<String>,
     /// Operations completed.
     pub completed_ops: usize,
+    /// Snapshot images received whole and handed to a driver.
+    pub snapshots_staged: u64,
+    /// Snapshot transfers resumed after a lost or reordered chunk.
+    pub snapshot_resumes: u64,
 }
 
 #[derive(Debug)]
@@ -186,8 +192,8 @@ enum Ev {
     Fsync(NodeId, u64),
     /// The apply worker finishes the batch at the front.
     ApplyDone(NodeId, u64),
-    /// A snapshot build finishes.
-    SnapshotBuilt(NodeId, u64),
+    /// A chunk of a snapshot image arrives (transfer id, chunk).
+    Chunk(u64, usize),
     /// A blob fetch finishes.
     BlobFetched(NodeId, u64, [u8; 32]),
     ClientSend(usize),
@@ -254,6 +260,13 @@ pub struct Sim {
     transcript: VecDeque<String>,
     steps: u64,
     violation: Option<Violation>,
+    /// Snapshot images on their way, by id.
+    transfers: std::collections::HashMap<u64, transfer::Transfer>,
+    /// Images being staged: (receiver, sender, index, term).
+    staging:
+        std::collections::HashMap<(NodeId, NodeId, Index, Term), keel::peer::snapshot::Staging>,
+    snapshots_staged: u64,
+    snapshot_resumes: u64,
 }
 
 impl Sim {
@@ -328,6 +341,10 @@ impl Sim {
             transcript: VecDeque::new(),
             steps: 0,
             violation: None,
+            transfers: Default::default(),
+            staging: Default::default(),
+            snapshots_staged: 0,
+            snapshot_resumes: 0,
             cfg,
         };
         for id in ids {
@@ -380,6 +397,8 @@ impl Sim {
             violation: self.violation,
             transcript: self.transcript.into_iter().collect(),
             completed_ops: self.history.iter().filter(|c| c.result.is_some()).count(),
+            snapshots_staged: self.snapshots_staged,
+            snapshot_resumes: self.snapshot_resumes,
         }
     }
 
@@ -610,13 +629,7 @@ impl Sim {
                     self.schedule(d, Ev::ApplyDone(id, restarts));
                 }
             }
-            Effect::BuildSnapshot(view) => {
-                if let Some(node) = self.nodes.get_mut(&id) {
-                    node.building.push_back(view);
-                }
-                let d = 1 + self.rand(20);
-                self.schedule(d, Ev::SnapshotBuilt(id, restarts));
-            }
+            Effect::SendSnapshot(m, view) => self.send_snapshot(m, view),
             Effect::Fetch(hash) => {
                 let d = 5 + self.rand(50);
                 self.schedule(d, Ev::BlobFetched(id, restarts, hash));
@@ -816,14 +829,6 @@ impl Sim {
         }
     }
 
-    fn snapshot_built(&mut self, id: NodeId) {
-        let Some(view) = self.nodes.get_mut(&id).and_then(|n| n.building.pop_front()) else {
-            return;
-        };
-        let built = keel_storage::SnapshotChunks::new(view, 1 << 20).into_snapshot();
-        self.call(id, |d| d.input(Input::SnapshotBuilt(built)));
-    }
-
     fn trace_events(&mut self, id: NodeId) {
         let mut lines = Vec::new();
         if let Some(rx) = self.nodes.get_mut(&id).and_then(|n| n.events.as_mut()) {
@@ -903,15 +908,9 @@ impl Sim {
                 let after = self.thaw_delay(m.to);
                 self.schedule(after, Ev::Deliver(m));
             }
-            Ev::Fsync(id, r)
-            | Ev::ApplyDone(id, r)
-            | Ev::SnapshotBuilt(id, r)
-            | Ev::BlobFetched(id, r, _)
+            Ev::Fsync(id, r) | Ev::ApplyDone(id, r) | Ev::BlobFetched(id, r, _)
                 if r != self.restarts(id) => {} // cut short by a crash
-            ev @ (Ev::Fsync(id, _)
-            | Ev::ApplyDone(id, _)
-            | Ev::SnapshotBuilt(id, _)
-            | Ev::BlobFetched(id, _, _))
+            ev @ (Ev::Fsync(id, _) | Ev::ApplyDone(id, _) | Ev::BlobFetched(id, _, _))
                 if self.frozen(id) =>
             {
                 let after = self.thaw_delay(id);
@@ -920,7 +919,7 @@ impl Sim {
             Ev::Deliver(m) => self.deliver(m),
             Ev::Fsync(id, _) => self.fsync(id),
             Ev::ApplyDone(id, _) => self.apply_done(id),
-            Ev::SnapshotBuilt(id, _) => self.snapshot_built(id),
+            Ev::Chunk(t, i) => self.deliver_chunk(t, i),
             Ev::BlobFetched(id, r, hash) => {
                 let found = self.fetch_blob(id, hash);
                 self.call(id, |d| d.input(Input::BlobFetched { hash, found }));
@@ -1502,6 +1501,7 @@ impl Sim {
         if let Some(node) = self.nodes.get_mut(&id) {
             node.crash();
         }
+        self.drop_staging(id);
         self.trace(|| format!("n{id} crash"));
     }
 
@@ -1717,6 +1717,8 @@ pub fn run_seed(cfg: SimConfig) -> Outcome {
             violation: Some(Violation::Harness(format!("panic: {msg}"))),
             transcript: Vec::new(),
             completed_ops: 0,
+            snapshots_staged: 0,
+            snapshot_resumes: 0,
         }
     })
 }

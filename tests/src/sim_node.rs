@@ -1,7 +1,7 @@
 //! One simulated node: the real driver (`keel::driver::Driver`), the real apply path and
 //! plugin runtime running the real kv plugin, and `MemStorage`, wired to the simulator
 //! through [`SimIo`]. The driver's effects (sends, writes, apply batches, snapshot builds,
-//! blob fetches) are recorded in order; the simulator decides when each completes.
+//! snapshot transfers, blob fetches) are recorded in order; the simulator decides when each completes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -15,7 +15,7 @@ use keel::driver::{
 use keel::metrics::Metrics;
 use keel::state::{self, Registry, Unflushed};
 use keel_plugin::Runtime;
-use keel_raft::{ClusterId, Entry, Message, NodeId, Raft, Snapshot, SnapshotMeta};
+use keel_raft::{ClusterId, Entry, Message, NodeId, Raft, SnapshotMeta};
 use keel_storage::{ApplyBatch, LogId, LogWrite, MemStorage, StateView, Storage, StorageError};
 use tokio::sync::{broadcast, oneshot};
 
@@ -41,13 +41,13 @@ pub(crate) enum Effect {
     /// Entries handed to the log writer (checked as written, Log Matching).
     Wrote(Vec<Entry>),
     /// A snapshot installed (written at once, with the entries beside it).
-    Installed(Snapshot, Vec<Entry>),
+    Installed(SnapshotMeta, Vec<Entry>),
     /// The writer has jobs queued: an fsync is due.
     Queued,
     /// An apply batch for the worker.
     Apply(ApplyJob),
-    /// A snapshot build.
-    BuildSnapshot(Box<dyn StateView + Send>),
+    /// A snapshot to stream: the message and a view of the image.
+    SendSnapshot(Message, Box<dyn StateView + Send>),
     /// A blob fetch.
     Fetch([u8; 32]),
     /// An input produced at once (by a writer round the driver waited for).
@@ -74,7 +74,7 @@ impl NodeStore for SimStore {
         if let Some(snap) = write.snapshot {
             lock(&self.fx)
                 .out
-                .push_back(Effect::Installed(snap.clone(), write.entries.to_vec()));
+                .push_back(Effect::Installed(snap.meta.clone(), write.entries.to_vec()));
         }
         Storage::persist(&*self.mem, write)
     }
@@ -145,8 +145,8 @@ impl Io for SimIo {
     fn apply(&mut self, job: ApplyJob) {
         lock(&self.fx).out.push_back(Effect::Apply(job));
     }
-    fn build_snapshot(&mut self, view: Box<dyn StateView + Send>) {
-        lock(&self.fx).out.push_back(Effect::BuildSnapshot(view));
+    fn send_snapshot(&mut self, (m, view): keel::peer::SnapshotJob) {
+        lock(&self.fx).out.push_back(Effect::SendSnapshot(m, view));
     }
     fn fetch_blob(&mut self, hash: [u8; 32]) {
         lock(&self.fx).out.push_back(Effect::Fetch(hash));
@@ -193,8 +193,6 @@ pub(crate) struct SimNode {
     pub(crate) leader_ticks: u32,
     /// Apply batches handed to the worker, in order; the front one is being applied.
     pub(crate) applying: VecDeque<ApplyJob>,
-    /// Snapshot builds under way.
-    pub(crate) building: VecDeque<Box<dyn StateView + Send>>,
     /// (client, attempt, reply) the clients wait for.
     pub(crate) waiting: Vec<(usize, u64, Waiting)>,
 }
@@ -227,7 +225,6 @@ impl SimNode {
             missed_ticks: 0,
             leader_ticks: 0,
             applying: VecDeque::new(),
-            building: VecDeque::new(),
             waiting: Vec::new(),
         }
     }
@@ -246,7 +243,7 @@ impl SimNode {
         cluster: ClusterId,
         clock: Arc<Mutex<u64>>,
         bug: Option<DriverBug>,
-    ) -> Result<(Snapshot, Vec<Entry>, u64), String> {
+    ) -> Result<(SnapshotMeta, Vec<Entry>, u64), String> {
         // Everything in memory is new; only the disk survived.
         self.fx = Arc::new(Mutex::new(Effects::default()));
         self.store = Arc::new(SimStore {
@@ -268,7 +265,7 @@ impl SimNode {
         )
         .map_err(|e| e.to_string())?;
         let restored = (init.snapshot.clone(), init.entries.clone(), init.applied);
-        let (applied, snapshot_index) = (init.applied, init.snapshot.meta.index);
+        let (applied, snapshot_index) = (init.applied, init.snapshot.index);
         let raft = Raft::new(core(&cfg), init).map_err(|e| e.to_string())?;
         let (events, rx) = broadcast::channel(1024);
         self.events = Some(rx);
@@ -298,14 +295,13 @@ impl SimNode {
     }
 
     /// Loses everything not durable: the driver with its replies, queued writes, apply
-    /// batches and snapshot builds under way, and applies storage had not made durable.
+    /// batches under way, and applies storage had not made durable.
     pub(crate) fn crash(&mut self) {
         self.driver = None;
         self.mem.crash();
         *lock(&self.fx) = Effects::default();
         self.fsync_scheduled = false;
         self.applying.clear();
-        self.building.clear();
         self.waiting.clear();
         self.events = None;
         self.leader_ticks = 0;

@@ -103,8 +103,7 @@ impl Cluster {
                 }
                 raft.applied(last.index);
                 if self.compact_every > 0 && last.index - self.compacted[i] >= self.compact_every {
-                    raft.compact(last.index, Vec::new())
-                        .expect("applied and committed");
+                    raft.compact(last.index).expect("applied and committed");
                     self.compacted[i] = last.index;
                 }
             }

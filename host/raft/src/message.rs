@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{ClusterId, Entry, Index, NodeId, Snapshot, Term};
+use crate::types::{ClusterId, Entry, Index, NodeId, SnapshotMeta, Term};
 
 /// One message from `from` to `to`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,10 +87,12 @@ pub enum MessageBody {
         /// Echo of the heartbeat's `sent_tick`.
         sent_tick: u64,
     },
-    /// InstallSnapshot RPC (§7), in one message; the transport may stream `data`.
+    /// InstallSnapshot RPC (§7). Only the snapshot's position and configuration: the
+    /// transport streams the image beside the message, and the receiving driver hands the
+    /// message to its core only once the whole image is staged and verified (issue #16).
     InstallSnapshot {
-        /// The snapshot.
-        snapshot: Snapshot,
+        /// Where the snapshot stands.
+        snapshot: SnapshotMeta,
     },
     /// Leadership transfer: start an election now (thesis §3.10).
     TimeoutNow,
@@ -188,7 +190,7 @@ impl std::fmt::Display for Message {
                 }
             }
             MessageBody::InstallSnapshot { snapshot } => {
-                write!(f, " snap={}/{}", snapshot.meta.index, snapshot.meta.term)
+                write!(f, " snap={}/{}", snapshot.index, snapshot.term)
             }
             MessageBody::TimeoutNow => Ok(()),
             MessageBody::ReadIndex { ctx } => write!(f, " ctx={ctx}"),

@@ -19,7 +19,7 @@ use crate::progress::{Progress, ReplicationState};
 use crate::ready::{Event, ReadState, Ready};
 use crate::testkit::Bug;
 use crate::types::{
-    ClusterConfig, Entry, HardState, Index, NodeId, Record, Role, Snapshot, SnapshotMeta, Term,
+    ClusterConfig, Entry, HardState, Index, NodeId, Record, Role, SnapshotMeta, Term,
 };
 
 /// What a node had on disk when it (re)started.
@@ -27,9 +27,11 @@ use crate::types::{
 pub struct InitialState {
     /// Term and vote.
     pub hard_state: HardState,
-    /// Latest snapshot; for a node that never took one, index 0 with the bootstrap
-    /// configuration (or an empty one for a node waiting to be added).
-    pub snapshot: Snapshot,
+    /// Where the latest snapshot stands (the applied state the log is compacted up to); for
+    /// a node that never took one, index 0 with the bootstrap configuration (or an empty one
+    /// for a node waiting to be added). Only metadata: the image lives in storage and never
+    /// passes through the core (issue #16).
+    pub snapshot: SnapshotMeta,
     /// Log entries after the snapshot, in order, without holes.
     pub entries: Vec<Entry>,
     /// Highest index the state machine has durably applied.
@@ -40,13 +42,10 @@ impl InitialState {
     /// A brand-new node of a brand-new cluster with these voters.
     pub fn bootstrap(config: ClusterConfig) -> Self {
         InitialState {
-            snapshot: Snapshot {
-                meta: SnapshotMeta {
-                    index: 0,
-                    term: 0,
-                    config,
-                },
-                data: Vec::new(),
+            snapshot: SnapshotMeta {
+                index: 0,
+                term: 0,
+                config,
             },
             ..InitialState::default()
         }
@@ -149,8 +148,9 @@ pub struct Raft {
     reads_awaiting_commit: Vec<(u64, Option<NodeId>, ReadMode)>,
     /// Follower: reads forwarded to the leader, by context.
     forwarded_reads: BTreeSet<u64>,
-    /// Latest snapshot, sent to followers that need compacted entries.
-    snapshot: Snapshot,
+    /// Latest snapshot point, offered to followers that need compacted entries (the driver
+    /// streams the image of its applied state, which is at or past it).
+    snapshot: SnapshotMeta,
     applied: Index,
     foreign_cluster_messages: u64,
     // Outputs, drained by `ready()`.
@@ -158,7 +158,7 @@ pub struct Raft {
     persisted_messages: Vec<Message>,
     read_states: Vec<ReadState>,
     events: Vec<Event>,
-    snapshot_to_install: Option<Snapshot>,
+    snapshot_to_install: Option<SnapshotMeta>,
     saved_hard_state: HardState,
     last_state: (Role, Term, Option<NodeId>),
     needs_broadcast: bool,
@@ -168,7 +168,7 @@ impl Raft {
     /// Restores a node from what it had on disk (or a bootstrap state).
     pub fn new(cfg: Config, init: InitialState) -> Result<Raft, ConfigError> {
         cfg.validate()?;
-        let log = RaftLog::restore(init.snapshot.meta.clone(), init.entries, init.applied);
+        let log = RaftLog::restore(init.snapshot.clone(), init.entries, init.applied);
         let (config_index, config) = log.config_at(log.last_index());
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let mut raft = Raft {
@@ -551,9 +551,10 @@ impl Raft {
         self.applied = self.applied.max(index);
     }
 
-    /// Compacts the log up to `index` (which must be applied) into a snapshot whose state
-    /// machine image is `data`. Snapshots are built from committed state only.
-    pub fn compact(&mut self, index: Index, data: Vec<u8>) -> Result<(), CompactError> {
+    /// Compacts the log up to `index`, which must be applied and durable in the driver's
+    /// applied state: that state is the snapshot (thesis §5.1: a snapshot covers a committed
+    /// prefix), and the driver streams an image of it to followers that need it.
+    pub fn compact(&mut self, index: Index) -> Result<(), CompactError> {
         if index > self.applied || index > self.log.committed {
             return Err(CompactError::NotApplied {
                 index,
@@ -577,7 +578,7 @@ impl Raft {
             config,
         };
         self.log.compact(meta.clone());
-        self.snapshot = Snapshot { meta, data };
+        self.snapshot = meta;
         Ok(())
     }
 
@@ -1081,8 +1082,8 @@ impl Raft {
         self.send(from, ack(last_new));
     }
 
-    fn handle_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
-        let meta = &snapshot.meta;
+    fn handle_snapshot(&mut self, from: NodeId, snapshot: SnapshotMeta) {
+        let meta = &snapshot;
         if meta.index <= self.log.committed {
             let index = self.log.committed;
             self.send(from, ack(index));
@@ -1328,7 +1329,7 @@ impl Raft {
                 // §7: the entries are compacted; the follower needs the snapshot.
                 let snapshot = self.snapshot.clone();
                 if let Some(pr) = self.progress.get_mut(&to) {
-                    pr.become_snapshot(snapshot.meta.index);
+                    pr.become_snapshot(snapshot.index);
                 }
                 self.send(to, MessageBody::InstallSnapshot { snapshot });
                 return;

@@ -1,7 +1,7 @@
 //! What the core asks its driver to do.
 
 use crate::message::Message;
-use crate::types::{ClusterConfig, Entry, HardState, Index, NodeId, Role, Snapshot, Term};
+use crate::types::{ClusterConfig, Entry, HardState, Index, NodeId, Role, SnapshotMeta, Term};
 
 /// Everything the driver must do after feeding the core inputs. Obtain it with
 /// [`crate::Raft::ready`]; each call returns only what is new since the last one.
@@ -33,8 +33,9 @@ pub struct Ready {
     pub messages: Vec<Message>,
     /// Persist (term and vote), if changed.
     pub hard_state: Option<HardState>,
-    /// Install and persist, replacing the state machine.
-    pub snapshot: Option<Snapshot>,
+    /// Install and persist, replacing the state machine: the image the driver received
+    /// with the `InstallSnapshot` message that produced this.
+    pub snapshot: Option<SnapshotMeta>,
     /// Persist, after truncating any stored entries from `entries[0].index` on.
     pub entries: Vec<Entry>,
     /// Send after the writes above are durable.
@@ -65,7 +66,7 @@ impl Ready {
         if let Some(e) = self.entries.last() {
             return Some((e.index, e.term));
         }
-        self.snapshot.as_ref().map(|s| (s.meta.index, s.meta.term))
+        self.snapshot.as_ref().map(|s| (s.index, s.term))
     }
 }
 

@@ -267,15 +267,6 @@ pub struct SnapshotMeta {
     pub config: ClusterConfig,
 }
 
-/// A snapshot: where it stands, and the state machine's image as opaque bytes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// Position and configuration.
-    pub meta: SnapshotMeta,
-    /// The state machine image, produced and read only outside the core.
-    pub data: Vec<u8>,
-}
-
 /// A node's role (thesis §3.3, plus PreCandidate for PreVote, §9.6).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Role {

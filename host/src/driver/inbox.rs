@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use keel_plugin::Runtime;
 use keel_raft::{
     ClientSerial, ClusterConfig, ClusterId, Deploy, Index, Message, NodeId, Payload, ReadMode,
-    Role, Snapshot, Term,
+    Role, Term,
 };
 use keel_storage::{RedbStorage, Storage};
 use serde::Serialize;
@@ -123,8 +123,14 @@ pub enum Input {
         /// Whether it is here now (otherwise the fetch goes on).
         found: bool,
     },
-    /// A snapshot of the applied state, built beside the driver.
-    SnapshotBuilt(Result<Snapshot, keel_storage::StorageError>),
+    /// An `InstallSnapshot` message from a peer, with its image, received whole and verified
+    /// (issue #16).
+    Snapshot {
+        /// The message.
+        message: keel_raft::Message,
+        /// The image it names.
+        image: crate::peer::snapshot::StagedImage,
+    },
     /// The apply worker finished a batch.
     Applied(Box<ApplyDone>),
     /// For blob garbage collection: this node's snapshot index and the blobs it must keep
@@ -270,7 +276,6 @@ impl Input {
             Input::Persisted(..)
                 | Input::Flushed(_)
                 | Input::BlobFetched { .. }
-                | Input::SnapshotBuilt(_)
                 | Input::Applied(_)
         )
     }

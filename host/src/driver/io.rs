@@ -10,14 +10,14 @@ use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keel_raft::{Message, NodeId, SnapshotMeta};
-use keel_storage::{ApplyBatch, LogId, LogWrite, SnapshotChunks, StateView, Storage, StorageError};
+use keel_storage::{ApplyBatch, LogId, LogWrite, StateView, Storage, StorageError};
 
 use super::Input;
 use super::apply_worker::{ApplyJob, ApplyWorker};
 use super::log_writer::{LogWriter, WriterJob};
 use crate::blobs::{self, Blobs};
 use crate::metrics::Metrics;
-use crate::peer::Outboxes;
+use crate::peer::{Outboxes, SnapshotJob};
 
 /// The store as the driver and the log writer use it: any [`Storage`], behind one
 /// object-safe face (views are boxed).
@@ -64,8 +64,9 @@ pub trait Io: Send {
     fn wait_idle(&mut self);
     /// One batch for the apply worker; [`Input::Applied`] brings the result.
     fn apply(&mut self, job: ApplyJob);
-    /// Builds a snapshot from `view`; [`Input::SnapshotBuilt`] brings it.
-    fn build_snapshot(&mut self, view: Box<dyn StateView + Send>);
+    /// Streams a snapshot to its peer: the `InstallSnapshot` message and the image of
+    /// `view`, which it describes.
+    fn send_snapshot(&mut self, job: SnapshotJob);
     /// Fetches a blob from the peers until one has it; [`Input::BlobFetched`] reports.
     fn fetch_blob(&mut self, hash: [u8; 32]);
     /// The peers to keep a connection to, by id (every member but this node, and members
@@ -73,8 +74,8 @@ pub trait Io: Send {
     fn connect(&mut self, peers: &BTreeMap<NodeId, String>);
 }
 
-/// Production: a log-writer thread, an apply-worker thread, threads for snapshot builds and
-/// blob fetches, one tokio task per peer, and the system clocks.
+/// Production: a log-writer thread, an apply-worker thread, threads for blob fetches, tokio
+/// tasks per peer (messages, snapshots), and the system clocks.
 pub(crate) struct ThreadIo {
     pub(crate) inputs: Sender<Input>,
     pub(crate) outboxes: Outboxes,
@@ -115,17 +116,8 @@ impl Io for ThreadIo {
         }
     }
 
-    fn build_snapshot(&mut self, view: Box<dyn StateView + Send>) {
-        let inputs = self.inputs.clone();
-        let spawned = std::thread::Builder::new()
-            .name("keel-snapshot".into())
-            .spawn(move || {
-                let built = SnapshotChunks::new(view, 1 << 20).into_snapshot();
-                let _ = inputs.send(Input::SnapshotBuilt(built));
-            });
-        if let Err(e) = spawned {
-            super::fail_stop(&e.into());
-        }
+    fn send_snapshot(&mut self, job: SnapshotJob) {
+        self.outboxes.send_snapshot(job);
     }
 
     fn fetch_blob(&mut self, hash: [u8; 32]) {
@@ -152,7 +144,7 @@ impl Io for ThreadIo {
 
     fn connect(&mut self, peers: &BTreeMap<NodeId, String>) {
         self.blobs.set_peers(peers.values().cloned().collect());
-        for (id, rx) in self.outboxes.connect(peers) {
+        for (id, queues) in self.outboxes.connect(peers) {
             let url = peers[&id].clone();
             tracing::info!(target: "keel::msg", peer = id, %url, "connecting to peer");
             let inputs = self.inputs.clone();
@@ -161,7 +153,7 @@ impl Io for ThreadIo {
             });
             self.tokio.spawn(crate::peer::peer_sender(
                 url,
-                rx,
+                queues,
                 self.metrics.clone(),
                 told,
             ));

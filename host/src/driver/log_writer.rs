@@ -294,7 +294,7 @@ mod tests {
             let storage = Arc::clone(&storage);
             std::thread::spawn(move || {
                 let mut acked = Vec::new();
-                while let Some(m) = outbox.blocking_recv() {
+                while let Some(m) = outbox.messages.blocking_recv() {
                     let keel_raft::MessageBody::AppendEntriesResponse { index, .. } = m.body else {
                         panic!("unexpected message {m:?}");
                     };

@@ -33,7 +33,7 @@ use keel_raft::{
     Command, Event, Index, NodeId, Payload, ProposeError, Raft, ReadError, Ready, Record, Role,
     Term,
 };
-use keel_storage::LogWrite;
+use keel_storage::{LogWrite, SnapshotImage};
 use tokio::sync::{broadcast, oneshot};
 
 pub use apply_worker::{ApplyDone, ApplyJob, run_job};
@@ -48,6 +48,7 @@ pub use start::{StartError, core_config, open_state, start};
 use crate::blobs::Blobs;
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
+use crate::peer::snapshot::StagedImage;
 use crate::state::{self, Applied, CommandOutcome, Registry, Unflushed};
 
 /// Flush sooner when this many keys and sessions are waiting.
@@ -77,8 +78,6 @@ enum SnapshotState {
     Idle,
     /// Waiting for storage to hold the applied state (a flush under way).
     AwaitingFlush,
-    /// Being built beside the driver.
-    Building,
 }
 
 /// A deliberately broken driver, for proving that the simulator catches driver bugs (as
@@ -91,11 +90,18 @@ pub enum DriverBug {
     /// Tells the core a write is durable when it is handed to the log writer, so entries are
     /// applied (and counted by a leader) before they are durable here.
     ApplyBeforeDurable,
+    /// Streams the image of the applied state as it is now, but labels it with the point
+    /// the core asked for (older): the image and its message disagree (issue #16).
+    StaleSnapshotMeta,
 }
 
 impl DriverBug {
     /// Every variant.
-    pub const ALL: [DriverBug; 2] = [DriverBug::AckBeforeDurable, DriverBug::ApplyBeforeDurable];
+    pub const ALL: [DriverBug; 3] = [
+        DriverBug::AckBeforeDurable,
+        DriverBug::ApplyBeforeDurable,
+        DriverBug::StaleSnapshotMeta,
+    ];
 }
 
 /// What a driver is made of; [`start`] assembles one for `keel serve`, the simulator its own.
@@ -163,6 +169,9 @@ pub struct Driver {
     apply_epoch: u64,
     snapshot_index: Index,
     snapshot_state: SnapshotState,
+    /// Images received with `InstallSnapshot` messages stepped since the last Ready: the
+    /// one the core decides to install is taken from here (issue #16).
+    staged: Vec<StagedImage>,
     deploy_in_flight: Option<Index>,
     /// The blob the next entry to apply waits for (design §6), fetched beside the driver,
     /// with that entry's index and since when (`Io::mono_ms`); nothing from that entry on
@@ -237,6 +246,7 @@ impl Driver {
             apply_epoch: 0,
             snapshot_index,
             snapshot_state: SnapshotState::Idle,
+            staged: Vec::new(),
             deploy_in_flight: None,
             fetching: None,
             sweeping: Default::default(),
@@ -404,7 +414,7 @@ impl Driver {
                     }
                 }
                 if self.snapshot_state == SnapshotState::AwaitingFlush {
-                    self.build_snapshot()?;
+                    self.compact()?;
                 }
             }
             Input::BlobFetched { hash, found } => {
@@ -416,7 +426,13 @@ impl Driver {
                     self.dispatch_apply()?;
                 }
             }
-            Input::SnapshotBuilt(built) => self.snapshot_built(built?),
+            Input::Snapshot { message, image } => {
+                tracing::debug!(target: "keel::msg", "recv {message} with its image");
+                self.staged.push(image);
+                if let Err(e) = self.raft.step(message) {
+                    tracing::warn!(target: "keel::msg", error = %e, "message refused");
+                }
+            }
             Input::Applied(done) => self.applied_batch(*done)?,
             Input::Members { change, reply } => self.change_members(change, reply),
             Input::BlobsNeeded(reply) => match self.blobs_needed() {
@@ -507,10 +523,28 @@ impl Driver {
         }
         // 1. Leader appends and pre-votes leave now, in parallel with our own write.
         for m in rd.messages {
-            self.io.send(m);
+            if matches!(m.body, keel_raft::MessageBody::InstallSnapshot { .. }) {
+                self.send_snapshot(m)?;
+            } else {
+                self.io.send(m);
+            }
         }
         let installs = rd.snapshot.is_some();
+        // Images stepped with this Ready's messages: one may be installed now; the others
+        // (stale, or for a point the log already has) are dropped, deleting their files.
+        let staged = std::mem::take(&mut self.staged);
         if let Some(snap) = &rd.snapshot {
+            let Some(image) = staged
+                .into_iter()
+                .find(|i| i.meta().index == snap.index && i.meta().term == snap.term)
+            else {
+                anyhow::bail!(
+                    "the core installs the snapshot at {}@t{} but no image for it was received",
+                    snap.index,
+                    snap.term
+                );
+            };
+            let image = SnapshotImage::new(snap.clone(), image.open()?);
             // 2 and 3 here, in this thread: a snapshot replaces the applied state, which
             // the driver owns. Earlier writes go first (they must be durable in order).
             self.io.wait_idle();
@@ -520,16 +554,16 @@ impl Driver {
             let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
             self.storage.persist(LogWrite {
                 hard_state: rd.hard_state,
-                snapshot: Some(snap),
+                snapshot: Some(&image),
                 entries: &rd.entries,
             })?;
             *slot = Arc::default();
             drop(slot);
             self.metrics.fsyncs.inc();
-            tracing::info!(target: "keel::raft", index = snap.meta.index, "installed snapshot");
+            tracing::info!(target: "keel::raft", index = snap.index, "installed snapshot");
             self.metrics.snapshots_installed.inc();
-            self.applied = snap.meta.index;
-            self.snapshot_index = snap.meta.index;
+            self.applied = snap.index;
+            self.snapshot_index = snap.index;
             // The snapshot replaces everything committed so far: what is queued or being
             // applied was computed on (or for) the state it replaced, and the replies
             // waiting on covered entries are answered now.
@@ -537,7 +571,7 @@ impl Driver {
             self.applying = None;
             self.apply_queue.clear();
             self.fetching = None;
-            self.answer_covered(snap.meta.index);
+            self.answer_covered(snap.index);
             let view = self.storage.view()?;
             state::reload(&self.runtime, &self.blobs, &self.registry, &view)?;
             for m in rd.persisted_messages {

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keel_plugin::Runtime;
-use keel_raft::{ClusterConfig, ClusterId, Config, InitialState, Raft, Snapshot};
-use keel_storage::{Identity, RedbStorage, SnapshotChunks, Storage};
+use keel_raft::{ClusterConfig, ClusterId, Config, InitialState, Raft};
+use keel_storage::{Identity, RedbStorage, Storage};
 use tokio::sync::broadcast;
 
 use super::apply_worker::ApplyWorker;
@@ -115,10 +115,10 @@ pub fn open_state<S: Storage>(
         storage.bootstrap(&config)?;
         InitialState::bootstrap(config)
     } else {
-        // The core keeps a snapshot to send to followers that are too far behind; rebuild it
-        // from the applied state, which a restart never loses (design §4).
-        let snapshot = SnapshotChunks::new(storage.view()?, 1 << 20).into_snapshot()?;
-        let applied = snapshot.meta.index;
+        // The applied state, which a restart never loses (design §4), is the snapshot: the
+        // core keeps only where it stands, and nothing here reads the state itself.
+        let snapshot = super::upkeep::applied_meta(&storage.view()?);
+        let applied = snapshot.index;
         let entries = if recovered.log.last.index > applied {
             storage.entries(applied + 1, recovered.log.last.index + 1, None)?
         } else {
@@ -126,10 +126,7 @@ pub fn open_state<S: Storage>(
         };
         InitialState {
             hard_state: recovered.hard_state,
-            snapshot: Snapshot {
-                meta: snapshot.meta,
-                data: snapshot.data,
-            },
+            snapshot,
             entries,
             applied,
         }
@@ -156,6 +153,8 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         path: cfg.data_dir.clone(),
         source,
     })?;
+    // Images staged by a previous run were never installed: the core asks again.
+    crate::peer::snapshot::clear_staging(&cfg.data_dir.join(crate::peer::snapshot::STAGING_DIR));
     let storage = Arc::new(RedbStorage::open(
         &cfg.data_dir.join("db"),
         keel_storage::StorageOptions {
@@ -180,7 +179,7 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     );
     let registry = Registry::default();
     let init = open_state(&*storage, &cfg, cluster, &runtime, &blobs, &registry)?;
-    let (applied, snapshot_index) = (init.applied, init.snapshot.meta.index);
+    let (applied, snapshot_index) = (init.applied, init.snapshot.index);
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(cfg.id, |d| d.as_nanos() as u64)

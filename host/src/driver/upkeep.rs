@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use keel_raft::{Deploy, Index, Raft, Record, Role, Snapshot};
+use keel_raft::{Deploy, Index, Raft, Record, Role, SnapshotMeta};
 
 use super::{Driver, SnapshotState, WriterJob};
 
@@ -137,10 +137,10 @@ impl Driver {
         }
     }
 
-    /// Snapshots are built from the applied (hence committed) state as storage holds it
-    /// after a flush (thesis §5.1: a snapshot covers a committed prefix), on a thread of
-    /// their own from a read transaction, so neither the driver nor writes wait for one.
-    /// Steps: start a flush here; `Input::Flushed` builds; `Input::SnapshotBuilt` compacts.
+    /// The applied state as storage holds it after a flush is the snapshot (thesis §5.1: a
+    /// snapshot covers a committed prefix): compacting is dropping the log up to it. No
+    /// image is built here; one is streamed from a read transaction when a follower needs
+    /// it ([`Driver::send_snapshot`]). Steps: start a flush here; `Input::Flushed` compacts.
     pub(super) fn maybe_snapshot(&mut self) -> anyhow::Result<()> {
         if self.snapshot_state != SnapshotState::Idle
             || self.applied < self.snapshot_index + self.cfg.snapshot_every
@@ -150,31 +150,44 @@ impl Driver {
         self.snapshot_state = SnapshotState::AwaitingFlush;
         if !self.start_flush() {
             // Storage holds everything applied already.
-            self.build_snapshot()?;
+            self.compact()?;
         }
         Ok(())
     }
 
-    pub(super) fn build_snapshot(&mut self) -> anyhow::Result<()> {
-        let view = self.storage.view()?;
-        if view.applied().last_applied.index <= self.snapshot_index {
-            self.snapshot_state = SnapshotState::Idle;
+    pub(super) fn compact(&mut self) -> anyhow::Result<()> {
+        self.snapshot_state = SnapshotState::Idle;
+        let meta = applied_meta(&*self.storage.view()?);
+        if meta.index <= self.snapshot_index {
             return Ok(());
         }
-        self.snapshot_state = SnapshotState::Building;
-        self.io.build_snapshot(view);
-        Ok(())
-    }
-
-    pub(super) fn snapshot_built(&mut self, snap: Snapshot) {
-        self.snapshot_state = SnapshotState::Idle;
-        let meta = snap.meta.clone();
         // Refused as stale if a leader's snapshot was installed meanwhile.
-        if self.raft.compact(meta.index, snap.data).is_ok() {
+        if self.raft.compact(meta.index).is_ok() {
             tracing::info!(target: "keel::raft", index = meta.index, "snapshot taken, log compacted");
             self.snapshot_index = meta.index;
             self.io.write(WriterJob::Purge(meta));
         }
+        Ok(())
+    }
+
+    /// Paper §7, issue #16: the core names the point a follower needs; the image sent is
+    /// the applied state as storage holds it now, at or past that point (it only moves
+    /// forward, and everything applied is committed), read from one read transaction for
+    /// the whole transfer. The message says where that image stands.
+    pub(super) fn send_snapshot(&mut self, mut m: keel_raft::Message) -> anyhow::Result<()> {
+        let view = self.storage.view()?;
+        let meta = applied_meta(&*view);
+        if let keel_raft::MessageBody::InstallSnapshot { snapshot } = &mut m.body {
+            if meta.index < snapshot.index {
+                tracing::warn!(target: "keel::raft", wanted = snapshot.index, have = meta.index, "storage is behind the snapshot point; not sent");
+                return Ok(());
+            }
+            if self.bug != Some(super::DriverBug::StaleSnapshotMeta) {
+                *snapshot = meta;
+            }
+        }
+        self.io.send_snapshot((m, view));
+        Ok(())
     }
 
     /// Thesis §6.3: sessions expire by the log's clock, so every node drops the same ones at
@@ -219,5 +232,15 @@ impl Driver {
             tracing::info!(target: "keel::txn", index, "proposed deployment of the built-in kv plugin");
             self.deploy_in_flight = Some(index);
         }
+    }
+}
+
+/// Where a view of the applied state stands, as snapshot metadata.
+pub(crate) fn applied_meta(view: &dyn keel_storage::StateView) -> SnapshotMeta {
+    let applied = view.applied();
+    SnapshotMeta {
+        index: applied.last_applied.index,
+        term: applied.last_applied.term,
+        config: applied.config.clone(),
     }
 }

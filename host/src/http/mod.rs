@@ -43,6 +43,7 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
     let response = match (req.method(), parts.as_slice()) {
         (&Method::POST, ["v1", "raft"]) => peer::peer_messages(&node, req).await,
         (&Method::POST, ["v1", "raft", "stream"]) => peer::peer_stream(&node, req).await,
+        (&Method::POST, ["v1", "raft", "snapshot"]) => peer::peer_snapshot(&node, req).await,
         (&Method::POST, ["v1", "plugins", plugin, "commands"]) => {
             let plugin = plugin.to_string();
             command(&node, req, plugin).await

@@ -1,6 +1,6 @@
 //! The receiving end of the peer transport (`crate::peer` sends): `POST /v1/raft/stream`
-//! frames and `POST /v1/raft/messages` (snapshots), decoded, checked for the cluster UUID,
-//! and queued for the driver.
+//! frames, `POST /v1/raft` batches, and `POST /v1/raft/snapshot` images, decoded, checked
+//! for the sender and the cluster UUID, and queued for the driver.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -65,6 +65,145 @@ pub async fn peer_messages(node: &NodeHandle, req: Request<Incoming>) -> Respons
     }
 }
 
+/// Largest envelope (the `InstallSnapshot` message before the image): a configuration with
+/// its addresses.
+const MAX_ENVELOPE: usize = 1 << 20;
+
+/// Images being received, by staging file: one transfer per file at a time.
+static RECEIVING: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// `POST /v1/raft/snapshot`: an `InstallSnapshot` message (`u32` length, postcard), then
+/// the image from byte `keel-snapshot-offset` on (issue #16). The image goes to a staging
+/// file as it arrives; once whole and verified, the message and the image go to the driver
+/// together. A sender whose offset is not what is staged is told what is (409, `have`), and
+/// resumes from there.
+pub async fn peer_snapshot(node: &NodeHandle, req: Request<Incoming>) -> Response<Body> {
+    let sender = sender_of(&req);
+    let offset: u64 = req
+        .headers()
+        .get("keel-snapshot-offset")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let mut body = req.into_body();
+    let mut buf = BytesMut::new();
+    // The envelope first, bounded before it is buffered.
+    let message = loop {
+        if buf.len() >= 4 {
+            let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if len > MAX_ENVELOPE {
+                return error(StatusCode::PAYLOAD_TOO_LARGE, "snapshot envelope too large");
+            }
+            if buf.len() >= 4 + len {
+                buf.advance(4);
+                let envelope = buf.split_to(len);
+                match check(node, &envelope, sender) {
+                    Ok(mut batch) if batch.len() == 1 => break batch.remove(0),
+                    Ok(_) => return error(StatusCode::BAD_REQUEST, "one message per snapshot"),
+                    Err(refused) => return refused.response(),
+                }
+            }
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "snapshot request ended in its envelope",
+                );
+            }
+        }
+    };
+    let keel_raft::MessageBody::InstallSnapshot { snapshot: meta } = &message.body else {
+        return error(StatusCode::BAD_REQUEST, "not an InstallSnapshot message");
+    };
+    let dir = node
+        .config
+        .data_dir
+        .join(crate::peer::snapshot::STAGING_DIR);
+    let mut staging = match crate::peer::snapshot::Staging::file(&dir, message.from, meta) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("staging: {e}")),
+    };
+    let key = dir.join(format!("{}-{}-{}", message.from, meta.index, meta.term));
+    {
+        let mut receiving = RECEIVING.lock().unwrap_or_else(|e| e.into_inner());
+        if receiving.contains(&key) {
+            return error(StatusCode::CONFLICT, "this image is being received already");
+        }
+        receiving.push(key.clone());
+    }
+    let _done = Receiving(key);
+    if offset != staging.have() {
+        let mut r = super::json(
+            StatusCode::CONFLICT,
+            &serde_json::json!({"error": "resume from the bytes held", "have": staging.have()}),
+        );
+        r.headers_mut()
+            .insert("keel-snapshot-have", staging.have().into());
+        return r;
+    }
+    let mut at = offset;
+    if !buf.is_empty() {
+        if let Err(e) = staging.accept(at, &buf) {
+            return error(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+        at += buf.len() as u64;
+    }
+    loop {
+        match body.frame().await {
+            None => break,
+            // The sender went away: the partial file stays for it to resume.
+            Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "snapshot stream broken"),
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if let Err(e) = staging.accept(at, &data) {
+                    return error(StatusCode::BAD_REQUEST, &e.to_string());
+                }
+                at += data.len() as u64;
+            }
+        }
+    }
+    let staged = match tokio::task::spawn_blocking(move || staging.finish()).await {
+        Ok(Ok(staged)) => staged,
+        Ok(Err(e)) => {
+            tracing::warn!(target: "keel::msg", from = message.from, "snapshot image refused: {e}");
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("snapshot image refused: {e}"),
+            );
+        }
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "snapshot check stopped"),
+    };
+    tracing::info!(target: "keel::msg", from = message.from, index = staged.meta().index, bytes = at, "snapshot image received");
+    match node.submit(Input::Snapshot {
+        message,
+        image: staged,
+    }) {
+        Ok(()) => no_content(),
+        // The image is dropped (deleted); the core asks again.
+        Err(SubmitError::Full(_)) => retry_later("driver busy"),
+        Err(SubmitError::Stopping) => retry_later("node is stopping"),
+    }
+}
+
+/// Removes a transfer from [`RECEIVING`] when its request ends, however it ends.
+struct Receiving(std::path::PathBuf);
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        RECEIVING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k| *k != self.0);
+    }
+}
+
 /// Why a batch from a peer was not delivered.
 enum Refused {
     Malformed,
@@ -108,6 +247,27 @@ enum Sender {
 
 /// Decodes one batch, checks its sender and cluster, and hands it to the driver.
 fn deliver(node: &NodeHandle, bytes: &[u8], sender: Sender) -> Result<(), Refused> {
+    let batch = check(node, bytes, sender)?;
+    if batch
+        .iter()
+        .any(|m| matches!(m.body, keel_raft::MessageBody::InstallSnapshot { .. }))
+    {
+        // The core takes one only with its image (`POST /v1/raft/snapshot`).
+        return Err(Refused::Malformed);
+    }
+    match node.submit(Input::Peer(batch)) {
+        Ok(()) => Ok(()),
+        // Dropped like a lost packet: the sender's next heartbeat or append tries again.
+        Err(SubmitError::Full(queued)) => {
+            tracing::debug!(target: "keel::msg", queued, "driver busy, peer batch dropped");
+            Ok(())
+        }
+        Err(SubmitError::Stopping) => Err(Refused::Stopping),
+    }
+}
+
+/// Decodes one batch and checks its sender and cluster.
+fn check(node: &NodeHandle, bytes: &[u8], sender: Sender) -> Result<Vec<Message>, Refused> {
     let batch = postcard::from_bytes::<Vec<Message>>(bytes).map_err(|_| Refused::Malformed)?;
     // Issue #13: a certificate binds a node id; node 3's certificate cannot vote, append
     // or answer as node 2. The whole batch goes: one forged message taints the connection.
@@ -145,15 +305,7 @@ fn deliver(node: &NodeHandle, bytes: &[u8], sender: Sender) -> Result<(), Refuse
             node.config.id
         )));
     }
-    match node.submit(Input::Peer(batch)) {
-        Ok(()) => Ok(()),
-        // Dropped like a lost packet: the sender's next heartbeat or append tries again.
-        Err(SubmitError::Full(queued)) => {
-            tracing::debug!(target: "keel::msg", queued, "driver busy, peer batch dropped");
-            Ok(())
-        }
-        Err(SubmitError::Stopping) => Err(Refused::Stopping),
-    }
+    Ok(batch)
 }
 
 /// A node that asks for (pre-)votes though it is not in this node's configuration, which

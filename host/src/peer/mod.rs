@@ -6,8 +6,10 @@
 //! (`u32` little-endian length, then a postcard `Vec<Message>` of whatever queued). Nothing
 //! waits for a round trip, so appends are pipelined — the core bounds how many are in flight
 //! (thesis §10.2.1 style `Replicate` progress) — and batched. Answers travel the same way in
-//! the other direction, on the peer's own stream. Snapshots go on a request of their own,
-//! streamed in chunks, so a large one never holds up the appends and heartbeats behind it.
+//! the other direction, on the peer's own stream. Snapshots go on a request of their own
+//! (`POST /v1/raft/snapshot`), the image streamed from a storage read transaction in
+//! chunks with a bounded queue between the reader and the connection, so a large one never
+//! holds up the appends and heartbeats behind it, nor grows memory ([`snapshot`]).
 //!
 //! A lost frame is simply lost: Raft retries what matters. When a peer stops reading (a
 //! paused process), at most [`STREAM_FRAMES`] frames wait for it; later messages are dropped
@@ -18,7 +20,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -32,14 +34,32 @@ use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 
-/// Largest frame, or one-shot batch, accepted from a peer (snapshots travel one-shot).
+pub mod snapshot;
+
+/// Largest frame, or one-shot batch, accepted from a peer.
 pub const MAX_PEER_BODY: usize = 512 << 20;
 /// Frames that may wait for a slow peer before new ones are dropped.
 const STREAM_FRAMES: usize = 256;
 /// Messages in one frame at most (more wait for the next frame).
 const FRAME_MESSAGES: usize = 4096;
-/// Chunks of a snapshot request body.
+/// Chunks of a snapshot image.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Chunks read ahead of the connection: the sender's memory for one image.
+const SNAPSHOT_READ_AHEAD: usize = 4;
+/// A snapshot transfer that moves no byte for this long is abandoned (the core asks again).
+const SNAPSHOT_STALL: Duration = Duration::from_secs(30);
+
+/// A snapshot to send: the `InstallSnapshot` message and a read view of the applied state
+/// it describes.
+pub type SnapshotJob = (Message, Box<dyn keel_storage::StateView + Send>);
+
+/// What [`Outboxes::connect`] hands a new peer's sender task.
+pub struct PeerQueues {
+    /// Messages.
+    pub messages: mpsc::UnboundedReceiver<Message>,
+    /// Snapshots.
+    pub snapshots: mpsc::Receiver<SnapshotJob>,
+}
 /// Pause before reconnecting to a peer that is down or refused us.
 const RECONNECT_AFTER: Duration = Duration::from_millis(50);
 
@@ -48,18 +68,32 @@ const RECONNECT_AFTER: Duration = Duration::from_millis(50);
 /// changes; the log writer sends what may leave only once durable.
 #[derive(Clone, Default)]
 pub struct Outboxes(
-    Arc<Mutex<HashMap<NodeId, mpsc::UnboundedSender<Message>>>>,
+    Arc<Mutex<HashMap<NodeId, Outbox>>>,
     /// When each node without an address was last reported (to log it every 10 s, not per
     /// message).
     Arc<Mutex<HashMap<NodeId, std::time::Instant>>>,
 );
 
+struct Outbox {
+    messages: mpsc::UnboundedSender<Message>,
+    snapshots: mpsc::Sender<SnapshotJob>,
+}
+
 impl Outboxes {
+    /// Queues a snapshot for its peer; dropped when one is queued already (the sender
+    /// takes the newest when it is free, and the core asks again if this one is lost).
+    pub fn send_snapshot(&self, job: SnapshotJob) {
+        tracing::debug!(target: "keel::msg", "send {}", job.0);
+        if let Some(outbox) = self.lock().get(&job.0.to) {
+            let _ = outbox.snapshots.try_send(job);
+        }
+    }
+
     /// Queues `m` for its peer (dropped if that peer is not, or no longer, a member).
     pub fn send(&self, m: Message) {
         tracing::debug!(target: "keel::msg", "send {m}");
         if let Some(outbox) = self.lock().get(&m.to) {
-            let _ = outbox.send(m);
+            let _ = outbox.messages.send(m);
             return;
         }
         // An answer to a node this one has no address for: it hears from it (a leader
@@ -82,24 +116,31 @@ impl Outboxes {
 
     /// Keeps the peers in `members` (dropping the others' queues ends their senders) and
     /// returns those of `members` that have no queue yet, each with a new one.
-    pub fn connect(
-        &self,
-        members: &BTreeMap<NodeId, String>,
-    ) -> Vec<(NodeId, mpsc::UnboundedReceiver<Message>)> {
+    pub fn connect(&self, members: &BTreeMap<NodeId, String>) -> Vec<(NodeId, PeerQueues)> {
         let mut map = self.lock();
         map.retain(|id, _| members.contains_key(id));
         let mut new = Vec::new();
         for &id in members.keys() {
             if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(id) {
                 let (tx, rx) = mpsc::unbounded_channel();
-                slot.insert(tx);
-                new.push((id, rx));
+                let (stx, srx) = mpsc::channel(1);
+                slot.insert(Outbox {
+                    messages: tx,
+                    snapshots: stx,
+                });
+                new.push((
+                    id,
+                    PeerQueues {
+                        messages: rx,
+                        snapshots: srx,
+                    },
+                ));
             }
         }
         new
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, mpsc::UnboundedSender<Message>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Outbox>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -127,15 +168,18 @@ pub type NotAMember = std::sync::Arc<dyn Fn(String) + Send + Sync>;
 /// Sends one peer's outbox for as long as the node runs.
 pub async fn peer_sender(
     url: String,
-    mut outbox: mpsc::UnboundedReceiver<Message>,
+    queues: PeerQueues,
     metrics: std::sync::Arc<Metrics>,
     not_a_member: NotAMember,
 ) {
+    let PeerQueues {
+        messages: mut outbox,
+        snapshots,
+    } = queues;
     // Over TLS when the URL is https://, presenting this node's certificate (crate::tls).
     let http = crate::tls::connector();
     let streams: Client<_, FrameBody> = Client::builder(TokioExecutor::new()).build(http.clone());
-    let (snapshots, snapshot_rx) = mpsc::channel::<Message>(1);
-    tokio::spawn(snapshot_sender(url.clone(), snapshot_rx, http));
+    tokio::spawn(snapshot_sender(url.clone(), snapshots, http));
     let target = format!("{url}/v1/raft/stream");
     'connect: loop {
         let (frames, rx) = mpsc::channel::<Bytes>(STREAM_FRAMES);
@@ -179,12 +223,8 @@ pub async fn peer_sender(
                     let mut batch = Vec::with_capacity(16);
                     let mut next = Some(first);
                     while let Some(m) = next.take() {
-                        if matches!(m.body, MessageBody::InstallSnapshot { .. }) {
-                            // One at a time: the core resends if this one is dropped.
-                            if snapshots.try_send(m).is_err() {
-                                metrics.peer_dropped.inc();
-                            }
-                        } else {
+                        // Snapshots come through `Outboxes::send_snapshot`, with their image.
+                        if !matches!(m.body, MessageBody::InstallSnapshot { .. }) {
                             batch.push(m);
                         }
                         if batch.len() < FRAME_MESSAGES {
@@ -220,44 +260,157 @@ fn encode_frame(batch: &[Message]) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
-/// Sends snapshots, each as one `POST /v1/raft` whose body goes out in chunks.
+/// Sends snapshots to one peer, one at a time, each as a `POST /v1/raft/snapshot` whose
+/// body is the message and then the image, read from the view on a blocking thread a few
+/// chunks ahead of the connection. A job that queued while one was sent is the newest the
+/// core asked for; older ones were dropped at the queue.
+///
+/// A transfer that breaks keeps its view (a read transaction: the same image, byte for
+/// byte) for the core's next request, and the receiver's partial file lets it go on from
+/// the byte the receiver holds instead of from the start.
 async fn snapshot_sender(
     url: String,
-    mut rx: mpsc::Receiver<Message>,
+    mut jobs: mpsc::Receiver<SnapshotJob>,
     http: crate::tls::Connector,
 ) {
-    type Chunks = http_body_util::StreamBody<
-        futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>,
-    >;
-    let client: Client<_, Chunks> = Client::builder(TokioExecutor::new()).build(http);
-    let target = format!("{url}/v1/raft");
-    while let Some(m) = rx.recv().await {
-        let Ok(encoded) = postcard::to_allocvec(&vec![m]) else {
+    let client: Client<_, FrameBody> = Client::builder(TokioExecutor::new()).build(http);
+    let target = format!("{url}/v1/raft/snapshot");
+    let mut pinned: Option<(Message, Box<dyn keel_storage::StateView + Send>, Instant)> = None;
+    while let Some((mut message, mut view)) = jobs.recv().await {
+        let Some(wanted) = snapshot_index(&message) else {
             continue;
         };
-        let encoded = Bytes::from(encoded);
-        let chunks: Vec<_> = (0..encoded.len())
-            .step_by(SNAPSHOT_CHUNK)
-            .map(|at| {
-                let end = (at + SNAPSHOT_CHUNK).min(encoded.len());
-                Ok(Frame::data(encoded.slice(at..end)))
-            })
-            .collect();
-        let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
-        let Ok(req) = Request::post(&target)
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .body(body)
-        else {
-            continue;
-        };
-        match tokio::time::timeout(Duration::from_secs(60), client.request(req)).await {
-            Ok(Ok(resp)) if resp.status().is_success() => {}
-            Ok(Ok(resp)) => {
-                tracing::warn!(target: "keel::msg", peer = %url, status = %resp.status(), "snapshot refused");
-            }
-            _ => {
-                tracing::warn!(target: "keel::msg", peer = %url, "snapshot not delivered");
+        if let Some((old, old_view, since)) = pinned.take()
+            && snapshot_index(&old).is_some_and(|i| i >= wanted)
+            && since.elapsed() < PIN_FOR
+        {
+            // Same image as the broken transfer: resumable. Only the envelope is new.
+            message.body = old.body;
+            view = old_view;
+        }
+        let index = snapshot_index(&message).unwrap_or(wanted);
+        let mut offset = 0u64;
+        let mut view = Some(view);
+        // The second attempt goes on from the bytes the receiver says it holds (409).
+        for _attempt in 0..2 {
+            let Some(v) = view.take() else { break };
+            let (tx, rx) = mpsc::channel(SNAPSHOT_READ_AHEAD);
+            let Ok(envelope) = postcard::to_allocvec(&vec![message.clone()]) else {
+                break;
+            };
+            let producer = tokio::task::spawn_blocking(move || produce(v, envelope, offset, tx));
+            let Ok(req) = Request::post(&target)
+                .header(CONTENT_TYPE, "application/x-keel-snapshot")
+                .header("keel-snapshot-offset", offset)
+                .body(FrameBody(rx))
+            else {
+                break;
+            };
+            let outcome = client.request(req).await;
+            // The view comes back from the reader thread, for a resend of the same image.
+            view = producer.await.ok();
+            match outcome {
+                Ok(resp) if resp.status().is_success() => {
+                    tracing::info!(target: "keel::msg", peer = %url, index, "snapshot sent");
+                    view = None;
+                    break;
+                }
+                Ok(resp) if resp.status() == StatusCode::CONFLICT => {
+                    let have = resp
+                        .headers()
+                        .get("keel-snapshot-have")
+                        .and_then(|v| v.to_str().ok()?.parse().ok());
+                    match have {
+                        Some(have) => offset = have,
+                        None => break, // being received already
+                    }
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body = resp
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    tracing::warn!(target: "keel::msg", peer = %url, index, %status, answer = %String::from_utf8_lossy(&body), "snapshot refused");
+                    view = None;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(target: "keel::msg", peer = %url, index, "snapshot not delivered: {e}");
+                    break;
+                }
             }
         }
+        if let Some(v) = view {
+            pinned = Some((message, v, Instant::now()));
+        }
     }
+}
+
+/// How long a broken transfer's view is kept for a resume.
+const PIN_FOR: Duration = Duration::from_secs(120);
+
+fn snapshot_index(m: &Message) -> Option<keel_raft::Index> {
+    match &m.body {
+        MessageBody::InstallSnapshot { snapshot } => Some(snapshot.index),
+        _ => None,
+    }
+}
+
+/// The body of a snapshot request: the envelope (unless resuming), then the image from
+/// byte `offset`, chunk by chunk into `tx`. Returns the view, for a resend.
+fn produce(
+    view: Box<dyn keel_storage::StateView + Send>,
+    envelope: Vec<u8>,
+    offset: u64,
+    tx: mpsc::Sender<Bytes>,
+) -> Box<dyn keel_storage::StateView + Send> {
+    let mut head = (envelope.len() as u32).to_le_bytes().to_vec();
+    head.extend_from_slice(&envelope);
+    let send = |bytes: Vec<u8>| {
+        // A stalled connection ends the transfer instead of holding the view for ever.
+        let deadline = std::time::Instant::now() + SNAPSHOT_STALL;
+        let mut item = Bytes::from(bytes);
+        loop {
+            match tx.try_send(item) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if std::time::Instant::now() > deadline {
+                        return false;
+                    }
+                    item = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    };
+    // The envelope goes first on a resume too: the receiver checks sender and cluster on
+    // every request.
+    if !send(head) {
+        return view;
+    }
+    let mut chunks = keel_storage::SnapshotChunks::new(view, SNAPSHOT_CHUNK);
+    let mut at = 0u64;
+    for chunk in chunks.by_ref() {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                // The body ends short: the receiver's check refuses the image.
+                tracing::warn!(target: "keel::msg", "reading the snapshot image failed: {e}");
+                break;
+            }
+        };
+        let end = at + chunk.len() as u64;
+        if end > offset {
+            let skip = offset.saturating_sub(at) as usize;
+            if !send(chunk[skip..].to_vec()) {
+                break;
+            }
+        }
+        at = end;
+    }
+    chunks.into_view()
 }

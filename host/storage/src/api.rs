@@ -3,9 +3,7 @@
 
 use std::fmt;
 
-use keel_raft::{
-    ClusterConfig, ClusterId, Entry, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term,
-};
+use keel_raft::{ClusterConfig, ClusterId, Entry, HardState, Index, NodeId, SnapshotMeta, Term};
 use serde::{Deserialize, Serialize};
 
 use crate::StorageError;
@@ -93,6 +91,52 @@ pub struct RecoveredState {
     pub applied: AppliedState,
 }
 
+/// A snapshot to install: where it stands, and its image (as [`crate::SnapshotChunks`]
+/// produced it) to be read once, in order, inside the install's transaction. A defect
+/// anywhere in the image fails the whole write, which then changes nothing.
+pub struct SnapshotImage {
+    /// Where the snapshot stands; the image's header must say the same.
+    pub meta: SnapshotMeta,
+    reader: std::cell::RefCell<Box<dyn std::io::Read + Send>>,
+}
+
+impl SnapshotImage {
+    /// The snapshot at `meta` whose image `reader` streams.
+    pub fn new(meta: SnapshotMeta, reader: impl std::io::Read + Send + 'static) -> Self {
+        SnapshotImage {
+            meta,
+            reader: std::cell::RefCell::new(Box::new(reader)),
+        }
+    }
+
+    /// Reads the image, record by record, checking it stands where `meta` says.
+    pub(crate) fn read(
+        &self,
+        sink: impl FnMut(crate::snapshot::ImageRecord) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut reader = self.reader.borrow_mut();
+        let found = crate::snapshot::read_image(&mut **reader, sink)?;
+        if found != self.meta {
+            return Err(StorageError::SnapshotImage {
+                index: self.meta.index,
+                reason: format!(
+                    "image stands at {}@t{}, metadata says {}@t{}",
+                    found.index, found.term, self.meta.index, self.meta.term
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for SnapshotImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotImage")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One durable write of a Ready: applied in this order, in ONE commit.
 ///
 /// 1. `hard_state`, if any;
@@ -105,8 +149,8 @@ pub struct RecoveredState {
 pub struct LogWrite<'a> {
     /// New term/vote to persist.
     pub hard_state: Option<HardState>,
-    /// Snapshot to install; `data` is an image produced by [`crate::SnapshotChunks`].
-    pub snapshot: Option<&'a Snapshot>,
+    /// Snapshot to install.
+    pub snapshot: Option<&'a SnapshotImage>,
     /// Entries to append, consecutive.
     pub entries: &'a [Entry],
 }

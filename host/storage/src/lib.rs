@@ -4,7 +4,7 @@
 //! The driver uses a [`Storage`] in three ways (design §1, §2):
 //!
 //! 1. **Persist a Ready**, in one durable commit: [`Storage::persist`] with a [`LogWrite`]
-//!    (hard state, snapshot to install, entries to append — a conflicting suffix is truncated).
+//!    (hard state, snapshot image to install, entries to append — a conflicting suffix is truncated).
 //! 2. **Apply committed entries**, in one transaction per batch: [`Storage::apply`] with an
 //!    [`ApplyBatch`] (plugins' KV writes, client sessions, `last_applied`, config).
 //! 3. **Read**: [`Storage::view`] gives a consistent [`StateView`] for plugin queries and for
@@ -54,14 +54,14 @@ mod snapshot;
 
 pub use api::{
     AppliedState, ApplyBatch, Identity, KvPairs, KvRange, KvRecord, KvWrite, LogBounds, LogId,
-    LogWrite, RecoveredState, Session, StateView, Storage,
+    LogWrite, RecoveredState, Session, SnapshotImage, StateView, Storage,
 };
 pub use error::StorageError;
 pub use guard::BOOT_FILE;
 pub use inspect::{InspectReport, inspect};
 pub use mem::{MemStorage, MemView};
 pub use redb_store::{DATA_FILE, RedbStorage, RedbView};
-pub use snapshot::SnapshotChunks;
+pub use snapshot::{SnapshotChunks, verify_image};
 
 /// Knobs of a store.
 #[derive(Clone, Debug)]

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use keel_raft::{ClusterConfig, Entry, HardState, Index, SnapshotMeta, Term};
 
 use crate::plan::{self, PersistPlan};
+use crate::snapshot::ImageRecord;
 use crate::{
     AppliedState, ApplyBatch, Identity, KvPairs, KvRange, KvRecord, LogBounds, LogId, LogWrite,
     RecoveredState, Session, StateView, Storage, StorageError, StorageOptions,
@@ -213,6 +214,22 @@ impl Storage for MemStorage {
             entries: _,
             last,
         } = plan;
+        // The whole image is read and verified before anything changes: a defect in it fails
+        // the write, which then changes nothing (as redb's dropped transaction does).
+        let snapshot = match snapshot {
+            Some(image) => {
+                let mut decoded = crate::snapshot::Image::default();
+                image.read(|rec| {
+                    match rec {
+                        ImageRecord::Kv(kv) => decoded.kv.push(kv),
+                        ImageRecord::Session(id, s) => decoded.sessions.push((id, s)),
+                    }
+                    Ok(())
+                })?;
+                Some((image.meta.clone(), decoded))
+            }
+            None => None,
+        };
         if let Some(hs) = hard_state {
             inner.hard_state = hs;
         }

@@ -4,17 +4,16 @@
 //! change underneath) and either returns what to write or a typed error; nothing is written
 //! until it has returned `Ok`.
 
-use keel_raft::{Entry, HardState, Index, Snapshot, SnapshotMeta, Term};
+use keel_raft::{Entry, HardState, Index, SnapshotMeta, Term};
 
-use crate::snapshot::{self, Image};
-use crate::{ApplyBatch, LogBounds, LogId, LogWrite, StorageError, codec};
+use crate::{ApplyBatch, LogBounds, LogId, LogWrite, SnapshotImage, StorageError, codec};
 
 /// What a [`LogWrite`] turns into.
-pub(crate) struct PersistPlan {
+pub(crate) struct PersistPlan<'a> {
     /// Hard state to store.
     pub(crate) hard_state: Option<HardState>,
-    /// Snapshot to install, decoded and verified.
-    pub(crate) snapshot: Option<(SnapshotMeta, Image)>,
+    /// Snapshot to install (its image is read, and verified, as it is written).
+    pub(crate) snapshot: Option<&'a SnapshotImage>,
     /// With a snapshot: whether the stored log agrees with it at its index, so the suffix after
     /// it is kept (paper §7); otherwise the whole log is discarded.
     pub(crate) keep_suffix: bool,
@@ -47,14 +46,14 @@ pub(crate) fn encode_entries(
 }
 
 /// Plans a [`LogWrite`] against the current state. `term_at` answers for the stored log.
-pub(crate) fn plan_persist(
-    write: &LogWrite<'_>,
+pub(crate) fn plan_persist<'a>(
+    write: &LogWrite<'a>,
     entries: Vec<(Index, Vec<u8>)>,
     stored_hs: HardState,
     bounds: LogBounds,
     last_applied: LogId,
     mut term_at: impl FnMut(Index) -> Result<Option<Term>, StorageError>,
-) -> Result<PersistPlan, StorageError> {
+) -> Result<PersistPlan<'a>, StorageError> {
     if let Some(new) = write.hard_state {
         check_hard_state(stored_hs, new)?;
     }
@@ -64,7 +63,7 @@ pub(crate) fn plan_persist(
     let snapshot = match write.snapshot {
         None => None,
         Some(snap) => {
-            let (meta, image) = decode_snapshot(snap)?;
+            let meta = &snap.meta;
             if meta.index <= last_applied.index {
                 return Err(StorageError::SnapshotImage {
                     index: meta.index,
@@ -82,7 +81,7 @@ pub(crate) fn plan_persist(
                 last: if keep_suffix { bounds.last } else { id },
             };
             last_applied = id;
-            Some((meta, image))
+            Some(snap)
         }
     };
     let mut truncate_from = None;
@@ -138,20 +137,6 @@ fn check_hard_state(stored: HardState, new: HardState) -> Result<(), StorageErro
         return Err(StorageError::HardStateRegressed { stored, new });
     }
     Ok(())
-}
-
-fn decode_snapshot(snap: &Snapshot) -> Result<(SnapshotMeta, Image), StorageError> {
-    let image = snapshot::decode(&snap.data)?;
-    if image.meta != snap.meta {
-        return Err(StorageError::SnapshotImage {
-            index: snap.meta.index,
-            reason: format!(
-                "image stands at {}@t{}, metadata says {}@t{}",
-                image.meta.index, image.meta.term, snap.meta.index, snap.meta.term
-            ),
-        });
-    }
-    Ok((snap.meta.clone(), image))
 }
 
 /// Checks an apply batch: it moves `last_applied` forward to an entry the log holds.

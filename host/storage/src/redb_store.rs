@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 
 use crate::guard::{self, HeaderLast, Sealer, Verdict};
 use crate::plan::{self, PersistPlan};
+use crate::snapshot::ImageRecord;
 use crate::{
     AppliedState, ApplyBatch, Identity, KvPairs, KvRange, KvRecord, LogBounds, LogId, LogWrite,
     RecoveredState, Session, StateView, Storage, StorageError, StorageOptions, codec,
@@ -684,7 +685,11 @@ impl Storage for RedbStorage {
 }
 
 /// Carries out a checked [`PersistPlan`] inside `txn`.
-fn write_plan(p: &Path, txn: &mut WriteTransaction, plan: PersistPlan) -> Result<(), StorageError> {
+fn write_plan(
+    p: &Path,
+    txn: &mut WriteTransaction,
+    plan: PersistPlan<'_>,
+) -> Result<(), StorageError> {
     let PersistPlan {
         hard_state,
         snapshot,
@@ -693,26 +698,35 @@ fn write_plan(p: &Path, txn: &mut WriteTransaction, plan: PersistPlan) -> Result
         entries,
         last: _,
     } = plan;
-    if let Some((snap_meta, image)) = snapshot {
+    if let Some(image) = snapshot {
+        let snap_meta = &image.meta;
         // Replace the state machine wholesale: drop and recreate the tables (cheaper than
-        // deleting key by key, and leaves nothing of the old state behind).
+        // deleting key by key, and leaves nothing of the old state behind). The image is
+        // streamed in, one record at a time; redb spills the transaction's dirty pages past
+        // half its cache to the file, so memory stays bounded whatever the state's size. A
+        // defect in the image returns here and the dropped transaction undoes it all.
         txn.delete_table(KV).ctx(p, "delete table kv")?;
         txn.delete_table(SESSIONS).ctx(p, "delete table sessions")?;
         let mut kv = txn.open_table(KV).ctx(p, "create table kv")?;
-        for rec in &image.kv {
-            kv.insert(
-                (rec.namespace.as_str(), rec.key.as_slice()),
-                rec.value.as_slice(),
-            )
-            .ctx(p, "write table kv")?;
-        }
         let mut sessions = txn.open_table(SESSIONS).ctx(p, "create table sessions")?;
-        for (client, session) in &image.sessions {
-            let bytes = codec::encode(session, || format!("session of client {client}"))?;
-            sessions
-                .insert(*client, bytes.as_slice())
-                .ctx(p, "write table sessions")?;
-        }
+        image.read(|rec| {
+            match rec {
+                ImageRecord::Kv(rec) => {
+                    kv.insert(
+                        (rec.namespace.as_str(), rec.key.as_slice()),
+                        rec.value.as_slice(),
+                    )
+                    .ctx(p, "write table kv")?;
+                }
+                ImageRecord::Session(client, session) => {
+                    let bytes = codec::encode(&session, || format!("session of client {client}"))?;
+                    sessions
+                        .insert(client, bytes.as_slice())
+                        .ctx(p, "write table sessions")?;
+                }
+            }
+            Ok(())
+        })?;
         let mut log = txn.open_table(LOG).ctx(p, "open table log")?;
         if keep_suffix {
             log.retain_in(..=snap_meta.index, |_, _| false)
@@ -729,7 +743,7 @@ fn write_plan(p: &Path, txn: &mut WriteTransaction, plan: PersistPlan) -> Result
             config: snap_meta.config.clone(),
         };
         meta_put(p, &mut meta, K_APPLIED, &applied)?;
-        meta_put(p, &mut meta, K_SNAPSHOT, &snap_meta)?;
+        meta_put(p, &mut meta, K_SNAPSHOT, snap_meta)?;
     }
     let mut meta = txn.open_table(META).ctx(p, "open table meta")?;
     if let Some(hs) = hard_state {

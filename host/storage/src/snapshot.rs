@@ -1,20 +1,24 @@
 //! Snapshot images: a point-in-time copy of every plugin namespace, the session table and the
 //! configuration at a committed index, streamed in chunks.
 //!
-//! An image is a sequence of postcard-encoded frames:
-//! `Header{magic, version, meta}`, then every `Kv` in (namespace, key) order, then every
-//! `Session` in client-id order, then `End{kv, sessions, crc32 of all bytes before End}`.
-//! Chunks hold whole frames, so a receiver may also decode chunk by chunk. Both stores produce
-//! byte-identical images for the same state.
+//! An image is a sequence of frames, each a `u32` little-endian length and a postcard
+//! encoding: `Header{magic, version, meta}`, then every `Kv` in (namespace, key) order, then
+//! every `Session` in client-id order, then `End{kv, sessions, crc32 of all bytes before
+//! End}`. Chunks hold whole frames. Both stores produce byte-identical images for the same
+//! state. Images are produced and read as streams ([`SnapshotChunks`], [`read_image`]): no
+//! step holds a whole one in memory (issue #16).
 
-use keel_raft::{Snapshot, SnapshotMeta};
+use std::io::Read;
+
+use keel_raft::SnapshotMeta;
 use serde::{Deserialize, Serialize};
 
 use crate::{KvRecord, Session, StateView, StorageError};
 
 const MAGIC: [u8; 8] = *b"KEELSNAP";
-/// 2: sessions carry `last_ms`.
-const VERSION: u32 = 2;
+/// 2: sessions carry `last_ms`. 3: frames are length-prefixed, so they can be read from a
+/// stream.
+const VERSION: u32 = 3;
 /// Records fetched from the view per scan call.
 const SCAN_BATCH: usize = 256;
 
@@ -44,7 +48,6 @@ enum Frame {
 /// A decoded image, ready to install.
 #[derive(Debug, Default)]
 pub(crate) struct Image {
-    pub(crate) meta: SnapshotMeta,
     pub(crate) kv: Vec<KvRecord>,
     pub(crate) sessions: Vec<(u64, Session)>,
 }
@@ -99,25 +102,19 @@ impl<V: StateView> SnapshotChunks<V> {
         }
     }
 
+    /// The view back (to stream the same image again from the start).
+    pub fn into_view(self) -> V {
+        self.view
+    }
+
     /// Where the snapshot stands: the view's `last_applied` and configuration.
     pub fn meta(&self) -> &SnapshotMeta {
         &self.meta
     }
 
-    /// Collects every chunk into a [`Snapshot`] for the core.
-    pub fn into_snapshot(mut self) -> Result<Snapshot, StorageError> {
-        let mut data = Vec::new();
-        for chunk in &mut self {
-            data.extend_from_slice(&chunk?);
-        }
-        Ok(Snapshot {
-            meta: self.meta,
-            data,
-        })
-    }
-
     fn push(&mut self, out: &mut Vec<u8>, frame: &Frame) -> Result<(), StorageError> {
         let start = out.len();
+        out.extend_from_slice(&[0; 4]);
         let encoded = postcard::to_extend(frame, std::mem::take(out)).map_err(|source| {
             StorageError::Encode {
                 what: format!("snapshot frame at {}", self.meta.index),
@@ -125,6 +122,12 @@ impl<V: StateView> SnapshotChunks<V> {
             }
         })?;
         *out = encoded;
+        let len =
+            u32::try_from(out.len() - start - 4).map_err(|_| StorageError::SnapshotImage {
+                index: self.meta.index,
+                reason: "a record over 4 GiB".into(),
+            })?;
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
         if !matches!(frame, Frame::End { .. }) {
             self.hasher.update(&out[start..]);
         }
@@ -220,69 +223,132 @@ impl<V: StateView> Iterator for SnapshotChunks<V> {
     }
 }
 
-/// Decodes and verifies a whole image (the concatenated chunks).
-pub(crate) fn decode(data: &[u8]) -> Result<Image, StorageError> {
-    let mut index = 0;
+/// Largest frame a reader accepts: far above any record Keel writes (an entry is at most
+/// `max_entry_bytes`), low enough that a damaged length cannot make it allocate without bound.
+const MAX_FRAME: usize = 256 << 20;
+
+/// One record of an image, in the order the image holds them.
+#[derive(Debug)]
+pub(crate) enum ImageRecord {
+    Kv(KvRecord),
+    Session(u64, Session),
+}
+
+/// Reads an image from `r` in one pass, verifying as it goes, and hands each record to `sink`
+/// in order; memory stays at one frame whatever the image's size. The image is whole and
+/// intact only if this returns `Ok`: on an error the caller must discard what `sink` got
+/// (an install drops its transaction). Returns where the image stands.
+pub(crate) fn read_image(
+    r: &mut dyn Read,
+    mut sink: impl FnMut(ImageRecord) -> Result<(), StorageError>,
+) -> Result<SnapshotMeta, StorageError> {
     let bad = |index, reason: String| StorageError::SnapshotImage { index, reason };
-    let mut rest = data;
-    let mut image = Image::default();
     let mut hasher = crc32fast::Hasher::new();
-    let mut first = true;
+    let mut meta: Option<SnapshotMeta> = None;
+    let (mut kv, mut sessions, mut at) = (0u64, 0u64, 0u64);
+    let mut buf = Vec::new();
     loop {
-        let (frame, tail): (Frame, &[u8]) = postcard::take_from_bytes(rest).map_err(|e| {
-            bad(
-                index,
-                format!("undecodable frame at byte {}: {e}", data.len() - rest.len()),
-            )
-        })?;
-        let consumed = &rest[..rest.len() - tail.len()];
-        rest = tail;
+        let index = meta.as_ref().map_or(0, |m| m.index);
+        let mut len = [0u8; 4];
+        read_exact(r, &mut len)
+            .map_err(|e| bad(index, format!("image ends or fails at byte {at}: {e}")))?;
+        let n = u32::from_le_bytes(len) as usize;
+        if n > MAX_FRAME {
+            return Err(bad(index, format!("frame of {n} bytes at byte {at}")));
+        }
+        buf.resize(n, 0);
+        read_exact(r, &mut buf)
+            .map_err(|e| bad(index, format!("image ends or fails at byte {at}: {e}")))?;
+        let frame: Frame = postcard::from_bytes(&buf)
+            .map_err(|e| bad(index, format!("undecodable frame at byte {at}: {e}")))?;
+        at += 4 + n as u64;
         match frame {
             Frame::Header {
                 magic,
                 version,
-                meta,
-            } if first => {
+                meta: m,
+            } if meta.is_none() => {
                 if magic != MAGIC || version != VERSION {
                     return Err(bad(
-                        meta.index,
+                        m.index,
                         format!("not a version-{VERSION} Keel snapshot image"),
                     ));
                 }
-                index = meta.index;
-                image.meta = meta;
+                meta = Some(m);
             }
-            _ if first => return Err(bad(0, "does not start with a header".into())),
+            _ if meta.is_none() => return Err(bad(0, "does not start with a header".into())),
             Frame::Header { .. } => return Err(bad(index, "second header".into())),
             Frame::Kv {
                 namespace,
                 key,
                 value,
-            } => image.kv.push(KvRecord {
-                namespace,
-                key,
-                value,
-            }),
-            Frame::Session { client_id, session } => image.sessions.push((client_id, session)),
-            Frame::End { kv, sessions, crc } => {
+            } => {
+                kv += 1;
+                sink(ImageRecord::Kv(KvRecord {
+                    namespace,
+                    key,
+                    value,
+                }))?;
+            }
+            Frame::Session { client_id, session } => {
+                sessions += 1;
+                sink(ImageRecord::Session(client_id, session))?;
+            }
+            Frame::End {
+                kv: want_kv,
+                sessions: want_sessions,
+                crc,
+            } => {
                 if crc != hasher.clone().finalize() {
                     return Err(bad(index, "checksum mismatch".into()));
                 }
-                if kv != image.kv.len() as u64 || sessions != image.sessions.len() as u64 {
+                if kv != want_kv || sessions != want_sessions {
                     return Err(bad(index, "record counts do not match".into()));
                 }
-                if !rest.is_empty() {
-                    return Err(bad(
-                        index,
-                        format!("{} bytes after the end frame", rest.len()),
-                    ));
+                let mut extra = [0u8; 1];
+                if r.read(&mut extra).map_err(|e| bad(index, e.to_string()))? != 0 {
+                    return Err(bad(index, "bytes after the end frame".into()));
                 }
-                return Ok(image);
+                return meta.ok_or_else(|| bad(0, "no header".into()));
             }
         }
-        hasher.update(consumed);
-        first = false;
+        hasher.update(&len);
+        hasher.update(&buf);
     }
+}
+
+/// Reads a whole image without keeping it: is it intact, and where does it stand?
+///
+/// ```
+/// use keel_storage::{MemStorage, SnapshotChunks, Storage, verify_image};
+/// let store = MemStorage::new();
+/// let image: Vec<u8> = SnapshotChunks::new(store.view()?, 64 * 1024)
+///     .collect::<Result<Vec<_>, _>>()?
+///     .concat();
+/// assert_eq!(verify_image(&mut image.as_slice())?.index, 0);
+/// assert!(verify_image(&mut &image[..image.len() - 1]).is_err());
+/// # Ok::<(), keel_storage::StorageError>(())
+/// ```
+pub fn verify_image(r: &mut dyn Read) -> Result<SnapshotMeta, StorageError> {
+    read_image(r, |_| Ok(()))
+}
+
+fn read_exact(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<()> {
+    r.read_exact(buf)
+}
+
+/// Decodes and verifies a whole image into memory.
+#[cfg(test)]
+fn decode(r: &mut dyn Read) -> Result<Image, StorageError> {
+    let mut image = Image::default();
+    read_image(r, |rec| {
+        match rec {
+            ImageRecord::Kv(kv) => image.kv.push(kv),
+            ImageRecord::Session(id, s) => image.sessions.push((id, s)),
+        }
+        Ok(())
+    })?;
+    Ok(image)
 }
 
 #[cfg(test)]
@@ -293,18 +359,27 @@ mod tests {
     fn a_truncated_or_altered_image_is_refused() {
         let store = crate::MemStorage::new();
         let view = crate::Storage::view(&store).expect("view");
-        let snap = SnapshotChunks::new(view, 1024)
-            .into_snapshot()
-            .expect("image");
-        assert!(decode(&snap.data).is_ok());
-        for cut in 0..snap.data.len() {
+        let data: Vec<u8> = SnapshotChunks::new(view, 1024)
+            .collect::<Result<Vec<_>, _>>()
+            .expect("image")
+            .concat();
+        assert!(decode(&mut data.as_slice()).is_ok());
+        for cut in 0..data.len() {
             assert!(
-                decode(&snap.data[..cut]).is_err(),
+                decode(&mut &data[..cut]).is_err(),
                 "prefix of {cut} bytes accepted"
             );
         }
-        let mut longer = snap.data.clone();
+        let mut longer = data.clone();
         longer.push(0);
-        assert!(decode(&longer).is_err());
+        assert!(decode(&mut longer.as_slice()).is_err());
+        for at in 0..data.len() {
+            let mut flipped = data.clone();
+            flipped[at] ^= 0x40;
+            assert!(
+                decode(&mut flipped.as_slice()).is_err(),
+                "a flipped bit at byte {at} accepted"
+            );
+        }
     }
 }

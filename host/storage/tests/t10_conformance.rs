@@ -4,7 +4,7 @@
 mod common;
 
 use common::{batch, entries, entry};
-use keel_raft::{ClusterConfig, ClusterId, HardState, Snapshot, SnapshotMeta};
+use keel_raft::{ClusterConfig, ClusterId, HardState, SnapshotMeta};
 use keel_storage::{
     ApplyBatch, Identity, KvRange, KvWrite, LogBounds, LogId, LogWrite, MemStorage, RedbStorage,
     Session, SnapshotChunks, StateView, Storage, StorageError, StorageOptions,
@@ -618,7 +618,7 @@ fn a_snapshot_streams_a_point_in_time_while_applies_go_on<H: Harness>() {
     target
         .store()
         .persist(LogWrite {
-            snapshot: Some(&snap),
+            snapshot: Some(&snap.image()),
             ..LogWrite::default()
         })
         .expect("install");
@@ -632,7 +632,7 @@ fn a_snapshot_streams_a_point_in_time_while_applies_go_on<H: Harness>() {
 fn installing_a_snapshot_replaces_state_and_conflicting_log<H: Harness>() {
     let source = populated::<H>();
     let snap = SnapshotChunks::new(source.store().view().expect("view"), 4096)
-        .into_snapshot()
+        .into_snapshot_for_test()
         .expect("snapshot");
     let target = H::new();
     let t = target.store();
@@ -649,7 +649,7 @@ fn installing_a_snapshot_replaces_state_and_conflicting_log<H: Harness>() {
     })
     .expect("apply");
     t.persist(LogWrite {
-        snapshot: Some(&snap),
+        snapshot: Some(&snap.image()),
         ..LogWrite::default()
     })
     .expect("install");
@@ -676,7 +676,7 @@ fn installing_a_snapshot_replaces_state_and_conflicting_log<H: Harness>() {
 fn installing_a_snapshot_keeps_a_log_suffix_that_agrees<H: Harness>() {
     let source = populated::<H>();
     let snap = SnapshotChunks::new(source.store().view().expect("view"), 4096)
-        .into_snapshot()
+        .into_snapshot_for_test()
         .expect("snapshot");
     let target = H::new();
     let t = target.store();
@@ -686,7 +686,7 @@ fn installing_a_snapshot_keeps_a_log_suffix_that_agrees<H: Harness>() {
             term: 2,
             vote: None,
         }),
-        snapshot: Some(&snap),
+        snapshot: Some(&snap.image()),
         entries: &entries(13, 14, 2),
     })
     .expect("install with entries");
@@ -707,7 +707,7 @@ fn installing_a_snapshot_keeps_a_log_suffix_that_agrees<H: Harness>() {
 fn a_damaged_or_stale_snapshot_is_refused_whole<H: Harness>() {
     let source = populated::<H>();
     let snap = SnapshotChunks::new(source.store().view().expect("view"), 4096)
-        .into_snapshot()
+        .into_snapshot_for_test()
         .expect("snapshot");
     let target = H::new();
     let t = target.store();
@@ -724,7 +724,7 @@ fn a_damaged_or_stale_snapshot_is_refused_whole<H: Harness>() {
                     term: 9,
                     vote: None,
                 }),
-                snapshot: Some(&bad),
+                snapshot: Some(&bad.image()),
                 entries: &[],
             })
             .expect_err(why);
@@ -736,13 +736,13 @@ fn a_damaged_or_stale_snapshot_is_refused_whole<H: Harness>() {
     assert_eq!(t.hard_state().expect("hs"), HardState::default());
     assert_eq!(t.log_bounds().expect("bounds").last, id(3, 1));
     t.persist(LogWrite {
-        snapshot: Some(&snap),
+        snapshot: Some(&snap.image()),
         ..LogWrite::default()
     })
     .expect("install");
     let err = t
         .persist(LogWrite {
-            snapshot: Some(&snap),
+            snapshot: Some(&snap.image()),
             ..LogWrite::default()
         })
         .expect_err("stale");
@@ -859,7 +859,7 @@ fn the_bootstrap_configuration_is_in_snapshots_and_survives_a_restart<H: Harness
     append(h.store(), &entries(1, 3, 1));
     h.store().apply(&batch(&entries(1, 3, 1))).expect("apply");
     let snap = SnapshotChunks::new(h.store().view().expect("view"), 100)
-        .into_snapshot()
+        .into_snapshot_for_test()
         .expect("snapshot");
     assert_eq!(snap.meta.config, config, "the image carries the membership");
     let other = ClusterConfig {
@@ -919,9 +919,34 @@ suite!(
 fn both_stores_produce_identical_snapshot_images() {
     fn image<S: Storage>(s: &S) -> Snapshot {
         SnapshotChunks::new(s.view().expect("view"), 100)
-            .into_snapshot()
+            .into_snapshot_for_test()
             .expect("snapshot")
     }
     let (r, m) = (populated::<RedbH>(), populated::<MemH>());
     assert_eq!(image(r.store()), image(m.store()));
+}
+
+/// A whole image in memory, as tests hold one.
+#[derive(Clone, Debug, PartialEq)]
+struct Snapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+impl Snapshot {
+    fn image(&self) -> keel_storage::SnapshotImage {
+        keel_storage::SnapshotImage::new(self.meta.clone(), std::io::Cursor::new(self.data.clone()))
+    }
+}
+
+trait IntoSnapshot {
+    fn into_snapshot_for_test(self) -> Result<Snapshot, keel_storage::StorageError>;
+}
+
+impl<V: keel_storage::StateView> IntoSnapshot for keel_storage::SnapshotChunks<V> {
+    fn into_snapshot_for_test(self) -> Result<Snapshot, keel_storage::StorageError> {
+        let meta = self.meta().clone();
+        let data = self.collect::<Result<Vec<_>, _>>()?.concat();
+        Ok(Snapshot { meta, data })
+    }
 }

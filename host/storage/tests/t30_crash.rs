@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{batch, effects, entries, entry};
-use keel_raft::{HardState, Snapshot, SnapshotMeta};
+use keel_raft::{HardState, SnapshotMeta};
 use keel_storage::{
     BOOT_FILE, DATA_FILE, LogId, LogWrite, MemStorage, RedbStorage, Session, SnapshotChunks,
     StateView, Storage, StorageOptions,
@@ -182,9 +182,10 @@ fn crash_child() {
             let index = rng.range(applied.index + 1, last.index);
             let snap = image_ahead(&store, applied.index, index);
             say(&mut out, format_args!("INSTALL {index}"));
+            let image = snap.image();
             store
                 .persist(LogWrite {
-                    snapshot: Some(&snap),
+                    snapshot: Some(&image),
                     ..LogWrite::default()
                 })
                 .expect("install");
@@ -233,11 +234,12 @@ fn crash_child() {
 /// `index` applied on a memory store.
 fn image_ahead(store: &RedbStorage, applied: u64, index: u64) -> Snapshot {
     let own = SnapshotChunks::new(store.view().expect("view"), 4096)
-        .into_snapshot()
+        .into_snapshot_for_test()
         .expect("image");
     let mem = MemStorage::new();
+    let image = own.image();
     mem.persist(LogWrite {
-        snapshot: Some(&own),
+        snapshot: Some(&image),
         ..LogWrite::default()
     })
     .expect("seed");
@@ -251,7 +253,7 @@ fn image_ahead(store: &RedbStorage, applied: u64, index: u64) -> Snapshot {
     .expect("append");
     mem.apply(&batch(&es)).expect("apply");
     SnapshotChunks::new(mem.view().expect("view"), 4096)
-        .into_snapshot()
+        .into_snapshot_for_test()
         .expect("image")
 }
 
@@ -624,4 +626,29 @@ fn a_newest_commit_damaged_after_sigkill_is_never_rolled_back() {
     }
     eprintln!("damaged newest commit after SIGKILL: {refused} opens refused, {intact} intact");
     assert!(refused > 0);
+}
+
+/// A whole image in memory, as tests hold one.
+#[derive(Clone, Debug, PartialEq)]
+struct Snapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+impl Snapshot {
+    fn image(&self) -> keel_storage::SnapshotImage {
+        keel_storage::SnapshotImage::new(self.meta.clone(), std::io::Cursor::new(self.data.clone()))
+    }
+}
+
+trait IntoSnapshot {
+    fn into_snapshot_for_test(self) -> Result<Snapshot, keel_storage::StorageError>;
+}
+
+impl<V: keel_storage::StateView> IntoSnapshot for keel_storage::SnapshotChunks<V> {
+    fn into_snapshot_for_test(self) -> Result<Snapshot, keel_storage::StorageError> {
+        let meta = self.meta().clone();
+        let data = self.collect::<Result<Vec<_>, _>>()?.concat();
+        Ok(Snapshot { meta, data })
+    }
 }

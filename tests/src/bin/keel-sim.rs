@@ -94,9 +94,12 @@ fn main() -> ExitCode {
     };
     let began = Instant::now();
     let (mut steps, mut violations) = (0u64, 0u64);
+    let (mut staged, mut resumed) = (0u64, 0u64);
     for seed in start..start + count {
         let out = run_seed(config(&args, seed));
         steps += out.steps;
+        staged += out.snapshots_staged;
+        resumed += out.snapshot_resumes;
         if let Some(v) = out.violation {
             violations += 1;
             if !args.trace {
@@ -117,7 +120,10 @@ fn main() -> ExitCode {
         count as f64 / secs,
         steps as f64 / secs
     );
-    println!("sim: {count} seeds, {steps} steps, {violations} violations");
+    println!(
+        "sim: {count} seeds, {steps} steps, {violations} violations \
+         ({staged} snapshot images staged, {resumed} transfers resumed)"
+    );
     if violations > 0 {
         ExitCode::FAILURE
     } else {

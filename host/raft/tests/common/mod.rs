@@ -17,7 +17,7 @@ use keel_raft::testkit::{Bug, Bugs};
 use keel_raft::{
     ClusterConfig, ClusterId, Command, Config, Entry, Event, HardState, Index, InitialState,
     Message, MessageBody, NodeId, Payload, ProposeError, Raft, ReadMode, ReadState, Record, Role,
-    Snapshot, SnapshotMeta, Term,
+    SnapshotMeta, Term,
 };
 
 /// The cluster UUID every test node belongs to.
@@ -57,7 +57,7 @@ pub(crate) fn entry(index: Index, term: Term) -> Entry {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Disk {
     pub(crate) hard_state: HardState,
-    pub(crate) snapshot: Snapshot,
+    pub(crate) snapshot: SnapshotMeta,
     pub(crate) entries: Vec<Entry>,
 }
 
@@ -65,7 +65,7 @@ pub(crate) struct Disk {
 #[derive(Debug)]
 struct Write {
     hard_state: Option<HardState>,
-    snapshot: Option<Snapshot>,
+    snapshot: Option<SnapshotMeta>,
     entries: Vec<Entry>,
     persisted_messages: Vec<Message>,
     persist_point: Option<(Index, Term)>,
@@ -250,7 +250,7 @@ impl Node {
             hard_state: self.disk.hard_state,
             snapshot: self.disk.snapshot.clone(),
             entries: self.disk.entries.clone(),
-            applied: self.disk.snapshot.meta.index,
+            applied: self.disk.snapshot.index,
         };
         self.applied.clear();
         self.pending_writes.clear();
@@ -404,8 +404,7 @@ impl Cluster {
         id: NodeId,
         index: Index,
     ) -> Result<(), keel_raft::CompactError> {
-        let data = format!("state@{index}").into_bytes();
-        self.raft_mut(id).compact(index, data)?;
+        self.raft_mut(id).compact(index)?;
         // A real driver persists its snapshot too; the harness keeps the disk in step.
         let r = self.raft(id);
         let meta = SnapshotMeta {
@@ -415,10 +414,7 @@ impl Cluster {
         };
         let node = self.node_mut(id);
         node.disk.entries.retain(|e| e.index > index);
-        node.disk.snapshot = Snapshot {
-            meta,
-            data: format!("state@{index}").into_bytes(),
-        };
+        node.disk.snapshot = meta;
         Ok(())
     }
 
@@ -432,7 +428,7 @@ impl Cluster {
                 Record::Config(c) => Some(c.clone()),
                 _ => None,
             })
-            .unwrap_or_else(|| disk.snapshot.meta.config.clone())
+            .unwrap_or_else(|| disk.snapshot.config.clone())
     }
 
     /// Puts a message into the network as if a peer had sent it.
@@ -598,10 +594,7 @@ impl Cluster {
         if let Some(snap) = w.snapshot {
             // The core dropped its whole log for the snapshot (§7); the disk does the same,
             // and the state machine restarts from the image.
-            lines.push(format!(
-                "  write: snapshot {}/{}",
-                snap.meta.index, snap.meta.term
-            ));
+            lines.push(format!("  write: snapshot {}/{}", snap.index, snap.term));
             node.disk.entries.clear();
             node.disk.snapshot = snap;
             node.applied.clear();
