@@ -114,6 +114,11 @@ pub(crate) enum Cmd {
         #[arg(long = "attach", value_name = "SHA256", value_delimiter = ',')]
         attach: Vec<String>,
     },
+    /// Back up the cluster's state and restore it (docs/snapshots.md).
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCmd,
+    },
     /// Store and fetch blobs: bytes beside the log, named by their SHA-256 (docs/blobs.md).
     Blob {
         #[command(subcommand)]
@@ -227,6 +232,25 @@ pub(crate) enum BlobCmd {
         sha256: String,
         /// Where to write it [default: standard output].
         file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SnapshotCmd {
+    /// Save a backup (the applied state and the blobs it needs, a tar file) to FILE, from
+    /// the first endpoint that answers; verified whole before FILE takes its name.
+    Save {
+        /// Where to write it.
+        file: PathBuf,
+    },
+    /// Restore a backup into the data directory of the node CONFIG describes (which must not
+    /// hold a node yet); restore every member from the same file, then start them.
+    Restore {
+        /// The backup.
+        file: PathBuf,
+        /// The node's config file (its id, cluster id and data directory).
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 

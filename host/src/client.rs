@@ -246,6 +246,53 @@ impl Client {
         self.call(Method::PUT, &path, wasm, false, headers).await
     }
 
+    /// `GET path` from the first endpoint that answers 200, streamed into `dest` (created or
+    /// truncated). Returns the answer's status and headers, and the bytes written; a
+    /// non-200 answer's body is in the error.
+    pub async fn download(
+        &mut self,
+        path: &str,
+        dest: &std::path::Path,
+    ) -> anyhow::Result<(hyper::HeaderMap, u64)> {
+        use std::io::Write as _;
+        let mut last = String::from("no endpoints given");
+        for endpoint in self.endpoints.clone() {
+            let req = Request::builder()
+                .method(Method::GET)
+                .uri(format!("{endpoint}{path}"))
+                .body(Full::new(Bytes::new()).boxed())
+                .context("building the request")?;
+            let resp = match self.http.request(req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    last = format!("{endpoint}: {e}");
+                    continue;
+                }
+            };
+            let (parts, mut body) = resp.into_parts();
+            if parts.status != StatusCode::OK {
+                let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                bail!("{endpoint} answered {}: {}", parts.status, String::from_utf8_lossy(&bytes));
+            }
+            let mut file = std::io::BufWriter::with_capacity(
+                1 << 20,
+                std::fs::File::create(dest).with_context(|| dest.display().to_string())?,
+            );
+            let mut n = 0u64;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.with_context(|| format!("{endpoint}: the download broke off"))?;
+                if let Ok(data) = frame.into_data() {
+                    file.write_all(&data)?;
+                    n += data.len() as u64;
+                }
+            }
+            file.flush()?;
+            file.get_ref().sync_all()?;
+            return Ok((parts.headers, n));
+        }
+        bail!("{last}")
+    }
+
     /// `GET path` on the first endpoint that answers.
     pub async fn get(&mut self, path: &str) -> anyhow::Result<Answer> {
         self.call(Method::GET, path, Vec::new(), false, &[]).await

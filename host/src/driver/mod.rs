@@ -51,8 +51,11 @@ use crate::metrics::Metrics;
 use crate::peer::snapshot::StagedImage;
 use crate::state::{self, Applied, CommandOutcome, Registry, Unflushed};
 
-/// Flush sooner when this many keys and sessions are waiting.
+/// Flush sooner when this many keys and sessions are waiting,
 const FLUSH_AT: usize = 50_000;
+/// or this many bytes of keys and values: the write-back layer's memory stays bounded
+/// whatever the values' size (issue #16).
+const FLUSH_AT_BYTES: usize = 32 << 20;
 
 type Reply = oneshot::Sender<CommandReply>;
 
@@ -709,9 +712,9 @@ impl Driver {
             let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
             let unflushed = Arc::make_mut(&mut slot);
             unflushed.absorb(applied.batch);
-            unflushed.len()
+            (unflushed.len(), unflushed.bytes())
         };
-        if waiting >= FLUSH_AT {
+        if waiting.0 >= FLUSH_AT || waiting.1 >= FLUSH_AT_BYTES {
             self.flush();
         }
         tracing::debug!(target: "keel::txn", last = %last, n = entries.len(), "applied");

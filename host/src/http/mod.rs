@@ -2,6 +2,7 @@
 //! the receiving end of the peer transport (`peer`; the sending end is [`crate::peer`],
 //! design §1).
 
+mod backup;
 pub mod blob_gc;
 pub mod blobs;
 pub mod dashboard;
@@ -44,6 +45,7 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, ["v1", "raft"]) => peer::peer_messages(&node, req).await,
         (&Method::POST, ["v1", "raft", "stream"]) => peer::peer_stream(&node, req).await,
         (&Method::POST, ["v1", "raft", "snapshot"]) => peer::peer_snapshot(&node, req).await,
+        (&Method::GET, ["v1", "snapshot"]) => backup::save(&node).await,
         (&Method::POST, ["v1", "plugins", plugin, "commands"]) => {
             let plugin = plugin.to_string();
             command(&node, req, plugin).await

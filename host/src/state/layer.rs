@@ -31,6 +31,9 @@ pub struct Unflushed {
     sessions: BTreeMap<u64, Option<Session>>,
     last_applied: Option<LogId>,
     config: Option<keel_raft::ClusterConfig>,
+    /// Bytes of keys and values absorbed (overwrites counted again): what the layer costs in
+    /// memory, at most.
+    bytes: usize,
     /// The layer a flush under way is writing to storage (never itself flushing).
     flushing: Option<Arc<Unflushed>>,
 }
@@ -39,6 +42,7 @@ impl Unflushed {
     /// Adds an applied batch on top (later writes win).
     pub fn absorb(&mut self, batch: ApplyBatch) {
         for w in batch.writes {
+            self.bytes += w.namespace.len() + w.key.len() + w.value.as_ref().map_or(0, Vec::len);
             self.writes.insert((w.namespace, w.key), w.value);
         }
         self.sessions.extend(batch.sessions);
@@ -56,6 +60,11 @@ impl Unflushed {
     /// Keys and sessions held, the layer being flushed included.
     pub fn len(&self) -> usize {
         self.writes.len() + self.sessions.len() + self.flushing.as_ref().map_or(0, |f| f.len())
+    }
+
+    /// Bytes of keys and values held, the layer being flushed included (an upper bound).
+    pub fn bytes(&self) -> usize {
+        self.bytes + self.flushing.as_ref().map_or(0, |f| f.bytes())
     }
 
     /// Starts a flush: the layer in `slot` becomes the one being flushed, under a new empty
