@@ -43,6 +43,13 @@ node_pid() { pgrep -f "$out/keel/node-$1/config.json" | head -1; }
 node_url() { jq -r ".nodes[] | select(.id == $1) | .url" "$out/keel/cluster.json"; }
 status() { curl -fsS --max-time 2 "$(node_url "$1")/v1/status" 2>/dev/null || true; }
 ms() { date +%s%3N; }
+kill_node() { # id: SIGKILL, and wait until the process is gone (its port free again)
+  local p; p=$(node_pid "$1" || true)
+  [[ -z "$p" ]] && return 0
+  kill -9 "$p" 2>/dev/null || true
+  # Gone, or a zombie (its sockets closed) not yet reaped by its parent.
+  while [[ -e /proc/$p ]] && [[ $(awk '{print $3}' "/proc/$p/stat" 2>/dev/null) != Z ]]; do sleep 0.05; done
+}
 
 # Samples each node's VmRSS into $out/rss.PHASE.ID (the peak, in KiB) until killed.
 sample_rss() { # phase
@@ -94,8 +101,14 @@ for mb in $sizes; do
   # --- write
   start_sampling write
   t0=$(ms)
-  res=$(wrk -t1 -c"$conc" -d7200s --timeout 10s --latency -s "$here/keel-fill.lua" "$leader" -- "$keys" 1000 2>&1 | grep '^RESULT' || echo "RESULT FAILED")
+  rm -f "$out/filled"
+  wrk -t1 -c"$conc" -d7200s --timeout 10s --latency -s "$here/keel-fill.lua" "$leader" -- "$keys" 1000 "$out/filled" > "$out/fill.txt" 2>&1 &
+  wrk_pid=$!
+  while [[ ! -e "$out/filled" ]] && kill -0 "$wrk_pid" 2>/dev/null; do sleep 0.2; done
   t1=$(ms)
+  kill -INT "$wrk_pid" 2>/dev/null || true
+  wait "$wrk_pid" 2>/dev/null || true
+  res=$(grep '^RESULT' "$out/fill.txt" || echo "RESULT FAILED: $(tail -3 "$out/fill.txt" | tr '\n' ' ')")
   stop_sampling
   echo "size=$mb write secs=$(( (t1 - t0) / 1000 )) $res peak_rss_mib=[$(peak write)]"
   write_rps=$(sed -n 's/.* rps=\([0-9.]*\).*/\1/p' <<<"$res")
@@ -109,16 +122,21 @@ for mb in $sizes; do
   put_rps=$(sed -n 's/.* rps=\([0-9.]*\).*/\1/p' <<<"$put")
   put_p99=$(sed -n 's/.* p99_us=\([0-9]*\).*/\1/p' <<<"$put")
 
-  # --- catch-up of an empty follower by snapshot
+  # --- catch-up of an empty follower by snapshot. A node that lost its data directory must
+  # not come back under its old membership (Raft assumes its acknowledged log is still
+  # there; the leader ignores its rejections as stale): it is removed, wiped, started with
+  # --join, and added again, as an operator replaces a disk.
   lid=$(leader_id)
   f=$(( lid % 3 + 1 ))
-  target=$(jq -r '.applied_index' <<<"$(status "$lid")")
-  kill -9 "$(node_pid "$f")"
-  sleep 0.5
+  lurl=$(node_url "$lid")
+  kill_node "$f"
+  "$keel" --endpoints "$lurl" member remove "$f" >> "$out/member.log" 2>&1
   rm -rf "$out/keel/node-$f/data"
+  target=$(jq -r '.applied_index' <<<"$(status "$lid")")
   start_sampling catchup
+  "$keel" serve --config "$out/keel/node-$f/config.json" --join "$lurl" >> "$out/keel/node-$f/keel.log" 2>&1 &
   t0=$(ms)
-  "$keel" serve --config "$out/keel/node-$f/config.json" >> "$out/keel/node-$f/keel.log" 2>&1 &
+  "$keel" --endpoints "$lurl" member add "$f" "$(node_url "$f")" >> "$out/member.log" 2>&1
   if wait_applied "$f" "$target" 1800; then
     t1=$(ms)
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", (b - a) / 1000}')
@@ -126,6 +144,7 @@ for mb in $sizes; do
   else
     secs="timeout" mbs=0
   fi
+  "$keel" --endpoints "$lurl" member promote "$f" >> "$out/member.log" 2>&1 || true
   sleep 1
   stop_sampling
   echo "size=$mb catchup node=$f secs=$secs mb_per_s=$mbs peak_rss_mib=[$(peak catchup)]"
@@ -134,7 +153,7 @@ for mb in $sizes; do
   lid=$(leader_id)
   had=$(jq -r '.applied_index' <<<"$(status "$lid")")
   start_sampling restart
-  kill -9 "$(node_pid "$lid")"
+  kill_node "$lid"
   t0=$(ms)
   "$keel" serve --config "$out/keel/node-$lid/config.json" >> "$out/keel/node-$lid/keel.log" 2>&1 &
   others=()

@@ -115,7 +115,12 @@ fn write_inner(
             hash: *hash,
             at: 0,
         };
-        append(&mut tar, &format!("blobs/{}", blobs::hex(hash)), *len, reader)?;
+        append(
+            &mut tar,
+            &format!("blobs/{}", blobs::hex(hash)),
+            *len,
+            reader,
+        )?;
     }
     tar.into_inner()?.flush()?;
     Ok(manifest)

@@ -271,8 +271,16 @@ impl Client {
             };
             let (parts, mut body) = resp.into_parts();
             if parts.status != StatusCode::OK {
-                let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                bail!("{endpoint} answered {}: {}", parts.status, String::from_utf8_lossy(&bytes));
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                bail!(
+                    "{endpoint} answered {}: {}",
+                    parts.status,
+                    String::from_utf8_lossy(&bytes)
+                );
             }
             let mut file = std::io::BufWriter::with_capacity(
                 1 << 20,

@@ -44,8 +44,14 @@ pub struct NodeConfig {
     pub blob_gc_grace_ms: u64,
     /// Command timeout when the client sends no `Keel-Timeout-Ms`.
     pub default_timeout_ms: u64,
-    /// Take a snapshot and compact the log every this many applied entries.
+    /// Take a snapshot and compact the log every this many applied entries,
     pub snapshot_every: u64,
+    /// or once the entries applied since the last one hold this many bytes of command
+    /// bodies: the in-memory log stays bounded whatever the commands' size (issue #16).
+    pub snapshot_every_bytes: u64,
+    /// Storage's page cache (redb), in bytes: most of a node's memory beyond the plugins'.
+    /// Half of it at most buffers a write transaction's pages (a snapshot install's too).
+    pub storage_cache_bytes: u64,
     /// Deploy the built-in example kv plugin (as `kv`) when the cluster has none.
     pub builtin_kv: bool,
     /// Every durable commit two-phase (two fsyncs). Off by default: log appends are one-phase
@@ -105,6 +111,8 @@ impl Default for NodeConfig {
             blob_gc_grace_ms: 600_000,
             default_timeout_ms: 5_000,
             snapshot_every: 10_000,
+            snapshot_every_bytes: 64 << 20,
+            storage_cache_bytes: 64 << 20,
             builtin_kv: true,
             two_phase_commit: false,
             apply_flush_ms: 100,
@@ -250,6 +258,8 @@ mod tests {
             blob_gc_grace_ms: 6_666,
             default_timeout_ms: 1_234,
             snapshot_every: 777,
+            snapshot_every_bytes: 1_000_001,
+            storage_cache_bytes: 2_000_002,
             builtin_kv: false,
             two_phase_commit: true,
             apply_flush_ms: 33,

@@ -48,7 +48,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             Some(url) => keel::join::through(cfg, url).await?,
             None => cfg,
         };
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
+        let listener = bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
         let (id, url) = (cfg.id, cfg.url());
@@ -378,6 +378,28 @@ fn blob_get(g: &Global, sha256: &str, output: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// Binds the listener, retrying for a few seconds while the port is still taken: a node
+/// restarted at once after a crash can find its port held for a moment (by sockets of the
+/// process that died, or a client's ephemeral port).
+async fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && waited < Duration::from_secs(10) =>
+            {
+                if waited.is_zero() {
+                    tracing::warn!(target: "keel::raft", %addr, "the port is taken; retrying for up to 10 s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                waited += Duration::from_millis(100);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// `keel snapshot save FILE`: streamed to `FILE.part`, verified whole, then renamed.
 fn snapshot_save(g: &Global, file: &std::path::Path) -> ExitCode {
     let ctx = match Ctx::new(g) {
@@ -386,9 +408,8 @@ fn snapshot_save(g: &Global, file: &std::path::Path) -> ExitCode {
     };
     let part = file.with_extension("part");
     let started = std::time::Instant::now();
-    let got = runtime().and_then(|rt| {
-        rt.block_on(async { ctx.client().download("/v1/snapshot", &part).await })
-    });
+    let got = runtime()
+        .and_then(|rt| rt.block_on(async { ctx.client().download("/v1/snapshot", &part).await }));
     let bytes = match got {
         Ok((_, n)) => n,
         Err(e) => {
@@ -415,7 +436,10 @@ fn snapshot_save(g: &Global, file: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             let _ = std::fs::remove_file(&part);
-            fail("snapshot save", e.context("the backup received is not whole"))
+            fail(
+                "snapshot save",
+                e.context("the backup received is not whole"),
+            )
         }
     }
 }

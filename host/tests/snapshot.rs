@@ -10,7 +10,10 @@ use std::time::Duration;
 use common::{keel_exe, kill_all, rt, start_nodes, wait_for_leader};
 
 fn keel(args: &[&str]) -> std::process::Output {
-    Command::new(keel_exe()).args(args).output().expect("run keel")
+    Command::new(keel_exe())
+        .args(args)
+        .output()
+        .expect("run keel")
 }
 
 fn text(o: &std::process::Output) -> String {
@@ -28,11 +31,23 @@ fn a_saved_backup_restores_a_whole_cluster_and_a_damaged_one_is_refused() {
     let endpoints = urls.join(",");
     rt().block_on(async { wait_for_leader(&urls, Duration::from_secs(60)).await });
     for i in 0..250 {
-        let o = keel(&["--endpoints", &endpoints, "put", &format!("k{i}"), &format!("v{i}")]);
+        let o = keel(&[
+            "--endpoints",
+            &endpoints,
+            "put",
+            &format!("k{i}"),
+            &format!("v{i}"),
+        ]);
         assert!(o.status.success(), "put: {}", text(&o));
     }
     let backup = cluster.dir.path().join("cluster.backup");
-    let o = keel(&["--endpoints", &endpoints, "snapshot", "save", backup.to_str().expect("path")]);
+    let o = keel(&[
+        "--endpoints",
+        &endpoints,
+        "snapshot",
+        "save",
+        backup.to_str().expect("path"),
+    ]);
     assert!(o.status.success(), "save: {}", text(&o));
     assert!(text(&o).contains("saved"), "{}", text(&o));
     let o = keel(&["--endpoints", &endpoints, "put", "after", "the-backup"]);

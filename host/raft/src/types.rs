@@ -96,6 +96,16 @@ pub enum Record {
 }
 
 impl Record {
+    /// Bytes of command bodies the entry holds itself (not by reference): roughly what it
+    /// costs in memory beyond a few dozen bytes.
+    pub fn inline_bytes(&self) -> usize {
+        match self {
+            Record::Command(c) => c.payload.inline_bytes(),
+            Record::Batch(cmds) => cmds.iter().map(|c| c.payload.inline_bytes()).sum(),
+            _ => 0,
+        }
+    }
+
     /// The blobs this record names (design §6): a deployment's plugin binary, the payloads
     /// of reference-only commands. A node applies the record only once it holds them all.
     pub fn blobs(&self) -> Vec<[u8; 32]> {
@@ -162,6 +172,15 @@ pub struct BlobRef {
 }
 
 impl Payload {
+    /// Bytes held inline (a reference holds none).
+    pub fn inline_bytes(&self) -> usize {
+        match self {
+            Payload::Inline(b) => b.len(),
+            Payload::Ref { .. } => 0,
+            Payload::Attached { body, .. } => body.inline_bytes(),
+        }
+    }
+
     /// The command's own bytes: this payload, or the body of an `Attached` one.
     pub fn body(&self) -> &Payload {
         match self {

@@ -172,6 +172,8 @@ pub struct Driver {
     apply_epoch: u64,
     snapshot_index: Index,
     snapshot_state: SnapshotState,
+    /// Bytes of command bodies applied since the last snapshot (`snapshot_every_bytes`).
+    bytes_since_snapshot: u64,
     /// Images received with `InstallSnapshot` messages stepped since the last Ready: the
     /// one the core decides to install is taken from here (issue #16).
     staged: Vec<StagedImage>,
@@ -250,6 +252,7 @@ impl Driver {
             snapshot_index,
             snapshot_state: SnapshotState::Idle,
             staged: Vec::new(),
+            bytes_since_snapshot: 0,
             deploy_in_flight: None,
             fetching: None,
             sweeping: Default::default(),
@@ -567,6 +570,7 @@ impl Driver {
             self.metrics.snapshots_installed.inc();
             self.applied = snap.index;
             self.snapshot_index = snap.index;
+            self.bytes_since_snapshot = 0;
             // The snapshot replaces everything committed so far: what is queued or being
             // applied was computed on (or for) the state it replaced, and the replies
             // waiting on covered entries are answered now.
@@ -719,6 +723,10 @@ impl Driver {
         }
         tracing::debug!(target: "keel::txn", last = %last, n = entries.len(), "applied");
         self.metrics.applied.inc_by(entries.len() as u64);
+        self.bytes_since_snapshot += entries
+            .iter()
+            .map(|e| e.record.inline_bytes() as u64)
+            .sum::<u64>();
         // The status says applied before any client hears its answer, so a client's next
         // request never meets a status from before its own command (e.g. "plugin not
         // active yet" while the deploy it waited for is applied).

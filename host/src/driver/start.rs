@@ -159,6 +159,7 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         &cfg.data_dir.join("db"),
         keel_storage::StorageOptions {
             two_phase_commit: cfg.two_phase_commit,
+            cache_bytes: usize::try_from(cfg.storage_cache_bytes).unwrap_or(usize::MAX),
             ..keel_storage::StorageOptions::default()
         },
     )?);

@@ -142,9 +142,9 @@ impl Driver {
     /// image is built here; one is streamed from a read transaction when a follower needs
     /// it ([`Driver::send_snapshot`]). Steps: start a flush here; `Input::Flushed` compacts.
     pub(super) fn maybe_snapshot(&mut self) -> anyhow::Result<()> {
-        if self.snapshot_state != SnapshotState::Idle
-            || self.applied < self.snapshot_index + self.cfg.snapshot_every
-        {
+        let due = self.applied >= self.snapshot_index + self.cfg.snapshot_every
+            || self.bytes_since_snapshot >= self.cfg.snapshot_every_bytes;
+        if self.snapshot_state != SnapshotState::Idle || !due {
             return Ok(());
         }
         self.snapshot_state = SnapshotState::AwaitingFlush;
@@ -165,6 +165,7 @@ impl Driver {
         if self.raft.compact(meta.index).is_ok() {
             tracing::info!(target: "keel::raft", index = meta.index, "snapshot taken, log compacted");
             self.snapshot_index = meta.index;
+            self.bytes_since_snapshot = 0;
             self.io.write(WriterJob::Purge(meta));
         }
         Ok(())

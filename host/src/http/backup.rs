@@ -19,19 +19,29 @@ pub(super) async fn save(node: &NodeHandle) -> Response<Body> {
     // this node's apply.
     let (tx, rx) = oneshot::channel();
     if node.submit(Input::Flush(tx)).is_err() || rx.await.is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the node is busy or stopping");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is busy or stopping",
+        );
     }
     let (tx, rx) = oneshot::channel();
     if node.submit(Input::BlobsNeeded(tx)).is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the node is busy or stopping");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is busy or stopping",
+        );
     }
     let Ok((_, needed)) = rx.await else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "cannot tell which blobs the state needs");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cannot tell which blobs the state needs",
+        );
     };
-    let view: Box<dyn keel_storage::StateView + Send> = match keel_storage::Storage::view(&*node.storage) {
-        Ok(v) => Box::new(v),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("storage: {e}")),
-    };
+    let view: Box<dyn keel_storage::StateView + Send> =
+        match keel_storage::Storage::view(&*node.storage) {
+            Ok(v) => Box::new(v),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("storage: {e}")),
+        };
     let applied = keel_storage::StateView::applied(&*view).last_applied;
     let (chunks, rx) = mpsc::channel::<Bytes>(AHEAD);
     let blobs = node.blobs.clone();
@@ -43,7 +53,9 @@ pub(super) async fn save(node: &NodeHandle) -> Response<Body> {
     tokio::task::spawn_blocking(move || {
         let out = std::io::BufWriter::with_capacity(1 << 20, ChannelWriter(chunks));
         match crate::backup::write(view, &cluster, &blobs, &needed, &scratch, out) {
-            Ok(m) => tracing::info!(target: "keel::txn", index = m.index, blobs = m.blobs.len(), "backup streamed"),
+            Ok(m) => {
+                tracing::info!(target: "keel::txn", index = m.index, blobs = m.blobs.len(), "backup streamed")
+            }
             // The body ends short; `keel snapshot save` finds the archive incomplete.
             Err(e) => tracing::warn!(target: "keel::txn", "backup failed: {e:#}"),
         }
@@ -53,7 +65,10 @@ pub(super) async fn save(node: &NodeHandle) -> Response<Body> {
     });
     let mut r = Response::new(http_body_util::StreamBody::new(stream).boxed());
     let headers = r.headers_mut();
-    headers.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/x-tar"));
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/x-tar"),
+    );
     headers.insert("keel-snapshot-index", applied.index.into());
     headers.insert("keel-snapshot-term", applied.term.into());
     r
