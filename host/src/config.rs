@@ -84,6 +84,9 @@ pub struct NodeConfig {
     /// Allows listening without TLS on an address other than loopback (warned at start and
     /// shown in `/v1/status`). Without it such a config is refused.
     pub insecure: bool,
+    /// Once the cluster has users (docs/security.md), `/metrics` needs `read-status` too
+    /// (off: it stays open, for scrapers without a token).
+    pub metrics_auth: bool,
 }
 
 impl Default for NodeConfig {
@@ -116,6 +119,7 @@ impl Default for NodeConfig {
             plugin_history: 8,
             tls: None,
             insecure: false,
+            metrics_auth: false,
         }
     }
 }

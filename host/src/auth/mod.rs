@@ -46,3 +46,12 @@ pub fn token_id_of(token: &str) -> Option<&str> {
     let (id, _) = rest.split_once('_')?;
     (id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
+
+/// The bootstrap change: user `root` with every permission, and this token.
+pub fn init_op(token_id: String, sha256: String) -> Op {
+    Op::Init {
+        user: "root".into(),
+        token_id,
+        sha256,
+    }
+}
