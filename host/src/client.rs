@@ -94,10 +94,24 @@ pub struct Answer {
     pub uncertain: bool,
 }
 
+/// The token every [`Client`] of this process presents (the CLI installs the one it was
+/// given: `$KEEL_TOKEN`, a token file).
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes every client of this process present `token` (the first call wins).
+pub fn install_token(token: String) {
+    let _ = TOKEN.set(token);
+}
+
+/// The token [`install_token`] installed.
+pub fn installed_token() -> Option<&'static str> {
+    TOKEN.get().map(String::as_str)
+}
+
 impl Client {
-    /// A client trying `endpoints` in turn.
+    /// A client trying `endpoints` in turn (presenting the installed token, if any).
     pub fn new(endpoints: Vec<String>) -> Client {
-        Client {
+        let client = Client {
             endpoints,
             http: crate::tls::client(),
             client_id: None,
@@ -105,6 +119,10 @@ impl Client {
             deadline: None,
             progress: None,
             extra: Vec::new(),
+        };
+        match installed_token() {
+            Some(token) => client.with_token(token),
+            None => client,
         }
     }
 

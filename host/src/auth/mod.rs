@@ -8,6 +8,7 @@
 //! Every node keeps the applied table in memory ([`crate::state::Registry::auth`]) and
 //! checks requests against it. A token's secret never enters the log: only its SHA-256.
 
+pub mod bootstrap;
 mod check;
 mod table;
 
