@@ -117,7 +117,11 @@ pub fn resolve_token(
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the token file {}", path.display()))?;
         let token = text.trim().to_string();
-        anyhow::ensure!(!token.is_empty(), "the token file {} is empty", path.display());
+        anyhow::ensure!(
+            !token.is_empty(),
+            "the token file {} is empty",
+            path.display()
+        );
         Ok(token)
     };
     if let Some(path) = flag_file {
@@ -437,7 +441,8 @@ mod tests {
     }
 
     #[test]
-    fn the_token_comes_from_the_file_flag_then_the_variables_then_cluster_json_never_a_flag_value() {
+    fn the_token_comes_from_the_file_flag_then_the_variables_then_cluster_json_never_a_flag_value()
+    {
         let dir = tempfile::tempdir().expect("tempdir");
         let cwd = dir.path();
         assert_eq!(resolve_token(None, None, None, cwd).expect("none"), None);
@@ -455,10 +460,19 @@ mod tests {
         std::fs::write(cwd.join("other"), " file-token \n").expect("write");
         let other = cwd.join("other");
         let other_s = other.to_string_lossy().into_owned();
-        assert_eq!(got(None, None, Some(&other_s)).as_deref(), Some("file-token"));
-        assert_eq!(got(None, Some("env"), Some(&other_s)).as_deref(), Some("env"));
+        assert_eq!(
+            got(None, None, Some(&other_s)).as_deref(),
+            Some("file-token")
+        );
+        assert_eq!(
+            got(None, Some("env"), Some(&other_s)).as_deref(),
+            Some("env")
+        );
         assert_eq!(got(None, Some(" "), None).as_deref(), Some("dev-token"));
-        assert_eq!(got(Some(&other), Some("env"), None).as_deref(), Some("file-token"));
+        assert_eq!(
+            got(Some(&other), Some("env"), None).as_deref(),
+            Some("file-token")
+        );
         assert!(resolve_token(Some(&cwd.join("missing")), None, None, cwd).is_err());
     }
 
@@ -472,7 +486,10 @@ mod tests {
             grant_path("ops", "admin", None).expect("path"),
             "/v1/auth/roles/ops/grants/admin"
         );
-        assert!(grant_path("r", "query", None).is_err(), "query needs a plugin");
+        assert!(
+            grant_path("r", "query", None).is_err(),
+            "query needs a plugin"
+        );
         assert!(grant_path("r", "write", Some("kv")).is_err());
         assert!(grant_path("r/x", "admin", None).is_err());
     }

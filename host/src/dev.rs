@@ -202,13 +202,7 @@ pub fn existing(dir: &Path) -> anyhow::Result<Option<Vec<(NodeConfig, PathBuf)>>
 /// Runs `keel dev` until Ctrl-C. A directory that already holds a cluster resumes it, data
 /// and all, on the same ports (the membership records the nodes' addresses); `fresh`
 /// deletes it and starts a new one.
-pub async fn run(
-    n: usize,
-    dir: PathBuf,
-    fresh: bool,
-    tls: bool,
-    auth: bool,
-) -> anyhow::Result<()> {
+pub async fn run(n: usize, dir: PathBuf, fresh: bool, tls: bool, auth: bool) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the keel binary")?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;

@@ -407,9 +407,8 @@ fn auth_cmd(g: &Global, command: AuthCmd) -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail("auth init", e),
             };
-            let done = runtime().and_then(|rt| {
-                rt.block_on(keel::auth::bootstrap::init(&mut ctx.client(), &file))
-            });
+            let done = runtime()
+                .and_then(|rt| rt.block_on(keel::auth::bootstrap::init(&mut ctx.client(), &file)));
             match done {
                 Ok(keel::auth::bootstrap::Initialised::Done) => {
                     println!(
@@ -499,7 +498,9 @@ fn main() -> ExitCode {
             fresh,
             tls,
             auth,
-        } => match runtime().and_then(|rt| rt.block_on(keel::dev::run(nodes, dir, fresh, tls, auth))) {
+        } => match runtime()
+            .and_then(|rt| rt.block_on(keel::dev::run(nodes, dir, fresh, tls, auth)))
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail("dev", e),
         },

@@ -49,20 +49,33 @@ const GET: &str = r#"{"op":"get","key":"k"}"#;
 /// An admin step through `root`: it must succeed.
 async fn admin(c: &mut Client, method: Method, path: &str, body: &str) -> serde_json::Value {
     let a = call(c, method, path, body).await;
-    assert_eq!(a.status, StatusCode::OK, "{path}: {}", String::from_utf8_lossy(&a.body));
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "{path}: {}",
+        String::from_utf8_lossy(&a.body)
+    );
     json(&a)
 }
 
 #[test]
 fn tokens_and_roles_are_enforced_on_every_node() {
-    let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let cluster = start_nodes(3, |_| {});
     let urls = cluster.urls.clone();
     rt().block_on(async {
         wait_for_leader(&urls, Duration::from_secs(30)).await;
         let mut anyone = client(&urls, None);
         // Without users, authentication is off.
-        let a = call(&mut anyone, Method::POST, "/v1/plugins/kv/commands", &put("k")).await;
+        let a = call(
+            &mut anyone,
+            Method::POST,
+            "/v1/plugins/kv/commands",
+            &put("k"),
+        )
+        .await;
         assert_eq!(a.status, StatusCode::OK);
 
         let init = admin(&mut anyone, Method::POST, "/v1/auth/init", "").await;
@@ -71,20 +84,48 @@ fn tokens_and_roles_are_enforced_on_every_node() {
         assert_eq!(again.status, StatusCode::CONFLICT, "init is once");
 
         // Without a token: 401, naming what is needed; /healthz stays open.
-        let a = call(&mut anyone, Method::POST, "/v1/plugins/kv/commands", &put("k")).await;
+        let a = call(
+            &mut anyone,
+            Method::POST,
+            "/v1/plugins/kv/commands",
+            &put("k"),
+        )
+        .await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED);
         assert_eq!(json(&a)["needs"], "command:kv");
         let forged = "keel_0123456789ab_00";
-        let a = call(&mut client(&urls, Some(forged)), Method::GET, "/v1/status", "").await;
-        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "a token the cluster never issued");
+        let a = call(
+            &mut client(&urls, Some(forged)),
+            Method::GET,
+            "/v1/status",
+            "",
+        )
+        .await;
+        assert_eq!(
+            a.status,
+            StatusCode::UNAUTHORIZED,
+            "a token the cluster never issued"
+        );
         let a = call(&mut anyone, Method::GET, "/healthz", "").await;
         assert_eq!(a.status, StatusCode::OK);
 
         let mut r = client(&urls, Some(&root));
-        admin(&mut r, Method::PUT, "/v1/auth/roles/reader/grants/query:kv", "").await;
+        admin(
+            &mut r,
+            Method::PUT,
+            "/v1/auth/roles/reader/grants/query:kv",
+            "",
+        )
+        .await;
         let body = r#"{"user": "alice", "roles": ["reader"]}"#;
         admin(&mut r, Method::POST, "/v1/auth/users", body).await;
-        let made = admin(&mut r, Method::POST, "/v1/auth/tokens", r#"{"user": "alice"}"#).await;
+        let made = admin(
+            &mut r,
+            Method::POST,
+            "/v1/auth/tokens",
+            r#"{"user": "alice"}"#,
+        )
+        .await;
         let alice = made["token"].as_str().expect("a token").to_string();
         let alice_id = made["token_id"].as_str().expect("an id").to_string();
 
@@ -104,11 +145,28 @@ fn tokens_and_roles_are_enforced_on_every_node() {
         assert_eq!(json(&a)["missing"], "admin");
 
         // With `deploy:kv2`, the same user deploys kv2.
-        admin(&mut r, Method::PUT, "/v1/auth/roles/deployer/grants/deploy:kv2", "").await;
-        admin(&mut r, Method::PUT, "/v1/auth/users/alice/roles/deployer", "").await;
+        admin(
+            &mut r,
+            Method::PUT,
+            "/v1/auth/roles/deployer/grants/deploy:kv2",
+            "",
+        )
+        .await;
+        admin(
+            &mut r,
+            Method::PUT,
+            "/v1/auth/users/alice/roles/deployer",
+            "",
+        )
+        .await;
         let wasm = keel::state::BUILTIN_KV.to_vec();
         let a = al.deploy("kv2", wasm, &[]).await.expect("deploy");
-        assert_eq!(a.status, StatusCode::OK, "{}", String::from_utf8_lossy(&a.body));
+        assert_eq!(
+            a.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&a.body)
+        );
 
         // Nodes still read each other's status with authentication on (the dashboard's
         // fan-out, blob GC) and blobs by hash, as nodes; a client without a token cannot.
@@ -128,16 +186,40 @@ fn tokens_and_roles_are_enforced_on_every_node() {
         assert_eq!(a.status, StatusCode::OK, "a node reads a blob by hash");
 
         // Sessions belong to whoever opened them.
-        admin(&mut r, Method::PUT, "/v1/auth/roles/writer/grants/command:kv", "").await;
-        admin(&mut r, Method::POST, "/v1/auth/users", r#"{"user": "bob", "roles": ["writer"]}"#).await;
-        let bob_token = admin(&mut r, Method::POST, "/v1/auth/tokens", r#"{"user": "bob"}"#).await;
+        admin(
+            &mut r,
+            Method::PUT,
+            "/v1/auth/roles/writer/grants/command:kv",
+            "",
+        )
+        .await;
+        admin(
+            &mut r,
+            Method::POST,
+            "/v1/auth/users",
+            r#"{"user": "bob", "roles": ["writer"]}"#,
+        )
+        .await;
+        let bob_token = admin(
+            &mut r,
+            Method::POST,
+            "/v1/auth/tokens",
+            r#"{"user": "bob"}"#,
+        )
+        .await;
         let bob_token = bob_token["token"].as_str().expect("token").to_string();
         let mut bob = client(&urls, Some(&bob_token));
-        let a = bob.submit("kv", put("b").into_bytes()).await.expect("submit");
+        let a = bob
+            .submit("kv", put("b").into_bytes())
+            .await
+            .expect("submit");
         assert_eq!(a.status, StatusCode::OK, "bob writes in his own session");
         let (session, serial) = bob.session_state().expect("a session");
         let mut mallory = client(&urls, Some(&root)).with_session(session, serial);
-        let a = mallory.submit("kv", put("m").into_bytes()).await.expect("submit");
+        let a = mallory
+            .submit("kv", put("m").into_bytes())
+            .await
+            .expect("submit");
         assert_eq!(a.status, StatusCode::FORBIDDEN, "another user's session");
 
         // A revoked token stops working on every node, at once.
@@ -151,7 +233,11 @@ fn tokens_and_roles_are_enforced_on_every_node() {
         for url in &urls {
             let mut one = client(std::slice::from_ref(url), Some(&alice));
             let a = call(&mut one, Method::POST, "/v1/plugins/kv/query", GET).await;
-            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{url} after the revocation");
+            assert_eq!(
+                a.status,
+                StatusCode::UNAUTHORIZED,
+                "{url} after the revocation"
+            );
         }
     });
 }
@@ -193,7 +279,9 @@ fn expect(o: &Output, code: i32) -> String {
 
 #[test]
 fn the_cli_bootstraps_with_a_token_file_and_needs_admin_for_members() {
-    let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let plan = keel::dev::plan(1, dir.path()).expect("plan");
     let (cfg, path) = &plan[0];
@@ -218,17 +306,25 @@ fn the_cli_bootstraps_with_a_token_file_and_needs_admin_for_members() {
         if o.status.code() == Some(4) && token_file.exists() {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "auth never came on");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "auth never came on"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&token_file).expect("token file").permissions(),
+        &std::fs::metadata(&token_file)
+            .expect("token file")
+            .permissions(),
     );
     assert_eq!(mode & 0o077, 0, "the token file is the owner's only");
     let out = expect(&keel(cwd, &env, &["put", "k", "v"]), 4);
     assert!(out.contains("unauthenticated"), "{out}");
     let root = ["--token-file", flag.as_str()];
-    expect(&keel(cwd, &env, &[&["put", "k", "v"][..], &root].concat()), 0);
+    expect(
+        &keel(cwd, &env, &[&["put", "k", "v"][..], &root].concat()),
+        0,
+    );
     let admin = |args: &[&str]| expect(&keel(cwd, &env, &[args, &root].concat()), 0);
     admin(&["role", "grant", "reader", "query", "kv"]);
     admin(&["user", "add", "carol", "--role", "reader"]);
@@ -236,17 +332,33 @@ fn the_cli_bootstraps_with_a_token_file_and_needs_admin_for_members() {
     let carol_path = carol_file.to_string_lossy().into_owned();
     admin(&["token", "create", "carol", "--out", &carol_path]);
     let carol = std::fs::read_to_string(&carol_file).expect("carol's token");
-    let carol_env = [("KEEL_ENDPOINTS", url.as_str()), ("KEEL_TOKEN", carol.trim())];
+    let carol_env = [
+        ("KEEL_ENDPOINTS", url.as_str()),
+        ("KEEL_TOKEN", carol.trim()),
+    ];
     expect(&keel(cwd, &carol_env, &["get", "k"]), 0);
     let out = expect(&keel(cwd, &carol_env, &["put", "k", "w"]), 4);
-    assert!(out.contains("forbidden") && out.contains("command:"), "{out}");
-    let out = expect(&keel(cwd, &carol_env, &["member", "add", "9", "http://127.0.0.1:9"]), 4);
+    assert!(
+        out.contains("forbidden") && out.contains("command:"),
+        "{out}"
+    );
+    let out = expect(
+        &keel(
+            cwd,
+            &carol_env,
+            &["member", "add", "9", "http://127.0.0.1:9"],
+        ),
+        4,
+    );
     assert!(out.contains("admin"), "{out}");
     let who = expect(&keel(cwd, &carol_env, &["auth", "whoami"]), 0);
     assert!(who.contains("carol"), "{who}");
     // The token never shows in the table.
     let shown = admin(&["auth", "show"]);
-    assert!(shown.contains("carol") && !shown.contains(carol.trim()), "{shown}");
+    assert!(
+        shown.contains("carol") && !shown.contains(carol.trim()),
+        "{shown}"
+    );
 }
 
 /// A node process, killed and reaped when dropped.

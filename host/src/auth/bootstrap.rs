@@ -18,7 +18,10 @@ pub fn token_file(path: &Path) -> anyhow::Result<String> {
         Ok(text) => {
             let token = text.trim().to_string();
             if super::token_id_of(&token).is_none() {
-                bail!("{} does not hold a keel token (keel_ID_SECRET)", path.display());
+                bail!(
+                    "{} does not hold a keel token (keel_ID_SECRET)",
+                    path.display()
+                );
             }
             return Ok(token);
         }
@@ -76,7 +79,10 @@ pub async fn init(client: &mut Client, path: &Path) -> anyhow::Result<Initialise
         hyper::StatusCode::CONFLICT => Ok(Initialised::HadUsers(
             String::from_utf8_lossy(&answer.body).into_owned(),
         )),
-        s => bail!("POST /v1/auth/init: {s} {}", String::from_utf8_lossy(&answer.body)),
+        s => bail!(
+            "POST /v1/auth/init: {s} {}",
+            String::from_utf8_lossy(&answer.body)
+        ),
     }
 }
 

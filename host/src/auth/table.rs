@@ -199,7 +199,9 @@ impl AuthTable {
 
     /// Whether some user would still hold `admin` (the table must never lock everyone out).
     fn has_admin(&self) -> bool {
-        self.users.keys().any(|u| self.grants_of(u).contains(&Grant::Admin))
+        self.users
+            .keys()
+            .any(|u| self.grants_of(u).contains(&Grant::Admin))
     }
 
     /// The table as `GET /v1/auth` shows it (token hashes left out).
@@ -222,7 +224,11 @@ impl AuthTable {
     /// Applies one change: the same on every node (a function of the table, the change
     /// and the entry's clock). Returns the answer for whoever proposed it and the records
     /// to write; a refused change writes nothing and leaves the table as it was.
-    pub fn apply(&mut self, op: &Op, now_ms: u64) -> Result<(serde_json::Value, Vec<Write>), String> {
+    pub fn apply(
+        &mut self,
+        op: &Op,
+        now_ms: u64,
+    ) -> Result<(serde_json::Value, Vec<Write>), String> {
         let mut next = self.clone();
         let answer = next.change(op, now_ms)?;
         let mut writes = Vec::new();
@@ -234,11 +240,19 @@ impl AuthTable {
     fn change(&mut self, op: &Op, now_ms: u64) -> Result<serde_json::Value, String> {
         use serde_json::json;
         match op {
-            Op::Init { user, token_id, sha256 } => {
+            Op::Init {
+                user,
+                token_id,
+                sha256,
+            } => {
                 if self.enabled() {
                     // The same bootstrap again (a node restarted with its token file):
                     // nothing to do.
-                    if self.tokens.get(token_id).is_some_and(|t| &t.sha256 == sha256) {
+                    if self
+                        .tokens
+                        .get(token_id)
+                        .is_some_and(|t| &t.sha256 == sha256)
+                    {
                         return Ok(json!({"user": user, "token_id": token_id, "already": true}));
                     }
                     return Err("auth is initialised already: this cluster has users".into());
@@ -268,7 +282,8 @@ impl AuthTable {
                 for r in roles {
                     self.known_role(r)?;
                 }
-                self.users.insert(user.clone(), roles.iter().cloned().collect());
+                self.users
+                    .insert(user.clone(), roles.iter().cloned().collect());
                 Ok(json!({"user": user, "roles": roles}))
             }
             Op::UserRemove { user } => {
@@ -289,12 +304,18 @@ impl AuthTable {
             }
             Op::UserGrant { user, role } => {
                 self.known_role(role)?;
-                let roles = self.users.get_mut(user).ok_or_else(|| format!("no user {user}"))?;
+                let roles = self
+                    .users
+                    .get_mut(user)
+                    .ok_or_else(|| format!("no user {user}"))?;
                 roles.insert(role.clone());
                 Ok(json!({"user": user, "roles": roles.clone()}))
             }
             Op::UserRevoke { user, role } => {
-                let roles = self.users.get_mut(user).ok_or_else(|| format!("no user {user}"))?;
+                let roles = self
+                    .users
+                    .get_mut(user)
+                    .ok_or_else(|| format!("no user {user}"))?;
                 if !roles.remove(role) {
                     return Err(format!("user {user} does not have role {role}"));
                 }
@@ -306,10 +327,15 @@ impl AuthTable {
                 check_name(role)?;
                 let grants = self.roles.entry(role.clone()).or_default();
                 grants.insert(grant.clone());
-                Ok(json!({"role": role, "grants": grants.iter().map(Grant::to_string).collect::<Vec<_>>()}))
+                Ok(
+                    json!({"role": role, "grants": grants.iter().map(Grant::to_string).collect::<Vec<_>>()}),
+                )
             }
             Op::RoleRevoke { role, grant } => {
-                let grants = self.roles.get_mut(role).ok_or_else(|| format!("no role {role}"))?;
+                let grants = self
+                    .roles
+                    .get_mut(role)
+                    .ok_or_else(|| format!("no role {role}"))?;
                 if !grants.remove(grant) {
                     return Err(format!("role {role} does not grant {grant}"));
                 }
@@ -317,7 +343,12 @@ impl AuthTable {
                 self.keep_an_admin()?;
                 Ok(json!({"role": role, "grants": left}))
             }
-            Op::TokenCreate { user, token_id, sha256, label } => {
+            Op::TokenCreate {
+                user,
+                token_id,
+                sha256,
+                label,
+            } => {
                 if !self.users.contains_key(user) {
                     return Err(format!("no user {user}"));
                 }
@@ -333,7 +364,14 @@ impl AuthTable {
         }
     }
 
-    fn new_token(&mut self, id: &str, user: &str, sha256: &str, label: &str, now_ms: u64) -> Result<(), String> {
+    fn new_token(
+        &mut self,
+        id: &str,
+        user: &str,
+        sha256: &str,
+        label: &str,
+        now_ms: u64,
+    ) -> Result<(), String> {
         if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err("a token id is hex digits".into());
         }
@@ -360,7 +398,9 @@ impl AuthTable {
         if self.roles.contains_key(role) {
             Ok(())
         } else {
-            Err(format!("no role {role} (keel role grant {role} PERMISSION creates it)"))
+            Err(format!(
+                "no role {role} (keel role grant {role} PERMISSION creates it)"
+            ))
         }
     }
 
@@ -400,7 +440,9 @@ fn check_name(name: &str) -> Result<(), String> {
     if valid_name(name) {
         Ok(())
     } else {
-        Err(format!("{name:?}: a name is 1 to 64 of a-z A-Z 0-9 . _ @ -"))
+        Err(format!(
+            "{name:?}: a name is 1 to 64 of a-z A-Z 0-9 . _ @ -"
+        ))
     }
 }
 

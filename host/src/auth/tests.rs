@@ -27,9 +27,22 @@ fn table() -> (AuthTable, String, String) {
     )
     .expect("init");
     let grant = Grant::parse("query:kv").expect("grant");
-    t.apply(&Op::RoleGrant { role: "reader".into(), grant }, 2).expect("role");
-    t.apply(&Op::UserAdd { user: "alice".into(), roles: vec!["reader".into()] }, 3)
-        .expect("user");
+    t.apply(
+        &Op::RoleGrant {
+            role: "reader".into(),
+            grant,
+        },
+        2,
+    )
+    .expect("role");
+    t.apply(
+        &Op::UserAdd {
+            user: "alice".into(),
+            roles: vec!["reader".into()],
+        },
+        3,
+    )
+    .expect("user");
     let (alice_id, alice) = new_token().expect("random");
     t.apply(
         &Op::TokenCreate {
@@ -50,7 +63,10 @@ fn without_users_everything_is_open_and_with_users_a_token_is_needed() {
     let cmd = rule_of(Method::POST, "/v1/plugins/kv/commands");
     assert_eq!(check(&empty, &cmd, false, None), Ok(Caller::Anyone));
     let (t, _, _) = table();
-    assert!(matches!(check(&t, &cmd, false, None), Err(Denied::NoToken(_))));
+    assert!(matches!(
+        check(&t, &cmd, false, None),
+        Err(Denied::NoToken(_))
+    ));
     assert!(matches!(
         check(&t, &cmd, false, Some("keel_000000000000_forged")),
         Err(Denied::BadToken(_))
@@ -64,7 +80,10 @@ fn without_users_everything_is_open_and_with_users_a_token_is_needed() {
 fn a_query_grant_allows_queries_on_its_plugin_only_and_never_commands() {
     let (t, _, alice) = table();
     let q = rule_of(Method::POST, "/v1/plugins/kv/query");
-    assert!(matches!(check(&t, &q, false, Some(&alice)), Ok(Caller::User { .. })));
+    assert!(matches!(
+        check(&t, &q, false, Some(&alice)),
+        Ok(Caller::User { .. })
+    ));
     let other = rule_of(Method::POST, "/v1/plugins/app/query");
     let cmd = rule_of(Method::POST, "/v1/plugins/kv/commands");
     let deploy = rule_of(Method::PUT, "/v1/plugins/kv");
@@ -88,8 +107,24 @@ fn wildcards_admin_and_read_status() {
     for path in ["/v1/plugins/kv/commands", "/v1/plugins/app/query"] {
         assert!(check(&t, &rule_of(Method::POST, path), false, Some(&root)).is_ok());
     }
-    assert!(check(&t, &rule_of(Method::PUT, "/v1/plugins/app"), false, Some(&root)).is_ok());
-    assert!(check(&t, &rule_of(Method::POST, "/v1/admin/members"), false, Some(&root)).is_ok());
+    assert!(
+        check(
+            &t,
+            &rule_of(Method::PUT, "/v1/plugins/app"),
+            false,
+            Some(&root)
+        )
+        .is_ok()
+    );
+    assert!(
+        check(
+            &t,
+            &rule_of(Method::POST, "/v1/admin/members"),
+            false,
+            Some(&root)
+        )
+        .is_ok()
+    );
     let status = rule_of(Method::GET, "/v1/status");
     assert!(check(&t, &status, false, Some(&alice)).is_err());
     let admin_only: std::collections::BTreeSet<Grant> = [Grant::Admin].into();
@@ -97,7 +132,10 @@ fn wildcards_admin_and_read_status() {
     // `query:*` does not grant `command:kv`.
     let q_all: std::collections::BTreeSet<Grant> = [Grant::Query("*".into())].into();
     assert!(satisfies(&q_all, &Need::Grant(Grant::Query("kv".into()))));
-    assert!(!satisfies(&q_all, &Need::Grant(Grant::Command("kv".into()))));
+    assert!(!satisfies(
+        &q_all,
+        &Need::Grant(Grant::Command("kv".into()))
+    ));
 }
 
 #[test]
@@ -135,14 +173,38 @@ fn a_revoked_token_and_a_removed_users_tokens_stop_working() {
     let (mut t, root, alice) = table();
     let q = rule_of(Method::POST, "/v1/plugins/kv/query");
     let id = token_id_of(&alice).expect("id").to_string();
-    let (_, writes) = t.apply(&Op::TokenRevoke { token_id: id.clone() }, 5).expect("revoke");
-    assert_eq!(writes, vec![(format!("auth/token/{id}").into_bytes(), None)]);
-    assert!(matches!(check(&t, &q, false, Some(&alice)), Err(Denied::BadToken(_))));
-    assert!(t.apply(&Op::TokenRevoke { token_id: id }, 6).is_err(), "already revoked");
+    let (_, writes) = t
+        .apply(
+            &Op::TokenRevoke {
+                token_id: id.clone(),
+            },
+            5,
+        )
+        .expect("revoke");
+    assert_eq!(
+        writes,
+        vec![(format!("auth/token/{id}").into_bytes(), None)]
+    );
+    assert!(matches!(
+        check(&t, &q, false, Some(&alice)),
+        Err(Denied::BadToken(_))
+    ));
+    assert!(
+        t.apply(&Op::TokenRevoke { token_id: id }, 6).is_err(),
+        "already revoked"
+    );
     assert!(check(&t, &q, false, Some(&root)).is_ok());
     // Removing root would leave no admin: refused, nothing changes.
     let before = t.clone();
-    assert!(t.apply(&Op::UserRemove { user: "root".into() }, 7).is_err());
+    assert!(
+        t.apply(
+            &Op::UserRemove {
+                user: "root".into()
+            },
+            7
+        )
+        .is_err()
+    );
     assert_eq!(t, before);
 }
 
@@ -158,17 +220,37 @@ fn the_table_round_trips_through_its_records_and_init_is_once() {
     assert_eq!(records.len(), writes.len(), "every record written");
     assert_eq!(AuthTable::from_records(records), Ok(t.clone()));
     let (id, other) = new_token().expect("random");
-    let again = Op::Init { user: "root".into(), token_id: id, sha256: Op::hash_hex(&other) };
-    assert!(t.apply(&again, 9).is_err(), "a second init with another token");
+    let again = Op::Init {
+        user: "root".into(),
+        token_id: id,
+        sha256: Op::hash_hex(&other),
+    };
+    assert!(
+        t.apply(&again, 9).is_err(),
+        "a second init with another token"
+    );
     let root_id = token_id_of(&root).expect("id").to_string();
-    let same = Op::Init { user: "root".into(), token_id: root_id, sha256: Op::hash_hex(&root) };
+    let same = Op::Init {
+        user: "root".into(),
+        token_id: root_id,
+        sha256: Op::hash_hex(&root),
+    };
     assert!(t.apply(&same, 9).is_ok(), "the same init again is a no-op");
 }
 
 #[test]
 fn the_first_user_must_come_by_init_and_grants_parse() {
     let mut t = AuthTable::default();
-    assert!(t.apply(&Op::UserAdd { user: "bob".into(), roles: vec![] }, 1).is_err());
+    assert!(
+        t.apply(
+            &Op::UserAdd {
+                user: "bob".into(),
+                roles: vec![]
+            },
+            1
+        )
+        .is_err()
+    );
     assert!(!t.enabled());
     assert_eq!(Grant::parse("command:*"), Ok(Grant::Command("*".into())));
     assert_eq!(Grant::parse("read-status"), Ok(Grant::ReadStatus));

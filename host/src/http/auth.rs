@@ -38,14 +38,21 @@ fn from_peer<B>(node: &NodeHandle, req: &Request<B>) -> bool {
 /// The check of one request, before its body is read. A token this node does not know may
 /// have been created by an entry it has not applied yet: it catches up to the leader's
 /// commit index (a read barrier) and looks again before answering 401.
-pub(super) async fn gate<B>(node: &NodeHandle, req: &Request<B>, parts: &[&str]) -> Result<Caller, Response<Body>> {
+pub(super) async fn gate<B>(
+    node: &NodeHandle,
+    req: &Request<B>,
+    parts: &[&str],
+) -> Result<Caller, Response<Body>> {
     let peer_upload = req
         .headers()
         .get(super::blobs::KIND_HEADER)
         .is_some_and(|v| v.as_bytes() == b"data");
     let rule = rule(req.method(), parts, peer_upload, node.config.metrics_auth);
     let peer = from_peer(node, req);
-    let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let token = header.and_then(bearer);
     let first = check(&node.registry.auth(), &rule, peer, token);
     let outcome = match first {
@@ -97,8 +104,10 @@ fn refusal(denied: Denied, other_scheme: bool) -> Response<Body> {
     };
     let mut r = json(status, &body);
     if status == StatusCode::UNAUTHORIZED {
-        r.headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"keel\""));
+        r.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"keel\""),
+        );
     }
     r
 }
@@ -123,7 +132,11 @@ async fn barrier(node: &NodeHandle) -> bool {
 
 /// After a read barrier: whether the caller may still do `need` as of the index the read
 /// waited for (a token revoked by then is refused here too, on every node).
-pub(super) fn still_allowed(node: &NodeHandle, caller: &Caller, need: &Need) -> Result<(), Response<Body>> {
+pub(super) fn still_allowed(
+    node: &NodeHandle,
+    caller: &Caller,
+    need: &Need,
+) -> Result<(), Response<Body>> {
     let Caller::User { name, token_id } = caller else {
         return Ok(());
     };
@@ -146,7 +159,11 @@ pub(super) fn still_allowed(node: &NodeHandle, caller: &Caller, need: &Need) -> 
 
 /// A command naming session `client_id` comes from the session's owner (issue #13:
 /// exactly-once sessions belong to the user who opened them).
-pub(super) async fn session_owned(node: &NodeHandle, caller: &Caller, client_id: u64) -> Result<(), Response<Body>> {
+pub(super) async fn session_owned(
+    node: &NodeHandle,
+    caller: &Caller,
+    client_id: u64,
+) -> Result<(), Response<Body>> {
     let Some(user) = caller.user() else {
         return Ok(());
     };
@@ -184,11 +201,16 @@ pub(super) async fn session_owned(node: &NodeHandle, caller: &Caller, client_id:
 
 /// Proposes one auth change on the leader and waits for it to be applied here: the
 /// change's answer (200), or why it was refused (409).
-pub(super) async fn propose(node: &NodeHandle, op: &Op, path: &str) -> Result<serde_json::Value, Response<Body>> {
+pub(super) async fn propose(
+    node: &NodeHandle,
+    op: &Op,
+    path: &str,
+) -> Result<serde_json::Value, Response<Body>> {
     if let Some(elsewhere) = not_leader(node, path) {
         return Err(elsewhere);
     }
-    let payload = serde_json::to_vec(op).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    let payload = serde_json::to_vec(op)
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
     let (tx, rx) = oneshot::channel();
     let input = Input::Propose {
         plugin: AUTH_PLUGIN.to_string(),
@@ -196,15 +218,22 @@ pub(super) async fn propose(node: &NodeHandle, op: &Op, path: &str) -> Result<se
         payload: Payload::Inline(payload),
         reply: tx,
     };
-    node.submit(input).map_err(|e| retry_later(&e.to_string()))?;
+    node.submit(input)
+        .map_err(|e| retry_later(&e.to_string()))?;
     let timeout = Duration::from_millis(node.config.default_timeout_ms);
     match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(CommandReply::Done { result: Ok(bytes), index, .. })) => {
+        Ok(Ok(CommandReply::Done {
+            result: Ok(bytes),
+            index,
+            ..
+        })) => {
             let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             v["index"] = index.into();
             Ok(v)
         }
-        Ok(Ok(CommandReply::Done { result: Err(why), .. })) => Err(error(StatusCode::CONFLICT, &why)),
+        Ok(Ok(CommandReply::Done {
+            result: Err(why), ..
+        })) => Err(error(StatusCode::CONFLICT, &why)),
         Ok(Ok(CommandReply::NotLeader(leader))) => Err(redirect(node, leader, path)),
         Ok(Ok(CommandReply::Retry(why))) => Err(retry_later(&why)),
         Ok(Ok(CommandReply::OutcomeUnknown(detail) | CommandReply::SessionUnknown(detail))) => {
@@ -222,7 +251,12 @@ pub(super) async fn propose(node: &NodeHandle, op: &Op, path: &str) -> Result<se
 }
 
 /// The `/v1/auth/…` routes (the gate has run: admin for all but `init` and `whoami`).
-pub(super) async fn route(node: &NodeHandle, req: Request<hyper::body::Incoming>, caller: &Caller, parts: &[&str]) -> Response<Body> {
+pub(super) async fn route(
+    node: &NodeHandle,
+    req: Request<hyper::body::Incoming>,
+    caller: &Caller,
+    parts: &[&str],
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let body = match super::read_body(req.into_body(), 64 << 10).await {
@@ -244,10 +278,16 @@ pub(super) async fn route(node: &NodeHandle, req: Request<hyper::body::Incoming>
             }
             match serde_json::from_slice::<Add>(&body) {
                 Ok(Add { user, roles }) => Op::UserAdd { user, roles },
-                Err(e) => return bad(&format!("expected {{\"user\": NAME, \"roles\": [ROLE…]}}: {e}")),
+                Err(e) => {
+                    return bad(&format!(
+                        "expected {{\"user\": NAME, \"roles\": [ROLE…]}}: {e}"
+                    ));
+                }
             }
         }
-        (&Method::DELETE, ["v1", "auth", "users", user]) => Op::UserRemove { user: user.to_string() },
+        (&Method::DELETE, ["v1", "auth", "users", user]) => Op::UserRemove {
+            user: user.to_string(),
+        },
         (&Method::PUT, ["v1", "auth", "users", user, "roles", role]) => Op::UserGrant {
             user: user.to_string(),
             role: role.to_string(),
@@ -269,7 +309,9 @@ pub(super) async fn route(node: &NodeHandle, req: Request<hyper::body::Incoming>
             }
         }
         (&Method::POST, ["v1", "auth", "tokens"]) => return create_token(node, &body, &path).await,
-        (&Method::DELETE, ["v1", "auth", "tokens", id]) => Op::TokenRevoke { token_id: id.to_string() },
+        (&Method::DELETE, ["v1", "auth", "tokens", id]) => Op::TokenRevoke {
+            token_id: id.to_string(),
+        },
         _ => return error(StatusCode::NOT_FOUND, "no such endpoint"),
     };
     match propose(node, &op, &path).await {
@@ -313,11 +355,20 @@ async fn create_token(node: &NodeHandle, body: &[u8], path: &str) -> Response<Bo
     }
     let Create { user, label } = match serde_json::from_slice(body) {
         Ok(c) => c,
-        Err(e) => return bad(&format!("expected {{\"user\": NAME, \"label\": TEXT}}: {e}")),
+        Err(e) => {
+            return bad(&format!(
+                "expected {{\"user\": NAME, \"label\": TEXT}}: {e}"
+            ));
+        }
     };
     let (token_id, token) = match new_token() {
         Ok(t) => t,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("no randomness: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("no randomness: {e}"),
+            );
+        }
     };
     let op = Op::TokenCreate {
         user,
@@ -350,7 +401,11 @@ async fn init(node: &NodeHandle, body: &[u8], path: &str) -> Response<Body> {
     } else {
         match serde_json::from_slice(body) {
             Ok(i) => i,
-            Err(e) => return bad(&format!("expected {{}} or {{\"token_id\", \"sha256\"}}: {e}")),
+            Err(e) => {
+                return bad(&format!(
+                    "expected {{}} or {{\"token_id\", \"sha256\"}}: {e}"
+                ));
+            }
         }
     };
     let (op, token) = match given {
@@ -358,9 +413,17 @@ async fn init(node: &NodeHandle, body: &[u8], path: &str) -> Response<Body> {
             token_id: Some(token_id),
             sha256: Some(sha256),
         } => (init_op(token_id, sha256), None),
-        Init { token_id: None, sha256: None } => match new_token() {
+        Init {
+            token_id: None,
+            sha256: None,
+        } => match new_token() {
             Ok((id, token)) => (init_op(id, Op::hash_hex(&token)), Some(token)),
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("no randomness: {e}")),
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("no randomness: {e}"),
+                );
+            }
         },
         _ => return bad("token_id and sha256 go together"),
     };

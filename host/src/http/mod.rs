@@ -419,7 +419,11 @@ pub(crate) fn not_leader(node: &NodeHandle, path: &str) -> Option<Response<Body>
 /// `POST /v1/sessions`: a new client session (thesis §6.3), answered once applied with
 /// `{"client_id": N}` (N is the opening entry's index, unique for ever). A user's session
 /// is then claimed for that user, through the log, before its id is answered.
-async fn open_session(node: &NodeHandle, path: &str, caller: &crate::auth::Caller) -> Response<Body> {
+async fn open_session(
+    node: &NodeHandle,
+    path: &str,
+    caller: &crate::auth::Caller,
+) -> Response<Body> {
     if let Some(elsewhere) = not_leader(node, path) {
         return elsewhere;
     }
@@ -446,7 +450,10 @@ async fn open_session(node: &NodeHandle, path: &str, caller: &crate::auth::Calle
         user: user.to_string(),
     };
     match auth::propose(node, &claim, path).await {
-        Ok(_) => json(StatusCode::OK, &serde_json::json!({ "client_id": client_id })),
+        Ok(_) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "client_id": client_id }),
+        ),
         Err(r) => r,
     }
 }

@@ -59,7 +59,11 @@ pub fn session_owner(system: &Arc<dyn KvView>, client_id: u64) -> anyhow::Result
 impl Applier<'_> {
     /// One change to the auth table. A change that does not decode or is refused (an
     /// unknown user, a second init) is that command's error, the same on every node.
-    pub(super) fn auth_change(&mut self, e: &Entry, bytes: &[u8]) -> Result<CommandResult, ApplyError> {
+    pub(super) fn auth_change(
+        &mut self,
+        e: &Entry,
+        bytes: &[u8],
+    ) -> Result<CommandResult, ApplyError> {
         let op: Op = match serde_json::from_slice(bytes) {
             Ok(op) => op,
             Err(err) => return Ok(Err(format!("not an auth change: {err}"))),
