@@ -269,6 +269,7 @@ mod tests {
                 ca: PathBuf::from("/etc/keel/ca.pem"),
             }),
             insecure: true,
+            metrics_auth: true,
         };
         let text = serde_json::to_string_pretty(&cfg).expect("a config serializes");
         let back: NodeConfig = serde_json::from_str(&text).expect("its own JSON parses");

@@ -130,31 +130,29 @@ async fn barrier(node: &NodeHandle) -> bool {
     )
 }
 
-/// After a read barrier: whether the caller may still do `need` as of the index the read
-/// waited for (a token revoked by then is refused here too, on every node).
-pub(super) fn still_allowed(
+/// After a read barrier: the refusal, if the caller may no longer do `need` as of the
+/// index the read waited for (a token revoked by then is refused here too, on every node).
+pub(super) fn no_longer_allowed(
     node: &NodeHandle,
     caller: &Caller,
     need: &Need,
-) -> Result<(), Response<Body>> {
+) -> Option<Response<Body>> {
     let Caller::User { name, token_id } = caller else {
-        return Ok(());
+        return None;
     };
     let table = node.registry.auth();
-    let valid = table.tokens.get(token_id).is_some_and(|t| &t.user == name);
-    if !valid {
-        return Err(refusal(Denied::BadToken(need.clone()), false));
-    }
-    if !satisfies(&table.grants_of(name), need) {
-        return Err(refusal(
-            Denied::Missing {
-                user: name.clone(),
-                need: need.clone(),
-            },
-            false,
-        ));
-    }
-    Ok(())
+    let denied = if table.tokens.get(token_id).is_none_or(|t| &t.user != name) {
+        Denied::BadToken(need.clone())
+    } else if !satisfies(&table.grants_of(name), need) {
+        Denied::Missing {
+            user: name.clone(),
+            need: need.clone(),
+        }
+    } else {
+        return None;
+    };
+    node.metrics.auth_refused.inc();
+    Some(refusal(denied, false))
 }
 
 /// A command naming session `client_id` comes from the session's owner (issue #13:

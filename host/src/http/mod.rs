@@ -549,7 +549,7 @@ async fn query(
             Ok(Ok(Ok(_index))) => {
                 // A token revoked at or before the read index is refused here too.
                 let need = crate::auth::Need::Grant(crate::auth::Grant::Query(plugin.clone()));
-                if let Err(refused) = auth::still_allowed(node, caller, &need) {
+                if let Some(refused) = auth::no_longer_allowed(node, caller, &need) {
                     return refused;
                 }
             }
