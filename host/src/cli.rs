@@ -106,12 +106,13 @@ pub fn resolve_ca(env: Option<&str>, cwd: &Path) -> anyhow::Result<Option<PathBu
 /// The token to present, never from a flag (a flag's value shows in `ps`): `--token-file`
 /// (`flag_file`), else `$KEEL_TOKEN` (`env_token`), else the file `$KEEL_TOKEN_FILE`
 /// (`env_file`), else the `"admin_token_file"` of the `keel-dev/cluster.json` under `cwd`
-/// (written by `keel dev --auth`), else none. Blank variables count as unset.
+/// (written by `keel dev --auth`; not looked for without `cwd`), else none. Blank
+/// variables count as unset.
 pub fn resolve_token(
     flag_file: Option<&Path>,
     env_token: Option<&str>,
     env_file: Option<&str>,
-    cwd: &Path,
+    cwd: Option<&Path>,
 ) -> anyhow::Result<Option<String>> {
     let read = |path: &Path| -> anyhow::Result<String> {
         let text = std::fs::read_to_string(path)
@@ -133,10 +134,9 @@ pub fn resolve_token(
     if let Some(path) = env_file.map(str::trim).filter(|t| !t.is_empty()) {
         return read(Path::new(path)).map(Some);
     }
-    let file = cwd.join(DEV_CLUSTER_FILE);
-    if !file.exists() {
+    let Some(file) = cwd.map(|c| c.join(DEV_CLUSTER_FILE)).filter(|f| f.exists()) else {
         return Ok(None);
-    }
+    };
     let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
     let cluster: DevCluster = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not a keel dev cluster file", file.display()))?;
@@ -445,7 +445,10 @@ mod tests {
     {
         let dir = tempfile::tempdir().expect("tempdir");
         let cwd = dir.path();
-        assert_eq!(resolve_token(None, None, None, cwd).expect("none"), None);
+        assert_eq!(
+            resolve_token(None, None, None, Some(cwd)).expect("none"),
+            None
+        );
         dev_file(cwd, &["http://127.0.0.1:1"]);
         let mut cluster: serde_json::Value =
             serde_json::from_slice(&std::fs::read(cwd.join(DEV_CLUSTER_FILE)).expect("read"))
@@ -454,7 +457,7 @@ mod tests {
         std::fs::write(cwd.join(DEV_CLUSTER_FILE), cluster.to_string()).expect("write");
         std::fs::write(cwd.join("keel-dev/admin.token"), "dev-token\n").expect("write");
         let got = |f: Option<&Path>, t: Option<&str>, e: Option<&str>| {
-            resolve_token(f, t, e, cwd).expect("token")
+            resolve_token(f, t, e, Some(cwd)).expect("token")
         };
         assert_eq!(got(None, None, None).as_deref(), Some("dev-token"));
         std::fs::write(cwd.join("other"), " file-token \n").expect("write");
@@ -473,7 +476,7 @@ mod tests {
             got(Some(&other), Some("env"), None).as_deref(),
             Some("file-token")
         );
-        assert!(resolve_token(Some(&cwd.join("missing")), None, None, cwd).is_err());
+        assert!(resolve_token(Some(&cwd.join("missing")), None, None, Some(cwd)).is_err());
     }
 
     #[test]

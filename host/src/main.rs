@@ -96,7 +96,7 @@ impl Ctx {
             g.token_file.as_deref(),
             std::env::var(keel::cli::TOKEN_VAR).ok().as_deref(),
             std::env::var(keel::cli::TOKEN_FILE_VAR).ok().as_deref(),
-            &cwd,
+            Some(&cwd),
         )?;
         if let Some(token) = token {
             keel::client::install_token(token);
