@@ -406,6 +406,26 @@ async fn init(node: &NodeHandle, body: &[u8], path: &str) -> Response<Body> {
             }
         }
     };
+    // Once on, authentication stays on (the last admin cannot be removed): answered here,
+    // so that this open route cannot be used to write log entries.
+    let table = node.registry.auth();
+    if table.enabled() {
+        let same = match (&given.token_id, &given.sha256) {
+            (Some(id), Some(sha)) => table
+                .tokens
+                .get(id)
+                .is_some_and(|t| t.sha256.eq_ignore_ascii_case(sha)),
+            _ => false,
+        };
+        return if same {
+            json(StatusCode::OK, &serde_json::json!({"already": true}))
+        } else {
+            error(
+                StatusCode::CONFLICT,
+                "auth is initialised already: this cluster has users",
+            )
+        };
+    }
     let (op, token) = match given {
         Init {
             token_id: Some(token_id),
