@@ -46,6 +46,32 @@ fn put(key: &str) -> String {
 
 const GET: &str = r#"{"op":"get","key":"k"}"#;
 
+/// Turning authentication on is an entry: each node enforces it from the moment it applies
+/// it. Waits (bounded) until every node refuses a status read without a token.
+async fn every_node_refuses_anonymous(
+    urls: &[String],
+    tls: Option<&std::sync::Arc<keel::tls::Tls>>,
+) {
+    let start = Instant::now();
+    for url in urls {
+        loop {
+            let mut one = client(std::slice::from_ref(url), None);
+            if let Some(tls) = tls {
+                one = one.with_tls(tls.clone());
+            }
+            let a = call(&mut one, Method::GET, "/v1/status", "").await;
+            if a.status == StatusCode::UNAUTHORIZED {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{url} still open"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// An admin step through `root`: it must succeed.
 async fn admin(c: &mut Client, method: Method, path: &str, body: &str) -> serde_json::Value {
     let a = call(c, method, path, body).await;
@@ -82,6 +108,7 @@ fn tokens_and_roles_are_enforced_on_every_node() {
         let root = init["token"].as_str().expect("a token").to_string();
         let again = call(&mut anyone, Method::POST, "/v1/auth/init", "").await;
         assert_eq!(again.status, StatusCode::CONFLICT, "init is once");
+        every_node_refuses_anonymous(&urls, None).await;
 
         // Without a token: 401, naming what is needed; /healthz stays open.
         let a = call(
@@ -368,4 +395,107 @@ impl Drop for Killed {
     fn drop(&mut self) {
         common::kill_all([&mut self.0]);
     }
+}
+
+#[test]
+fn keel_dev_auth_writes_roots_token_and_the_cli_finds_it() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cwd = dir.path();
+    let dev = Command::new(common::keel_exe())
+        .args(["dev", "--auth", "--nodes", "1"])
+        .current_dir(cwd)
+        .env_remove("KEEL_ENDPOINTS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("keel dev");
+    let _dev = common::DevStop(dev);
+    let file = cwd.join("keel-dev/cluster.json");
+    let start = Instant::now();
+    let token_file = loop {
+        let cluster: Option<serde_json::Value> = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(path) = cluster
+            .as_ref()
+            .and_then(|c| c["admin_token_file"].as_str())
+        {
+            break std::path::PathBuf::from(path);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no admin_token_file"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(token_file.exists());
+    // From the cluster's directory the CLI presents root's token by itself …
+    expect(&keel(cwd, &[], &["put", "k", "v"]), 0);
+    expect(&keel(cwd, &[], &["status"]), 0);
+    // … and a token of its own replaces it: one the cluster never issued is refused.
+    let out = expect(
+        &keel(
+            cwd,
+            &[("KEEL_TOKEN", "keel_0123456789ab_00")],
+            &["get", "k"],
+        ),
+        4,
+    );
+    assert!(out.contains("unauthenticated"), "{out}");
+}
+
+#[test]
+fn over_tls_nodes_read_each_other_by_certificate_with_auth_on() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = keel::dev::plan_with(3, dir.path(), true).expect("plan");
+    let mut nodes = Vec::new();
+    let mut urls = Vec::new();
+    for (cfg, path) in &plan {
+        nodes.push(Killed(
+            keel::dev::spawn(common::keel_exe(), path).expect("spawn").0,
+        ));
+        urls.push(cfg.url());
+    }
+    let ca = plan[0].0.tls.as_ref().expect("TLS").ca.clone();
+    let tls = keel::tls::Tls::client_only(&ca).expect("CA");
+    let tls_client = |token: Option<&str>| client(&urls, token).with_tls(tls.clone());
+    rt().block_on(async {
+        let mut anyone = tls_client(None);
+        let start = Instant::now();
+        let root = loop {
+            let a = call(&mut anyone, Method::POST, "/v1/auth/init", "").await;
+            if a.status == StatusCode::OK {
+                break json(&a)["token"].as_str().expect("token").to_string();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "init: {}",
+                a.status
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        every_node_refuses_anonymous(&urls, Some(&tls)).await;
+        // The node answering fans out to the others with its node certificate.
+        let mut r = tls_client(Some(&root));
+        let start = Instant::now();
+        loop {
+            let view = admin(&mut r, Method::GET, "/v1/cluster", "").await;
+            let members = view["members"].as_array().cloned().unwrap_or_default();
+            if members.len() == 3 && members.iter().all(|m| m["healthy"] == true) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{view}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let a = r.submit("kv", put("k").into_bytes()).await.expect("submit");
+        assert_eq!(a.status, StatusCode::OK);
+    });
+    drop(nodes);
 }

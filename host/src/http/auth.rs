@@ -35,9 +35,10 @@ fn from_peer<B>(node: &NodeHandle, req: &Request<B>) -> bool {
     }
 }
 
-/// The check of one request, before its body is read. A token this node does not know may
-/// have been created by an entry it has not applied yet: it catches up to the leader's
-/// commit index (a read barrier) and looks again before answering 401.
+/// The check of one request, before its body is read. A token this node does not know, or
+/// a permission its user lacks here, may come with an entry this node has not applied yet
+/// (a token just created, a role just granted): it catches up to the leader's commit index
+/// (a read barrier) and looks again before answering 401 or 403.
 pub(super) async fn gate<B>(
     node: &NodeHandle,
     req: &Request<B>,
@@ -56,7 +57,7 @@ pub(super) async fn gate<B>(
     let token = header.and_then(bearer);
     let first = check(&node.registry.auth(), &rule, peer, token);
     let outcome = match first {
-        Err(Denied::BadToken(_)) if barrier(node).await => {
+        Err(Denied::BadToken(_) | Denied::Missing { .. }) if barrier(node).await => {
             check(&node.registry.auth(), &rule, peer, token)
         }
         other => other,
@@ -137,10 +138,16 @@ pub(super) fn no_longer_allowed(
     caller: &Caller,
     need: &Need,
 ) -> Option<Response<Body>> {
-    let Caller::User { name, token_id } = caller else {
-        return None;
-    };
     let table = node.registry.auth();
+    let Caller::User { name, token_id } = caller else {
+        // Let in because authentication was off here: it may have come on by the read index
+        // (an init this node had not applied yet).
+        let now_on = *caller == Caller::Anyone && table.enabled();
+        return now_on.then(|| {
+            node.metrics.auth_refused.inc();
+            refusal(Denied::NoToken(need.clone()), false)
+        });
+    };
     let denied = if table.tokens.get(token_id).is_none_or(|t| &t.user != name) {
         Denied::BadToken(need.clone())
     } else if !satisfies(&table.grants_of(name), need) {
