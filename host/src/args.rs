@@ -34,6 +34,11 @@ pub(crate) struct Global {
     /// Give up after this many seconds, retries included.
     #[arg(long, global = true, value_name = "SECONDS", default_value = "30", value_parser = seconds)]
     pub(crate) timeout: Duration,
+    /// A file holding the token to present [default: $KEEL_TOKEN, else the file
+    /// $KEEL_TOKEN_FILE, else the "admin_token_file" of ./keel-dev/cluster.json]. There is
+    /// no flag for the token itself: `ps` would show it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -79,6 +84,10 @@ pub(crate) enum Cmd {
         /// certificates in DIR/certs, the CA's path in DIR/cluster.json for the CLI.
         #[arg(long)]
         tls: bool,
+        /// Turn client authentication on: user `root` (every permission) and its token in
+        /// DIR/admin.token, the file's path in DIR/cluster.json for the CLI.
+        #[arg(long)]
+        auth: bool,
     },
     /// Make certificates for a TLS cluster (docs/security.md).
     Certs {
@@ -170,6 +179,26 @@ pub(crate) enum Cmd {
         /// The plugin.
         name: String,
     },
+    /// Client authentication: turn it on, show the table, say who the token is.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCmd,
+    },
+    /// Add and remove users, give them roles (needs `admin`).
+    User {
+        #[command(subcommand)]
+        command: UserCmd,
+    },
+    /// Grant and revoke a role's permissions (needs `admin`).
+    Role {
+        #[command(subcommand)]
+        command: RoleCmd,
+    },
+    /// Create and revoke tokens (needs `admin`).
+    Token {
+        #[command(subcommand)]
+        command: TokenCmd,
+    },
     /// Change the membership, one server at a time (thesis §4.1).
     Member {
         #[command(subcommand)]
@@ -216,6 +245,97 @@ pub(crate) enum MemberCmd {
     Remove {
         /// Its id.
         id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuthCmd {
+    /// Turn authentication on: user `root`, with every permission, and its token (only
+    /// while the cluster has no users).
+    Init {
+        /// Write the token to FILE (mode 0600; an existing file's token is used) instead of
+        /// printing it.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+    },
+    /// The users, roles and tokens (ids and labels; never secrets).
+    Show,
+    /// The user the token speaks for, and its permissions.
+    Whoami,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum UserCmd {
+    /// Add a user with roles.
+    Add {
+        /// The user's name.
+        name: String,
+        /// A role to give it (repeatable; roles are made by `keel role grant`).
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+    },
+    /// Remove a user; its tokens are revoked.
+    Remove {
+        /// The user's name.
+        name: String,
+    },
+    /// Give a user a role.
+    Grant {
+        /// The user.
+        name: String,
+        /// The role.
+        role: String,
+    },
+    /// Take a role from a user.
+    Revoke {
+        /// The user.
+        name: String,
+        /// The role.
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RoleCmd {
+    /// Let a role do PERMISSION (on PLUGIN, or `*`); creates the role.
+    ///
+    /// PERMISSION: query, command or deploy (with a PLUGIN), admin or read-status.
+    Grant {
+        /// The role.
+        role: String,
+        /// query, command, deploy, admin or read-status.
+        permission: String,
+        /// The plugin (or `*`) for query, command and deploy.
+        plugin: Option<String>,
+    },
+    /// Take PERMISSION (on PLUGIN) from a role.
+    Revoke {
+        /// The role.
+        role: String,
+        /// query, command, deploy, admin or read-status.
+        permission: String,
+        /// The plugin (or `*`) for query, command and deploy.
+        plugin: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCmd {
+    /// A new token for USER; printed once (or written to --out), never stored in clear.
+    Create {
+        /// The user it speaks for.
+        user: String,
+        /// What it is for (shown by `keel auth show`).
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Write the token to FILE (mode 0600) and print only its id.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Revoke a token by its id (`keel_ID_…`, or as `keel auth show` lists it).
+    Revoke {
+        /// The token's id.
+        id: String,
     },
 }
 
@@ -310,6 +430,11 @@ pub(crate) struct ServeArgs {
     /// add ID URL`.
     #[arg(long, value_name = "URL")]
     pub(crate) join: Option<String>,
+    /// Turn client authentication on once the cluster has a leader: user `root`, with
+    /// every permission, and its token in FILE (made with mode 0600 unless it exists).
+    /// Give it to one node; ignored (with a warning) if the cluster has users already.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) init_admin_token_file: Option<PathBuf>,
 }
 
 impl ServeArgs {

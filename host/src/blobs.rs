@@ -56,6 +56,9 @@ pub struct Blobs {
     mem: MemBlobs,
     /// Where to fetch a missing blob: the other members' URLs.
     peers: Arc<Mutex<Vec<String>>>,
+    /// This node's cluster id, sent with fetches (`keel-cluster`): peers with
+    /// authentication on serve blobs to a cluster node without a token.
+    cluster: Arc<Mutex<String>>,
 }
 
 /// A blob being written: bytes go to a temporary file (or a buffer, in memory) and into
@@ -181,7 +184,13 @@ impl Blobs {
             dir,
             mem: Arc::default(),
             peers: Arc::default(),
+            cluster: Arc::default(),
         }
+    }
+
+    /// The cluster id fetches present to peers.
+    pub fn set_cluster(&self, cluster: &str) {
+        *lock(&self.cluster) = cluster.to_string();
     }
 
     /// The peers to fetch from (the driver keeps it in step with the membership).
@@ -461,13 +470,16 @@ fn unique() -> String {
 fn fetch_from(blobs: &Blobs, url: &str, hash: &[u8; 32]) -> anyhow::Result<u64> {
     let target = format!("{url}/v1/blobs/{}", hex(hash));
     let (want, blobs) = (*hash, blobs.clone());
+    let cluster = lock(&blobs.cluster).clone();
     std::thread::spawn(move || -> anyhow::Result<u64> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         rt.block_on(async move {
             let client = crate::tls::client::<Full<Bytes>>();
-            let req = hyper::Request::get(&target).body(Full::new(Bytes::new()))?;
+            let req = hyper::Request::get(&target)
+                .header(crate::http::blobs::CLUSTER_HEADER, cluster)
+                .body(Full::new(Bytes::new()))?;
             let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await??;
             anyhow::ensure!(resp.status().is_success(), "{target}: {}", resp.status());
             let mut body = resp.into_body();

@@ -17,6 +17,10 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7001";
 pub const ENDPOINTS_VAR: &str = "KEEL_ENDPOINTS";
 /// The variable that names the CA file a TLS cluster's certificates are checked against.
 pub const CA_VAR: &str = "KEEL_CA";
+/// The variable holding a token (`keel token create` prints one).
+pub const TOKEN_VAR: &str = "KEEL_TOKEN";
+/// The variable naming a file that holds a token.
+pub const TOKEN_FILE_VAR: &str = "KEEL_TOKEN_FILE";
 /// What `keel dev` writes in the directory it runs in (its default `--dir`).
 pub const DEV_CLUSTER_FILE: &str = "keel-dev/cluster.json";
 
@@ -97,6 +101,67 @@ pub fn resolve_ca(env: Option<&str>, cwd: &Path) -> anyhow::Result<Option<PathBu
     Ok(cluster
         .ca
         .map(|ca| file.parent().map_or(ca.clone(), |dir| dir.join(&ca))))
+}
+
+/// The token to present, never from a flag (a flag's value shows in `ps`): `--token-file`
+/// (`flag_file`), else `$KEEL_TOKEN` (`env_token`), else the file `$KEEL_TOKEN_FILE`
+/// (`env_file`), else the `"admin_token_file"` of the `keel-dev/cluster.json` under `cwd`
+/// (written by `keel dev --auth`; not looked for without `cwd`), else none. Blank
+/// variables count as unset.
+pub fn resolve_token(
+    flag_file: Option<&Path>,
+    env_token: Option<&str>,
+    env_file: Option<&str>,
+    cwd: Option<&Path>,
+) -> anyhow::Result<Option<String>> {
+    let read = |path: &Path| -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token file {}", path.display()))?;
+        let token = text.trim().to_string();
+        anyhow::ensure!(
+            !token.is_empty(),
+            "the token file {} is empty",
+            path.display()
+        );
+        Ok(token)
+    };
+    if let Some(path) = flag_file {
+        return read(path).map(Some);
+    }
+    if let Some(token) = env_token.map(str::trim).filter(|t| !t.is_empty()) {
+        return Ok(Some(token.to_string()));
+    }
+    if let Some(path) = env_file.map(str::trim).filter(|t| !t.is_empty()) {
+        return read(Path::new(path)).map(Some);
+    }
+    let Some(file) = cwd.map(|c| c.join(DEV_CLUSTER_FILE)).filter(|f| f.exists()) else {
+        return Ok(None);
+    };
+    let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let cluster: DevCluster = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a keel dev cluster file", file.display()))?;
+    match cluster.admin_token_file {
+        Some(path) => {
+            let path = file.parent().map_or(path.clone(), |dir| dir.join(&path));
+            read(&path).map(Some)
+        }
+        None => Ok(None),
+    }
+}
+
+/// The path of `PUT/DELETE /v1/auth/roles/{role}/grants/{grant}` for `keel role
+/// grant|revoke ROLE PERMISSION [PLUGIN]` (`PERMISSION` may also be `query:PLUGIN`).
+pub fn grant_path(role: &str, permission: &str, plugin: Option<&str>) -> anyhow::Result<String> {
+    let grant = match plugin {
+        Some(p) => format!("{permission}:{p}"),
+        None => permission.to_string(),
+    };
+    let parsed = crate::auth::Grant::parse(&grant).map_err(|e| anyhow::anyhow!(e))?;
+    anyhow::ensure!(
+        crate::auth::valid_name(role),
+        "{role:?}: a role name is 1 to 64 of a-z A-Z 0-9 . _ @ -"
+    );
+    Ok(format!("/v1/auth/roles/{role}/grants/{parsed}"))
 }
 
 fn split_urls<'a>(parts: impl Iterator<Item = &'a str>) -> Vec<String> {
@@ -373,6 +438,63 @@ mod tests {
             serde_json::json!({ "nodes": nodes }).to_string(),
         )
         .expect("write");
+    }
+
+    #[test]
+    fn the_token_comes_from_the_file_flag_then_the_variables_then_cluster_json_never_a_flag_value()
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cwd = dir.path();
+        assert_eq!(
+            resolve_token(None, None, None, Some(cwd)).expect("none"),
+            None
+        );
+        dev_file(cwd, &["http://127.0.0.1:1"]);
+        let mut cluster: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(cwd.join(DEV_CLUSTER_FILE)).expect("read"))
+                .expect("json");
+        cluster["admin_token_file"] = "admin.token".into();
+        std::fs::write(cwd.join(DEV_CLUSTER_FILE), cluster.to_string()).expect("write");
+        std::fs::write(cwd.join("keel-dev/admin.token"), "dev-token\n").expect("write");
+        let got = |f: Option<&Path>, t: Option<&str>, e: Option<&str>| {
+            resolve_token(f, t, e, Some(cwd)).expect("token")
+        };
+        assert_eq!(got(None, None, None).as_deref(), Some("dev-token"));
+        std::fs::write(cwd.join("other"), " file-token \n").expect("write");
+        let other = cwd.join("other");
+        let other_s = other.to_string_lossy().into_owned();
+        assert_eq!(
+            got(None, None, Some(&other_s)).as_deref(),
+            Some("file-token")
+        );
+        assert_eq!(
+            got(None, Some("env"), Some(&other_s)).as_deref(),
+            Some("env")
+        );
+        assert_eq!(got(None, Some(" "), None).as_deref(), Some("dev-token"));
+        assert_eq!(
+            got(Some(&other), Some("env"), None).as_deref(),
+            Some("file-token")
+        );
+        assert!(resolve_token(Some(&cwd.join("missing")), None, None, Some(cwd)).is_err());
+    }
+
+    #[test]
+    fn grant_paths_name_one_permission() {
+        assert_eq!(
+            grant_path("readers", "query", Some("kv")).expect("path"),
+            "/v1/auth/roles/readers/grants/query:kv"
+        );
+        assert_eq!(
+            grant_path("ops", "admin", None).expect("path"),
+            "/v1/auth/roles/ops/grants/admin"
+        );
+        assert!(
+            grant_path("r", "query", None).is_err(),
+            "query needs a plugin"
+        );
+        assert!(grant_path("r", "write", Some("kv")).is_err());
+        assert!(grant_path("r/x", "admin", None).is_err());
     }
 
     #[test]

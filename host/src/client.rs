@@ -27,6 +27,9 @@ pub struct Client {
     deadline: Option<Duration>,
     /// Shows how much of each request body has gone out, then a spinner until the answer.
     progress: Option<Progress>,
+    /// Sent with every request: the token (`Authorization`, marked sensitive so that it is
+    /// never printed), a node's `keel-cluster`.
+    extra: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
 }
 
 /// A progress bar and what it says while uploading and while waiting for the answer.
@@ -91,17 +94,55 @@ pub struct Answer {
     pub uncertain: bool,
 }
 
+/// The token every [`Client`] of this process presents (the CLI installs the one it was
+/// given: `$KEEL_TOKEN`, a token file).
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes every client of this process present `token` (the first call wins).
+pub fn install_token(token: String) {
+    let _ = TOKEN.set(token);
+}
+
+/// The token [`install_token`] installed.
+pub fn installed_token() -> Option<&'static str> {
+    TOKEN.get().map(String::as_str)
+}
+
 impl Client {
-    /// A client trying `endpoints` in turn.
+    /// A client trying `endpoints` in turn (presenting the installed token, if any).
     pub fn new(endpoints: Vec<String>) -> Client {
-        Client {
+        let client = Client {
             endpoints,
             http: crate::tls::client(),
             client_id: None,
             serial: 0,
             deadline: None,
             progress: None,
+            extra: Vec::new(),
+        };
+        match installed_token() {
+            Some(token) => client.with_token(token),
+            None => client,
         }
+    }
+
+    /// The same client, presenting `token` (`Authorization: Bearer …`) with every request.
+    /// A token that is not a valid header value is not sent (the cluster answers 401).
+    pub fn with_token(mut self, token: &str) -> Client {
+        if let Ok(mut value) = hyper::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+            value.set_sensitive(true);
+            self.extra.push((hyper::header::AUTHORIZATION, value));
+        }
+        self
+    }
+
+    /// The same client, sending `name: value` with every request.
+    pub fn with_header(mut self, name: &'static str, value: String) -> Client {
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
+            self.extra
+                .push((hyper::header::HeaderName::from_static(name), value));
+        }
+        self
     }
 
     /// Shows each request body's upload on `bar` (its length is set per request) as
@@ -329,6 +370,9 @@ impl Client {
         let give_up = self.deadline.map(|d| Instant::now() + d);
         for _ in 0..40 {
             let mut req = Request::builder().method(method.clone()).uri(&url);
+            for (name, value) in &self.extra {
+                req = req.header(name, value);
+            }
             for (name, value) in headers {
                 req = req.header(*name, value);
             }

@@ -90,6 +90,9 @@ pub struct NodeConfig {
     /// Allows listening without TLS on an address other than loopback (warned at start and
     /// shown in `/v1/status`). Without it such a config is refused.
     pub insecure: bool,
+    /// Once the cluster has users (docs/security.md), `/metrics` needs `read-status` too
+    /// (off: it stays open, for scrapers without a token).
+    pub metrics_auth: bool,
 }
 
 impl Default for NodeConfig {
@@ -124,6 +127,7 @@ impl Default for NodeConfig {
             plugin_history: 8,
             tls: None,
             insecure: false,
+            metrics_auth: false,
         }
     }
 }
@@ -275,6 +279,7 @@ mod tests {
                 ca: PathBuf::from("/etc/keel/ca.pem"),
             }),
             insecure: true,
+            metrics_auth: true,
         };
         let text = serde_json::to_string_pretty(&cfg).expect("a config serializes");
         let back: NodeConfig = serde_json::from_str(&text).expect("its own JSON parses");

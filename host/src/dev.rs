@@ -34,7 +34,13 @@ pub struct DevCluster {
     /// The CA of a TLS cluster (`keel dev --tls`): the CLI checks the nodes against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
+    /// The token file of user `root` (`keel dev --auth`): the CLI presents it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
 }
+
+/// Where `keel dev --auth` keeps user `root`'s token, under the cluster's directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 /// Writes the configs of a new `n`-node cluster under `dir`, on free loopback ports.
 pub fn plan(n: usize, dir: &Path) -> anyhow::Result<Vec<(NodeConfig, PathBuf)>> {
@@ -196,7 +202,7 @@ pub fn existing(dir: &Path) -> anyhow::Result<Option<Vec<(NodeConfig, PathBuf)>>
 /// Runs `keel dev` until Ctrl-C. A directory that already holds a cluster resumes it, data
 /// and all, on the same ports (the membership records the nodes' addresses); `fresh`
 /// deletes it and starts a new one.
-pub async fn run(n: usize, dir: PathBuf, fresh: bool, tls: bool) -> anyhow::Result<()> {
+pub async fn run(n: usize, dir: PathBuf, fresh: bool, tls: bool, auth: bool) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the keel binary")?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
@@ -209,6 +215,13 @@ pub async fn run(n: usize, dir: PathBuf, fresh: bool, tls: bool) -> anyhow::Resu
             }
         }
     }
+    let token_path = dir.join(ADMIN_TOKEN_FILE);
+    if fresh || previous.is_none() {
+        // A token of a cluster that is gone.
+        let _ = std::fs::remove_file(&token_path);
+    }
+    // A resumed cluster that has auth keeps it (and its token), --auth or not.
+    let auth = auth || token_path.exists();
     let plan = match previous.filter(|_| !fresh) {
         Some(nodes) if nodes.len() != n => bail!(
             "{} holds a {}-node cluster; run with --nodes {} to resume it, --fresh to replace it, or pick another --dir",
@@ -270,13 +283,16 @@ pub async fn run(n: usize, dir: PathBuf, fresh: bool, tls: bool) -> anyhow::Resu
         return Err(e);
     }
     let cluster_file = dir.join("cluster.json");
-    std::fs::write(
-        &cluster_file,
-        serde_json::to_vec_pretty(&DevCluster {
-            nodes,
-            ca: ca.clone(),
-        })?,
-    )?;
+    let mut cluster = DevCluster {
+        nodes,
+        ca: ca.clone(),
+        admin_token_file: None,
+    };
+    std::fs::write(&cluster_file, serde_json::to_vec_pretty(&cluster)?)?;
+    if token_path.exists() {
+        // A resumed cluster with auth: this process reads the status with root's token.
+        crate::client::install_token(crate::auth::bootstrap::token_file(&token_path)?);
+    }
     let endpoints: Vec<String> = plan.iter().map(|(c, _)| c.url()).collect();
     // Ctrl-C or a plain `kill`, from here on: either way the children go too, never
     // orphaned. One listener of each for both waits below, so no signal falls between them.
@@ -295,7 +311,16 @@ pub async fn run(n: usize, dir: PathBuf, fresh: bool, tls: bool) -> anyhow::Resu
             return Ok(());
         }
         Some(Some((id, took))) => {
-            println!("leader: node {id} (ready in {:.1} s)", took.as_secs_f64())
+            println!("leader: node {id} (ready in {:.1} s)", took.as_secs_f64());
+            if auth {
+                enable_auth(&endpoints, &token_path).await?;
+                cluster.admin_token_file = Some(token_path.clone());
+                std::fs::write(&cluster_file, serde_json::to_vec_pretty(&cluster)?)?;
+                println!(
+                    "authentication on: user root's token is in {} (the CLI reads it from cluster.json)",
+                    token_path.display()
+                );
+            }
         }
         Some(None) => eprintln!(
             "no leader after {} s: the nodes' logs may say why ({}/node-*/keel.log)",
@@ -317,6 +342,13 @@ pub async fn run(n: usize, dir: PathBuf, fresh: bool, tls: bool) -> anyhow::Resu
     );
     if let Some(ca) = &ca {
         println!("export {}={}", crate::cli::CA_VAR, ca.display());
+    }
+    if cluster.admin_token_file.is_some() {
+        println!(
+            "export {}={}",
+            crate::cli::TOKEN_FILE_VAR,
+            token_path.display()
+        );
     }
     println!(
         "try:     keel put hello world && keel get hello && keel status  (from this directory, or after the export)"
@@ -343,6 +375,21 @@ const LEADER_WAIT: Duration = Duration::from_secs(60);
 
 /// Waits until a node leads with the kv plugin active (so a `keel put` now succeeds), with
 /// a spinner on a terminal; `(leader, time taken)`, or `None` after `limit`.
+/// `keel dev --auth`: user `root` with the token in `path` (made now, or kept from before).
+async fn enable_auth(endpoints: &[String], path: &Path) -> anyhow::Result<()> {
+    use crate::auth::bootstrap::{Initialised, init, token_file};
+    let mut client = crate::client::Client::new(endpoints.to_vec()).with_deadline(LEADER_WAIT);
+    match init(&mut client, path).await? {
+        Initialised::Done => {}
+        Initialised::HadUsers(why) => bail!(
+            "the cluster has users, and not the token in {}: {why}",
+            path.display()
+        ),
+    }
+    crate::client::install_token(token_file(path)?);
+    Ok(())
+}
+
 async fn wait_for_leader(endpoints: &[String], limit: Duration) -> Option<(u64, Duration)> {
     let bar = crate::cli::progress_bar();
     bar.set_style(crate::cli::waiting_style());

@@ -31,6 +31,18 @@ pub async fn through(mut cfg: NodeConfig, url: &str) -> anyhow::Result<NodeConfi
         return Ok(cfg);
     }
     let mut client = Client::new(vec![url.to_string()]).with_deadline(Duration::from_secs(30));
+    // With client authentication on, a plaintext member answers its status only to a token
+    // with `read-status` (over TLS this node's certificate is enough): `$KEEL_TOKEN` or
+    // the file `$KEEL_TOKEN_FILE`, as for the CLI.
+    let token = crate::cli::resolve_token(
+        None,
+        std::env::var(crate::cli::TOKEN_VAR).ok().as_deref(),
+        std::env::var(crate::cli::TOKEN_FILE_VAR).ok().as_deref(),
+        None,
+    )?;
+    if let Some(token) = token {
+        client = client.with_token(&token);
+    }
     let answer = client
         .get("/v1/status")
         .await

@@ -7,6 +7,7 @@
 //! a local cluster; [`client`] is the CLI's client and [`cli`] the rest of the CLI that has
 //! tests.
 
+pub mod auth;
 pub mod backup;
 pub mod blobs;
 pub mod certs;

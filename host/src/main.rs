@@ -53,6 +53,9 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("listening on {}", cfg.listen))?;
         let (id, url) = (cfg.id, cfg.url());
         let node = keel::driver::start(cfg.clone())?;
+        if let Some(file) = &args.init_admin_token_file {
+            tokio::spawn(keel::auth::bootstrap::serve_init(url.clone(), file.clone()));
+        }
         keel::plugin_dir::spawn(&cfg)?;
         tracing::info!(target: "keel::raft", id, %url, "serving");
         let storage = node.storage.clone();
@@ -89,6 +92,15 @@ impl Ctx {
         let env = std::env::var(keel::cli::ENDPOINTS_VAR).ok();
         let cwd = std::env::current_dir().context("reading the current directory")?;
         let (endpoints, source) = keel::cli::resolve_endpoints(&g.endpoints, env.as_deref(), &cwd)?;
+        let token = keel::cli::resolve_token(
+            g.token_file.as_deref(),
+            std::env::var(keel::cli::TOKEN_VAR).ok().as_deref(),
+            std::env::var(keel::cli::TOKEN_FILE_VAR).ok().as_deref(),
+            Some(&cwd),
+        )?;
+        if let Some(token) = token {
+            keel::client::install_token(token);
+        }
         let ca = std::env::var(keel::cli::CA_VAR).ok();
         if let Some(ca) = keel::cli::resolve_ca(ca.as_deref(), &cwd)? {
             let tls = keel::tls::Tls::client_only(&ca)
@@ -286,7 +298,14 @@ async fn follow_events(ctx: &Ctx) -> anyhow::Result<()> {
             break;
         }
         let url = &ctx.endpoints[attempt % ctx.endpoints.len()];
-        let req = hyper::Request::get(format!("{url}/v1/events"))
+        let mut req = hyper::Request::get(format!("{url}/v1/events"));
+        if let Some(token) = keel::client::installed_token() {
+            let mut value = hyper::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the token is not a valid header value")?;
+            value.set_sensitive(true);
+            req = req.header(hyper::header::AUTHORIZATION, value);
+        }
+        let req = req
             .body(http_body_util::Empty::new())
             .context("building the request")?;
         let resp = match tokio::time::timeout(ctx.per_node(), http.request(req)).await {
@@ -400,6 +419,97 @@ async fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpList
     }
 }
 
+/// `keel auth init|show|whoami`.
+fn auth_cmd(g: &Global, command: AuthCmd) -> ExitCode {
+    match command {
+        AuthCmd::Init {
+            token_file: Some(file),
+        } => {
+            let ctx = match Ctx::new(g) {
+                Ok(c) => c,
+                Err(e) => return fail("auth init", e),
+            };
+            let done = runtime()
+                .and_then(|rt| rt.block_on(keel::auth::bootstrap::init(&mut ctx.client(), &file)));
+            match done {
+                Ok(keel::auth::bootstrap::Initialised::Done) => {
+                    println!(
+                        "authentication is on: user root's token is in {}",
+                        file.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(keel::auth::bootstrap::Initialised::HadUsers(why)) => {
+                    eprintln!("keel auth init: {why}");
+                    ExitCode::from(exit::REFUSED)
+                }
+                Err(e) => ctx.failed("auth init", &e),
+            }
+        }
+        AuthCmd::Init { token_file: None } => {
+            client_call(g, "auth init", Shown::Raw, async move |c| {
+                c.request(hyper::Method::POST, "/v1/auth/init", Vec::new())
+                    .await
+            })
+        }
+        AuthCmd::Show => client_call(g, "auth show", Shown::Raw, async move |c| {
+            c.get("/v1/auth").await
+        }),
+        AuthCmd::Whoami => client_call(g, "auth whoami", Shown::Raw, async move |c| {
+            c.get("/v1/auth/whoami").await
+        }),
+    }
+}
+
+/// `keel token create|revoke`.
+fn token_cmd(g: &Global, command: TokenCmd) -> ExitCode {
+    match command {
+        TokenCmd::Create { user, label, out } => {
+            let ctx = match Ctx::new(g) {
+                Ok(c) => c,
+                Err(e) => return fail("token create", e),
+            };
+            let body = serde_json::json!({"user": user, "label": label}).to_string();
+            let result = runtime().and_then(|rt| {
+                rt.block_on(async {
+                    ctx.client()
+                        .request(hyper::Method::POST, "/v1/auth/tokens", body.into_bytes())
+                        .await
+                })
+            });
+            let answer = match result {
+                Ok(a) => a,
+                Err(e) => return ctx.failed("token create", &e),
+            };
+            let created: Option<serde_json::Value> = serde_json::from_slice(&answer.body).ok();
+            let token = created.as_ref().and_then(|v| v["token"].as_str());
+            match (answer.status.is_success(), token, &out) {
+                (true, Some(token), Some(file)) => {
+                    if let Err(e) = keel::auth::bootstrap::write_secret(file, token) {
+                        return fail("token create", e);
+                    }
+                    let id = keel::auth::token_id_of(token).unwrap_or_default();
+                    println!("token {id} for {user} written to {}", file.display());
+                    ExitCode::SUCCESS
+                }
+                (true, Some(token), None) if ctx.output == Output::Table => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                _ => show(&ctx, "token create", &answer, Shown::Raw),
+            }
+        }
+        TokenCmd::Revoke { id } => {
+            // The id, or a whole token pasted by mistake: only its id travels.
+            let id = keel::auth::token_id_of(&id).map_or(id.clone(), str::to_string);
+            client_call(g, "token revoke", Shown::Raw, async move |c| {
+                let path = format!("/v1/auth/tokens/{id}");
+                c.request(hyper::Method::DELETE, &path, Vec::new()).await
+            })
+        }
+    }
+}
+
 /// `keel snapshot save FILE`: streamed to `FILE.part`, verified whole, then renamed.
 fn snapshot_save(g: &Global, file: &std::path::Path) -> ExitCode {
     let ctx = match Ctx::new(g) {
@@ -480,7 +590,10 @@ fn main() -> ExitCode {
             dir,
             fresh,
             tls,
-        } => match runtime().and_then(|rt| rt.block_on(keel::dev::run(nodes, dir, fresh, tls))) {
+            auth,
+        } => match runtime()
+            .and_then(|rt| rt.block_on(keel::dev::run(nodes, dir, fresh, tls, auth)))
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail("dev", e),
         },
@@ -631,6 +744,56 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Cmd::Auth { command } => auth_cmd(g, command),
+        Cmd::User { command } => {
+            let (method, path, body) = match command {
+                UserCmd::Add { name, roles } => (
+                    hyper::Method::POST,
+                    "/v1/auth/users".to_string(),
+                    serde_json::json!({"user": name, "roles": roles}).to_string(),
+                ),
+                UserCmd::Remove { name } => (
+                    hyper::Method::DELETE,
+                    format!("/v1/auth/users/{name}"),
+                    String::new(),
+                ),
+                UserCmd::Grant { name, role } => (
+                    hyper::Method::PUT,
+                    format!("/v1/auth/users/{name}/roles/{role}"),
+                    String::new(),
+                ),
+                UserCmd::Revoke { name, role } => (
+                    hyper::Method::DELETE,
+                    format!("/v1/auth/users/{name}/roles/{role}"),
+                    String::new(),
+                ),
+            };
+            client_call(g, "user", Shown::Raw, async move |c| {
+                c.request(method, &path, body.into_bytes()).await
+            })
+        }
+        Cmd::Role { command } => {
+            let (method, role, permission, plugin) = match command {
+                RoleCmd::Grant {
+                    role,
+                    permission,
+                    plugin,
+                } => (hyper::Method::PUT, role, permission, plugin),
+                RoleCmd::Revoke {
+                    role,
+                    permission,
+                    plugin,
+                } => (hyper::Method::DELETE, role, permission, plugin),
+            };
+            let path = match keel::cli::grant_path(&role, &permission, plugin.as_deref()) {
+                Ok(p) => p,
+                Err(e) => return fail("role", e),
+            };
+            client_call(g, "role", Shown::Raw, async move |c| {
+                c.request(method, &path, Vec::new()).await
+            })
+        }
+        Cmd::Token { command } => token_cmd(g, command),
         Cmd::Status => cluster(g, false),
         Cmd::Members => cluster(g, true),
         Cmd::Watch => watch(g),

@@ -25,6 +25,8 @@ pub struct Metrics {
     /// Peer requests refused for their certificate: none, or one naming another node than
     /// the messages' sender (issue #13).
     pub peer_identity_refused: Counter,
+    /// Client requests refused by authentication (401) or for a missing role (403).
+    pub auth_refused: Counter,
     /// Snapshots installed from a leader.
     pub snapshots_installed: Counter,
     /// Requests and peer batches refused because the driver's queue was full.
@@ -69,6 +71,7 @@ impl Default for Metrics {
             peer_dropped: Counter::default(),
             tls_refused: Counter::default(),
             peer_identity_refused: Counter::default(),
+            auth_refused: Counter::default(),
             snapshots_installed: Counter::default(),
             inputs_refused: Counter::default(),
             blob_sweep_fetches: Counter::default(),
@@ -127,6 +130,11 @@ impl Default for Metrics {
             "peer_identity_refused",
             "Peer requests refused: no node certificate, or one naming another node than the sender",
             m.peer_identity_refused.clone(),
+        );
+        registry.register(
+            "auth_refused",
+            "Client requests refused without a valid token (401) or without the permission (403)",
+            m.auth_refused.clone(),
         );
         registry.register(
             "peer_messages_dropped",

@@ -38,7 +38,8 @@ pub async fn collect(node: &NodeHandle) -> Result<usize, String> {
     // The lowest snapshot index among the members, every one of them answering.
     let mut watermark = u64::MAX;
     for url in members.values() {
-        let mut c = crate::client::Client::new(vec![url.clone()]);
+        let mut c = crate::client::Client::new(vec![url.clone()])
+            .with_header(super::blobs::CLUSTER_HEADER, node.config.cluster_id.clone());
         let answer = tokio::time::timeout(Duration::from_secs(2), c.get("/v1/status"))
             .await
             .map_err(|_| format!("{url} did not answer"))?

@@ -143,6 +143,7 @@ async fn place_with(
                 let client = crate::tls::client::<Body>();
                 if probe {
                     let head = Request::head(format!("{url}/v1/blobs/{}", hex(&hash)))
+                        .header(CLUSTER_HEADER, &cluster)
                         .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed());
                     if let Ok(head) = head
                         && let Ok(Ok(resp)) =

@@ -85,6 +85,7 @@ pub async fn cluster(node: &NodeHandle) -> ClusterView {
     let local_json = serde_json::to_value(&local).unwrap_or_default();
     let members = cluster_view::members_of(&local_json);
     let http: HttpClient<Connector, Full<Bytes>> = crate::tls::client();
+    let cluster = node.config.cluster_id.as_str();
     let answers = futures_util::future::join_all(members.iter().map(|(id, url, _)| {
         let http = &http;
         let local_json = &local_json;
@@ -93,8 +94,8 @@ pub async fn cluster(node: &NodeHandle) -> ClusterView {
                 return (Ok(local_json.clone()), Some(node.metrics.render()));
             }
             let (status, metrics) = futures_util::future::join(
-                get(http, format!("{url}/v1/status")),
-                get(http, format!("{url}/metrics")),
+                get(http, format!("{url}/v1/status"), cluster),
+                get(http, format!("{url}/metrics"), cluster),
             )
             .await;
             let status = status.and_then(|b| Ok(serde_json::from_slice(&b)?));
@@ -145,8 +146,15 @@ pub async fn cluster(node: &NodeHandle) -> ClusterView {
 }
 
 /// One GET, answered with 2xx within [`MEMBER_TIMEOUT`] (body included), or why not.
-async fn get(http: &HttpClient<Connector, Full<Bytes>>, url: String) -> anyhow::Result<Bytes> {
-    let req = Request::get(&url).body(Full::new(Bytes::new()))?;
+/// `GET url` as a cluster node (`keel-cluster`: peers let it through when auth is on).
+async fn get(
+    http: &HttpClient<Connector, Full<Bytes>>,
+    url: String,
+    cluster: &str,
+) -> anyhow::Result<Bytes> {
+    let req = Request::get(&url)
+        .header(super::blobs::CLUSTER_HEADER, cluster)
+        .body(Full::new(Bytes::new()))?;
     let answer = async {
         let resp = http.request(req).await?;
         anyhow::ensure!(resp.status().is_success(), "HTTP {}", resp.status());

@@ -2,6 +2,7 @@
 //! the receiving end of the peer transport (`peer`; the sending end is [`crate::peer`],
 //! design §1).
 
+mod auth;
 mod backup;
 pub mod blob_gc;
 pub mod blobs;
@@ -41,6 +42,14 @@ pub async fn serve(listener: TcpListener, node: NodeHandle) -> std::io::Result<(
 async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Authentication and roles (issue #13) before any body is read.
+    let caller = match auth::gate(&node, &req, &parts).await {
+        Ok(caller) => caller,
+        Err(refused) => {
+            node.metrics.http(refused.status().as_u16());
+            return refused;
+        }
+    };
     let response = match (req.method(), parts.as_slice()) {
         (&Method::POST, ["v1", "raft"]) => peer::peer_messages(&node, req).await,
         (&Method::POST, ["v1", "raft", "stream"]) => peer::peer_stream(&node, req).await,
@@ -48,13 +57,14 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, ["v1", "snapshot"]) => backup::save(&node).await,
         (&Method::POST, ["v1", "plugins", plugin, "commands"]) => {
             let plugin = plugin.to_string();
-            command(&node, req, plugin).await
+            command(&node, req, plugin, &caller).await
         }
         (&Method::POST, ["v1", "plugins", plugin, "query"]) => {
             let plugin = plugin.to_string();
-            query(&node, req, plugin).await
+            query(&node, req, plugin, &caller).await
         }
-        (&Method::POST, ["v1", "sessions"]) => open_session(&node, &path).await,
+        (&Method::POST, ["v1", "sessions"]) => open_session(&node, &path, &caller).await,
+        (_, ["v1", "auth", ..]) => auth::route(&node, req, &caller, &parts).await,
         (&Method::GET, ["v1", "plugins"]) => plugins::list(&node).await,
         (&Method::GET, ["v1", "plugins", name]) => plugins::show(&node, name).await,
         (&Method::POST, ["v1", "plugins", name, "rollback"]) => {
@@ -274,7 +284,12 @@ pub(crate) fn header_u64(req: &Request<Incoming>, name: &str) -> Result<Option<u
 
 // ------------------------------------------------------------------------- clients
 
-async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> Response<Body> {
+async fn command(
+    node: &NodeHandle,
+    req: Request<Incoming>,
+    plugin: String,
+    caller: &crate::auth::Caller,
+) -> Response<Body> {
     let path = req
         .uri()
         .path_and_query()
@@ -303,6 +318,11 @@ async fn command(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> R
     };
     if let Some(elsewhere) = not_leader(node, &path) {
         return elsewhere;
+    }
+    if let Some(c) = client
+        && let Err(refused) = auth::session_owned(node, caller, c.client_id).await
+    {
+        return refused;
     }
     if node.registry.get(&plugin).is_none() {
         return unknown_plugin(node, &plugin);
@@ -400,8 +420,13 @@ pub(crate) fn not_leader(node: &NodeHandle, path: &str) -> Option<Response<Body>
 }
 
 /// `POST /v1/sessions`: a new client session (thesis §6.3), answered once applied with
-/// `{"client_id": N}` (N is the opening entry's index, unique for ever).
-async fn open_session(node: &NodeHandle, path: &str) -> Response<Body> {
+/// `{"client_id": N}` (N is the opening entry's index, unique for ever). A user's session
+/// is then claimed for that user, through the log, before its id is answered.
+async fn open_session(
+    node: &NodeHandle,
+    path: &str,
+    caller: &crate::auth::Caller,
+) -> Response<Body> {
     if let Some(elsewhere) = not_leader(node, path) {
         return elsewhere;
     }
@@ -409,7 +434,31 @@ async fn open_session(node: &NodeHandle, path: &str) -> Response<Body> {
     if let Err(e) = node.submit(Input::OpenSession(tx)) {
         return retry_later(&e.to_string());
     }
-    answer(node, rx, node.config.default_timeout_ms, path).await
+    let opened = answer(node, rx, node.config.default_timeout_ms, path).await;
+    let Some(user) = caller.user() else {
+        return opened;
+    };
+    if opened.status() != StatusCode::OK {
+        return opened;
+    }
+    let Ok(body) = opened.into_body().collect().await.map(|b| b.to_bytes());
+    let client_id = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["client_id"].as_u64());
+    let Some(client_id) = client_id else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "a session without an id");
+    };
+    let claim = crate::auth::Op::ClaimSession {
+        client_id,
+        user: user.to_string(),
+    };
+    match auth::propose(node, &claim, path).await {
+        Ok(_) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "client_id": client_id }),
+        ),
+        Err(r) => r,
+    }
 }
 
 /// The HTTP answer to a command (or session opening) once the driver replies.
@@ -454,7 +503,12 @@ pub(crate) async fn answer(
     }
 }
 
-async fn query(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> Response<Body> {
+async fn query(
+    node: &NodeHandle,
+    req: Request<Incoming>,
+    plugin: String,
+    caller: &crate::auth::Caller,
+) -> Response<Body> {
     let path = req
         .uri()
         .path_and_query()
@@ -495,7 +549,13 @@ async fn query(node: &NodeHandle, req: Request<Incoming>, plugin: String) -> Res
         }
         match tokio::time::timeout(Duration::from_millis(node.config.default_timeout_ms), rx).await
         {
-            Ok(Ok(Ok(_index))) => {}
+            Ok(Ok(Ok(_index))) => {
+                // A token revoked at or before the read index is refused here too.
+                let need = crate::auth::Need::Grant(crate::auth::Grant::Query(plugin.clone()));
+                if let Some(refused) = auth::no_longer_allowed(node, caller, &need) {
+                    return refused;
+                }
+            }
             Ok(Ok(Err(ReadRefused::NotLeader(leader)))) => return redirect(node, leader, &path),
             Ok(Ok(Err(ReadRefused::Retry))) | Ok(Err(_)) => {
                 return retry_later("no leader to confirm the read");

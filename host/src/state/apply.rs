@@ -53,9 +53,18 @@ pub struct Applied {
     pub batch: ApplyBatch,
     /// Every client command of the batch, in log order.
     pub results: Vec<CommandOutcome>,
-    /// Plugins deployed (`Some`) or undeployed (`None`) by this batch, to activate once it
-    /// is committed.
-    pub deployed: Vec<(String, Option<Arc<Plugin>>)>,
+    /// What the batch changed in memory (plugins deployed or undeployed, the auth table), to
+    /// activate once it is committed ([`activate`]).
+    pub deployed: Activation,
+}
+
+/// What a committed batch changes in the registry.
+#[derive(Default)]
+pub struct Activation {
+    /// Plugins deployed (`Some`) or undeployed (`None`).
+    pub plugins: Vec<(String, Option<Arc<Plugin>>)>,
+    /// The auth table as the batch leaves it, if the batch changed it.
+    pub auth: Option<Arc<crate::auth::AuthTable>>,
 }
 
 /// Runs a batch of committed entries through the plugins.
@@ -79,6 +88,7 @@ pub fn apply_batch(
         batch: ApplyBatch::default(),
         results: Vec::new(),
         deployed: BTreeMap::new(),
+        auth: None,
     };
     for e in entries {
         applier.batch.last_applied = LogId::of(e);
@@ -108,6 +118,7 @@ pub fn apply_batch(
                 let expired = applier.overlay().sessions_unused_since(*before_ms)?;
                 for client in expired {
                     applier.set_session(client, None);
+                    applier.forget_owner(client)?;
                 }
             }
             Record::Undeploy { plugin } => {
@@ -127,13 +138,16 @@ pub fn apply_batch(
     Ok(Applied {
         batch: applier.batch,
         results: applier.results,
-        deployed: applier.deployed.into_iter().collect(),
+        deployed: Activation {
+            plugins: applier.deployed.into_iter().collect(),
+            auth: applier.auth.map(Arc::new),
+        },
     })
 }
 
 /// The state of one [`apply_batch`] call.
 pub(super) struct Applier<'a> {
-    registry: &'a Registry,
+    pub(super) registry: &'a Registry,
     blobs: &'a Blobs,
     overlay: Arc<Mutex<Overlay>>,
     batch: ApplyBatch,
@@ -141,6 +155,8 @@ pub(super) struct Applier<'a> {
     /// Deployed (or undeployed: `None`) earlier in this batch: so for the entries after
     /// theirs.
     deployed: BTreeMap<String, Option<Arc<Plugin>>>,
+    /// The auth table as this batch leaves it so far, once an entry changed it.
+    pub(super) auth: Option<crate::auth::AuthTable>,
 }
 
 /// One plugin's commands of an entry: `(position, context, bytes)` each.
@@ -176,7 +192,7 @@ impl Applier<'_> {
         });
     }
 
-    fn session(&self, client: u64) -> Result<Option<Session>, StorageError> {
+    pub(super) fn session(&self, client: u64) -> Result<Option<Session>, StorageError> {
         self.overlay().session(client)
     }
 
@@ -286,6 +302,10 @@ impl Applier<'_> {
                 Payload::Attached { .. } => &[],
             };
             let plan = match plugin {
+                // A change to the auth table: applied by the host, never by a plugin.
+                None if cmd.plugin == crate::auth::AUTH_PLUGIN => {
+                    Plan::Answer(self.auth_change(e, bytes)?)
+                }
                 None => Plan::Answer(Err(format!("unknown plugin {:?}", cmd.plugin))),
                 Some(plugin) => {
                     let ctx = ApplyContext {

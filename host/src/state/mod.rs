@@ -2,12 +2,14 @@
 //! entries, the write-back layer and layered views, and the state hash.
 
 mod apply;
+mod auth;
 mod hash;
 mod layer;
 mod registry;
 mod versions;
 
 pub use apply::*;
+pub use auth::*;
 pub use hash::*;
 pub use layer::*;
 pub use registry::*;

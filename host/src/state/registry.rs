@@ -8,6 +8,8 @@ use keel_plugin::{Limits, Plugin, PluginError, PluginId, Runtime};
 use keel_raft::Deploy;
 use keel_storage::{KvRange, StateView, StorageError};
 
+use super::apply::Activation;
+use crate::auth::AuthTable;
 use crate::blobs::{Blobs, hex};
 
 /// Reserved namespace holding the deployed plugins (name → `Deploy`), so the set of active
@@ -20,10 +22,14 @@ pub static BUILTIN_KV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kv.wasm
 /// The outcome of one command, identical on every node.
 pub type CommandResult = Result<Vec<u8>, String>;
 
-/// The active plugins, shared by the apply path and the query handlers.
+/// The active plugins, shared by the apply path and the query handlers; and the auth table
+/// (issue #13), which is derived from the applied state at the same points (a restart, a
+/// snapshot install, a committed batch), so every request is checked against the table as
+/// of this node's applied index.
 #[derive(Clone, Default)]
 pub struct Registry {
     plugins: Arc<RwLock<BTreeMap<String, Arc<Plugin>>>>,
+    auth: Arc<RwLock<Arc<AuthTable>>>,
 }
 
 impl Registry {
@@ -44,6 +50,15 @@ impl Registry {
             .keys()
             .cloned()
             .collect()
+    }
+
+    /// The auth table as of the last committed batch.
+    pub fn auth(&self) -> Arc<AuthTable> {
+        self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(super) fn set_auth(&self, table: Arc<AuthTable>) {
+        *self.auth.write().unwrap_or_else(|e| e.into_inner()) = table;
     }
 
     pub(super) fn remove(&self, name: &str) {
@@ -88,6 +103,10 @@ pub enum ApplyError {
     /// again (design §6: a record is never failed for a missing blob).
     #[error("blob {} of a reference-only command is not on this node", hex(.0))]
     BlobGone([u8; 32]),
+    /// An auth record in the applied state does not decode: this node cannot tell who may
+    /// do what, and stops rather than enforce another table than the other replicas.
+    #[error("auth table in the applied state: {0}")]
+    BadAuth(String),
     /// A deployed plugin's bytes are not on this node.
     #[error("plugin {plugin} {version}: blob {hash} is not on this node")]
     MissingBlob {
@@ -145,6 +164,7 @@ pub fn reload(
         let plugin = load(runtime, blobs, &d)?;
         registry.set(d.plugin.clone(), Arc::new(plugin));
     }
+    registry.set_auth(Arc::new(super::auth::load_auth(view)?));
     Ok(())
 }
 
@@ -187,13 +207,16 @@ pub fn deployments(view: &dyn StateView) -> Result<Vec<Deploy>, ApplyError> {
     }
 }
 
-/// Activates (or deactivates: `None`) plugins once the batch that deployed them is
-/// committed.
-pub fn activate(registry: &Registry, deployed: Vec<(String, Option<Arc<Plugin>>)>) {
-    for (name, plugin) in deployed {
+/// Activates (or deactivates: `None`) plugins, and the auth table, once the batch that
+/// changed them is committed.
+pub fn activate(registry: &Registry, activation: Activation) {
+    for (name, plugin) in activation.plugins {
         match plugin {
             Some(plugin) => registry.set(name, plugin),
             None => registry.remove(&name),
         }
+    }
+    if let Some(table) = activation.auth {
+        registry.set_auth(table);
     }
 }

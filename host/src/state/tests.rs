@@ -659,3 +659,92 @@ fn an_undeploy_takes_effect_at_its_entry_and_the_history_is_kept() {
     activate(&registry, applied.deployed);
     assert!(registry.get("app").is_none() && registry.get("kv").is_some());
 }
+
+fn auth(op: &crate::auth::Op) -> Command {
+    Command {
+        plugin: crate::auth::AUTH_PLUGIN.into(),
+        client: None,
+        payload: Payload::Inline(serde_json::to_vec(op).expect("json")),
+    }
+}
+
+#[test]
+fn auth_changes_apply_in_the_system_namespace_and_reload_from_it() {
+    use crate::auth::{Op, init_op};
+    let (runtime, registry) = kv();
+    let (id, token) = crate::auth::new_token().expect("random");
+    let claim = |client_id, user: &str| Op::ClaimSession {
+        client_id,
+        user: user.into(),
+    };
+    let entries = [at(
+        2,
+        5,
+        Record::Batch(vec![
+            auth(&init_op(id, Op::hash_hex(&token))),
+            auth(&claim(5, "root")),
+            auth(&claim(5, "eve")),
+            auth(&claim(42, "root")),
+            Command {
+                plugin: "_auth".into(),
+                client: None,
+                payload: Payload::Inline(b"not json".to_vec()),
+            },
+            put("k", "v", None),
+        ]),
+    )];
+    let applied = run(&runtime, &registry, &entries);
+    let got = answers(&applied);
+    assert!(got[0].contains(r#""user":"root""#), "{got:?}");
+    assert!(got[1].contains(r#""client_id":5"#), "{got:?}");
+    assert!(got[2].contains("belongs to another user"), "{got:?}");
+    assert!(got[3].contains("unknown or expired"), "{got:?}");
+    assert!(got[4].starts_with("error: not an auth change"), "{got:?}");
+    assert!(
+        !got[5].starts_with("error"),
+        "the plugin's command runs: {got:?}"
+    );
+    let table = applied
+        .deployed
+        .auth
+        .clone()
+        .expect("the batch changed the table");
+    assert!(table.enabled());
+    // What the batch wrote is what a restart (or a snapshot install) reads back.
+    let storage = with_sessions();
+    storage
+        .persist(keel_storage::LogWrite {
+            entries: &entries,
+            ..Default::default()
+        })
+        .expect("persist");
+    storage
+        .apply(&ApplyBatch {
+            last_applied: LogId { index: 2, term: 1 },
+            ..applied.batch.clone()
+        })
+        .expect("commit");
+    let view = storage.view().expect("view");
+    assert_eq!(load_auth(&view).expect("loads"), *table);
+    assert_eq!(
+        view.get(SYSTEM_NAMESPACE, &crate::auth::session_key(5))
+            .expect("read"),
+        Some(b"root".to_vec())
+    );
+    activate(&registry, applied.deployed);
+    assert!(registry.auth().enabled());
+    // An expired session's owner goes with it.
+    let expire = [at(3, 10, Record::ExpireSessions { before_ms: 10 })];
+    let applied = apply_batch(
+        &runtime,
+        &Blobs::new(None, &[BUILTIN_KV]),
+        &registry,
+        Box::new(storage.view().expect("view")),
+        Arc::default(),
+        &expire,
+    )
+    .expect("applies");
+    assert!(applied.batch.writes.iter().any(|w| {
+        w.namespace == SYSTEM_NAMESPACE && w.key == crate::auth::session_key(5) && w.value.is_none()
+    }));
+}
