@@ -169,7 +169,7 @@ pub async fn peer_snapshot(node: &NodeHandle, req: Request<Incoming>) -> Respons
             }
         }
     }
-    let staged = match tokio::task::spawn_blocking(move || staging.finish()).await {
+    let mut staged = match tokio::task::spawn_blocking(move || staging.finish()).await {
         Ok(Ok(staged)) => staged,
         Ok(Err(e)) => {
             tracing::warn!(target: "keel::msg", from = message.from, "snapshot image refused: {e}");
@@ -181,11 +181,17 @@ pub async fn peer_snapshot(node: &NodeHandle, req: Request<Incoming>) -> Respons
         Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "snapshot check stopped"),
     };
     tracing::info!(target: "keel::msg", from = message.from, index = staged.meta().index, bytes = at, "snapshot image received");
+    // Answered once the driver has installed the image (or the core refused it): until then
+    // the sender counts the transfer as in flight and starts no other.
+    let done = staged.on_done();
     match node.submit(Input::Snapshot {
         message,
         image: staged,
     }) {
-        Ok(()) => no_content(),
+        Ok(()) => {
+            let _ = done.await;
+            no_content()
+        }
         // The image is dropped (deleted); the core asks again.
         Err(SubmitError::Full(_)) => retry_later("driver busy"),
         Err(SubmitError::Stopping) => retry_later("node is stopping"),

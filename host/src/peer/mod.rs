@@ -311,8 +311,12 @@ async fn snapshot_sender(
             view = producer.await.ok();
             match outcome {
                 Ok(resp) if resp.status().is_success() => {
-                    tracing::info!(target: "keel::msg", peer = %url, index, "snapshot sent");
+                    tracing::info!(target: "keel::msg", peer = %url, index, "snapshot sent and installed");
                     view = None;
+                    // Requests the core made while this one was in flight are answered by
+                    // it (the follower's acknowledgement is on its way); the core asks
+                    // again if it still needs one.
+                    while jobs.try_recv().is_ok() {}
                     break;
                 }
                 Ok(resp) if resp.status() == StatusCode::CONFLICT => {

@@ -25,6 +25,8 @@ pub const STAGING_DIR: &str = "snapshots-incoming";
 pub struct StagedImage {
     meta: SnapshotMeta,
     bytes: Staged,
+    /// Told when the image is dropped: installed, or refused by the core.
+    done: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 #[derive(Debug)]
@@ -38,6 +40,14 @@ impl StagedImage {
     /// Where the image stands.
     pub fn meta(&self) -> &SnapshotMeta {
         &self.meta
+    }
+
+    /// A receiver told when this image has been installed or dropped (the transfer counts
+    /// as in flight until then, so the sender does not start another meanwhile).
+    pub fn on_done(&mut self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.done = Some(tx);
+        rx
     }
 
     /// The image, from its first byte.
@@ -56,6 +66,9 @@ impl Drop for StagedImage {
     fn drop(&mut self) {
         if let Staged::File(path) = &self.bytes {
             let _ = std::fs::remove_file(path);
+        }
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
         }
     }
 }
@@ -190,7 +203,11 @@ impl Staging {
                 (Staged::Memory(Arc::new(buf)), verified)
             }
         };
-        let image = StagedImage { meta, bytes };
+        let image = StagedImage {
+            meta,
+            bytes,
+            done: None,
+        };
         let found = verified?;
         if found != image.meta {
             return Err(StageError::Image(
