@@ -60,19 +60,7 @@ pub fn write(
     scratch: &Path,
     out: impl Write,
 ) -> anyhow::Result<Manifest> {
-    let result = write_inner(view, cluster_id, blobs, needed, scratch, out);
-    let _ = std::fs::remove_file(scratch);
-    result
-}
-
-fn write_inner(
-    view: Box<dyn StateView + Send>,
-    cluster_id: &str,
-    blobs: &Blobs,
-    needed: &std::collections::BTreeSet<[u8; 32]>,
-    scratch: &Path,
-    out: impl Write,
-) -> anyhow::Result<Manifest> {
+    let _remove = Scratch(scratch);
     let chunks = SnapshotChunks::new(view, 1 << 20);
     let meta = chunks.meta().clone();
     let mut file = std::io::BufWriter::new(
@@ -138,6 +126,15 @@ fn append<W: Write>(
     header.set_cksum();
     tar.append_data(&mut header, name, data)
         .with_context(|| format!("writing {name} into the backup"))
+}
+
+/// Removes the staged image however the backup ends.
+struct Scratch<'a>(&'a Path);
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+    }
 }
 
 /// A stored blob, read a chunk at a time.

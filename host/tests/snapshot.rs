@@ -109,10 +109,13 @@ fn a_saved_backup_restores_a_whole_cluster_and_a_damaged_one_is_refused() {
     ]);
     assert!(!o.status.success(), "restored over a node: {}", text(&o));
 
-    let mut children: Vec<_> = configs
-        .iter()
-        .map(|(c, _)| keel::dev::spawn(keel_exe(), c).expect("spawn").0)
-        .collect();
+    // Killed however the test ends: a node left running would hold the build lock's file.
+    let mut restored = Nodes(
+        configs
+            .iter()
+            .map(|(c, _)| keel::dev::spawn(keel_exe(), c).expect("spawn").0)
+            .collect(),
+    );
     rt().block_on(async { wait_for_leader(&urls, Duration::from_secs(60)).await });
     for i in [0, 99, 249] {
         let o = keel(&["--endpoints", &endpoints, "get", &format!("k{i}")]);
@@ -131,5 +134,13 @@ fn a_saved_backup_restores_a_whole_cluster_and_a_damaged_one_is_refused() {
     // The restored cluster takes writes.
     let o = keel(&["--endpoints", &endpoints, "put", "new", "write"]);
     assert!(o.status.success(), "put after restore: {}", text(&o));
-    kill_all(&mut children);
+    kill_all(&mut restored.0);
+}
+
+struct Nodes(Vec<std::process::Child>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        kill_all(&mut self.0);
+    }
 }

@@ -15,8 +15,32 @@ const AHEAD: usize = 4;
 
 /// Streams a backup of this node's applied state.
 pub(super) async fn save(node: &NodeHandle) -> Response<Body> {
-    // The applied state as storage holds it after a flush, so the backup is as recent as
-    // this node's apply.
+    // Thesis §6.4: a read barrier first (a follower asks its leader), so the backup holds
+    // every write acknowledged before it was asked for, on whichever node serves it; then
+    // the applied state as storage holds it after a flush.
+    let (tx, rx) = oneshot::channel();
+    if node
+        .submit(Input::Read {
+            mode: keel_raft::ReadMode::ReadIndex,
+            reply: tx,
+        })
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is busy or stopping",
+        );
+    }
+    let timeout = std::time::Duration::from_millis(node.config.default_timeout_ms);
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(Ok(_))) => {}
+        _ => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot confirm this node is up to date (no leader?); retry",
+            );
+        }
+    }
     let (tx, rx) = oneshot::channel();
     if node.submit(Input::Flush(tx)).is_err() || rx.await.is_err() {
         return error(

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{batch, entries, entry};
+use common::{IntoSnapshot, Snapshot, batch, entries, entry};
 use keel_raft::{ClusterConfig, ClusterId, HardState, SnapshotMeta};
 use keel_storage::{
     ApplyBatch, Identity, KvRange, KvWrite, LogBounds, LogId, LogWrite, MemStorage, RedbStorage,
@@ -924,29 +924,4 @@ fn both_stores_produce_identical_snapshot_images() {
     }
     let (r, m) = (populated::<RedbH>(), populated::<MemH>());
     assert_eq!(image(r.store()), image(m.store()));
-}
-
-/// A whole image in memory, as tests hold one.
-#[derive(Clone, Debug, PartialEq)]
-struct Snapshot {
-    meta: SnapshotMeta,
-    data: Vec<u8>,
-}
-
-impl Snapshot {
-    fn image(&self) -> keel_storage::SnapshotImage {
-        keel_storage::SnapshotImage::new(self.meta.clone(), std::io::Cursor::new(self.data.clone()))
-    }
-}
-
-trait IntoSnapshot {
-    fn into_snapshot_for_test(self) -> Result<Snapshot, keel_storage::StorageError>;
-}
-
-impl<V: keel_storage::StateView> IntoSnapshot for keel_storage::SnapshotChunks<V> {
-    fn into_snapshot_for_test(self) -> Result<Snapshot, keel_storage::StorageError> {
-        let meta = self.meta().clone();
-        let data = self.collect::<Result<Vec<_>, _>>()?.concat();
-        Ok(Snapshot { meta, data })
-    }
 }

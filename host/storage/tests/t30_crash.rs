@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{batch, effects, entries, entry};
+use common::{IntoSnapshot, Snapshot, batch, effects, entries, entry};
 use keel_raft::{HardState, SnapshotMeta};
 use keel_storage::{
     BOOT_FILE, DATA_FILE, LogId, LogWrite, MemStorage, RedbStorage, Session, SnapshotChunks,
@@ -626,29 +626,4 @@ fn a_newest_commit_damaged_after_sigkill_is_never_rolled_back() {
     }
     eprintln!("damaged newest commit after SIGKILL: {refused} opens refused, {intact} intact");
     assert!(refused > 0);
-}
-
-/// A whole image in memory, as tests hold one.
-#[derive(Clone, Debug, PartialEq)]
-struct Snapshot {
-    meta: SnapshotMeta,
-    data: Vec<u8>,
-}
-
-impl Snapshot {
-    fn image(&self) -> keel_storage::SnapshotImage {
-        keel_storage::SnapshotImage::new(self.meta.clone(), std::io::Cursor::new(self.data.clone()))
-    }
-}
-
-trait IntoSnapshot {
-    fn into_snapshot_for_test(self) -> Result<Snapshot, keel_storage::StorageError>;
-}
-
-impl<V: keel_storage::StateView> IntoSnapshot for keel_storage::SnapshotChunks<V> {
-    fn into_snapshot_for_test(self) -> Result<Snapshot, keel_storage::StorageError> {
-        let meta = self.meta().clone();
-        let data = self.collect::<Result<Vec<_>, _>>()?.concat();
-        Ok(Snapshot { meta, data })
-    }
 }

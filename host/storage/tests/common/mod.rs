@@ -80,3 +80,30 @@ pub fn batch(entries: &[Entry]) -> ApplyBatch {
     }
     b
 }
+
+/// A whole snapshot image in memory, as tests hold one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub meta: keel_raft::SnapshotMeta,
+    pub data: Vec<u8>,
+}
+
+impl Snapshot {
+    /// The image to install, read from a copy of the bytes.
+    pub fn image(&self) -> keel_storage::SnapshotImage {
+        keel_storage::SnapshotImage::new(self.meta.clone(), std::io::Cursor::new(self.data.clone()))
+    }
+}
+
+/// Collects a view's image into a [`Snapshot`].
+pub trait IntoSnapshot {
+    fn into_snapshot_for_test(self) -> Result<Snapshot, keel_storage::StorageError>;
+}
+
+impl<V: keel_storage::StateView> IntoSnapshot for keel_storage::SnapshotChunks<V> {
+    fn into_snapshot_for_test(self) -> Result<Snapshot, keel_storage::StorageError> {
+        let meta = self.meta().clone();
+        let data = self.collect::<Result<Vec<_>, _>>()?.concat();
+        Ok(Snapshot { meta, data })
+    }
+}
