@@ -113,7 +113,7 @@ fn node_params(id: u64, hosts: &[String]) -> anyhow::Result<CertificateParams> {
 }
 
 /// Writes `text` through a temporary file renamed into place, readable by the owner only.
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("pem.tmp");
     {

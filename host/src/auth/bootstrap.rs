@@ -4,7 +4,6 @@
 //! so a crash between the two leaves a token that works once the init goes through, never
 //! an initialised cluster whose only token is lost.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -35,22 +34,10 @@ pub fn token_file(path: &Path) -> anyhow::Result<String> {
 
 /// Writes a token to `path`, readable by its owner only, atomically.
 pub fn write_secret(path: &Path, token: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(format!("{token}\n").as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+    crate::certs::write_private(path, &format!("{token}\n"))
 }
 
 /// What an init came to.
