@@ -6,14 +6,11 @@ use std::sync::Arc;
 
 use keel_plugin::KvView;
 use keel_raft::Entry;
-use keel_storage::{KvRange, StateView};
+use keel_storage::StateView;
 
 use super::apply::Applier;
 use super::registry::{ApplyError, CommandResult, SYSTEM_NAMESPACE};
 use crate::auth::{AuthTable, Op, session_key};
-
-/// Records read from storage at a time.
-const PAGE: usize = 1_000;
 
 /// The auth table of the applied state `view`.
 pub fn load_auth(view: &dyn StateView) -> Result<AuthTable, ApplyError> {
@@ -21,28 +18,10 @@ pub fn load_auth(view: &dyn StateView) -> Result<AuthTable, ApplyError> {
     // Users, roles and tokens; not the session owners under the same prefix (many, and
     // read one at a time when a command names its session).
     for prefix in ["auth/user/", "auth/role/", "auth/token/"] {
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let start = after.take().map(|mut k| {
-                k.push(0);
-                k
-            });
-            let page = view.range(
-                SYSTEM_NAMESPACE,
-                KvRange {
-                    prefix: prefix.as_bytes(),
-                    start: start.as_deref(),
-                    end: None,
-                    limit: PAGE,
-                },
-            )?;
-            let full = page.len() >= PAGE;
-            after = page.last().map(|(k, _)| k.clone());
-            records.extend(page);
-            if !full {
-                break;
-            }
-        }
+        super::registry::scan_system(view, prefix.as_bytes(), |k, v| {
+            records.push((k, v));
+            Ok(())
+        })?;
     }
     AuthTable::from_records(records.iter().map(|(k, v)| (&k[..], &v[..])))
         .map_err(ApplyError::BadAuth)

@@ -168,13 +168,31 @@ pub fn reload(
     Ok(())
 }
 
-/// Deployment records read from storage at a time.
+/// System-namespace records (deployments, the auth table) read from storage at a time.
 pub(super) const DEPLOYMENTS_PAGE: usize = 1_000;
 
 /// Every deployment the applied state holds, in key order, page by page (there is no cap
 /// on their number: stopping at one would drop the plugins past it on this node only).
 pub fn deployments(view: &dyn StateView) -> Result<Vec<Deploy>, ApplyError> {
     let mut out = Vec::new();
+    scan_system(view, b"plugin/", |key, value| {
+        let d = postcard::from_bytes::<Deploy>(&value).map_err(|e| ApplyError::BadDeployment {
+            key: String::from_utf8_lossy(&key).into_owned(),
+            detail: e.to_string(),
+        })?;
+        out.push(d);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with every key and value of the system namespace under `prefix`, in key
+/// order, [`DEPLOYMENTS_PAGE`] records read from storage at a time.
+pub(super) fn scan_system(
+    view: &dyn StateView,
+    prefix: &[u8],
+    mut f: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), ApplyError>,
+) -> Result<(), ApplyError> {
     let mut after: Option<Vec<u8>> = None;
     loop {
         // The first key after the last one read: that key with a zero byte appended.
@@ -185,7 +203,7 @@ pub fn deployments(view: &dyn StateView) -> Result<Vec<Deploy>, ApplyError> {
         let page = view.range(
             SYSTEM_NAMESPACE,
             KvRange {
-                prefix: b"plugin/",
+                prefix,
                 start: start.as_deref(),
                 end: None,
                 limit: DEPLOYMENTS_PAGE,
@@ -193,16 +211,11 @@ pub fn deployments(view: &dyn StateView) -> Result<Vec<Deploy>, ApplyError> {
         )?;
         let full = page.len() >= DEPLOYMENTS_PAGE;
         for (key, value) in page {
-            let d =
-                postcard::from_bytes::<Deploy>(&value).map_err(|e| ApplyError::BadDeployment {
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    detail: e.to_string(),
-                })?;
-            out.push(d);
-            after = Some(key);
+            after = Some(key.clone());
+            f(key, value)?;
         }
         if !full {
-            return Ok(out);
+            return Ok(());
         }
     }
 }
