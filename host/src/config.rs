@@ -93,6 +93,20 @@ pub struct NodeConfig {
     /// Once the cluster has users (docs/security.md), `/metrics` needs `read-status` too
     /// (off: it stays open, for scrapers without a token).
     pub metrics_auth: bool,
+    /// Client connections open at once (TLS handshakes under way included); beyond it a
+    /// new connection is closed at once and counted. Peers have a reserve of their own
+    /// beside it (docs/security.md, "Hostile input").
+    pub max_connections: usize,
+    /// A request's head (request line and headers) must be whole this long after the
+    /// connection starts waiting for it (accepted, or the previous answer sent): the
+    /// slowloris bound, and the idle keep-alive timeout. 431 beyond `max_header_bytes`.
+    pub header_timeout_ms: u64,
+    /// A request body that sends no byte for this long is cut off (408).
+    pub body_timeout_ms: u64,
+    /// A TLS handshake must complete within this long.
+    pub tls_handshake_timeout_ms: u64,
+    /// Largest request head (request line and headers; 431 beyond).
+    pub max_header_bytes: usize,
 }
 
 impl Default for NodeConfig {
@@ -128,6 +142,11 @@ impl Default for NodeConfig {
             tls: None,
             insecure: false,
             metrics_auth: false,
+            max_connections: 1024,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            tls_handshake_timeout_ms: 10_000,
+            max_header_bytes: 64 << 10,
         }
     }
 }
@@ -280,6 +299,11 @@ mod tests {
             }),
             insecure: true,
             metrics_auth: true,
+            max_connections: 17,
+            header_timeout_ms: 1_001,
+            body_timeout_ms: 2_002,
+            tls_handshake_timeout_ms: 3_003,
+            max_header_bytes: 9_999,
         };
         let text = serde_json::to_string_pretty(&cfg).expect("a config serializes");
         let back: NodeConfig = serde_json::from_str(&text).expect("its own JSON parses");

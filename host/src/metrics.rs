@@ -27,6 +27,17 @@ pub struct Metrics {
     pub peer_identity_refused: Counter,
     /// Client requests refused by authentication (401) or for a missing role (403).
     pub auth_refused: Counter,
+    /// Peer frames refused before they were read: over the size limit, or a large frame on
+    /// a stream not yet proven to come from the cluster (issue #13).
+    pub peer_frames_refused: Counter,
+    /// Connections closed at accept: every slot taken (`max_connections`, and the peers'
+    /// reserve).
+    pub connections_refused: Counter,
+    /// Connections open now, by kind (`client`, `peer`).
+    connections_open: Family<Vec<(String, String)>, Gauge>,
+    /// Connections or requests cut off for slowness, by phase (`handshake`, `header`,
+    /// `body`).
+    timeouts: Family<Vec<(String, String)>, Counter>,
     /// Snapshots installed from a leader.
     pub snapshots_installed: Counter,
     /// Requests and peer batches refused because the driver's queue was full.
@@ -72,6 +83,10 @@ impl Default for Metrics {
             tls_refused: Counter::default(),
             peer_identity_refused: Counter::default(),
             auth_refused: Counter::default(),
+            peer_frames_refused: Counter::default(),
+            connections_refused: Counter::default(),
+            connections_open: Family::default(),
+            timeouts: Family::default(),
             snapshots_installed: Counter::default(),
             inputs_refused: Counter::default(),
             blob_sweep_fetches: Counter::default(),
@@ -135,6 +150,26 @@ impl Default for Metrics {
             "auth_refused",
             "Client requests refused without a valid token (401) or without the permission (403)",
             m.auth_refused.clone(),
+        );
+        registry.register(
+            "peer_frames_refused",
+            "Peer frames refused unread: too large, or large before the stream proved its cluster",
+            m.peer_frames_refused.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because every slot was taken (max_connections)",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Open connections by kind (client, peer)",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "timeouts",
+            "Connections or requests cut off for slowness, by phase (handshake, header, body)",
+            m.timeouts.clone(),
         );
         registry.register(
             "peer_messages_dropped",
@@ -213,6 +248,20 @@ impl Metrics {
         self.responses
             .get_or_create(&vec![("status".into(), status.to_string())])
             .inc();
+    }
+
+    /// Counts one connection or request cut off for slowness in `phase`.
+    pub fn timed_out(&self, phase: &str) {
+        self.timeouts
+            .get_or_create(&vec![("phase".into(), phase.to_string())])
+            .inc();
+    }
+
+    /// The gauge of open connections of one kind.
+    pub fn connections(&self, kind: &str) -> Gauge {
+        self.connections_open
+            .get_or_create(&vec![("kind".into(), kind.to_string())])
+            .clone()
     }
 
     /// Counts one command accepted for `plugin`.

@@ -416,18 +416,18 @@ const NO_CA: &str = "no CA to check the server against";
 
 // ------------------------------------------------------------------------ server side
 
-/// How long a new connection has to complete its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Why an incoming connection was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
     /// The client spoke plain HTTP to a TLS listener (it was told so).
     #[error("a plaintext client was told to use https://")]
     Plaintext,
-    /// The handshake failed (an unknown CA, a bad certificate, …) or timed out.
+    /// The handshake failed (an unknown CA, a bad certificate, …).
     #[error("TLS handshake: {0}")]
     Handshake(String),
+    /// The handshake did not complete in time (`tls_handshake_timeout_ms`).
+    #[error("TLS handshake: not complete in time")]
+    TimedOut,
 }
 
 /// What a plaintext client gets from a TLS listener: a readable answer, not a hang or a
@@ -435,17 +435,20 @@ pub enum AcceptError {
 const PLAINTEXT_ANSWER: &str = "this Keel node speaks TLS only: use https:// (and the cluster CA, e.g. `curl --cacert ca.pem`)\n";
 
 /// Accepts one connection: TLS handshake (after checking it is TLS at all), then the node
-/// id its client certificate names, if it presented one.
+/// id its client certificate names, if it presented one. The whole of it, from the first
+/// byte, must take less than `within`.
 pub async fn accept(
     tls: &Tls,
     stream: TcpStream,
+    within: Duration,
 ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Transport), AcceptError> {
+    let deadline = tokio::time::Instant::now() + within;
     let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
+    let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
     match peeked {
         Ok(Ok(1)) => {}
         Ok(_) => return Err(AcceptError::Handshake("closed before a handshake".into())),
-        Err(_) => return Err(AcceptError::Handshake("no handshake in time".into())),
+        Err(_) => return Err(AcceptError::TimedOut),
     }
     // 0x16: a TLS handshake record. Anything else is most likely an HTTP request line.
     if first[0] != 0x16 {
@@ -462,9 +465,9 @@ pub async fn accept(
         return Err(AcceptError::Handshake("no server certificate".into()));
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+    let stream = tokio::time::timeout_at(deadline, acceptor.accept(stream))
         .await
-        .map_err(|_| AcceptError::Handshake("timed out".into()))?
+        .map_err(|_| AcceptError::TimedOut)?
         .map_err(|e| AcceptError::Handshake(e.to_string()))?;
     let peer = stream
         .get_ref()

@@ -32,6 +32,10 @@ pub struct Config {
     pub max_inflight: usize,
     /// Entries per append message.
     pub max_entries_per_message: usize,
+    /// Bytes of entries per append message ([`crate::Entry::encoded_len_bound`]): entries
+    /// are added while they fit, and the first always goes (an entry larger than this
+    /// travels alone). Bounds what a receiver must be ready to buffer per message.
+    pub max_bytes_per_message: usize,
     /// Proposals refused with [`crate::ProposeError::Busy`] beyond this many uncommitted entries.
     pub max_uncommitted_entries: u64,
     /// Committed entries handed out per [`crate::Ready`].
@@ -56,6 +60,7 @@ impl Config {
             lease_ticks: Config::lease_ticks_for(10),
             max_inflight: 64,
             max_entries_per_message: 256,
+            max_bytes_per_message: 4 << 20,
             max_uncommitted_entries: 100_000,
             max_apply_batch: 1024,
             seed: id,
@@ -83,7 +88,10 @@ impl Config {
                 election_ticks: self.election_ticks,
             });
         }
-        if self.max_inflight == 0 || self.max_entries_per_message == 0 || self.max_apply_batch == 0
+        if self.max_inflight == 0
+            || self.max_entries_per_message == 0
+            || self.max_bytes_per_message == 0
+            || self.max_apply_batch == 0
         {
             return Err(ZeroLimit);
         }

@@ -96,6 +96,37 @@ impl RaftLog {
         Some(self.entries[lo..hi].to_vec())
     }
 
+    /// Like [`Log::slice`], and stops before the entry that would take the entries'
+    /// encoded size ([`Entry::encoded_len_bound`]) over `max_bytes`; the first entry always
+    /// goes.
+    pub(crate) fn slice_bytes(
+        &self,
+        from: Index,
+        to: Index,
+        max: usize,
+        max_bytes: usize,
+    ) -> Option<Vec<Entry>> {
+        if from <= self.base.index {
+            return None;
+        }
+        let to = to.min(self.last_index());
+        if from > to {
+            return Some(Vec::new());
+        }
+        let lo = (from - self.base.index - 1) as usize;
+        let hi = ((to - self.base.index) as usize).min(lo.saturating_add(max));
+        let mut bytes = 0usize;
+        let mut end = lo;
+        for e in &self.entries[lo..hi] {
+            bytes = bytes.saturating_add(e.encoded_len_bound());
+            if end > lo && bytes > max_bytes {
+                break;
+            }
+            end += 1;
+        }
+        Some(self.entries[lo..end].to_vec())
+    }
+
     /// Appends entries that follow the last one (the leader's own proposals).
     pub(crate) fn append(&mut self, entry: Entry) {
         debug_assert_eq!(entry.index, self.last_index() + 1, "log hole");

@@ -1324,7 +1324,8 @@ impl Raft {
             let prev_index = next - 1;
             let (Some(prev_term), Some(entries)) = (
                 self.log.term(prev_index),
-                self.log.slice(next, last, max_entries),
+                self.log
+                    .slice_bytes(next, last, max_entries, self.cfg.max_bytes_per_message),
             ) else {
                 // §7: the entries are compacted; the follower needs the snapshot.
                 let snapshot = self.snapshot.clone();

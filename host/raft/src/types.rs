@@ -61,6 +61,65 @@ pub struct Entry {
     pub record: Record,
 }
 
+/// Upper bounds of postcard's encoding: a varint of a `u64` (or `usize`, an enum's variant
+/// index, a length) takes at most 10 bytes, of a `u128` at most 19.
+const VARINT: usize = 10;
+const VARINT_128: usize = 19;
+
+impl Entry {
+    /// At least the length of this entry's postcard encoding (the peer transport's and the
+    /// log's), computed without encoding: the leader fills an append message up to a byte
+    /// budget with it, so that a receiver can bound a frame before buffering it (issue #13).
+    /// `tests/fuzz.rs` in the host checks the bound against the real encoding.
+    pub fn encoded_len_bound(&self) -> usize {
+        3 * VARINT + self.record.encoded_len_bound()
+    }
+}
+
+impl Record {
+    fn encoded_len_bound(&self) -> usize {
+        let text = |s: &str| VARINT + s.len();
+        VARINT
+            + match self {
+                Record::Noop | Record::OpenSession => 0,
+                Record::ExpireSessions { .. } => VARINT,
+                Record::Undeploy { plugin } => text(plugin),
+                Record::Command(c) => c.encoded_len_bound(),
+                Record::Batch(cmds) => {
+                    VARINT + cmds.iter().map(Command::encoded_len_bound).sum::<usize>()
+                }
+                Record::Deploy(d) => text(&d.plugin) + text(&d.version) + 32 + 2 * VARINT,
+                Record::Config(c) => {
+                    3 * VARINT
+                        + VARINT * (c.voters.len() + c.learners.len())
+                        + c.addresses.values().map(|a| VARINT + text(a)).sum::<usize>()
+                }
+            }
+    }
+}
+
+impl Command {
+    fn encoded_len_bound(&self) -> usize {
+        VARINT + self.plugin.len() + 1 + 2 * VARINT + self.payload.encoded_len_bound()
+    }
+}
+
+impl Payload {
+    fn encoded_len_bound(&self) -> usize {
+        VARINT
+            + match self {
+                Payload::Inline(b) => VARINT + b.len(),
+                Payload::Ref { .. } => 32 + VARINT,
+                Payload::Attached { body, attachments } => {
+                    body.encoded_len_bound() + VARINT + attachments.len() * (32 + VARINT)
+                }
+            }
+    }
+}
+
+/// At least the length of a [`crate::Message`]'s encoding beyond its entries.
+pub const MESSAGE_OVERHEAD_BOUND: usize = 8 * VARINT + VARINT_128;
+
 /// What a log entry means (design §3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {

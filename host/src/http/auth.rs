@@ -264,7 +264,7 @@ pub(super) async fn route(
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let body = match super::read_body(req.into_body(), 64 << 10).await {
+    let body = match super::read_body(node, req.into_body(), super::MAX_JSON_BODY, "JSON bodies").await {
         Ok(b) => b,
         Err(r) => return r.response(),
     };

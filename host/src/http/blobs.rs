@@ -33,13 +33,13 @@ const CHUNK: usize = 256 << 10;
 /// Streams `body` into the store (at most `limit` bytes; with `expect`, checked against
 /// that hash) on a blocking thread, the network and the disk overlapping.
 pub(crate) async fn receive(
-    blobs: &Blobs,
+    node: &NodeHandle,
     body: Incoming,
     limit: u64,
     expect: Option<[u8; 32]>,
 ) -> Result<([u8; 32], u64), Response<Body>> {
     receive_copying(
-        blobs,
+        node,
         body,
         limit,
         expect,
@@ -228,7 +228,7 @@ pub(crate) async fn store_on_majority(
         pushes.push((id, tokio::spawn(push)));
     }
     let received = receive_copying(
-        &node.blobs,
+        node,
         body,
         node.config.max_blob_bytes,
         None,
@@ -289,23 +289,30 @@ pub(crate) async fn store_on_majority(
 /// not take a chunk within [`PEER_STALL`] is dropped (its stream then breaks off, see
 /// [`push_stream`]). `complete` is set once the whole body was read.
 async fn receive_copying(
-    blobs: &Blobs,
+    node: &NodeHandle,
     mut body: Incoming,
     limit: u64,
     expect: Option<[u8; 32]>,
     mut copies: Vec<mpsc::Sender<Bytes>>,
     complete: &AtomicBool,
 ) -> Result<([u8; 32], u64), Response<Body>> {
+    use hyper::body::Body as _;
+    // A declared length over the limit is refused before a byte is read (issue #13).
+    if body.size_hint().lower() > limit {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("a blob larger than {limit} bytes (max_blob_bytes)"),
+        ));
+    }
     let (tx, rx) = mpsc::channel::<Bytes>(8);
-    let local = receive_from(blobs, rx, limit, expect);
+    let local = receive_from(&node.blobs, rx, limit, expect);
+    let within = super::limits::body_timeout(node);
     let forward = async move {
-        while let Some(frame) = body.frame().await {
-            let data = match frame {
-                Ok(f) => match f.into_data() {
-                    Ok(d) => d,
-                    Err(_) => continue,
-                },
-                Err(e) => return Err(e.to_string()),
+        loop {
+            let data = match super::limits::next_data(node, &mut body, Some(within)).await {
+                Ok(Some(d)) => d,
+                Ok(None) => break,
+                Err(e) => return Err(format!("{e:?}")),
             };
             let sends = copies.iter().map(|c| {
                 let c = c.clone();
@@ -399,7 +406,7 @@ pub async fn put_streamed(node: &NodeHandle, req: Request<Incoming>) -> Response
         return refused;
     }
     match receive(
-        &node.blobs,
+        node,
         req.into_body(),
         node.config.max_blob_bytes,
         None,
@@ -512,8 +519,9 @@ pub async fn put_data(node: &NodeHandle, req: Request<Incoming>, hash: [u8; 32])
         node.blobs.touch(&hash);
         let mut body = req.into_body();
         let mut seen = 0u64;
-        while let Some(Ok(frame)) = body.frame().await {
-            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+        let within = super::limits::body_timeout(node);
+        while let Ok(Some(data)) = super::limits::next_data(node, &mut body, Some(within)).await {
+            seen += data.len() as u64;
             if seen > node.config.max_blob_bytes {
                 break;
             }
@@ -521,7 +529,7 @@ pub async fn put_data(node: &NodeHandle, req: Request<Incoming>, hash: [u8; 32])
         return super::full(StatusCode::NO_CONTENT, "text/plain", Bytes::new());
     }
     match receive(
-        &node.blobs,
+        node,
         req.into_body(),
         node.config.max_blob_bytes,
         Some(hash),

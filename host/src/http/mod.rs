@@ -8,6 +8,7 @@ pub mod blob_gc;
 pub mod blobs;
 pub mod dashboard;
 pub mod deploy;
+mod limits;
 mod listen;
 pub mod peer;
 pub mod plugins;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
@@ -29,6 +30,7 @@ use tokio::sync::oneshot;
 use crate::blobs::parse_hex;
 use crate::driver::{CommandReply, Input, MemberChange, MemberReply, NodeHandle, ReadRefused};
 use crate::state;
+pub(crate) use limits::{MAX_JSON_BODY, read_body};
 
 /// Response body type: a whole buffer or a stream (server-sent events).
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -240,33 +242,28 @@ fn unknown_plugin(node: &NodeHandle, plugin: &str) -> Response<Body> {
 pub(crate) enum Refusal {
     /// 400.
     BadRequest(String),
-    /// 413, with the limit.
-    TooLarge(usize),
+    /// 413, with the limit and the setting that sets it.
+    TooLarge(usize, &'static str),
+    /// 408: the body stopped arriving (`body_timeout_ms`).
+    Stalled(Duration),
 }
 
 impl Refusal {
     pub(crate) fn response(self) -> Response<Body> {
         match self {
             Refusal::BadRequest(m) => error(StatusCode::BAD_REQUEST, &m),
-            Refusal::TooLarge(max) => error(
+            Refusal::TooLarge(max, limit) => error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("body larger than {max} bytes"),
+                &format!("body larger than {max} bytes ({limit})"),
+            ),
+            Refusal::Stalled(d) => error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "no byte of the body for {} ms (body_timeout_ms)",
+                    d.as_millis()
+                ),
             ),
         }
-    }
-}
-
-/// Reads a body of at most `max` bytes.
-pub(crate) async fn read_body(body: Incoming, max: usize) -> Result<Bytes, Refusal> {
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(Refusal::TooLarge(max))
-        }
-        Err(e) => Err(Refusal::BadRequest(format!("malformed body: {e}"))),
     }
 }
 
@@ -354,7 +351,7 @@ async fn command(
             Err(r) => return r,
         }
     } else {
-        match read_body(req.into_body(), node.config.max_body_bytes).await {
+        match read_body(node, req.into_body(), node.config.max_body_bytes, "max_body_bytes").await {
             Ok(b) if b.is_empty() => return error(StatusCode::BAD_REQUEST, "empty command"),
             Ok(b) if b.len() as u64 > node.config.ref_threshold_bytes => {
                 // Sent without a length: in memory already (bounded by max_body_bytes).
@@ -536,7 +533,7 @@ async fn query(
     let Some(plugin_impl) = node.registry.get(&plugin) else {
         return unknown_plugin(node, &plugin);
     };
-    let body = match read_body(req.into_body(), node.config.max_body_bytes).await {
+    let body = match read_body(node, req.into_body(), node.config.max_body_bytes, "max_body_bytes").await {
         Ok(b) => b,
         Err(r) => return r.response(),
     };
@@ -606,7 +603,7 @@ async fn add_member(node: &NodeHandle, req: Request<Incoming>) -> Response<Body>
         url: String,
     }
     let path = req.uri().path().to_string();
-    let body = match read_body(req.into_body(), 64 << 10).await {
+    let body = match read_body(node, req.into_body(), MAX_JSON_BODY, "JSON bodies").await {
         Ok(b) => b,
         Err(r) => return r.response(),
     };

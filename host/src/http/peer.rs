@@ -2,67 +2,148 @@
 //! frames, `POST /v1/raft` batches, and `POST /v1/raft/snapshot` images, decoded, checked
 //! for the sender and the cluster UUID, and queued for the driver.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use keel_raft::{Message, NodeId};
 
-use super::{Body, error, read_body, retry_later};
+use super::limits::BodyError;
+use super::{Body, Refusal, error, retry_later};
 use crate::driver::{Input, NodeHandle, SubmitError};
-use crate::peer::MAX_PEER_BODY;
+use crate::peer::wire::{FrameError, Frames, Head, MAX_PEER_FRAME, MAX_UNPROVEN_FRAME, Next};
 use crate::tls::Transport;
 
-/// `POST /v1/raft/stream`: reads frames until the peer closes the stream.
+/// `POST /v1/raft/stream`: reads frames until the peer closes the stream. Each frame's
+/// length is checked before it is buffered; until the stream has proven it comes from the
+/// cluster (`crate::peer::wire`), frames are small and the body may not stall.
 pub async fn peer_stream(node: &NodeHandle, req: Request<Incoming>) -> Response<Body> {
     let sender = sender_of(&req);
     let mut body = req.into_body();
-    let mut buf = BytesMut::new();
+    let mut frames = Frames::new(matches!(sender, Sender::Only(_)));
+    let stall = super::limits::body_timeout(node);
     loop {
-        match body.frame().await {
-            None => break,
-            Some(Err(_)) => break, // the peer went away mid-frame; it reconnects
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    buf.extend_from_slice(&data);
-                }
-            }
+        // A proven peer's stream is idle between messages by design (a follower's stream
+        // to another follower carries nothing until an election).
+        let within = (!frames.proven).then_some(stall);
+        match super::limits::next_data(node, &mut body, within).await {
+            Ok(Some(data)) => frames.push(&data),
+            Ok(None) => break,
+            Err(BodyError::Stalled(d)) => return Refusal::Stalled(d).response(),
+            Err(BodyError::Broken(_)) => break, // the peer went away mid-frame; it reconnects
         }
-        while buf.len() >= 4 {
-            let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-            if len > MAX_PEER_BODY {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("peer frame of {len} bytes; the limit is {MAX_PEER_BODY}"),
-                );
-            }
-            if buf.len() < 4 + len {
-                break;
-            }
-            buf.advance(4);
-            let frame = buf.split_to(len);
-            if let Err(refused) = deliver(node, &frame, sender) {
-                return refused.response();
+        loop {
+            match frames.next() {
+                Ok(Next::More) => break,
+                Ok(Next::Check(head)) => match vouch(node, head, sender) {
+                    Ok(()) => frames.vouch(),
+                    Err(refused) => return refused.response(),
+                },
+                Ok(Next::Frame(frame)) => {
+                    if let Err(refused) = deliver(node, &frame, sender) {
+                        return refused.response();
+                    }
+                    frames.vouch();
+                }
+                Err(e) => return frame_refused(node, e),
             }
         }
     }
-    if !buf.is_empty() {
+    if frames.held() > 0 {
         return error(StatusCode::BAD_REQUEST, "peer stream ended inside a frame");
     }
     no_content()
 }
 
-/// `POST /v1/raft`: one batch of messages (snapshots, and peers that do not stream).
+/// `POST /v1/raft`: one batch of messages (peers that do not stream), bounded like a frame.
 pub async fn peer_messages(node: &NodeHandle, req: Request<Incoming>) -> Response<Body> {
     let sender = sender_of(&req);
-    let bytes = match read_body(req.into_body(), MAX_PEER_BODY).await {
-        Ok(b) => b,
-        Err(r) => return r.response(),
+    let mut body = req.into_body();
+    let mut frames = Frames::new(matches!(sender, Sender::Only(_)));
+    let declared = hyper::body::Body::size_hint(&body).lower();
+    let Ok(len) = u32::try_from(declared) else {
+        return frame_refused(
+            node,
+            FrameError::TooLarge {
+                len: usize::MAX,
+                limit: MAX_PEER_FRAME,
+            },
+        );
     };
-    match deliver(node, &bytes, sender) {
-        Ok(()) => no_content(),
-        Err(refused) => refused.response(),
+    // The body is one frame without the length prefix: given one, the same checks apply.
+    frames.push(&len.to_le_bytes());
+    let stall = super::limits::body_timeout(node);
+    let mut got = 0u64;
+    loop {
+        match frames.next() {
+            Ok(Next::Frame(frame)) => {
+                return match deliver(node, &frame, sender) {
+                    Ok(()) => no_content(),
+                    Err(refused) => refused.response(),
+                };
+            }
+            Ok(Next::Check(head)) => match vouch(node, head, sender) {
+                Ok(()) => frames.vouch(),
+                Err(refused) => return refused.response(),
+            },
+            Ok(Next::More) => {}
+            Err(e) => return frame_refused(node, e),
+        }
+        match super::limits::next_data(node, &mut body, Some(stall)).await {
+            Ok(Some(data)) if got + data.len() as u64 <= u64::from(len) => {
+                got += data.len() as u64;
+                frames.push(&data);
+            }
+            Ok(Some(_)) => return error(StatusCode::BAD_REQUEST, "body longer than declared"),
+            Ok(None) => return error(StatusCode::BAD_REQUEST, "a peer batch needs a length"),
+            Err(e) => return Refusal::from(e).response(),
+        }
     }
+}
+
+/// The answer to a frame that may not be read, counted.
+fn frame_refused(node: &NodeHandle, e: FrameError) -> Response<Body> {
+    node.metrics.peer_frames_refused.inc();
+    match e {
+        FrameError::TooLarge { len, limit } => {
+            tracing::warn!(target: "keel::msg", len, limit, "refused an oversized peer frame");
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("peer frame of {len} bytes; the limit is {limit} on this stream"),
+            )
+        }
+        FrameError::Malformed => error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "a peer frame over {MAX_UNPROVEN_FRAME} bytes must start with a message of this cluster"
+            ),
+        ),
+    }
+}
+
+/// Checks a large frame's first message header on a stream not yet proven: the sender the
+/// connection allows and this cluster (in plaintext, knowing the UUID is the proof).
+fn vouch(node: &NodeHandle, head: Head, sender: Sender) -> Result<(), Refused> {
+    let allowed = match sender {
+        Sender::Anyone => true,
+        Sender::Only(id) => head.from == id,
+        Sender::Nobody => false,
+    };
+    if !allowed {
+        node.metrics.peer_identity_refused.inc();
+        return Err(Refused::Foreign(format!(
+            "message from node {} on a connection whose certificate does not name it",
+            head.from
+        )));
+    }
+    if head.cluster != node.cluster {
+        node.metrics.foreign_cluster.inc();
+        return Err(Refused::Foreign(format!(
+            "message from node {} belongs to cluster {}, not {}",
+            head.from, head.cluster, node.cluster
+        )));
+    }
+    Ok(())
 }
 
 /// Largest envelope (the `InstallSnapshot` message before the image): a configuration with
@@ -85,38 +166,38 @@ pub async fn peer_snapshot(node: &NodeHandle, req: Request<Incoming>) -> Respons
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .unwrap_or(0);
     let mut body = req.into_body();
-    let mut buf = BytesMut::new();
-    // The envelope first, bounded before it is buffered.
+    let mut frames = Frames::new(matches!(sender, Sender::Only(_)));
+    let stall = super::limits::body_timeout(node);
+    // The envelope first, a frame bounded before it is buffered.
     let message = loop {
-        if buf.len() >= 4 {
-            let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-            if len > MAX_ENVELOPE {
+        match frames.next() {
+            Ok(Next::More) => {}
+            Ok(Next::Check(head)) => match vouch(node, head, sender) {
+                Ok(()) => frames.vouch(),
+                Err(refused) => return refused.response(),
+            },
+            Ok(Next::Frame(envelope)) if envelope.len() > MAX_ENVELOPE => {
                 return error(StatusCode::PAYLOAD_TOO_LARGE, "snapshot envelope too large");
             }
-            if buf.len() >= 4 + len {
-                buf.advance(4);
-                let envelope = buf.split_to(len);
-                match check(node, &envelope, sender) {
-                    Ok(mut batch) if batch.len() == 1 => break batch.remove(0),
-                    Ok(_) => return error(StatusCode::BAD_REQUEST, "one message per snapshot"),
-                    Err(refused) => return refused.response(),
-                }
-            }
+            Ok(Next::Frame(envelope)) => match check(node, &envelope, sender) {
+                Ok(mut batch) if batch.len() == 1 => break batch.remove(0),
+                Ok(_) => return error(StatusCode::BAD_REQUEST, "one message per snapshot"),
+                Err(refused) => return refused.response(),
+            },
+            Err(e) => return frame_refused(node, e),
         }
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    buf.extend_from_slice(&data);
-                }
-            }
-            _ => {
+        match super::limits::next_data(node, &mut body, Some(stall)).await {
+            Ok(Some(data)) => frames.push(&data),
+            Ok(None) => {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "snapshot request ended in its envelope",
                 );
             }
+            Err(e) => return Refusal::from(e).response(),
         }
     };
+    let buf = frames.into_rest();
     let keel_raft::MessageBody::InstallSnapshot { snapshot: meta } = &message.body else {
         return error(StatusCode::BAD_REQUEST, "not an InstallSnapshot message");
     };
@@ -154,14 +235,11 @@ pub async fn peer_snapshot(node: &NodeHandle, req: Request<Incoming>) -> Respons
         at += buf.len() as u64;
     }
     loop {
-        match body.frame().await {
-            None => break,
-            // The sender went away: the partial file stays for it to resume.
-            Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "snapshot stream broken"),
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
+        match super::limits::next_data(node, &mut body, Some(stall)).await {
+            Ok(None) => break,
+            // The sender went away or stalled: the partial file stays for it to resume.
+            Err(e) => return Refusal::from(e).response(),
+            Ok(Some(data)) => {
                 if let Err(e) = staging.accept(at, &data) {
                     return error(StatusCode::BAD_REQUEST, &e.to_string());
                 }
@@ -274,7 +352,7 @@ fn deliver(node: &NodeHandle, bytes: &[u8], sender: Sender) -> Result<(), Refuse
 
 /// Decodes one batch and checks its sender and cluster.
 fn check(node: &NodeHandle, bytes: &[u8], sender: Sender) -> Result<Vec<Message>, Refused> {
-    let batch = postcard::from_bytes::<Vec<Message>>(bytes).map_err(|_| Refused::Malformed)?;
+    let batch = crate::peer::wire::decode_batch(bytes).map_err(|_| Refused::Malformed)?;
     // Issue #13: a certificate binds a node id; node 3's certificate cannot vote, append
     // or answer as node 2. The whole batch goes: one forged message taints the connection.
     let forged = match sender {

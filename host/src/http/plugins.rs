@@ -143,7 +143,7 @@ pub async fn rollback(
     if let Some(elsewhere) = not_leader(node, path) {
         return elsewhere;
     }
-    let body = match read_body(req.into_body(), 4096).await {
+    let body = match read_body(node, req.into_body(), 4096, "rollback bodies").await {
         Ok(b) => b,
         Err(r) => return r.response(),
     };

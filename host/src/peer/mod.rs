@@ -35,9 +35,20 @@ use tokio::sync::mpsc;
 use crate::metrics::Metrics;
 
 pub mod snapshot;
+pub mod wire;
 
-/// Largest frame, or one-shot batch, accepted from a peer.
-pub const MAX_PEER_BODY: usize = 512 << 20;
+/// Largest frame, or one-shot batch, accepted from an authenticated peer (issue #13). What
+/// a sender builds: frames cut at [`FRAME_TARGET`] bytes, except one message alone, and the
+/// largest message is an append of `keel_raft::Config::max_bytes_per_message` (4 MiB) of
+/// entries, or a single entry, which storage caps at its `max_entry_bytes` (4 MiB): a
+/// frame never needs more than 8 MiB and some bytes; twice that is the margin.
+pub const MAX_PEER_FRAME: usize = 16 << 20;
+/// Largest frame accepted before the sender has proven it belongs to the cluster: a
+/// plaintext stream's frames are refused beyond this unless their first message's header
+/// (read from the frame's first bytes) names this cluster and an acceptable sender.
+pub const MAX_UNPROVEN_FRAME: usize = 64 << 10;
+/// A sender starts a new frame rather than grow one past this many bytes.
+const FRAME_TARGET: usize = 8 << 20;
 /// Frames that may wait for a slow peer before new ones are dropped.
 const STREAM_FRAMES: usize = 256;
 /// Messages in one frame at most (more wait for the next frame).
@@ -231,19 +242,18 @@ pub async fn peer_sender(
                             next = outbox.try_recv().ok();
                         }
                     }
-                    if batch.is_empty() {
-                        continue;
-                    }
-                    let n = batch.len() as u64;
-                    let Some(frame) = encode_frame(&batch) else { continue };
-                    match frames.try_send(frame) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            metrics.peer_dropped.inc_by(n);
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            metrics.peer_dropped.inc_by(n);
-                            continue 'connect;
+                    for batch in split_frames(batch, &metrics) {
+                        let n = batch.len() as u64;
+                        let Some(frame) = encode_frame(&batch) else { continue };
+                        match frames.try_send(frame) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                metrics.peer_dropped.inc_by(n);
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                metrics.peer_dropped.inc_by(n);
+                                continue 'connect;
+                            }
                         }
                     }
                 }
@@ -252,7 +262,36 @@ pub async fn peer_sender(
     }
 }
 
-fn encode_frame(batch: &[Message]) -> Option<Bytes> {
+/// Cuts a batch into frames of at most [`FRAME_TARGET`] bytes (one message may be a frame
+/// of its own beyond that), so that every frame fits the receiver's [`MAX_PEER_FRAME`]. A
+/// message that could never fit is dropped and counted: the receiver would refuse it.
+fn split_frames(batch: Vec<Message>, metrics: &Metrics) -> Vec<Vec<Message>> {
+    let mut frames = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0usize;
+    for m in batch {
+        let size = postcard::serialize_with_flavor(&m, postcard::ser_flavors::Size::default())
+            .unwrap_or(usize::MAX);
+        if size > MAX_PEER_FRAME - 16 {
+            tracing::warn!(target: "keel::msg", to = m.to, size, "a peer message larger than any frame a peer accepts: dropped");
+            metrics.peer_dropped.inc();
+            continue;
+        }
+        if !current.is_empty() && bytes + size > FRAME_TARGET {
+            frames.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(m);
+    }
+    if !current.is_empty() {
+        frames.push(current);
+    }
+    frames
+}
+
+/// One frame: `u32` little-endian length, then the postcard `Vec<Message>`.
+pub fn encode_frame(batch: &[Message]) -> Option<Bytes> {
     let mut out = vec![0u8; 4];
     out = postcard::to_extend(batch, out).ok()?;
     let len = u32::try_from(out.len() - 4).ok()?;
