@@ -35,7 +35,9 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// A blob hash from its hex form.
 pub fn parse_hex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
+    // Digits only: `from_str_radix` also takes a sign ("+f" is 15), which would give one
+    // blob many names (found by tests/fuzz.rs).
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -529,6 +531,19 @@ mod tests {
             1
         );
         assert!(parse_hex("xyz").is_none());
+    }
+
+    /// Found by tests/fuzz.rs: a sign inside a pair of digits ("+0") was read as a digit,
+    /// so one blob answered to many names.
+    #[test]
+    fn a_blob_name_is_64_hex_digits_and_nothing_else() {
+        let name = "00".repeat(32);
+        assert_eq!(parse_hex(&name), Some([0; 32]));
+        for bad in ["+0", "0+", "-0", " 0", "0 ", "0x"] {
+            let named = format!("{bad}{}", &name[2..]);
+            assert_eq!(parse_hex(&named), None, "{named}");
+        }
+        assert_eq!(parse_hex(&"FF".repeat(32)), Some([0xff; 32]));
     }
 
     #[test]

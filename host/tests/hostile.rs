@@ -182,7 +182,8 @@ fn an_oversized_peer_frame_from_an_unproven_sender_is_refused_from_its_first_byt
     rt().block_on(async {
         common::wait_for_leader(&cluster.urls, Duration::from_secs(30)).await;
         let url = &cluster.urls[0];
-        let head = b"POST /v1/raft/stream HTTP/1.1\r\nhost: x\r\ncontent-length: 1073741824\r\n\r\n";
+        let head =
+            b"POST /v1/raft/stream HTTP/1.1\r\nhost: x\r\ncontent-length: 1073741824\r\n\r\n";
         // A length over any frame's limit: refused from the 4 length bytes.
         let huge = (1u32 << 30).to_le_bytes();
         let (status, text) = exchange(url, head, &huge, Duration::from_secs(30)).await;
@@ -289,7 +290,9 @@ fn half_open_tls_handshakes_are_cut_off_and_counted() {
     let (mut cfg, path): (NodeConfig, PathBuf) = plan.into_iter().next().expect("one node");
     impatient(&mut cfg);
     std::fs::write(&path, serde_json::to_vec_pretty(&cfg).expect("json")).expect("config");
-    let child = keel::dev::spawn(common::keel_exe(), &path).expect("spawn").0;
+    let child = keel::dev::spawn(common::keel_exe(), &path)
+        .expect("spawn")
+        .0;
     let mut node = ProcessCluster {
         children: vec![child],
         configs: vec![path],
@@ -307,13 +310,18 @@ fn half_open_tls_handshakes_are_cut_off_and_counted() {
         };
         let start = Instant::now();
         while client().get("/v1/status").await.is_err() {
-            assert!(start.elapsed() < Duration::from_secs(30), "the TLS node never answered");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the TLS node never answered"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let mut half = Vec::new();
         for _ in 0..20 {
             let mut s = TcpStream::connect(addr(&url)).await.expect("connect");
-            s.write_all(&[0x16, 0x03, 0x01]).await.expect("a record header");
+            s.write_all(&[0x16, 0x03, 0x01])
+                .await
+                .expect("a record header");
             half.push(s);
         }
         let a = client().get("/v1/status").await.expect("served meanwhile");

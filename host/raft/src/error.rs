@@ -133,7 +133,9 @@ pub enum ConfigError {
         election_ticks: u32,
     },
     /// A limit of zero would stall replication.
-    #[error("max_inflight, max_entries_per_message, max_bytes_per_message and max_apply_batch must be > 0")]
+    #[error(
+        "max_inflight, max_entries_per_message, max_bytes_per_message and max_apply_batch must be > 0"
+    )]
     ZeroLimit,
     /// The lease must end before voters stop refusing votes (thesis §6.4.1).
     #[error("lease_ticks ({lease_ticks}) must be below election_ticks - 1 ({election_ticks} - 1)")]

@@ -92,7 +92,10 @@ impl Record {
                 Record::Config(c) => {
                     3 * VARINT
                         + VARINT * (c.voters.len() + c.learners.len())
-                        + c.addresses.values().map(|a| VARINT + text(a)).sum::<usize>()
+                        + c.addresses
+                            .values()
+                            .map(|a| VARINT + text(a))
+                            .sum::<usize>()
                 }
             }
     }

@@ -264,10 +264,11 @@ pub(super) async fn route(
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let body = match super::read_body(node, req.into_body(), super::MAX_JSON_BODY, "JSON bodies").await {
-        Ok(b) => b,
-        Err(r) => return r.response(),
-    };
+    let body =
+        match super::read_body(node, req.into_body(), super::MAX_JSON_BODY, "JSON bodies").await {
+            Ok(b) => b,
+            Err(r) => return r.response(),
+        };
     let table = node.registry.auth();
     let op = match (&method, parts) {
         (&Method::GET, ["v1", "auth"]) => return json(StatusCode::OK, &table.describe()),

@@ -405,14 +405,7 @@ pub async fn put_streamed(node: &NodeHandle, req: Request<Incoming>) -> Response
     if let Some(refused) = foreign(node, &req) {
         return refused;
     }
-    match receive(
-        node,
-        req.into_body(),
-        node.config.max_blob_bytes,
-        None,
-    )
-    .await
-    {
+    match receive(node, req.into_body(), node.config.max_blob_bytes, None).await {
         Ok((hash, len)) => json(
             StatusCode::OK,
             &serde_json::json!({"sha256": hex(&hash), "len": len}),
@@ -424,6 +417,33 @@ pub async fn put_streamed(node: &NodeHandle, req: Request<Incoming>) -> Response
 /// Most blobs one command may attach.
 pub const MAX_ATTACHMENTS: usize = 64;
 
+/// The blob names of a `Keel-Attach` header value (`<sha256>[,<sha256>…]`, empty: none),
+/// at most [`MAX_ATTACHMENTS`]; the 400's message otherwise.
+pub fn attach_names(header: &str) -> Result<Vec<[u8; 32]>, String> {
+    let header = header.trim();
+    if header.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for name in header.split(',').map(str::trim) {
+        let Some(sha256) = parse_hex(name) else {
+            return Err(format!(
+                "Keel-Attach: {name:?} is not a blob name (64 hex digits)"
+            ));
+        };
+        if out.contains(&sha256) {
+            continue; // named twice: attached once
+        }
+        if out.len() == MAX_ATTACHMENTS {
+            return Err(format!(
+                "Keel-Attach: at most {MAX_ATTACHMENTS} blobs per command"
+            ));
+        }
+        out.push(sha256);
+    }
+    Ok(out)
+}
+
 /// The blobs a command's `Keel-Attach` header names (`<sha256>[,<sha256>…]`), each made
 /// durable on a majority of voters before the command is proposed (design §6 rule 1): held
 /// here, fetched from a peer if another node took the upload, then placed (members that
@@ -432,23 +452,11 @@ pub(crate) async fn attachments(
     node: &NodeHandle,
     header: Option<&str>,
 ) -> Result<Vec<keel_raft::BlobRef>, Response<Body>> {
-    let Some(header) = header.map(str::trim).filter(|h| !h.is_empty()) else {
-        return Ok(Vec::new());
-    };
+    let names =
+        attach_names(header.unwrap_or("")).map_err(|e| error(StatusCode::BAD_REQUEST, &e))?;
     let mut out: Vec<keel_raft::BlobRef> = Vec::new();
-    for name in header.split(',').map(str::trim) {
-        let Some(sha256) = parse_hex(name) else {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                &format!("Keel-Attach: {name:?} is not a blob name (64 hex digits)"),
-            ));
-        };
-        if out.len() == MAX_ATTACHMENTS {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                &format!("Keel-Attach: at most {MAX_ATTACHMENTS} blobs per command"),
-            ));
-        }
+    for sha256 in names {
+        let name = hex(&sha256);
         if !node.blobs.has(&sha256) {
             let blobs = node.blobs.clone();
             let fetched = tokio::task::spawn_blocking(move || blobs.fetch_once(&sha256)).await;
@@ -615,7 +623,7 @@ pub async fn get(
 
 /// `bytes=a-b`, `bytes=a-` or `bytes=-n` as `[start, end)` within `len`; `None` if malformed
 /// or outside the blob. One range only.
-fn parse_range(v: &HeaderValue, len: u64) -> Option<(u64, u64)> {
+pub fn parse_range(v: &HeaderValue, len: u64) -> Option<(u64, u64)> {
     let spec = v.to_str().ok()?.trim().strip_prefix("bytes=")?;
     let (a, b) = spec.split_once('-')?;
     let (start, end) = match (a.trim(), b.trim()) {

@@ -60,7 +60,14 @@ pub async fn deploy(
     // The plugin folder sends this: bytes already active are not deployed again, so a
     // restart, or the same file dropped into several nodes' folders, proposes nothing.
     let unless_active = req.headers().contains_key("keel-unless-active");
-    let bytes = match read_body(node, req.into_body(), node.config.max_plugin_bytes, "max_plugin_bytes").await {
+    let bytes = match read_body(
+        node,
+        req.into_body(),
+        node.config.max_plugin_bytes,
+        "max_plugin_bytes",
+    )
+    .await
+    {
         Ok(b) => b,
         Err(r) => return r.response(),
     };
@@ -187,7 +194,14 @@ pub async fn put_blob(node: &NodeHandle, req: Request<Incoming>, hash: &str) -> 
     if let Some(refused) = super::blobs::foreign(node, &req) {
         return refused;
     }
-    let bytes = match read_body(node, req.into_body(), node.config.max_plugin_bytes, "max_plugin_bytes").await {
+    let bytes = match read_body(
+        node,
+        req.into_body(),
+        node.config.max_plugin_bytes,
+        "max_plugin_bytes",
+    )
+    .await
+    {
         Ok(b) => b,
         Err(r) => return r.response(),
     };

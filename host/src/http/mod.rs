@@ -270,13 +270,16 @@ impl Refusal {
 pub(crate) fn header_u64(req: &Request<Incoming>, name: &str) -> Result<Option<u64>, Refusal> {
     match req.headers().get(name) {
         None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
+        Some(v) => parse_u64(v.as_bytes())
             .map(Some)
             .ok_or_else(|| Refusal::BadRequest(format!("{name} must be an unsigned integer"))),
     }
+}
+
+/// A header value that holds an unsigned integer (`Keel-Client-Id`, `Keel-Serial`,
+/// `Keel-Timeout-Ms`, `keel-snapshot-offset`, `Content-Length`), spaces around it allowed.
+pub fn parse_u64(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 // ------------------------------------------------------------------------- clients
@@ -351,7 +354,14 @@ async fn command(
             Err(r) => return r,
         }
     } else {
-        match read_body(node, req.into_body(), node.config.max_body_bytes, "max_body_bytes").await {
+        match read_body(
+            node,
+            req.into_body(),
+            node.config.max_body_bytes,
+            "max_body_bytes",
+        )
+        .await
+        {
             Ok(b) if b.is_empty() => return error(StatusCode::BAD_REQUEST, "empty command"),
             Ok(b) if b.len() as u64 > node.config.ref_threshold_bytes => {
                 // Sent without a length: in memory already (bounded by max_body_bytes).
@@ -533,7 +543,14 @@ async fn query(
     let Some(plugin_impl) = node.registry.get(&plugin) else {
         return unknown_plugin(node, &plugin);
     };
-    let body = match read_body(node, req.into_body(), node.config.max_body_bytes, "max_body_bytes").await {
+    let body = match read_body(
+        node,
+        req.into_body(),
+        node.config.max_body_bytes,
+        "max_body_bytes",
+    )
+    .await
+    {
         Ok(b) => b,
         Err(r) => return r.response(),
     };

@@ -163,7 +163,7 @@ pub async fn peer_snapshot(node: &NodeHandle, req: Request<Incoming>) -> Respons
     let offset: u64 = req
         .headers()
         .get("keel-snapshot-offset")
-        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .and_then(|v| super::parse_u64(v.as_bytes()))
         .unwrap_or(0);
     let mut body = req.into_body();
     let mut frames = Frames::new(matches!(sender, Sender::Only(_)));

@@ -149,8 +149,7 @@ impl Frames {
             };
         }
         if self.buf.len() < 4 + len {
-            // Room for the rest, once: the frame's length is within the limit in force.
-            self.buf.reserve(4 + len - self.buf.len());
+            // The buffer grows with the bytes that come, never from the length alone.
             return Ok(Next::More);
         }
         self.buf.advance(4);

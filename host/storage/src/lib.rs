@@ -63,6 +63,26 @@ pub use mem::{MemStorage, MemView};
 pub use redb_store::{DATA_FILE, RedbStorage, RedbView};
 pub use snapshot::{SnapshotChunks, verify_image};
 
+/// A log entry as stored on disk (checksum, then postcard; at most `max` bytes), and back,
+/// checked against the slot it was read from. Public for the host's fuzz tests, which feed
+/// the decoder damaged and random bytes (issue #13); storage uses them internally.
+#[doc(hidden)]
+pub mod log_codec {
+    use keel_raft::{Entry, Index};
+
+    use crate::StorageError;
+
+    /// The stored form of `entry`.
+    pub fn encode(entry: &Entry, max: usize) -> Result<Vec<u8>, StorageError> {
+        crate::codec::encode_entry(entry, max)
+    }
+
+    /// The entry stored as `bytes` under `slot`.
+    pub fn decode(slot: Index, bytes: &[u8]) -> Result<Entry, StorageError> {
+        crate::codec::decode_entry(std::path::Path::new("<log>"), slot, bytes)
+    }
+}
+
 /// Knobs of a store.
 #[derive(Clone, Debug)]
 pub struct StorageOptions {

@@ -256,9 +256,22 @@ pub(crate) fn read_image(
         if n > MAX_FRAME {
             return Err(bad(index, format!("frame of {n} bytes at byte {at}")));
         }
-        buf.resize(n, 0);
-        read_exact(r, &mut buf)
-            .map_err(|e| bad(index, format!("image ends or fails at byte {at}: {e}")))?;
+        // Grown as the bytes arrive, never sized from the length alone: a damaged (or
+        // hostile) length in a short image must not allocate `MAX_FRAME` up front.
+        buf.clear();
+        let got = (&mut *r)
+            .take(n as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| bad(index, format!("image fails at byte {at}: {e}")))?;
+        if got < n {
+            return Err(bad(
+                index,
+                format!(
+                    "image ends at byte {}, inside a frame of {n} bytes",
+                    at + 4 + got as u64
+                ),
+            ));
+        }
         let frame: Frame = postcard::from_bytes(&buf)
             .map_err(|e| bad(index, format!("undecodable frame at byte {at}: {e}")))?;
         at += 4 + n as u64;
