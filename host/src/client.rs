@@ -163,8 +163,10 @@ impl Client {
     /// The same client, trusting `tls`'s CA (and presenting its certificate, if it has one)
     /// instead of the process's TLS setup.
     pub fn with_tls(mut self, tls: std::sync::Arc<crate::tls::Tls>) -> Client {
-        self.http =
-            HttpClient::builder(TokioExecutor::new()).build(crate::tls::connector_with(Some(tls)));
+        self.http = HttpClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(crate::tls::POOL_IDLE)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(crate::tls::connector_with(Some(tls)));
         self
     }
 

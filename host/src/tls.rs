@@ -397,13 +397,21 @@ pub fn connector() -> Connector {
     connector_with(None)
 }
 
+/// How long a pooled connection may idle before the client drops it: under a node's
+/// `header_timeout_ms` (10 s by default), after which the node closes it, so that a request
+/// is not sent on a connection the node is closing.
+pub const POOL_IDLE: Duration = Duration::from_secs(5);
+
 /// A pooled hyper client over [`connector`].
 pub fn client<B>() -> Client<Connector, B>
 where
     B: hyper::body::Body + Send,
     B::Data: Send,
 {
-    Client::builder(TokioExecutor::new()).build(connector())
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(connector())
 }
 
 /// Whether a client error (its text) is a certificate the client does not trust, or no CA

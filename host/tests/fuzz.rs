@@ -443,8 +443,8 @@ fn image_contents() -> impl Strategy<Value = (Vec<(String, Vec<u8>, Vec<u8>)>, V
     (
         prop::collection::vec(
             (
-                text(6).prop_filter("a namespace", |s| !s.is_empty()),
-                bytes(16).prop_filter("a key", |k| !k.is_empty()),
+                prop::collection::vec(any::<char>(), 1..6).prop_map(|c| c.into_iter().collect()),
+                prop::collection::vec(any::<u8>(), 1..16),
                 bytes(64),
             ),
             0..8,

@@ -286,6 +286,34 @@ mod tests {
         }
     }
 
+    /// An append carries entries up to its byte budget, and always the first one (an entry
+    /// larger than the budget travels alone rather than never).
+    #[test]
+    fn a_slice_stops_at_its_byte_budget_but_always_takes_one_entry() {
+        use crate::types::{Command, Payload};
+        let big = |index| Entry {
+            index,
+            term: 1,
+            timestamp_ms: 0,
+            record: Record::Command(Command {
+                plugin: "kv".into(),
+                client: None,
+                payload: Payload::Inline(vec![7; 1000]),
+            }),
+        };
+        let log = RaftLog::restore(SnapshotMeta::default(), (1..=10).map(big).collect(), 0);
+        let one = big(1).encoded_len_bound();
+        let take = |budget| log.slice_bytes(1, 10, 256, budget).map(|v| v.len());
+        assert_eq!(take(1), Some(1), "the first entry goes whatever the budget");
+        assert_eq!(take(one), Some(1));
+        assert_eq!(take(3 * one + 1), Some(3));
+        assert_eq!(take(usize::MAX), Some(10));
+        assert_eq!(
+            log.slice_bytes(1, 10, 4, usize::MAX).map(|v| v.len()),
+            Some(4)
+        );
+    }
+
     /// §5.3 truncation must also forget durability: the overwritten entries were durable, the
     /// new ones at the same indices are not until the driver says so, and only durable
     /// committed entries may be applied.

@@ -312,7 +312,10 @@ async fn snapshot_sender(
     mut jobs: mpsc::Receiver<SnapshotJob>,
     http: crate::tls::Connector,
 ) {
-    let client: Client<_, FrameBody> = Client::builder(TokioExecutor::new()).build(http);
+    let client: Client<_, FrameBody> = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(crate::tls::POOL_IDLE)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(http);
     let target = format!("{url}/v1/raft/snapshot");
     let mut pinned: Option<(Message, Box<dyn keel_storage::StateView + Send>, Instant)> = None;
     while let Some((mut message, mut view)) = jobs.recv().await {
@@ -456,4 +459,62 @@ fn produce(
         at = end;
     }
     chunks.into_view()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_raft::{ClusterId, Command, Entry, Payload, Record};
+
+    fn append(entries: usize, bytes: usize) -> Message {
+        let entries = (1..=entries as u64)
+            .map(|index| Entry {
+                index,
+                term: 1,
+                timestamp_ms: 0,
+                record: Record::Command(Command {
+                    plugin: "kv".into(),
+                    client: None,
+                    payload: Payload::Inline(vec![1; bytes]),
+                }),
+            })
+            .collect();
+        Message {
+            from: 1,
+            to: 2,
+            cluster: ClusterId(7),
+            term: 1,
+            body: MessageBody::AppendEntries {
+                prev_index: 0,
+                prev_term: 0,
+                entries,
+                commit: 0,
+            },
+        }
+    }
+
+    /// Whatever queued, every frame the sender builds fits what a receiver accepts: cut at
+    /// FRAME_TARGET, one message alone beyond it, nothing lost on the way.
+    #[test]
+    fn frames_are_cut_to_fit_the_receivers_limit() {
+        let metrics = Metrics::default();
+        // Twelve appends of 4 MiB each (the core's budget), and small messages between.
+        let mut batch = Vec::new();
+        for _ in 0..12 {
+            batch.push(append(4, 1 << 20));
+            batch.push(append(0, 0));
+        }
+        let frames = split_frames(batch.clone(), &metrics);
+        assert!(frames.len() >= 6, "{} frames", frames.len());
+        for f in &frames {
+            let encoded = encode_frame(f).expect("encodes");
+            assert!(encoded.len() - 4 <= MAX_PEER_FRAME);
+            assert!(f.len() == 1 || encoded.len() - 4 <= FRAME_TARGET);
+        }
+        assert_eq!(frames.concat(), batch, "the messages, in order");
+        // One message no receiver would take is dropped and counted, not sent.
+        let frames = split_frames(vec![append(1, MAX_PEER_FRAME)], &metrics);
+        assert!(frames.is_empty());
+        assert_eq!(metrics.peer_dropped.get(), 1);
+    }
 }
