@@ -265,7 +265,7 @@ fn run_frames(stream: &[u8], cut: usize, proven: bool, vouch: bool) -> usize {
     for piece in stream.chunks(cut.max(1)) {
         frames.push(piece);
         loop {
-            match frames.next() {
+            match frames.poll_frame() {
                 Ok(Next::More) => break,
                 Ok(Next::Check(head)) => {
                     assert!(head.count > 0);
@@ -340,7 +340,7 @@ proptest! {
         let info = allocation_counter::measure(|| {
             let mut frames = Frames::new(false);
             frames.push(&stream);
-            match frames.next() {
+            match frames.poll_frame() {
                 Ok(Next::Frame(_)) => panic!("an unproven {len}-byte frame was taken whole"),
                 Ok(Next::More | Next::Check(_)) | Err(_) => {}
             }
@@ -438,8 +438,10 @@ fn image(
     (meta, bytes)
 }
 
-fn image_contents() -> impl Strategy<Value = (Vec<(String, Vec<u8>, Vec<u8>)>, Vec<(u64, Vec<u8>)>)>
-{
+/// Plugin keys (namespace, key, value) and sessions (client id, result) of an image.
+type Contents = (Vec<(String, Vec<u8>, Vec<u8>)>, Vec<(u64, Vec<u8>)>);
+
+fn image_contents() -> impl Strategy<Value = Contents> {
     (
         prop::collection::vec(
             (

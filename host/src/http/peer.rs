@@ -33,7 +33,7 @@ pub async fn peer_stream(node: &NodeHandle, req: Request<Incoming>) -> Response<
             Err(BodyError::Broken(_)) => break, // the peer went away mid-frame; it reconnects
         }
         loop {
-            match frames.next() {
+            match frames.poll_frame() {
                 Ok(Next::More) => break,
                 Ok(Next::Check(head)) => match vouch(node, head, sender) {
                     Ok(()) => frames.vouch(),
@@ -75,7 +75,7 @@ pub async fn peer_messages(node: &NodeHandle, req: Request<Incoming>) -> Respons
     let stall = super::limits::body_timeout(node);
     let mut got = 0u64;
     loop {
-        match frames.next() {
+        match frames.poll_frame() {
             Ok(Next::Frame(frame)) => {
                 return match deliver(node, &frame, sender) {
                     Ok(()) => no_content(),
@@ -170,7 +170,7 @@ pub async fn peer_snapshot(node: &NodeHandle, req: Request<Incoming>) -> Respons
     let stall = super::limits::body_timeout(node);
     // The envelope first, a frame bounded before it is buffered.
     let message = loop {
-        match frames.next() {
+        match frames.poll_frame() {
             Ok(Next::More) => {}
             Ok(Next::Check(head)) => match vouch(node, head, sender) {
                 Ok(()) => frames.vouch(),

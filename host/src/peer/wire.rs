@@ -107,7 +107,7 @@ impl Frames {
         }
     }
 
-    /// Appends bytes as they arrive. The caller has taken every frame [`Frames::next`]
+    /// Appends bytes as they arrive. The caller has taken every frame [`Frames::poll_frame`]
     /// offered, so what is held is at most one frame within its limit, and `bytes`.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
@@ -129,7 +129,7 @@ impl Frames {
     }
 
     /// The next frame, if whole; an error for a frame that may not be read.
-    pub fn next(&mut self) -> Result<Next, FrameError> {
+    pub fn poll_frame(&mut self) -> Result<Next, FrameError> {
         if self.buf.len() < 4 {
             return Ok(Next::More);
         }
