@@ -77,7 +77,12 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
                 .uri()
                 .query()
                 .is_some_and(|q| q.split('&').any(|kv| kv == "drop_state=true"));
-            plugins::undeploy(&node, name, drop_state, &path).await
+            // A follower redirects to the leader with the query string kept.
+            let target = req
+                .uri()
+                .path_and_query()
+                .map_or(path.as_str(), |p| p.as_str());
+            plugins::undeploy(&node, name, drop_state, target).await
         }
         (&Method::POST, ["v1", "plugins", name, "dry-run"]) => {
             let name = name.to_string();

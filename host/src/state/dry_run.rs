@@ -126,18 +126,8 @@ pub fn dry_run(
         let outcomes = candidate.apply_batch(view, &calls)?;
         for (r, out) in entry.iter().zip(outcomes) {
             let result = out.result.map_err(|e| e.to_string());
-            let current = side(
-                r.plugin.id().version.clone(),
-                &r.result,
-                &r.writes,
-                &r.retains,
-            );
-            let new = side(
-                candidate.id().version.clone(),
-                &result,
-                &out.writes,
-                &out.retains,
-            );
+            let current = side(&r.plugin, &r.result, &r.writes, &r.retains);
+            let new = side(candidate, &result, &out.writes, &out.retains);
             let answers = (current.answer != new.answer) || (current.error != new.error);
             let writes =
                 differing(&current.writes, &new.writes) + differing(&current.retains, &new.retains);
@@ -166,20 +156,27 @@ pub fn dry_run(
 }
 
 fn side(
-    version: String,
+    plugin: &Plugin,
     result: &Result<Vec<u8>, String>,
     writes: &Writes,
     retains: &[([u8; 32], i64)],
 ) -> Side {
+    // A failure's text names the version ("plugin kv@v2: …"): compare what follows.
+    let id = plugin.id();
+    let named = format!("plugin {}@{}: ", id.name, id.version);
+    let error = result
+        .as_ref()
+        .err()
+        .map(|e| e.strip_prefix(&named).unwrap_or(e).to_owned());
     let mut retained = BTreeMap::new();
     for (sha, n) in retains {
         *retained.entry(hex(sha)).or_insert(0) += n;
     }
     retained.retain(|_, n| *n != 0);
     Side {
-        version,
+        version: id.version.clone(),
         answer: result.as_ref().ok().map(|a| text(a, 512)),
-        error: result.as_ref().err().cloned(),
+        error,
         // A key written twice by one command counts once, with its last value.
         writes: writes
             .iter()
