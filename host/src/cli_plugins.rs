@@ -130,7 +130,7 @@ pub fn render_dry_run(r: &Value) -> String {
             .max()
             .unwrap_or(0)
             .clamp(20, 60);
-        let _ = writeln!(out, "  {:<width$} | {}", "CURRENT", "CANDIDATE");
+        let _ = writeln!(out, "  {:<width$} | CANDIDATE", "CURRENT");
         for i in 0..a.len().max(b.len()) {
             let left: String = a
                 .get(i)

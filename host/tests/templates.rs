@@ -83,11 +83,13 @@ fn check(wasm: &[u8]) {
     assert_eq!(String::from_utf8_lossy(&answer), r#"{"value":8}"#);
 }
 
+/// A built project: its directory and its component.
+type Built = (PathBuf, Vec<u8>);
+
 /// The built `demo.wasm` of each language's new project, built once per test run (the
 /// cluster test reuses them); `None` when the language's toolchain is missing.
-fn built(lang: &'static str) -> Option<(PathBuf, Vec<u8>)> {
-    static BUILT: OnceLock<Mutex<BTreeMap<&'static str, Option<(PathBuf, Vec<u8>)>>>> =
-        OnceLock::new();
+fn built(lang: &'static str) -> Option<Built> {
+    static BUILT: OnceLock<Mutex<BTreeMap<&'static str, Option<Built>>>> = OnceLock::new();
     let cache = BUILT.get_or_init(Default::default);
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
     cache.entry(lang).or_insert_with(|| build(lang)).clone()
@@ -95,7 +97,7 @@ fn built(lang: &'static str) -> Option<(PathBuf, Vec<u8>)> {
 
 /// Makes the `lang` project under a directory kept for the whole run, and builds it with
 /// the command its README gives.
-fn build(lang: &'static str) -> Option<(PathBuf, Vec<u8>)> {
+fn build(lang: &'static str) -> Option<Built> {
     let dir = tempfile::tempdir().expect("tempdir").keep();
     let at = new_project(&dir, lang);
     let wasm = match lang {

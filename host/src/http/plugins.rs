@@ -195,7 +195,7 @@ pub async fn undeploy(
     }
     match record(node, name).await {
         // An undeployed plugin's state can still be dropped.
-        Ok(rec) if rec.active.is_none() && !(drop_state && !rec.history.versions.is_empty()) => {
+        Ok(rec) if rec.active.is_none() && (!drop_state || rec.history.versions.is_empty()) => {
             return error(
                 StatusCode::NOT_FOUND,
                 &format!("plugin {name:?} is not active"),

@@ -120,7 +120,7 @@ fn a_dry_run_rewinds_to_before_the_first_replayed_command_and_a_rebuild_differs_
     );
     // Nothing was written: the stored state is as the commands left it.
     assert_eq!(
-        storage.view().unwrap().get("kv", b"a").unwrap(),
+        storage.view().expect("read").get("kv", b"a").expect("read"),
         Some(b"3".to_vec())
     );
 }
@@ -232,17 +232,20 @@ fn dropping_a_plugins_state_deletes_its_namespace_and_retains_and_undeploys_it()
     assert_eq!(got[2], r#"error: unknown plugin "app""#);
     let view = storage.view().expect("view");
     for k in ["k1", "k2", "k3"] {
-        assert_eq!(view.get("app", k.as_bytes()).unwrap(), None, "{k}");
+        assert_eq!(view.get("app", k.as_bytes()).expect("read"), None, "{k}");
     }
     assert_eq!(
         view.get(SYSTEM_NAMESPACE, &retain_key("app", &sha))
-            .unwrap(),
+            .expect("read"),
         None
     );
-    assert_eq!(view.get(SYSTEM_NAMESPACE, &stats_key("app")).unwrap(), None);
+    assert_eq!(
+        view.get(SYSTEM_NAMESPACE, &stats_key("app")).expect("read"),
+        None
+    );
     assert!(
         view.get(SYSTEM_NAMESPACE, &history_key("app"))
-            .unwrap()
+            .expect("read")
             .is_some(),
         "history stays"
     );
