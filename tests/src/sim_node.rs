@@ -337,6 +337,30 @@ impl SimNode {
         let view = Storage::view(&*self.mem).map_err(|e| e.to_string())?;
         state::state_hash(&view).map_err(|e| e.to_string())
     }
+
+    /// A dry run of the active kv against this node's own journal (issue #12): the same
+    /// version, from the rewound state, must differ nowhere, or the journal does not undo
+    /// what the node applied (through batches, flushes, restarts and snapshot installs).
+    pub(crate) fn replay_own_journal(&self) -> Result<Option<state::DryRunReport>, String> {
+        let Some(kv) = self.registry.get("kv") else {
+            return Ok(None);
+        };
+        let slot = self.unflushed.read().unwrap_or_else(|e| e.into_inner());
+        let view = Storage::view(&*self.mem).map_err(|e| e.to_string())?;
+        let (records, available) = self.registry.journal().last("kv", usize::MAX);
+        let unflushed = Arc::clone(&slot);
+        drop(slot);
+        state::dry_run(
+            &kv,
+            &records,
+            available,
+            Box::new(view),
+            unflushed,
+            self.blobs.clone(),
+        )
+        .map(Some)
+        .map_err(|e| e.to_string())
+    }
 }
 
 /// A kv value as the simulator's clients write them (decimal strings), or null.
