@@ -125,6 +125,7 @@ fn record() -> impl Strategy<Value = Record> {
         prop::collection::vec(command(), 0..4).prop_map(Record::Batch),
         any::<u64>().prop_map(|before_ms| Record::ExpireSessions { before_ms }),
         text(12).prop_map(|plugin| Record::Undeploy { plugin }),
+        text(12).prop_map(|plugin| Record::DropState { plugin }),
     ]
 }
 

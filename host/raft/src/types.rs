@@ -83,7 +83,7 @@ impl Record {
             + match self {
                 Record::Noop | Record::OpenSession => 0,
                 Record::ExpireSessions { .. } => VARINT,
-                Record::Undeploy { plugin } => text(plugin),
+                Record::Undeploy { plugin } | Record::DropState { plugin } => text(plugin),
                 Record::Command(c) => c.encoded_len_bound(),
                 Record::Batch(cmds) => {
                     VARINT + cmds.iter().map(Command::encoded_len_bound).sum::<usize>()
@@ -152,6 +152,13 @@ pub enum Record {
     /// refused as for an unknown plugin; its state and version history are kept. Last, so
     /// older logs still decode (postcard numbers variants in order).
     Undeploy {
+        /// Plugin name.
+        plugin: String,
+    },
+    /// Deactivates a plugin, as [`Record::Undeploy`], and deletes its state: its namespace,
+    /// the blobs it retains, its counters (its version history stays). Last, so older logs
+    /// still decode.
+    DropState {
         /// Plugin name.
         plugin: String,
     },
