@@ -61,6 +61,23 @@ async fn metric(url: &str, name_and_labels: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
+/// Waits until a counter reaches `min` (a connection cut off is counted just after it is
+/// dropped); fails after a 30 s guard.
+async fn metric_reaches(url: &str, name_and_labels: &str, min: u64) {
+    let start = Instant::now();
+    loop {
+        let n = metric(url, name_and_labels).await;
+        if n >= min {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{name_and_labels} stays at {n}, below {min}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `(leader id, term)` of the current leader with kv active.
 async fn leader_and_term(urls: &[String]) -> (u64, u64) {
     let id = common::wait_for_leader(urls, Duration::from_secs(30)).await;
@@ -131,8 +148,8 @@ fn slowloris_clients_are_cut_off_while_the_cluster_keeps_its_leader_and_serves()
                 "slow connection {i} is still open"
             );
         }
-        assert!(metric(&url, "timeouts_total{phase=\"header\"}").await >= 30);
-        assert!(metric(&url, "timeouts_total{phase=\"body\"}").await >= 10);
+        metric_reaches(&url, "timeouts_total{phase=\"header\"}", 30).await;
+        metric_reaches(&url, "timeouts_total{phase=\"body\"}", 10).await;
         put(&url, "after").await;
         assert_eq!(
             leader_and_term(&cluster.urls).await,
@@ -332,14 +349,22 @@ fn half_open_tls_handshakes_are_cut_off_and_counted() {
                 "half-open handshake {i} is still open"
             );
         }
-        let a = client().get("/metrics").await.expect("metrics");
-        let text = String::from_utf8_lossy(&a.body).into_owned();
-        let n = text
-            .lines()
-            .find_map(|l| l.strip_prefix("keel_timeouts_total{phase=\"handshake\"} "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        assert!(n >= 20.0, "{text}");
+        // Counted just after the connection is dropped: read until it shows.
+        let start = Instant::now();
+        loop {
+            let a = client().get("/metrics").await.expect("metrics");
+            let text = String::from_utf8_lossy(&a.body).into_owned();
+            let n = text
+                .lines()
+                .find_map(|l| l.strip_prefix("keel_timeouts_total{phase=\"handshake\"} "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if n >= 20.0 {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     });
     kill_all(&mut node.children);
 }
