@@ -18,6 +18,7 @@
 //! `apply_worker`.
 
 mod apply_worker;
+mod blob_upkeep;
 mod inbox;
 mod io;
 mod log_writer;
@@ -186,6 +187,10 @@ pub struct Driver {
     sweeping: std::collections::BTreeSet<[u8; 32]>,
     /// `Io::mono_ms` of the last resend sweep.
     last_sweep_ms: u64,
+    /// `Io::mono_ms` of the last sweep that looked at every retained blob (`None`: due).
+    last_retained_sweep_ms: Option<u64>,
+    /// Where the blobs of compacted entries were named last (garbage collection).
+    named_at: crate::blobs::NamedAt,
     unflushed: Arc<RwLock<Arc<Unflushed>>>,
     /// `Io::mono_ms` of the last flush and session sweep.
     last_flush_ms: u64,
@@ -228,6 +233,8 @@ impl Driver {
     pub fn new(p: DriverParts) -> Driver {
         let (applied, snapshot_index) = (p.applied, p.snapshot_index);
         let now = p.io.mono_ms();
+        let named_at =
+            crate::blobs::NamedAt::load(p.blobs.bookkeeping_path("named-at.json"), snapshot_index);
         let mut driver = Driver {
             cfg: p.cfg,
             raft: p.raft,
@@ -257,6 +264,8 @@ impl Driver {
             fetching: None,
             sweeping: Default::default(),
             last_sweep_ms: now,
+            last_retained_sweep_ms: None,
+            named_at,
             unflushed: p.unflushed,
             last_flush_ms: now,
             last_session_sweep_ms: now,
@@ -442,8 +451,8 @@ impl Driver {
             Input::Applied(done) => self.applied_batch(*done)?,
             Input::Members { change, reply } => self.change_members(change, reply),
             Input::BlobsNeeded(reply) => match self.blobs_needed() {
-                Ok(needed) => {
-                    let _ = reply.send((self.snapshot_index, needed));
+                Ok(keep) => {
+                    let _ = reply.send(keep);
                 }
                 // Nothing is collected this round (the reply is dropped); apply goes on.
                 Err(e) => {
@@ -578,6 +587,11 @@ impl Driver {
             self.applying = None;
             self.apply_queue.clear();
             self.fetching = None;
+            // What the snapshot covers was named somewhere up to its index (the bound
+            // garbage collection uses for blobs it knows nothing about), and the state it
+            // brings may retain blobs this node lacks: the sweep looks for them now.
+            self.named_at.clear();
+            self.last_retained_sweep_ms = None;
             self.answer_covered(snap.index);
             let view = self.storage.view()?;
             state::reload(&self.runtime, &self.blobs, &self.registry, &view)?;

@@ -20,6 +20,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use sha2::{Digest, Sha256};
 
+mod gc;
+pub use gc::{Keep, NamedAt, collectable};
+
 /// Largest blob a node accepts or fetches, unless configured otherwise.
 pub const MAX_BLOB_BYTES: u64 = 1 << 30;
 
@@ -229,6 +232,12 @@ impl Blobs {
         w.finish(Some(hash)).map(|(h, _)| h)
     }
 
+    /// A file of this node's own bookkeeping beside the blobs (`None` in memory). Its name
+    /// is not a hash, so it is never taken for a blob.
+    pub fn bookkeeping_path(&self, name: &str) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(name))
+    }
+
     fn path(&self, hash: &[u8; 32]) -> Option<PathBuf> {
         self.dir.as_ref().map(|d| d.join(hex(hash)))
     }
@@ -412,34 +421,6 @@ impl Blobs {
     }
 }
 
-/// Design §6, garbage collection: which of this node's blobs may go. `stored` are its blobs
-/// with their age (since stored or last placed again); `needed` those its own log names
-/// (first index to last) and its active plugins; `mine` its snapshot index, `watermark` the
-/// lowest snapshot index among all members (every one of them answered).
-///
-/// A blob named by no entry of this node's log is named, if at all, only by entries below its
-/// snapshot. Those are behind every member's snapshot only when `mine <= watermark`: then no
-/// member applies them again (a member further behind gets a snapshot instead), so nobody
-/// can need the blob. If some member's snapshot is older than ours (a lagging follower whose
-/// log still names the blob, which everyone else has applied past), nothing goes. Blobs
-/// younger than `grace` may belong to an upload whose entry is not in this log yet.
-pub fn collectable(
-    stored: &[([u8; 32], Duration)],
-    needed: &std::collections::BTreeSet<[u8; 32]>,
-    mine: u64,
-    watermark: u64,
-    grace: Duration,
-) -> Vec<[u8; 32]> {
-    if mine > watermark {
-        return Vec::new();
-    }
-    stored
-        .iter()
-        .filter(|(h, age)| *age >= grace && !needed.contains(h))
-        .map(|(h, _)| *h)
-        .collect()
-}
-
 /// SHA-256 of bytes compiled into the binary, computed once per process (a node, and every
 /// simulated node, starts with the built-in kv plugin: a quarter of a megabyte to hash).
 pub fn static_sha256(bytes: &'static [u8]) -> [u8; 32] {
@@ -560,24 +541,6 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec![hex(&hash)]);
-    }
-
-    /// Design §6 GC: the lagging-follower case. Nodes 1 and 2 applied past the entry naming
-    /// blob `a` and compacted it (snapshot 100); node 3's snapshot is at 40, its log still
-    /// names `a`. Nodes 1 and 2 must keep `a` until node 3's snapshot passes theirs.
-    #[test]
-    fn garbage_collection_keeps_what_a_lagging_member_may_still_apply() {
-        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
-        let old = Duration::from_secs(3600);
-        let stored = [(a, old), (b, old), (c, Duration::from_secs(1))];
-        let needed = std::collections::BTreeSet::from([b]);
-        let grace = Duration::from_secs(600);
-        // Node 1: snapshot 100, but the lowest member snapshot is 40: nothing goes.
-        assert!(collectable(&stored, &needed, 100, 40, grace).is_empty());
-        // Once every member's snapshot is at 100 or past: `a` goes; `b` is named by the log,
-        // `c` is younger than the grace period.
-        assert_eq!(collectable(&stored, &needed, 100, 100, grace), vec![a]);
-        assert_eq!(collectable(&stored, &needed, 100, 250, grace), vec![a]);
     }
 
     #[test]
