@@ -62,6 +62,34 @@ pub struct Blobs {
     /// This node's cluster id, sent with fetches (`keel-cluster`): peers with
     /// authentication on serve blobs to a cluster node without a token.
     cluster: Arc<Mutex<String>>,
+    /// Paces fetches to `blob_fetch_bytes_per_sec`.
+    pacer: Arc<Pacer>,
+}
+
+/// Fetches' bandwidth budget: each chunk is given the next free slot of time its size needs
+/// at the configured rate, and the fetch sleeps until then. No burst is saved up while idle.
+/// (Fifteen lines; a rate-limiter crate would count cells of at most `u32` and bring its
+/// own clock.)
+#[derive(Default)]
+struct Pacer {
+    bytes_per_sec: std::sync::atomic::AtomicU64,
+    next_free: Mutex<Option<std::time::Instant>>,
+}
+
+impl Pacer {
+    /// How long to wait, from `now`, before going on after `bytes` more.
+    fn delay(&self, bytes: u64, now: std::time::Instant) -> Duration {
+        let rate = self
+            .bytes_per_sec
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if rate == 0 {
+            return Duration::ZERO;
+        }
+        let mut next = lock(&self.next_free);
+        let start = next.map_or(now, |n| n.max(now));
+        *next = Some(start + Duration::from_secs_f64(bytes as f64 / rate as f64));
+        start - now
+    }
 }
 
 /// A blob being written: bytes go to a temporary file (or a buffer, in memory) and into
@@ -188,7 +216,15 @@ impl Blobs {
             mem: Arc::default(),
             peers: Arc::default(),
             cluster: Arc::default(),
+            pacer: Arc::default(),
         }
+    }
+
+    /// Fetches' bandwidth budget, bytes per second shared by all of them (0: no limit).
+    pub fn set_fetch_budget(&self, bytes_per_sec: u64) {
+        self.pacer
+            .bytes_per_sec
+            .store(bytes_per_sec, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The cluster id fetches present to peers.
@@ -356,6 +392,36 @@ impl Blobs {
         }
     }
 
+    /// Deletes the temporary files of uploads and fetches untouched for `grace` (a writer
+    /// removes its own when it fails, but not when the process is killed mid-write); returns
+    /// how many went. A live transfer writes its file all the time, so it is never this old.
+    pub fn remove_stale_uploads(&self, grace: Duration) -> usize {
+        let Some(dir) = &self.dir else {
+            return 0;
+        };
+        let now = std::time::SystemTime::now();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut gone = 0;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= grace);
+            if name.starts_with(".upload-")
+                && name.ends_with(".tmp")
+                && stale
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                gone += 1;
+            }
+        }
+        gone
+    }
+
     /// Deletes a blob (garbage collection decided nothing needs it).
     pub fn remove(&self, hash: &[u8; 32]) {
         lock(&self.mem).remove(hash);
@@ -473,6 +539,12 @@ fn fetch_from(blobs: &Blobs, url: &str, hash: &[u8; 32]) -> anyhow::Result<u64> 
             {
                 if let Ok(data) = frame.into_data() {
                     w.write(&data)?;
+                    let wait = blobs
+                        .pacer
+                        .delay(data.len() as u64, std::time::Instant::now());
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
                 }
             }
             let (_, len) = w.finish(Some(want))?;
@@ -541,6 +613,22 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec![hex(&hash)]);
+    }
+
+    #[test]
+    fn the_fetch_budget_spaces_chunks_at_its_rate_and_no_budget_never_waits() {
+        let (pacer, now) = (Pacer::default(), std::time::Instant::now());
+        assert_eq!(pacer.delay(1 << 30, now), Duration::ZERO);
+        pacer
+            .bytes_per_sec
+            .store(1 << 20, std::sync::atomic::Ordering::Relaxed);
+        // The first MiB goes now; the next waits for the first's second, the one after
+        // for two; once that time has passed, nothing is saved up.
+        assert_eq!(pacer.delay(1 << 20, now), Duration::ZERO);
+        assert_eq!(pacer.delay(1 << 20, now), Duration::from_secs(1));
+        assert_eq!(pacer.delay(1 << 19, now), Duration::from_secs(2));
+        let later = now + Duration::from_secs(10);
+        assert_eq!(pacer.delay(1 << 20, later), Duration::ZERO);
     }
 
     #[test]

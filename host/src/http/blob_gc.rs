@@ -63,6 +63,11 @@ pub async fn collect(node: &NodeHandle) -> Result<usize, String> {
             tracing::debug!(target: "keel::txn", blob = %hex(hash), "collecting blob");
             blobs.remove(hash);
         }
+        // Partial uploads of a process killed mid-write: no hash names them.
+        let partial = blobs.remove_stale_uploads(grace);
+        if partial > 0 {
+            tracing::info!(target: "keel::txn", files = partial, "removed stale partial uploads");
+        }
         doomed.len()
     })
     .await
