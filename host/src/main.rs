@@ -375,25 +375,69 @@ fn blob_get(g: &Global, sha256: &str, output: Option<PathBuf>) -> ExitCode {
         return ExitCode::from(exit::USAGE);
     };
     let path = format!("/v1/blobs/{}", keel::blobs::hex(&want));
-    let result = runtime().and_then(|rt| rt.block_on(async { ctx.client().get(&path).await }));
-    let answer = match result {
-        Ok(a) if a.status == hyper::StatusCode::OK => a,
-        Ok(a) => return show(&ctx, "blob get", &a, Shown::Raw),
-        Err(e) => return ctx.failed("blob get", &e),
+    // Streamed to FILE.part (renamed once its hash is checked) or to standard output, hashed
+    // on the way: never whole in memory.
+    let part = output.as_ref().map(|f| {
+        let mut name = f.clone().into_os_string();
+        name.push(".part");
+        PathBuf::from(name)
+    });
+    let mut sink: Box<dyn std::io::Write> = match &part {
+        Some(p) => match std::fs::File::create(p) {
+            Ok(f) => Box::new(std::io::BufWriter::with_capacity(1 << 20, f)),
+            Err(e) => return fail("blob get", anyhow::anyhow!("{}: {e}", p.display())),
+        },
+        None => Box::new(std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::io::stdout(),
+        )),
     };
-    if keel::blobs::sha256(&answer.body) != want {
+    let bar = keel::cli::progress_bar();
+    bar.set_message(format!("downloading {}", &sha256[..sha256.len().min(12)]));
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            ctx.client()
+                .download_into(
+                    &path,
+                    &mut *sink,
+                    &mut |chunk| sha2::Digest::update(&mut hasher, chunk),
+                    Some(&bar),
+                )
+                .await
+        })
+    });
+    bar.finish_and_clear();
+    let flushed = sink.flush();
+    drop(sink);
+    let remove_part = || {
+        if let Some(p) = &part {
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    if let Err(e) = result {
+        remove_part();
+        return ctx.failed("blob get", &e);
+    }
+    if <[u8; 32]>::from(sha2::Digest::finalize(hasher)) != want {
+        remove_part();
         return fail(
             "blob get",
             anyhow::anyhow!("the bytes received do not hash to {sha256}"),
         );
     }
-    let written = match &output {
-        Some(file) => std::fs::write(file, &answer.body),
-        None => std::io::Write::write_all(&mut std::io::stdout(), &answer.body),
-    };
-    match written {
+    let done = flushed.and_then(|()| match (&part, &output) {
+        (Some(p), Some(f)) => std::fs::File::open(p)
+            .and_then(|file| file.sync_all())
+            .and_then(|()| std::fs::rename(p, f)),
+        _ => Ok(()),
+    });
+    match done {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail("blob get", e.into()),
+        Err(e) => {
+            remove_part();
+            fail("blob get", e.into())
+        }
     }
 }
 
@@ -636,24 +680,19 @@ fn main() -> ExitCode {
         }),
         Cmd::Blob {
             command: BlobCmd::Put { file },
-        } => {
-            let bytes = match std::fs::read(&file) {
-                Ok(b) => b,
-                Err(e) => return fail("blob put", anyhow::anyhow!("{}: {e}", file.display())),
-            };
-            client_call(g, "blob put", Shown::Raw, async move |c| {
-                let bar = keel::cli::progress_bar();
-                let name = file.display().to_string();
-                c.set_progress(
-                    bar.clone(),
-                    format!("uploading {name}"),
-                    format!("placing {name} on a majority"),
-                );
-                let answer = c.request(hyper::Method::PUT, "/v1/blobs", bytes).await;
-                bar.finish_and_clear();
-                answer
-            })
-        }
+        } => client_call(g, "blob put", Shown::Raw, async move |c| {
+            let bar = keel::cli::progress_bar();
+            let name = file.display().to_string();
+            c.set_progress(
+                bar.clone(),
+                format!("uploading {name}"),
+                format!("placing {name} on a majority"),
+            );
+            // Streamed from the file: a 1 GiB blob is never in this process's memory.
+            let answer = c.put_file("/v1/blobs", &file).await;
+            bar.finish_and_clear();
+            answer
+        }),
         Cmd::Blob {
             command: BlobCmd::Get { sha256, file },
         } => blob_get(g, &sha256, file),
