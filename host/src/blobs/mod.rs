@@ -11,7 +11,7 @@
 //! read and fetched again; it is never handed to a plugin.
 
 use std::collections::HashMap;
-use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +21,9 @@ use http_body_util::{BodyExt, Full};
 use sha2::{Digest, Sha256};
 
 mod gc;
+mod store;
 pub use gc::{Keep, NamedAt, collectable};
+pub use store::{BlobSink, BlobStore, DirStore, MemStore};
 
 /// Largest blob a node accepts or fetches, unless configured otherwise.
 pub const MAX_BLOB_BYTES: u64 = 1 << 30;
@@ -48,15 +50,14 @@ pub fn parse_hex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-type MemBlobs = Arc<Mutex<HashMap<[u8; 32], Arc<Vec<u8>>>>>;
-
 /// Content-addressed blobs this node can read. Cheap to clone (shared).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Blobs {
     builtin: Arc<HashMap<[u8; 32], Arc<Vec<u8>>>>,
-    /// Where blobs live on disk; `None`: in `mem`.
+    /// Where the bytes are kept.
+    store: Arc<dyn BlobStore>,
+    /// The node's own directory beside the blobs, for bookkeeping (`None` in memory).
     dir: Option<PathBuf>,
-    mem: MemBlobs,
     /// Where to fetch a missing blob: the other members' URLs.
     peers: Arc<Mutex<Vec<String>>>,
     /// This node's cluster id, sent with fetches (`keel-cluster`): peers with
@@ -95,17 +96,11 @@ impl Pacer {
 /// A blob being written: bytes go to a temporary file (or a buffer, in memory) and into
 /// the hash as they arrive. [`BlobWriter::finish`] makes it durable under its hash.
 pub struct BlobWriter {
-    blobs: Blobs,
     hasher: Sha256,
     len: u64,
     limit: u64,
     /// `None` once finished.
-    sink: Option<Sink>,
-}
-
-enum Sink {
-    File(std::fs::File, PathBuf),
-    Mem(Vec<u8>),
+    sink: Option<Box<dyn BlobSink>>,
 }
 
 /// Why a blob could not be written.
@@ -135,10 +130,8 @@ impl BlobWriter {
             return Err(BlobError::TooLarge(self.limit));
         }
         self.hasher.update(chunk);
-        match &mut self.sink {
-            Some(Sink::File(f, _)) => f.write_all(chunk)?,
-            Some(Sink::Mem(buf)) => buf.extend_from_slice(chunk),
-            None => {}
+        if let Some(sink) = &mut self.sink {
+            sink.write_all(chunk)?;
         }
         Ok(())
     }
@@ -166,31 +159,10 @@ impl BlobWriter {
                 got: hex(&hash),
             });
         }
-        match self.sink.take() {
-            None => {}
-            Some(Sink::Mem(buf)) => {
-                lock(&self.blobs.mem).insert(hash, Arc::new(buf));
-            }
-            Some(Sink::File(f, tmp)) => {
-                f.sync_all()?;
-                drop(f);
-                let dir = self.blobs.dir.as_ref().ok_or_else(|| {
-                    std::io::Error::other("a file-backed writer without a directory")
-                })?;
-                std::fs::rename(&tmp, dir.join(hex(&hash)))?;
-                std::fs::File::open(dir)?.sync_all()?;
-            }
+        if let Some(sink) = self.sink.take() {
+            sink.commit(&hash)?;
         }
         Ok((hash, self.len))
-    }
-}
-
-impl Drop for BlobWriter {
-    /// An unfinished blob (refused, or its sender went away) leaves no file behind.
-    fn drop(&mut self) {
-        if let Some(Sink::File(_, tmp)) = self.sink.take() {
-            let _ = std::fs::remove_file(tmp);
-        }
     }
 }
 
@@ -212,8 +184,11 @@ impl Blobs {
                     .map(|b| (static_sha256(b), Arc::new(b.to_vec())))
                     .collect(),
             ),
+            store: match &dir {
+                Some(d) => Arc::new(DirStore::new(d.clone())),
+                None => Arc::new(MemStore::default()),
+            },
             dir,
-            mem: Arc::default(),
             peers: Arc::default(),
             cluster: Arc::default(),
             pacer: Arc::default(),
@@ -239,20 +214,11 @@ impl Blobs {
 
     /// Starts writing a blob of at most `limit` bytes.
     pub fn writer(&self, limit: u64) -> Result<BlobWriter, BlobError> {
-        let sink = match &self.dir {
-            None => Sink::Mem(Vec::new()),
-            Some(dir) => {
-                std::fs::create_dir_all(dir)?;
-                let tmp = dir.join(format!(".upload-{}.tmp", unique()));
-                Sink::File(std::fs::File::create(&tmp)?, tmp)
-            }
-        };
         Ok(BlobWriter {
-            blobs: self.clone(),
             hasher: Sha256::new(),
             len: 0,
             limit,
-            sink: Some(sink),
+            sink: Some(self.store.put()?),
         })
     }
 
@@ -274,24 +240,18 @@ impl Blobs {
         self.dir.as_ref().map(|d| d.join(name))
     }
 
-    fn path(&self, hash: &[u8; 32]) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join(hex(hash)))
-    }
-
     /// Whether this node holds the blob (built in, or stored: [`Blobs::local`] checks its
     /// bytes when read). Cheap: reads nothing.
     pub fn has(&self, hash: &[u8; 32]) -> bool {
-        self.builtin.contains_key(hash)
-            || lock(&self.mem).contains_key(hash)
-            || self.path(hash).is_some_and(|p| p.is_file())
+        self.len_of(hash).is_some()
     }
 
     /// The blob's length, if this node holds it.
     pub fn len_of(&self, hash: &[u8; 32]) -> Option<u64> {
-        if let Some(b) = self.builtin.get(hash).or(lock(&self.mem).get(hash)) {
-            return Some(b.len() as u64);
+        match self.builtin.get(hash) {
+            Some(b) => Some(b.len() as u64),
+            None => self.store.len(hash),
         }
-        std::fs::metadata(self.path(hash)?).ok().map(|m| m.len())
     }
 
     /// The whole blob if this node holds it and its bytes hash to its name. A stored blob
@@ -300,12 +260,10 @@ impl Blobs {
         if let Some(b) = self.builtin.get(hash) {
             return Some(b.clone());
         }
-        if let Some(b) = lock(&self.mem).get(hash) {
-            return Some(b.clone());
-        }
-        let bytes = std::fs::read(self.path(hash)?).ok()?;
+        let mut bytes = Vec::new();
+        self.store.open(hash, 0)?.read_to_end(&mut bytes).ok()?;
         if sha256(&bytes) != *hash {
-            self.quarantine(hash);
+            self.store.quarantine(hash);
             return None;
         }
         Some(Arc::new(bytes))
@@ -314,19 +272,16 @@ impl Blobs {
     /// Whether the stored bytes still hash to the name, read a chunk at a time; a blob that
     /// does not is quarantined.
     pub fn verify(&self, hash: &[u8; 32]) -> bool {
-        if self.builtin.contains_key(hash) || lock(&self.mem).contains_key(hash) {
+        if self.builtin.contains_key(hash) {
             return true;
         }
-        let Some(path) = self.path(hash) else {
-            return false;
-        };
-        let Ok(mut f) = std::fs::File::open(&path) else {
+        let Some(mut r) = self.store.open(hash, 0) else {
             return false;
         };
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; CHUNK];
         loop {
-            match f.read(&mut buf) {
+            match r.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => hasher.update(&buf[..n]),
                 Err(_) => return false,
@@ -334,7 +289,7 @@ impl Blobs {
         }
         let ok = <[u8; 32]>::from(hasher.finalize()) == *hash;
         if !ok {
-            self.quarantine(hash);
+            self.store.quarantine(hash);
         }
         ok
     }
@@ -342,103 +297,41 @@ impl Blobs {
     /// Up to `len` bytes of the blob from `offset` (no hash check: callers that hand bytes
     /// on check the whole blob first, with [`Blobs::verify`] or [`Blobs::local`]).
     pub fn read_range(&self, hash: &[u8; 32], offset: u64, len: usize) -> Option<Vec<u8>> {
-        if let Some(b) = self
-            .builtin
-            .get(hash)
-            .cloned()
-            .or_else(|| lock(&self.mem).get(hash).cloned())
-        {
+        if let Some(b) = self.builtin.get(hash) {
             let start = usize::try_from(offset).ok()?.min(b.len());
             let end = start.saturating_add(len).min(b.len());
             return Some(b[start..end].to_vec());
         }
-        let mut f = std::fs::File::open(self.path(hash)?).ok()?;
-        f.seek(SeekFrom::Start(offset)).ok()?;
         let mut out = Vec::with_capacity(len.min(CHUNK));
-        f.take(len as u64).read_to_end(&mut out).ok()?;
+        self.store
+            .open(hash, offset)?
+            .take(len as u64)
+            .read_to_end(&mut out)
+            .ok()?;
         Some(out)
     }
 
     /// Every stored blob (not the built-in ones) with its age: since it was stored, or last
     /// placed again ([`Blobs::touch`]). In memory, ages are zero.
     pub fn list(&self) -> Vec<([u8; 32], Duration)> {
-        let Some(dir) = &self.dir else {
-            return lock(&self.mem)
-                .keys()
-                .map(|h| (*h, Duration::ZERO))
-                .collect();
-        };
-        let now = std::time::SystemTime::now();
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| {
-                        let hash = parse_hex(&e.file_name().to_string_lossy())?;
-                        let modified = e.metadata().ok()?.modified().ok()?;
-                        Some((hash, now.duration_since(modified).unwrap_or_default()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.store.list()
     }
 
     /// Marks a blob as placed again now (a new upload of the same bytes): the grace period of
     /// garbage collection starts over.
     pub fn touch(&self, hash: &[u8; 32]) {
-        if let Some(path) = self.path(hash)
-            && let Ok(f) = std::fs::File::options().append(true).open(path)
-        {
-            let _ = f.set_modified(std::time::SystemTime::now());
-        }
+        self.store.touch(hash);
     }
 
-    /// Deletes the temporary files of uploads and fetches untouched for `grace` (a writer
-    /// removes its own when it fails, but not when the process is killed mid-write); returns
-    /// how many went. A live transfer writes its file all the time, so it is never this old.
+    /// Deletes what is left of uploads and fetches of a process killed mid-write, untouched
+    /// for `grace` (a writer that fails removes its own); returns how many went.
     pub fn remove_stale_uploads(&self, grace: Duration) -> usize {
-        let Some(dir) = &self.dir else {
-            return 0;
-        };
-        let now = std::time::SystemTime::now();
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return 0;
-        };
-        let mut gone = 0;
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            let stale = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= grace);
-            if name.starts_with(".upload-")
-                && name.ends_with(".tmp")
-                && stale
-                && std::fs::remove_file(e.path()).is_ok()
-            {
-                gone += 1;
-            }
-        }
-        gone
+        self.store.remove_stale_puts(grace)
     }
 
     /// Deletes a blob (garbage collection decided nothing needs it).
     pub fn remove(&self, hash: &[u8; 32]) {
-        lock(&self.mem).remove(hash);
-        if let Some(path) = self.path(hash) {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-
-    /// Moves a damaged blob out of the way (kept for inspection), so it is fetched again.
-    fn quarantine(&self, hash: &[u8; 32]) {
-        let (Some(dir), Some(path)) = (&self.dir, self.path(hash)) else {
-            return;
-        };
-        let q = dir.join("quarantine");
-        let moved = std::fs::create_dir_all(&q)
-            .and_then(|()| std::fs::rename(&path, q.join(format!("{}-{}", hex(hash), unique()))));
-        tracing::error!(target: "keel::txn", blob = %hex(hash), moved = moved.is_ok(), "blob bytes do not match their hash; quarantined, to be fetched again");
+        self.store.delete(hash);
     }
 
     /// The blob, fetched from a peer (streamed into the store, checked against the hash)
