@@ -255,3 +255,44 @@ fn a_leader_killed_mid_upload_leaves_nothing_unappliable_and_its_partial_upload_
         assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
     });
 }
+
+/// Issue #11's process test: a follower stopped while fifty commands each attached a 10 MB
+/// blob (the log holds only their hashes) is restarted, fetches them all by the resend
+/// sweep with no operator action, and ends with the same state as the others.
+#[test]
+fn a_follower_stopped_during_fifty_10_mb_commands_heals_by_the_sweep() {
+    let mut cluster = start_nodes(3, |_| {});
+    let rt = rt();
+    let urls = cluster.urls.clone();
+    rt.block_on(async {
+        let leader = wait_for_leader(&urls, Duration::from_secs(60)).await;
+        let f = (1..=3u64).find(|&id| id != leader).expect("a follower") as usize - 1;
+        common::kill_all([&mut cluster.children[f]]);
+        let live: Vec<String> = (0..3).filter(|&i| i != f).map(|i| urls[i].clone()).collect();
+        let mut c = Client::new(live.clone()).with_deadline(Duration::from_secs(60));
+        let mut names = Vec::new();
+        for i in 0..50u8 {
+            let blob = vec![i; 10_000_000];
+            let a = c
+                .request(hyper::Method::PUT, "/v1/blobs", blob.clone())
+                .await
+                .expect("upload");
+            assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+            let sha = keel::blobs::hex(&keel::blobs::sha256(&blob));
+            let mut attach = Client::new(live.clone())
+                .with_deadline(Duration::from_secs(60))
+                .with_header("keel-attach", sha.clone());
+            let put = format!(r#"{{"op":"put","key":"b{i}","value":"{sha}","keep":true}}"#);
+            let a = attach.submit("kv", put.into()).await.expect("submit");
+            assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+            names.push(sha);
+        }
+        cluster.children[f] = keel::dev::spawn(keel_exe(), &cluster.configs[f])
+            .expect("respawn")
+            .0;
+        wait_for_same_state(&urls, Duration::from_secs(120)).await;
+        let held = blob_files(&cluster.configs[f]);
+        let missing: Vec<&String> = names.iter().filter(|n| !held.contains(n)).collect();
+        assert!(missing.is_empty(), "the follower lacks {missing:?}");
+    });
+}
