@@ -151,6 +151,13 @@ pub(crate) enum Cmd {
         /// A version label (default: from the bytes' hash).
         #[arg(long)]
         version: Option<String>,
+        /// Deploy nothing: replay the plugin's last commands against FILE on one node and
+        /// report how its answers and KV writes differ (exit 6 if any do).
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: how many of the plugin's latest commands to replay.
+        #[arg(long, default_value_t = 100, requires = "dry_run")]
+        last: usize,
     },
     /// Start a plugin project: the state machine skeleton, its build, a README.
     New {
@@ -163,7 +170,16 @@ pub(crate) enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// List the plugins: active version, hash, the index it became active at, limits.
+    /// Run a plugin's own test against an in-process host: the steps of CASES (commands and
+    /// queries with the answers they must give), twice, to check apply is deterministic.
+    Test {
+        /// The component (`.wasm`).
+        plugin: PathBuf,
+        /// The cases file [default: test.json beside the component, else ./test.json].
+        cases: Option<PathBuf>,
+    },
+    /// List the plugins: active version, hash, the index it became active at, limits,
+    /// commands applied and failed, the last failure.
     Plugins,
     /// Re-activate an earlier version of a plugin at a new log index.
     ///
@@ -174,10 +190,15 @@ pub(crate) enum Cmd {
         /// A version label or a sha256 prefix (8 hex digits at least).
         version: Option<String>,
     },
-    /// Deactivate a plugin: its commands then get 404; its state and history are kept.
+    /// Deactivate a plugin: its commands then get 404; its history is kept, and its state
+    /// unless --drop-state.
     Undeploy {
         /// The plugin.
         name: String,
+        /// Also delete its state (every key of its namespace, the blobs it retains, its
+        /// counters), through the log on every node. Works on an undeployed plugin too.
+        #[arg(long)]
+        drop_state: bool,
     },
     /// Client authentication: turn it on, show the table, say who the token is.
     Auth {

@@ -190,6 +190,8 @@ pub mod exit {
     /// The cluster failed or could not serve in time (a 5xx, no leader until the deadline,
     /// a timeout whose outcome is unknown).
     pub const SERVER: u8 = 5;
+    /// A dry run found answers or writes that differ (`keel deploy --dry-run`).
+    pub const DIFFERS: u8 = 6;
 }
 
 /// The exit code for an answer's status.

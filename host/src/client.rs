@@ -289,6 +289,19 @@ impl Client {
         self.call(Method::PUT, &path, wasm, false, headers).await
     }
 
+    /// Replays the plugin's last `last` commands against `wasm` on one node (`POST
+    /// /v1/plugins/{name}/dry-run`), deploying nothing; `headers` as for [`Client::deploy`].
+    pub async fn dry_run(
+        &mut self,
+        name: &str,
+        wasm: Vec<u8>,
+        last: usize,
+        headers: &[(&'static str, String)],
+    ) -> anyhow::Result<Answer> {
+        let path = format!("/v1/plugins/{name}/dry-run?last={last}");
+        self.call(Method::POST, &path, wasm, false, headers).await
+    }
+
     /// `GET path` from the first endpoint that answers 200, streamed into `dest` (created or
     /// truncated). Returns the answer's status and headers, and the bytes written; a
     /// non-200 answer's body is in the error.

@@ -87,6 +87,9 @@ pub struct NodeConfig {
     /// How many of a plugin's latest versions `GET /v1/plugins/{name}` shows and `keel
     /// rollback` can reach.
     pub plugin_history: usize,
+    /// Memory for the dry-run journal: the last commands of each plugin with what they
+    /// overwrote, which `keel deploy --dry-run` replays (docs/plugins.md). 0 turns it off.
+    pub dry_run_journal_bytes: usize,
     /// TLS on the client API and the peer transport: this node's certificate and key and
     /// the cluster CA (files, reloaded when they change; docs/security.md). Peers' URLs
     /// are then `https://`.
@@ -130,6 +133,7 @@ impl Default for NodeConfig {
             plugins_dir: None,
             plugin_debounce_ms: 1_000,
             plugin_history: 8,
+            dry_run_journal_bytes: 32 << 20,
             tls: None,
             insecure: false,
             metrics_auth: false,
@@ -279,6 +283,7 @@ mod tests {
             plugins_dir: Some(PathBuf::from("/srv/keel-plugins")),
             plugin_debounce_ms: 250,
             plugin_history: 3,
+            dry_run_journal_bytes: 9_999,
             tls: Some(crate::tls::TlsFiles {
                 cert: PathBuf::from("/etc/keel/node-7.pem"),
                 key: PathBuf::from("/etc/keel/node-7-key.pem"),

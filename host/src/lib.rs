@@ -23,6 +23,7 @@ pub mod join;
 pub mod metrics;
 pub mod peer;
 pub mod plugin_dir;
+pub mod plugin_test;
 pub mod state;
 pub mod templates;
 pub mod tls;

@@ -156,11 +156,20 @@ enum Shown {
     Members,
     /// `GET /v1/plugins` as a table.
     Plugins,
+    /// A dry run's report; exits [`exit::DIFFERS`] if anything differs.
+    DryRun,
 }
 
 fn show(ctx: &Ctx, context: &str, answer: &Answer, shown: Shown) -> ExitCode {
-    let code = keel::cli::exit_for_status(answer.status);
+    let mut code = keel::cli::exit_for_status(answer.status);
     let body: Option<serde_json::Value> = serde_json::from_slice(&answer.body).ok();
+    let differs = body
+        .as_ref()
+        .and_then(|v| v["commands_differ"].as_u64())
+        .is_some_and(|n| n > 0);
+    if matches!(shown, Shown::DryRun) && code == exit::OK && differs {
+        code = exit::DIFFERS;
+    }
     let text = String::from_utf8_lossy(&answer.body);
     if ctx.output == Output::Json {
         let result = body.clone().unwrap_or_else(|| text.trim_end().into());
@@ -170,7 +179,7 @@ fn show(ctx: &Ctx, context: &str, answer: &Answer, shown: Shown) -> ExitCode {
         );
         return ExitCode::from(code);
     }
-    if code != exit::OK {
+    if code != exit::OK && code != exit::DIFFERS {
         let reason = match &body {
             Some(v) if v["error"].is_string() => {
                 let mut r = v["error"].as_str().unwrap_or("").to_string();
@@ -203,9 +212,10 @@ fn show(ctx: &Ctx, context: &str, answer: &Answer, shown: Shown) -> ExitCode {
             println!("{}", keel::cli::event_line(&event));
         }
         (Shown::Plugins, Some(v)) => print!("{}", keel::cli_plugins::render_plugins(v)),
+        (Shown::DryRun, Some(v)) => print!("{}", keel::cli_plugins::render_dry_run(v)),
         _ => println!("{}", text.trim_end()),
     }
-    ExitCode::SUCCESS
+    ExitCode::from(code)
 }
 
 fn client_call(
@@ -708,6 +718,8 @@ fn main() -> ExitCode {
             fuel,
             memory_bytes,
             version,
+            dry_run,
+            last,
         } => {
             let wasm = match std::fs::read(&file) {
                 Ok(b) => b,
@@ -722,6 +734,11 @@ fn main() -> ExitCode {
             }
             if let Some(v) = version {
                 headers.push(("keel-version", v));
+            }
+            if dry_run {
+                return client_call(g, "deploy", Shown::DryRun, async move |c| {
+                    c.dry_run(&name, wasm, last, &headers).await
+                });
             }
             client_call(g, "deploy", Shown::Raw, async move |c| {
                 let bar = keel::cli::progress_bar();
@@ -751,6 +768,29 @@ fn main() -> ExitCode {
                 Err(e) => fail("new", e),
             }
         }
+        Cmd::Test { plugin, cases } => {
+            let cases = cases.unwrap_or_else(|| {
+                let beside = plugin.with_file_name("test.json");
+                if beside.exists() {
+                    beside
+                } else {
+                    PathBuf::from("test.json")
+                }
+            });
+            match keel::plugin_test::run_files(&plugin, &cases) {
+                Ok(report) => {
+                    for line in &report.lines {
+                        println!("{line}");
+                    }
+                    if report.passed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(exit::ERROR)
+                    }
+                }
+                Err(e) => fail("test", e),
+            }
+        }
         Cmd::Plugins => client_call(g, "plugins", Shown::Plugins, async move |c| {
             c.get("/v1/plugins").await
         }),
@@ -762,10 +802,15 @@ fn main() -> ExitCode {
             let path = format!("/v1/plugins/{name}/rollback");
             c.request(hyper::Method::POST, &path, body).await
         }),
-        Cmd::Undeploy { name } => client_call(g, "undeploy", Shown::Raw, async move |c| {
-            let path = format!("/v1/plugins/{name}");
-            c.request(hyper::Method::DELETE, &path, Vec::new()).await
-        }),
+        Cmd::Undeploy { name, drop_state } => {
+            client_call(g, "undeploy", Shown::Raw, async move |c| {
+                let path = match drop_state {
+                    true => format!("/v1/plugins/{name}?drop_state=true"),
+                    false => format!("/v1/plugins/{name}"),
+                };
+                c.request(hyper::Method::DELETE, &path, Vec::new()).await
+            })
+        }
         Cmd::Member { command } => {
             client_call(g, "member", Shown::Members, async move |c| match command {
                 MemberCmd::Add { id, url } => {

@@ -22,7 +22,11 @@ const WIT: &str = include_str!("../../wit/keel-plugin.wit");
 
 /// `(path in the project, contents)`; `{{name}}` and `{{crate}}` are filled in.
 fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
-    let mut out = vec![("wit/keel-plugin.wit", WIT)];
+    let mut out = vec![
+        ("wit/keel-plugin.wit", WIT),
+        // The project's own test: `keel test PLUGIN.wasm test.json`.
+        ("test.json", include_str!("../../templates/test.json")),
+    ];
     match lang {
         Lang::Rust => out.extend([
             (
@@ -47,6 +51,10 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
         ]),
         Lang::Python => out.extend([
             ("app.py", include_str!("../../templates/python/app.py")),
+            (
+                "keel_sdk.py",
+                include_str!("../../guest-sdk/python/keel_sdk.py"),
+            ),
             ("build.sh", include_str!("../../templates/python/build.sh")),
             (
                 "README.md",
@@ -55,6 +63,7 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
         ]),
         Lang::Js => out.extend([
             ("plugin.js", include_str!("../../templates/js/plugin.js")),
+            ("keel.js", include_str!("../../guest-sdk/js/keel.js")),
             (
                 "package.json",
                 include_str!("../../templates/js/package.json"),

@@ -182,6 +182,8 @@ pub struct Outcome {
     pub snapshots_staged: u64,
     /// Snapshot transfers resumed after a lost or reordered chunk.
     pub snapshot_resumes: u64,
+    /// Commands replayed from the nodes' dry-run journals at the end (issue #12).
+    pub journal_replayed: u64,
 }
 
 #[derive(Debug)]
@@ -268,6 +270,7 @@ pub struct Sim {
         std::collections::HashMap<(NodeId, NodeId, Index, Term), keel::peer::snapshot::Staging>,
     snapshots_staged: u64,
     snapshot_resumes: u64,
+    journal_replayed: u64,
 }
 
 impl Sim {
@@ -346,6 +349,7 @@ impl Sim {
             staging: Default::default(),
             snapshots_staged: 0,
             snapshot_resumes: 0,
+            journal_replayed: 0,
             cfg,
         };
         for id in ids {
@@ -404,6 +408,7 @@ impl Sim {
             completed_ops: self.history.iter().filter(|c| c.result.is_some()).count(),
             snapshots_staged: self.snapshots_staged,
             snapshot_resumes: self.snapshot_resumes,
+            journal_replayed: self.journal_replayed,
         }
     }
 
@@ -1675,6 +1680,29 @@ impl Sim {
             )));
             return;
         }
+        // Each node's dry-run journal undoes exactly what it applied: replaying it with the
+        // same version from the rewound state differs nowhere.
+        let mut replayed = 0;
+        for (&id, node) in &self.nodes {
+            match node.replay_own_journal() {
+                Ok(Some(r)) if r.commands_differ > 0 => {
+                    let first = r.differences.first().map(|d| format!("{d:?}"));
+                    self.fail(Violation::Divergence(format!(
+                        "n{id}: its dry-run journal does not undo what it applied: {} of {} \
+                         replayed commands differ; first: {first:?}",
+                        r.commands_differ, r.replayed
+                    )));
+                    return;
+                }
+                Ok(Some(r)) => replayed += r.replayed as u64,
+                Ok(None) => {}
+                Err(e) => {
+                    self.fail(Violation::Harness(format!("n{id} dry run: {e}")));
+                    return;
+                }
+            }
+        }
+        self.journal_replayed += replayed;
         match linearizability::check(&self.history, 2_000_000) {
             Verdict::Linearizable | Verdict::Unknown => {}
             Verdict::Violation { key } => {
@@ -1772,6 +1800,7 @@ pub fn run_seed(cfg: SimConfig) -> Outcome {
             completed_ops: 0,
             snapshots_staged: 0,
             snapshot_resumes: 0,
+            journal_replayed: 0,
         }
     })
 }

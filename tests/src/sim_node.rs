@@ -21,6 +21,10 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::kv::Key;
 
+/// The dry-run journal runs in the simulator too: it reads what every write overwrites on
+/// the apply path, which must change no answer and no state.
+const SIM_JOURNAL_BYTES: usize = 1 << 20;
+
 /// One plugin runtime for every simulated node of the process: the engine and the compiled
 /// kv plugin are shared (plugins are deterministic, so sharing changes no outcome).
 pub(crate) fn runtime() -> &'static Runtime {
@@ -209,7 +213,7 @@ impl SimNode {
             }),
             mem,
             fx,
-            registry: Registry::default(),
+            registry: Registry::with_journal(SIM_JOURNAL_BYTES),
             blobs: Blobs::new(None, &[state::BUILTIN_KV]),
             unflushed: Arc::default(),
             events: None,
@@ -250,7 +254,7 @@ impl SimNode {
             mem: self.mem.clone(),
             fx: self.fx.clone(),
         });
-        self.registry = Registry::default();
+        self.registry = Registry::with_journal(SIM_JOURNAL_BYTES);
         // The blob store is on disk in `keel serve` (written durably): it survives too.
         self.unflushed = Arc::default();
         self.status = Arc::default();
@@ -332,6 +336,30 @@ impl SimNode {
     pub(crate) fn state_hash(&self) -> Result<String, String> {
         let view = Storage::view(&*self.mem).map_err(|e| e.to_string())?;
         state::state_hash(&view).map_err(|e| e.to_string())
+    }
+
+    /// A dry run of the active kv against this node's own journal (issue #12): the same
+    /// version, from the rewound state, must differ nowhere, or the journal does not undo
+    /// what the node applied (through batches, flushes, restarts and snapshot installs).
+    pub(crate) fn replay_own_journal(&self) -> Result<Option<state::DryRunReport>, String> {
+        let Some(kv) = self.registry.get("kv") else {
+            return Ok(None);
+        };
+        let slot = self.unflushed.read().unwrap_or_else(|e| e.into_inner());
+        let view = Storage::view(&*self.mem).map_err(|e| e.to_string())?;
+        let (records, available) = self.registry.journal().last("kv", usize::MAX);
+        let unflushed = Arc::clone(&slot);
+        drop(slot);
+        state::dry_run(
+            &kv,
+            &records,
+            available,
+            Box::new(view),
+            unflushed,
+            self.blobs.clone(),
+        )
+        .map(Some)
+        .map_err(|e| e.to_string())
     }
 }
 

@@ -41,7 +41,7 @@ fn run_all(
 
 #[test]
 fn a_thousand_seeds_of_mixed_faults_keep_every_safety_property_and_linearizability() {
-    let (mut steps, mut ops, mut staged, mut resumed) = (0, 0, 0, 0);
+    let (mut steps, mut ops, mut staged, mut resumed, mut replayed) = (0, 0, 0, 0, 0);
     for (seed, out) in run_all(0..1_000, config) {
         if let Some(v) = out.violation {
             panic!(
@@ -53,6 +53,7 @@ fn a_thousand_seeds_of_mixed_faults_keep_every_safety_property_and_linearizabili
         ops += out.completed_ops;
         staged += out.snapshots_staged;
         resumed += out.snapshot_resumes;
+        replayed += out.journal_replayed;
     }
     // The runs did real work: thousands of steps each, and clients finished their operations.
     assert!(steps > 1_000_000, "only {steps} steps");
@@ -61,6 +62,12 @@ fn a_thousand_seeds_of_mixed_faults_keep_every_safety_property_and_linearizabili
     // chunks (issue #16): about 2 images and 0.8 resumes per seed when measured.
     assert!(staged > 500, "only {staged} snapshot images staged");
     assert!(resumed > 100, "only {resumed} snapshot transfers resumed");
+    // Every node's dry-run journal was replayed at the end and undid exactly what it
+    // applied (issue #12).
+    assert!(
+        replayed > 10_000,
+        "only {replayed} journaled commands replayed"
+    );
 }
 
 /// The first seed below `within` whose run finds a violation, running seeds a batch at a time

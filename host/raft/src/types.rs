@@ -93,6 +93,13 @@ pub enum Record {
         /// Plugin name.
         plugin: String,
     },
+    /// Deactivates a plugin, as [`Record::Undeploy`], and deletes its state: its namespace,
+    /// the blobs it retains, its counters (its version history stays). Last, so older logs
+    /// still decode.
+    DropState {
+        /// Plugin name.
+        plugin: String,
+    },
 }
 
 impl Record {

@@ -90,7 +90,9 @@ pub fn rule(method: &Method, parts: &[&str], peer_upload: bool, metrics_auth: bo
             Grant::Deploy(p.to_string()),
         ])),
         (&Method::PUT | &Method::DELETE, ["v1", "plugins", p])
-        | (&Method::POST, ["v1", "plugins", p, "rollback"]) => g(Grant::Deploy(p.to_string())),
+        | (&Method::POST, ["v1", "plugins", p, "rollback" | "dry-run"]) => {
+            g(Grant::Deploy(p.to_string()))
+        }
         (&Method::GET, ["v1", "status" | "state-hash" | "events" | "cluster"]) => status,
         (_, ["v1", "admin", ..]) => g(Grant::Admin),
         (&Method::POST, ["v1", "auth", "init"]) => Rule::user(Need::Open),

@@ -92,10 +92,13 @@ pub enum Input {
         /// Where the outcome goes.
         reply: oneshot::Sender<CommandReply>,
     },
-    /// Undeploy a plugin (`Record::Undeploy`); answered once applied here.
+    /// Undeploy a plugin (`Record::Undeploy`, or `Record::DropState` with its state);
+    /// answered once applied here.
     Undeploy {
         /// Plugin name.
         plugin: String,
+        /// Delete its state too.
+        drop_state: bool,
         /// Where the outcome goes.
         reply: oneshot::Sender<CommandReply>,
     },

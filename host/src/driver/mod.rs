@@ -401,8 +401,16 @@ impl Driver {
                 self.pending.push((command, reply));
             }
             Input::Deploy { deploy, reply } => self.propose_for(Record::Deploy(deploy), reply),
-            Input::Undeploy { plugin, reply } => {
-                self.propose_for(Record::Undeploy { plugin }, reply)
+            Input::Undeploy {
+                plugin,
+                drop_state,
+                reply,
+            } => {
+                let record = match drop_state {
+                    true => Record::DropState { plugin },
+                    false => Record::Undeploy { plugin },
+                };
+                self.propose_for(record, reply)
             }
             Input::OpenSession(reply) => self.propose_for(Record::OpenSession, reply),
             Input::Read { mode, reply } => {
@@ -573,6 +581,8 @@ impl Driver {
                 entries: &rd.entries,
             })?;
             *slot = Arc::default();
+            // The journal undoes commands of the state the snapshot replaced.
+            self.registry.journal().clear();
             drop(slot);
             self.metrics.fsyncs.inc();
             tracing::info!(target: "keel::raft", index = snap.index, "installed snapshot");
@@ -724,12 +734,19 @@ impl Driver {
     }
 
     fn absorb(&mut self, entries: &[keel_raft::Entry], applied: Applied) -> anyhow::Result<()> {
+        let dropped = applied.deployed.dropped.clone();
         state::activate(&self.registry, applied.deployed);
         let last = applied.batch.last_applied;
         let waiting = {
             let mut slot = self.unflushed.write().unwrap_or_else(|e| e.into_inner());
             let unflushed = Arc::make_mut(&mut slot);
             unflushed.absorb(applied.batch);
+            // Under the same lock, so a dry run sees records and state alike.
+            let mut journal = self.registry.journal();
+            for name in &dropped {
+                journal.forget(name);
+            }
+            journal.push(applied.journal);
             (unflushed.len(), unflushed.bytes())
         };
         if waiting.0 >= FLUSH_AT || waiting.1 >= FLUSH_AT_BYTES {

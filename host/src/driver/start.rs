@@ -180,7 +180,7 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
             .map(|(_, url)| url.clone())
             .collect(),
     );
-    let registry = Registry::default();
+    let registry = Registry::with_journal(cfg.dry_run_journal_bytes);
     let init = open_state(&*storage, &cfg, cluster, &runtime, &blobs, &registry)?;
     let (applied, snapshot_index) = (init.applied, init.snapshot.index);
     let seed = SystemTime::now()

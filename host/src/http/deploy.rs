@@ -135,7 +135,11 @@ pub async fn deploy(
 }
 
 /// A numeric header, or `default` when absent.
-fn header_number(req: &Request<Incoming>, name: &str, default: u64) -> Result<u64, Refusal> {
+pub(super) fn header_number(
+    req: &Request<Incoming>,
+    name: &str,
+    default: u64,
+) -> Result<u64, Refusal> {
     crate::http::header_u64(req, name).map(|v| v.unwrap_or(default))
 }
 

@@ -8,6 +8,7 @@ pub mod blob_gc;
 pub mod blobs;
 pub mod dashboard;
 pub mod deploy;
+pub mod dry_run;
 mod listen;
 pub mod peer;
 pub mod plugins;
@@ -71,7 +72,22 @@ async fn route(node: NodeHandle, req: Request<Incoming>) -> Response<Body> {
             let name = name.to_string();
             plugins::rollback(&node, req, &name, &path).await
         }
-        (&Method::DELETE, ["v1", "plugins", name]) => plugins::undeploy(&node, name, &path).await,
+        (&Method::DELETE, ["v1", "plugins", name]) => {
+            let drop_state = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv == "drop_state=true"));
+            // A follower redirects to the leader with the query string kept.
+            let target = req
+                .uri()
+                .path_and_query()
+                .map_or(path.as_str(), |p| p.as_str());
+            plugins::undeploy(&node, name, drop_state, target).await
+        }
+        (&Method::POST, ["v1", "plugins", name, "dry-run"]) => {
+            let name = name.to_string();
+            dry_run::dry_run(&node, req, &name).await
+        }
         (&Method::PUT, ["v1", "plugins", name]) => {
             let name = name.to_string();
             deploy::deploy(&node, req, &name, &path).await

@@ -62,6 +62,13 @@ pub fn describe(name: &str, rec: &PluginRecord, keep: usize) -> Value {
         "active": rec.active.is_some(),
         "undeployed_at": rec.history.undeployed_at,
         "history": history,
+        "commands": {
+            "applied": rec.stats.applied,
+            "failed": rec.stats.failed,
+        },
+        "last_error": rec.stats.last_error.as_ref().map(|(index, message)| {
+            json!({ "index": index, "message": message })
+        }),
     });
     if let Some(d) = &rec.active {
         out["current"] = version(d);
@@ -177,12 +184,18 @@ pub async fn rollback(
 }
 
 /// `DELETE /v1/plugins/{name}`: undeploys; the plugin's state and history are kept.
-pub async fn undeploy(node: &NodeHandle, name: &str, path: &str) -> Response<Body> {
+pub async fn undeploy(
+    node: &NodeHandle,
+    name: &str,
+    drop_state: bool,
+    path: &str,
+) -> Response<Body> {
     if let Some(elsewhere) = not_leader(node, path) {
         return elsewhere;
     }
     match record(node, name).await {
-        Ok(rec) if rec.active.is_none() => {
+        // An undeployed plugin's state can still be dropped.
+        Ok(rec) if rec.active.is_none() && (!drop_state || rec.history.versions.is_empty()) => {
             return error(
                 StatusCode::NOT_FOUND,
                 &format!("plugin {name:?} is not active"),
@@ -194,6 +207,7 @@ pub async fn undeploy(node: &NodeHandle, name: &str, path: &str) -> Response<Bod
     let (tx, rx) = oneshot::channel();
     let input = Input::Undeploy {
         plugin: name.to_owned(),
+        drop_state,
         reply: tx,
     };
     if let Err(e) = node.submit(input) {
@@ -234,6 +248,7 @@ mod tests {
                 versions,
                 undeployed_at: None,
             },
+            stats: Default::default(),
         };
         let to = |v: Option<&str>, keep| rollback_target(&rec, v, keep).map(|d| d.version);
         assert_eq!(to(None, 8).as_deref(), Some("v2b"));

@@ -56,6 +56,9 @@ pub struct Applied {
     /// What the batch changed in memory (plugins deployed or undeployed, the auth table), to
     /// activate once it is committed ([`activate`]).
     pub deployed: Activation,
+    /// The dry-run journal's records of the batch's commands (empty when it is off), to add
+    /// once the batch is committed ([`Registry::journal`]).
+    pub journal: Vec<super::Journaled>,
 }
 
 /// What a committed batch changes in the registry.
@@ -65,6 +68,8 @@ pub struct Activation {
     pub plugins: Vec<(String, Option<Arc<Plugin>>)>,
     /// The auth table as the batch leaves it, if the batch changed it.
     pub auth: Option<Arc<crate::auth::AuthTable>>,
+    /// Plugins whose state the batch dropped.
+    pub dropped: Vec<String>,
 }
 
 /// Runs a batch of committed entries through the plugins.
@@ -89,6 +94,9 @@ pub fn apply_batch(
         results: Vec::new(),
         deployed: BTreeMap::new(),
         auth: None,
+        journal: registry.journal().is_on().then(Vec::new),
+        stats: BTreeMap::new(),
+        dropped: Vec::new(),
     };
     for e in entries {
         applier.batch.last_applied = LogId::of(e);
@@ -122,10 +130,7 @@ pub fn apply_batch(
                 }
             }
             Record::Undeploy { plugin } => {
-                let was_active = applier.note_undeploy(e, plugin)?;
-                applier.deployed.insert(plugin.clone(), None);
-                let key = format!("plugin/{plugin}").into_bytes();
-                applier.write(SYSTEM_NAMESPACE, key, None);
+                let was_active = applier.undeploy(e, plugin)?;
                 let answer = serde_json::json!({
                     "plugin": plugin,
                     "undeployed": was_active,
@@ -133,15 +138,30 @@ pub fn apply_batch(
                 });
                 applier.answer_entry(e, answer.to_string());
             }
+            Record::DropState { plugin } => {
+                let was_active = applier.undeploy(e, plugin)?;
+                let (keys, released) = applier.drop_state(e, plugin)?;
+                let answer = serde_json::json!({
+                    "plugin": plugin,
+                    "undeployed": was_active,
+                    "keys_deleted": keys,
+                    "blobs_released": released,
+                    "index": e.index,
+                });
+                applier.answer_entry(e, answer.to_string());
+            }
         }
     }
+    applier.write_stats()?;
     Ok(Applied {
         batch: applier.batch,
         results: applier.results,
         deployed: Activation {
             plugins: applier.deployed.into_iter().collect(),
             auth: applier.auth.map(Arc::new),
+            dropped: applier.dropped,
         },
+        journal: applier.journal.unwrap_or_default(),
     })
 }
 
@@ -154,9 +174,15 @@ pub(super) struct Applier<'a> {
     results: Vec<CommandOutcome>,
     /// Deployed (or undeployed: `None`) earlier in this batch: so for the entries after
     /// theirs.
-    deployed: BTreeMap<String, Option<Arc<Plugin>>>,
+    pub(super) deployed: BTreeMap<String, Option<Arc<Plugin>>>,
     /// The auth table as this batch leaves it so far, once an entry changed it.
     pub(super) auth: Option<crate::auth::AuthTable>,
+    /// The dry-run journal's records, if it is on.
+    pub(super) journal: Option<Vec<super::Journaled>>,
+    /// Per plugin: commands run, failed, and the last failure, in this batch.
+    pub(super) stats: BTreeMap<String, super::PluginStats>,
+    /// Plugins whose state this batch dropped.
+    pub(super) dropped: Vec<String>,
 }
 
 /// One plugin's commands of an entry: `(position, context, bytes)` each.
@@ -173,7 +199,7 @@ pub(super) enum Plan {
 }
 
 impl Applier<'_> {
-    fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+    pub(super) fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
         self.overlay.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -350,9 +376,35 @@ impl Applier<'_> {
                     .map_or(ApplyError::Host(e), ApplyError::BlobGone),
                 e => ApplyError::Host(e),
             })?;
-            for ((pos, _, _), outcome) in group.iter().zip(outcomes) {
+            for ((pos, ctx, bytes), outcome) in group.iter().zip(outcomes) {
+                let stats = self.stats.entry(name.to_owned()).or_default();
+                stats.count(e.index, &outcome.result);
+                // The dry-run journal needs what each key held just before each write.
+                let journaling = self.journal.is_some();
+                let mut before = Vec::new();
+                let writes = journaling.then(|| outcome.writes.clone());
                 for (key, value) in outcome.writes {
+                    if journaling {
+                        before.push((key.clone(), self.get(name, &key)?));
+                    }
                     self.write(name, key, value);
+                }
+                if let (Some(journal), Some(writes)) = (&mut self.journal, writes) {
+                    journal.push(super::Journaled {
+                        index: e.index,
+                        position: *pos as u32,
+                        plugin: plugin.clone(),
+                        ctx: ctx.clone(),
+                        command: bytes.to_vec(),
+                        result: outcome
+                            .result
+                            .as_ref()
+                            .map(Vec::clone)
+                            .map_err(|e| e.to_string()),
+                        writes,
+                        retains: outcome.retains.clone(),
+                        before,
+                    });
                 }
                 // Retain counts change with the command's writes, in the same batch.
                 for (sha, delta) in outcome.retains {

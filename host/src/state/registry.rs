@@ -30,9 +30,25 @@ pub type CommandResult = Result<Vec<u8>, String>;
 pub struct Registry {
     plugins: Arc<RwLock<BTreeMap<String, Arc<Plugin>>>>,
     auth: Arc<RwLock<Arc<AuthTable>>>,
+    journal: Arc<std::sync::Mutex<super::Journal>>,
 }
 
 impl Registry {
+    /// A registry whose dry-run journal keeps `journal_bytes` (0: none).
+    pub fn with_journal(journal_bytes: usize) -> Registry {
+        Registry {
+            journal: Arc::new(std::sync::Mutex::new(super::Journal::new(journal_bytes))),
+            ..Registry::default()
+        }
+    }
+
+    /// The dry-run journal. The driver adds a batch's records while it holds the write lock
+    /// of the applied state's top layer, and a dry run reads them under its read lock, so
+    /// the records it takes match the state it rewinds.
+    pub fn journal(&self) -> std::sync::MutexGuard<'_, super::Journal> {
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The active version of `name`.
     pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
         self.plugins

@@ -94,12 +94,13 @@ fn main() -> ExitCode {
     };
     let began = Instant::now();
     let (mut steps, mut violations) = (0u64, 0u64);
-    let (mut staged, mut resumed) = (0u64, 0u64);
+    let (mut staged, mut resumed, mut replayed) = (0u64, 0u64, 0u64);
     for seed in start..start + count {
         let out = run_seed(config(&args, seed));
         steps += out.steps;
         staged += out.snapshots_staged;
         resumed += out.snapshot_resumes;
+        replayed += out.journal_replayed;
         if let Some(v) = out.violation {
             violations += 1;
             if !args.trace {
@@ -122,7 +123,8 @@ fn main() -> ExitCode {
     );
     println!(
         "sim: {count} seeds, {steps} steps, {violations} violations \
-         ({staged} snapshot images staged, {resumed} transfers resumed)"
+         ({staged} snapshot images staged, {resumed} transfers resumed, \
+         {replayed} journaled commands replayed)"
     );
     if violations > 0 {
         ExitCode::FAILURE

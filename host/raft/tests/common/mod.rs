@@ -741,6 +741,7 @@ pub(crate) fn fmt_record(r: &Record) -> String {
         Record::OpenSession => "open session".into(),
         Record::ExpireSessions { before_ms } => format!("expire sessions before {before_ms}"),
         Record::Undeploy { plugin } => format!("undeploy {plugin}"),
+        Record::DropState { plugin } => format!("drop-state {plugin}"),
     }
 }
 
