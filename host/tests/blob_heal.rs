@@ -268,7 +268,10 @@ fn a_follower_stopped_during_fifty_10_mb_commands_heals_by_the_sweep() {
         let leader = wait_for_leader(&urls, Duration::from_secs(60)).await;
         let f = (1..=3u64).find(|&id| id != leader).expect("a follower") as usize - 1;
         common::kill_all([&mut cluster.children[f]]);
-        let live: Vec<String> = (0..3).filter(|&i| i != f).map(|i| urls[i].clone()).collect();
+        let live: Vec<String> = (0..3)
+            .filter(|&i| i != f)
+            .map(|i| urls[i].clone())
+            .collect();
         let mut c = Client::new(live.clone()).with_deadline(Duration::from_secs(60));
         let mut names = Vec::new();
         for i in 0..50u8 {

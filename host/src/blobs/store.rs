@@ -191,8 +191,10 @@ impl BlobStore for DirStore {
 /// its own clock of when each blob came.
 #[derive(Default, Clone)]
 pub struct MemStore {
-    blobs: Arc<Mutex<HashMap<[u8; 32], Arc<Vec<u8>>>>>,
+    blobs: Arc<Mutex<MemMap>>,
 }
+
+type MemMap = HashMap<[u8; 32], Arc<Vec<u8>>>;
 
 struct MemSink {
     buf: Vec<u8>,
