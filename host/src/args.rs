@@ -338,6 +338,12 @@ pub(crate) enum RoleCmd {
         /// The plugin (or `*`) for query, command and deploy.
         plugin: Option<String>,
     },
+    /// Remove a role, taking it from every user who has it (refused if nobody would hold
+    /// admin afterwards).
+    Remove {
+        /// The role.
+        role: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

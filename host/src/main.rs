@@ -868,6 +868,12 @@ fn main() -> ExitCode {
                     permission,
                     plugin,
                 } => (hyper::Method::DELETE, role, permission, plugin),
+                RoleCmd::Remove { role } => {
+                    return client_call(g, "role", Shown::Raw, async move |c| {
+                        let path = format!("/v1/auth/roles/{role}");
+                        c.request(hyper::Method::DELETE, &path, Vec::new()).await
+                    });
+                }
             };
             let path = match keel::cli::grant_path(&role, &permission, plugin.as_deref()) {
                 Ok(p) => p,

@@ -343,6 +343,19 @@ impl AuthTable {
                 self.keep_an_admin()?;
                 Ok(json!({"role": role, "grants": left}))
             }
+            Op::RoleRemove { role } => {
+                if self.roles.remove(role).is_none() {
+                    return Err(format!("no role {role}"));
+                }
+                let mut from = Vec::new();
+                for (user, roles) in self.users.iter_mut() {
+                    if roles.remove(role) {
+                        from.push(user.clone());
+                    }
+                }
+                self.keep_an_admin()?;
+                Ok(json!({"role": role, "removed": true, "taken_from": from}))
+            }
             Op::TokenCreate {
                 user,
                 token_id,
@@ -501,6 +514,12 @@ pub enum Op {
         role: String,
         /// The permission.
         grant: Grant,
+    },
+    /// Removes a role and takes it from every user who has it (refused if no user would
+    /// hold `admin` afterwards).
+    RoleRemove {
+        /// The role.
+        role: String,
     },
     /// A new token for a user.
     TokenCreate {

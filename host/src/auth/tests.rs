@@ -276,3 +276,49 @@ fn a_backup_needs_admin_and_snapshot_images_only_come_from_peers() {
         Need::PeerTransport
     );
 }
+
+#[test]
+fn removing_a_role_takes_it_from_its_users_but_never_the_last_admin() {
+    let (mut t, root, alice) = table();
+    let kv_query = rule_of(Method::POST, "/v1/plugins/kv/query");
+    assert!(check(&t, &kv_query, false, Some(&alice)).is_ok());
+    let (answer, writes) = t
+        .apply(
+            &Op::RoleRemove {
+                role: "reader".into(),
+            },
+            5,
+        )
+        .expect("removed");
+    assert_eq!(answer["taken_from"], serde_json::json!(["alice"]));
+    // The role's record goes and alice's record changes: both reach every node.
+    assert!(
+        writes
+            .iter()
+            .any(|(k, v)| k.ends_with(b"role/reader") && v.is_none())
+    );
+    assert!(writes.iter().any(|(k, _)| k.ends_with(b"user/alice")));
+    assert!(check(&t, &kv_query, false, Some(&alice)).is_err());
+    assert!(
+        t.apply(
+            &Op::RoleRemove {
+                role: "reader".into()
+            },
+            6
+        )
+        .is_err()
+    );
+    let refused = t
+        .apply(
+            &Op::RoleRemove {
+                role: "root".into(),
+            },
+            7,
+        )
+        .expect_err("root is the only admin");
+    assert!(refused.contains("admin"), "{refused}");
+    assert!(
+        check(&t, &kv_query, false, Some(&root)).is_ok(),
+        "unchanged"
+    );
+}

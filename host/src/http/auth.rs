@@ -313,6 +313,9 @@ pub(super) async fn route(
                 Op::RoleRevoke { role, grant }
             }
         }
+        (&Method::DELETE, ["v1", "auth", "roles", role]) => Op::RoleRemove {
+            role: role.to_string(),
+        },
         (&Method::POST, ["v1", "auth", "tokens"]) => return create_token(node, &body, &path).await,
         (&Method::DELETE, ["v1", "auth", "tokens", id]) => Op::TokenRevoke {
             token_id: id.to_string(),

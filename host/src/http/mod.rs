@@ -626,19 +626,35 @@ async fn add_member(node: &NodeHandle, req: Request<Incoming>) -> Response<Body>
         Ok(b) => b,
         Err(r) => return r.response(),
     };
+    let scheme = member_scheme(node.config.tls.is_some());
     match serde_json::from_slice::<Add>(&body) {
-        Ok(Add { id, url }) if id > 0 && url.starts_with("http://") => {
+        Ok(Add { id, url }) if id > 0 && member_url_fits(&url, scheme) => {
             change_members(node, MemberChange::AddLearner { id, url }, &path).await
         }
         Ok(_) => error(
             StatusCode::BAD_REQUEST,
-            "id must be positive and url an http:// URL",
+            &format!(
+                "id must be positive and url a {scheme}://HOST:PORT URL (this cluster's peers speak {scheme})"
+            ),
         ),
         Err(e) => error(
             StatusCode::BAD_REQUEST,
             &format!("expected {{\"id\": N, \"url\": \"http://…\"}}: {e}"),
         ),
     }
+}
+
+/// The scheme members of this cluster are reached by: `https` when it runs TLS.
+fn member_scheme(tls: bool) -> &'static str {
+    if tls { "https" } else { "http" }
+}
+
+/// A new member's URL: the cluster's scheme and a host (a TLS cluster's members are
+/// `https://`; a plaintext member in it could never be reached).
+fn member_url_fits(url: &str, scheme: &str) -> bool {
+    url.strip_prefix(scheme)
+        .and_then(|rest| rest.strip_prefix("://"))
+        .is_some_and(|host| !host.is_empty() && !host.starts_with('/'))
 }
 
 /// Proposes a membership change on the leader and answers once it is applied.
@@ -709,4 +725,31 @@ fn events(node: &NodeHandle) -> Response<Body> {
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_members_url_speaks_the_clusters_scheme() {
+        assert!(member_url_fits(
+            "http://10.0.0.4:7001",
+            member_scheme(false)
+        ));
+        assert!(!member_url_fits(
+            "https://10.0.0.4:7001",
+            member_scheme(false)
+        ));
+        assert!(member_url_fits(
+            "https://node-4.example:7001",
+            member_scheme(true)
+        ));
+        assert!(!member_url_fits(
+            "http://node-4.example:7001",
+            member_scheme(true)
+        ));
+        assert!(!member_url_fits("https://", "https"));
+        assert!(!member_url_fits("ftp://x", "http"));
+    }
 }
