@@ -42,6 +42,8 @@ struct Progress {
 
 /// Request bodies go out in pieces of this size when a progress bar follows them.
 const PROGRESS_CHUNK: usize = 256 << 10;
+/// A file sent as a request body is read in pieces of this size.
+const FILE_CHUNK: usize = 1 << 20;
 
 /// Why a call got no answer to return (the CLI maps these to its exit codes).
 #[derive(Debug, thiserror::Error)]
@@ -310,7 +312,29 @@ impl Client {
         path: &str,
         dest: &std::path::Path,
     ) -> anyhow::Result<(hyper::HeaderMap, u64)> {
-        use std::io::Write as _;
+        let mut file = std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(dest).with_context(|| dest.display().to_string())?,
+        );
+        let got = self
+            .download_into(path, &mut file, &mut |_| {}, None)
+            .await?;
+        std::io::Write::flush(&mut file)?;
+        file.get_ref().sync_all()?;
+        Ok(got)
+    }
+
+    /// `GET path` from the first endpoint that answers 200, each piece of the body written
+    /// to `sink` and shown to `seen` (a hash) as it arrives, and counted on `bar` (its
+    /// length from the answer's `Content-Length`). Returns the answer's headers and the
+    /// bytes written; a non-200 answer's body is in the error.
+    pub async fn download_into(
+        &mut self,
+        path: &str,
+        sink: &mut dyn std::io::Write,
+        seen: &mut dyn FnMut(&[u8]),
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> anyhow::Result<(hyper::HeaderMap, u64)> {
         let mut last = String::from("no endpoints given");
         for endpoint in self.endpoints.clone() {
             let req = Request::builder()
@@ -338,20 +362,23 @@ impl Client {
                     String::from_utf8_lossy(&bytes)
                 );
             }
-            let mut file = std::io::BufWriter::with_capacity(
-                1 << 20,
-                std::fs::File::create(dest).with_context(|| dest.display().to_string())?,
-            );
+            if let Some(bar) = bar {
+                let len = parts.headers.get(CONTENT_LENGTH);
+                bar.set_length(len.and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0));
+                bar.set_style(crate::cli::upload_style());
+            }
             let mut n = 0u64;
             while let Some(frame) = body.frame().await {
                 let frame = frame.with_context(|| format!("{endpoint}: the download broke off"))?;
                 if let Ok(data) = frame.into_data() {
-                    file.write_all(&data)?;
+                    sink.write_all(&data)?;
+                    seen(&data);
                     n += data.len() as u64;
+                    if let Some(bar) = bar {
+                        bar.inc(data.len() as u64);
+                    }
                 }
             }
-            file.flush()?;
-            file.get_ref().sync_all()?;
             return Ok((parts.headers, n));
         }
         bail!("{last}")
@@ -370,10 +397,34 @@ impl Client {
         session: bool,
         headers: &[(&'static str, String)],
     ) -> anyhow::Result<Answer> {
+        let body = Source::Bytes(Bytes::from(body));
+        self.call_with(method, path, body, session, headers).await
+    }
+
+    /// `PUT path` with the bytes of `file` as the body, read a piece at a time as they go
+    /// out (never whole in memory; again from the start on a retry), with the progress bar
+    /// if one is set.
+    pub async fn put_file(&mut self, path: &str, file: &std::path::Path) -> anyhow::Result<Answer> {
+        let len = std::fs::metadata(file)
+            .with_context(|| file.display().to_string())?
+            .len();
+        let body = Source::File(file.to_path_buf(), len);
+        self.call_with(Method::PUT, path, body, false, &[]).await
+    }
+
+    async fn call_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Source,
+        session: bool,
+        headers: &[(&'static str, String)],
+    ) -> anyhow::Result<Answer> {
         if self.endpoints.is_empty() {
             bail!("no endpoints given");
         }
-        let body = Bytes::from(body);
+        let read_failed: std::sync::Arc<std::sync::Mutex<Option<std::io::Error>>> =
+            Default::default();
         let mut endpoint = 0;
         let mut url = format!("{}{path}", self.endpoints[0]);
         let mut backoff = Duration::from_millis(50);
@@ -396,11 +447,22 @@ impl Client {
                     .header("keel-client-id", id)
                     .header("keel-serial", self.serial);
             }
-            let req = match &self.progress {
-                Some(progress) if !body.is_empty() => req
+            let req = match (&body, &self.progress) {
+                (Source::File(file, len), progress) => {
+                    let f = tokio::fs::File::open(file)
+                        .await
+                        .with_context(|| file.display().to_string())?;
+                    req.header(CONTENT_LENGTH, *len).body(file_body(
+                        f,
+                        *len,
+                        progress.clone(),
+                        read_failed.clone(),
+                    ))
+                }
+                (Source::Bytes(body), Some(progress)) if !body.is_empty() => req
                     .header(CONTENT_LENGTH, body.len())
                     .body(progress_body(body.clone(), progress.clone())),
-                _ => req.body(Full::new(body.clone()).boxed()),
+                (Source::Bytes(body), _) => req.body(Full::new(body.clone()).boxed()),
             }
             .context("building the request")?;
             let sent = self.http.request(req);
@@ -419,6 +481,9 @@ impl Client {
                 },
                 None => sent.await,
             };
+            if let Some(e) = read_failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return Err(anyhow::Error::from(e).context("reading the file to send"));
+            }
             match outcome {
                 Ok(resp) => {
                     let status = resp.status();
@@ -498,32 +563,80 @@ impl Client {
 
 /// `body` in pieces that advance `bar` as hyper takes them (so, as the socket accepts them);
 /// once the last has gone, the bar turns into a spinner: the server is at work.
+/// A request body: bytes in memory, or a file of this length read as it goes out.
+enum Source {
+    Bytes(Bytes),
+    File(std::path::PathBuf, u64),
+}
+
+impl Progress {
+    /// A body of `total` bytes starts going out (again, on a retry).
+    fn start(&self, total: u64) {
+        self.bar.disable_steady_tick();
+        self.bar.reset();
+        self.bar.set_message(self.uploading.clone());
+        self.bar.set_length(total);
+        self.bar.set_style(crate::cli::upload_style());
+    }
+
+    /// `n` more bytes went out; once all have, a spinner until the answer.
+    fn sent(&self, n: u64, total: u64) {
+        self.bar.inc(n);
+        if self.bar.position() >= total {
+            self.bar.set_style(crate::cli::waiting_style());
+            self.bar.set_message(self.waiting.clone());
+            self.bar.enable_steady_tick(Duration::from_millis(100));
+        }
+    }
+}
+
 fn progress_body(body: Bytes, progress: Progress) -> BoxBody<Bytes, Infallible> {
     use futures_util::StreamExt;
-    let Progress {
-        bar,
-        uploading,
-        waiting,
-    } = progress;
     let total = body.len();
-    // A retry (a redirect, a 503) sends the whole body again.
-    bar.disable_steady_tick();
-    bar.reset();
-    bar.set_message(uploading);
-    bar.set_length(total as u64);
-    bar.set_style(crate::cli::upload_style());
+    progress.start(total as u64);
     let pieces: Vec<Bytes> = (0..total)
         .step_by(PROGRESS_CHUNK)
         .map(|at| body.slice(at..(at + PROGRESS_CHUNK).min(total)))
         .collect();
     let stream = futures_util::stream::iter(pieces).map(move |piece| {
-        bar.inc(piece.len() as u64);
-        if bar.position() >= total as u64 {
-            bar.set_style(crate::cli::waiting_style());
-            bar.set_message(waiting.clone());
-            bar.enable_steady_tick(Duration::from_millis(100));
-        }
+        progress.sent(piece.len() as u64, total as u64);
         Ok::<_, Infallible>(Frame::data(piece))
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+/// Bytes of a file read a piece at a time as the request sends them. A read error ends the
+/// body early (hyper then fails the request, short of its length) and is kept in `failed`
+/// for the caller to report.
+fn file_body(
+    file: tokio::fs::File,
+    total: u64,
+    progress: Option<Progress>,
+    failed: std::sync::Arc<std::sync::Mutex<Option<std::io::Error>>>,
+) -> BoxBody<Bytes, Infallible> {
+    use tokio::io::AsyncReadExt as _;
+    if let Some(p) = &progress {
+        p.start(total);
+    }
+    let stream = futures_util::stream::unfold(file, move |mut file| {
+        let (progress, failed) = (progress.clone(), failed.clone());
+        async move {
+            let mut buf = vec![0u8; FILE_CHUNK];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if let Some(p) = &progress {
+                        p.sent(n as u64, total);
+                    }
+                    Some((Ok::<_, Infallible>(Frame::data(Bytes::from(buf))), file))
+                }
+                Err(e) => {
+                    *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    None
+                }
+            }
+        }
     });
     BodyExt::boxed(StreamBody::new(stream))
 }

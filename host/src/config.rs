@@ -42,6 +42,10 @@ pub struct NodeConfig {
     pub blob_gc_interval_ms: u64,
     /// A blob younger than this is never collected: its upload may not be in the log yet.
     pub blob_gc_grace_ms: u64,
+    /// Bandwidth of the blob fetches that heal this node (the resend sweep, apply waiting
+    /// for a blob), bytes per second shared by all of them; 0: no limit. Uploads and
+    /// pushes are not counted: a client waits on them.
+    pub blob_fetch_bytes_per_sec: u64,
     /// Command timeout when the client sends no `Keel-Timeout-Ms`.
     pub default_timeout_ms: u64,
     /// Take a snapshot and compact the log every this many applied entries,
@@ -129,6 +133,7 @@ impl Default for NodeConfig {
             ref_threshold_bytes: 64 << 10,
             blob_gc_interval_ms: 60_000,
             blob_gc_grace_ms: 600_000,
+            blob_fetch_bytes_per_sec: 0,
             default_timeout_ms: 5_000,
             snapshot_every: 10_000,
             snapshot_every_bytes: 64 << 20,
@@ -283,6 +288,7 @@ mod tests {
             ref_threshold_bytes: 4_444,
             blob_gc_interval_ms: 5_555,
             blob_gc_grace_ms: 6_666,
+            blob_fetch_bytes_per_sec: 7_777,
             default_timeout_ms: 1_234,
             snapshot_every: 777,
             snapshot_every_bytes: 1_000_001,

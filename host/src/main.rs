@@ -2,6 +2,7 @@
 //! library function, so that its logic is tested where it lives.
 
 mod args;
+mod cmd_auth;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use args::*;
 use clap::{CommandFactory, Parser};
+use cmd_auth::{auth_cmd, role_cmd, token_cmd, user_cmd};
 use keel::cli::exit;
 use keel::client::{Answer, Client};
 use keel_storage::Storage;
@@ -385,25 +387,69 @@ fn blob_get(g: &Global, sha256: &str, output: Option<PathBuf>) -> ExitCode {
         return ExitCode::from(exit::USAGE);
     };
     let path = format!("/v1/blobs/{}", keel::blobs::hex(&want));
-    let result = runtime().and_then(|rt| rt.block_on(async { ctx.client().get(&path).await }));
-    let answer = match result {
-        Ok(a) if a.status == hyper::StatusCode::OK => a,
-        Ok(a) => return show(&ctx, "blob get", &a, Shown::Raw),
-        Err(e) => return ctx.failed("blob get", &e),
+    // Streamed to FILE.part (renamed once its hash is checked) or to standard output, hashed
+    // on the way: never whole in memory.
+    let part = output.as_ref().map(|f| {
+        let mut name = f.clone().into_os_string();
+        name.push(".part");
+        PathBuf::from(name)
+    });
+    let mut sink: Box<dyn std::io::Write> = match &part {
+        Some(p) => match std::fs::File::create(p) {
+            Ok(f) => Box::new(std::io::BufWriter::with_capacity(1 << 20, f)),
+            Err(e) => return fail("blob get", anyhow::anyhow!("{}: {e}", p.display())),
+        },
+        None => Box::new(std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::io::stdout(),
+        )),
     };
-    if keel::blobs::sha256(&answer.body) != want {
+    let bar = keel::cli::progress_bar();
+    bar.set_message(format!("downloading {}", &sha256[..sha256.len().min(12)]));
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            ctx.client()
+                .download_into(
+                    &path,
+                    &mut *sink,
+                    &mut |chunk| sha2::Digest::update(&mut hasher, chunk),
+                    Some(&bar),
+                )
+                .await
+        })
+    });
+    bar.finish_and_clear();
+    let flushed = sink.flush();
+    drop(sink);
+    let remove_part = || {
+        if let Some(p) = &part {
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    if let Err(e) = result {
+        remove_part();
+        return ctx.failed("blob get", &e);
+    }
+    if <[u8; 32]>::from(sha2::Digest::finalize(hasher)) != want {
+        remove_part();
         return fail(
             "blob get",
             anyhow::anyhow!("the bytes received do not hash to {sha256}"),
         );
     }
-    let written = match &output {
-        Some(file) => std::fs::write(file, &answer.body),
-        None => std::io::Write::write_all(&mut std::io::stdout(), &answer.body),
-    };
-    match written {
+    let done = flushed.and_then(|()| match (&part, &output) {
+        (Some(p), Some(f)) => std::fs::File::open(p)
+            .and_then(|file| file.sync_all())
+            .and_then(|()| std::fs::rename(p, f)),
+        _ => Ok(()),
+    });
+    match done {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail("blob get", e.into()),
+        Err(e) => {
+            remove_part();
+            fail("blob get", e.into())
+        }
     }
 }
 
@@ -425,97 +471,6 @@ async fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpList
                 waited += Duration::from_millis(100);
             }
             other => return other,
-        }
-    }
-}
-
-/// `keel auth init|show|whoami`.
-fn auth_cmd(g: &Global, command: AuthCmd) -> ExitCode {
-    match command {
-        AuthCmd::Init {
-            token_file: Some(file),
-        } => {
-            let ctx = match Ctx::new(g) {
-                Ok(c) => c,
-                Err(e) => return fail("auth init", e),
-            };
-            let done = runtime()
-                .and_then(|rt| rt.block_on(keel::auth::bootstrap::init(&mut ctx.client(), &file)));
-            match done {
-                Ok(keel::auth::bootstrap::Initialised::Done) => {
-                    println!(
-                        "authentication is on: user root's token is in {}",
-                        file.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Ok(keel::auth::bootstrap::Initialised::HadUsers(why)) => {
-                    eprintln!("keel auth init: {why}");
-                    ExitCode::from(exit::REFUSED)
-                }
-                Err(e) => ctx.failed("auth init", &e),
-            }
-        }
-        AuthCmd::Init { token_file: None } => {
-            client_call(g, "auth init", Shown::Raw, async move |c| {
-                c.request(hyper::Method::POST, "/v1/auth/init", Vec::new())
-                    .await
-            })
-        }
-        AuthCmd::Show => client_call(g, "auth show", Shown::Raw, async move |c| {
-            c.get("/v1/auth").await
-        }),
-        AuthCmd::Whoami => client_call(g, "auth whoami", Shown::Raw, async move |c| {
-            c.get("/v1/auth/whoami").await
-        }),
-    }
-}
-
-/// `keel token create|revoke`.
-fn token_cmd(g: &Global, command: TokenCmd) -> ExitCode {
-    match command {
-        TokenCmd::Create { user, label, out } => {
-            let ctx = match Ctx::new(g) {
-                Ok(c) => c,
-                Err(e) => return fail("token create", e),
-            };
-            let body = serde_json::json!({"user": user, "label": label}).to_string();
-            let result = runtime().and_then(|rt| {
-                rt.block_on(async {
-                    ctx.client()
-                        .request(hyper::Method::POST, "/v1/auth/tokens", body.into_bytes())
-                        .await
-                })
-            });
-            let answer = match result {
-                Ok(a) => a,
-                Err(e) => return ctx.failed("token create", &e),
-            };
-            let created: Option<serde_json::Value> = serde_json::from_slice(&answer.body).ok();
-            let token = created.as_ref().and_then(|v| v["token"].as_str());
-            match (answer.status.is_success(), token, &out) {
-                (true, Some(token), Some(file)) => {
-                    if let Err(e) = keel::auth::bootstrap::write_secret(file, token) {
-                        return fail("token create", e);
-                    }
-                    let id = keel::auth::token_id_of(token).unwrap_or_default();
-                    println!("token {id} for {user} written to {}", file.display());
-                    ExitCode::SUCCESS
-                }
-                (true, Some(token), None) if ctx.output == Output::Table => {
-                    println!("{token}");
-                    ExitCode::SUCCESS
-                }
-                _ => show(&ctx, "token create", &answer, Shown::Raw),
-            }
-        }
-        TokenCmd::Revoke { id } => {
-            // The id, or a whole token pasted by mistake: only its id travels.
-            let id = keel::auth::token_id_of(&id).map_or(id.clone(), str::to_string);
-            client_call(g, "token revoke", Shown::Raw, async move |c| {
-                let path = format!("/v1/auth/tokens/{id}");
-                c.request(hyper::Method::DELETE, &path, Vec::new()).await
-            })
         }
     }
 }
@@ -646,24 +601,19 @@ fn main() -> ExitCode {
         }),
         Cmd::Blob {
             command: BlobCmd::Put { file },
-        } => {
-            let bytes = match std::fs::read(&file) {
-                Ok(b) => b,
-                Err(e) => return fail("blob put", anyhow::anyhow!("{}: {e}", file.display())),
-            };
-            client_call(g, "blob put", Shown::Raw, async move |c| {
-                let bar = keel::cli::progress_bar();
-                let name = file.display().to_string();
-                c.set_progress(
-                    bar.clone(),
-                    format!("uploading {name}"),
-                    format!("placing {name} on a majority"),
-                );
-                let answer = c.request(hyper::Method::PUT, "/v1/blobs", bytes).await;
-                bar.finish_and_clear();
-                answer
-            })
-        }
+        } => client_call(g, "blob put", Shown::Raw, async move |c| {
+            let bar = keel::cli::progress_bar();
+            let name = file.display().to_string();
+            c.set_progress(
+                bar.clone(),
+                format!("uploading {name}"),
+                format!("placing {name} on a majority"),
+            );
+            // Streamed from the file: a 1 GiB blob is never in this process's memory.
+            let answer = c.put_file("/v1/blobs", &file).await;
+            bar.finish_and_clear();
+            answer
+        }),
         Cmd::Blob {
             command: BlobCmd::Get { sha256, file },
         } => blob_get(g, &sha256, file),
@@ -790,60 +740,8 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Auth { command } => auth_cmd(g, command),
-        Cmd::User { command } => {
-            let (method, path, body) = match command {
-                UserCmd::Add { name, roles } => (
-                    hyper::Method::POST,
-                    "/v1/auth/users".to_string(),
-                    serde_json::json!({"user": name, "roles": roles}).to_string(),
-                ),
-                UserCmd::Remove { name } => (
-                    hyper::Method::DELETE,
-                    format!("/v1/auth/users/{name}"),
-                    String::new(),
-                ),
-                UserCmd::Grant { name, role } => (
-                    hyper::Method::PUT,
-                    format!("/v1/auth/users/{name}/roles/{role}"),
-                    String::new(),
-                ),
-                UserCmd::Revoke { name, role } => (
-                    hyper::Method::DELETE,
-                    format!("/v1/auth/users/{name}/roles/{role}"),
-                    String::new(),
-                ),
-            };
-            client_call(g, "user", Shown::Raw, async move |c| {
-                c.request(method, &path, body.into_bytes()).await
-            })
-        }
-        Cmd::Role { command } => {
-            let (method, role, permission, plugin) = match command {
-                RoleCmd::Grant {
-                    role,
-                    permission,
-                    plugin,
-                } => (hyper::Method::PUT, role, permission, plugin),
-                RoleCmd::Revoke {
-                    role,
-                    permission,
-                    plugin,
-                } => (hyper::Method::DELETE, role, permission, plugin),
-                RoleCmd::Remove { role } => {
-                    return client_call(g, "role", Shown::Raw, async move |c| {
-                        let path = format!("/v1/auth/roles/{role}");
-                        c.request(hyper::Method::DELETE, &path, Vec::new()).await
-                    });
-                }
-            };
-            let path = match keel::cli::grant_path(&role, &permission, plugin.as_deref()) {
-                Ok(p) => p,
-                Err(e) => return fail("role", e),
-            };
-            client_call(g, "role", Shown::Raw, async move |c| {
-                c.request(method, &path, Vec::new()).await
-            })
-        }
+        Cmd::User { command } => user_cmd(g, command),
+        Cmd::Role { command } => role_cmd(g, command),
         Cmd::Token { command } => token_cmd(g, command),
         Cmd::Status => cluster(g, false),
         Cmd::Members => cluster(g, true),

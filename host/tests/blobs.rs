@@ -3,41 +3,18 @@
 //! holds only its hash, and a follower that was down while such commands committed fetches
 //! the blobs itself when it comes back (apply waits for them; the resend sweep fetches them).
 
-use std::path::Path;
-
 use std::time::Duration;
 
 use keel::client::Client;
 
 mod common;
 use common::{
-    ProcessCluster, keel_exe, rt, start_nodes, state_hashes, status, wait_for_leader,
-    wait_for_same_state,
+    ProcessCluster, big_put, blob_files, keel_exe, rt, start_nodes, state_hashes, status,
+    wait_for_leader, wait_for_same_state,
 };
 
 fn start(n: usize) -> ProcessCluster {
     start_nodes(n, |_| {})
-}
-
-/// A put whose JSON is `size` bytes or so: well past the 64 KiB threshold.
-fn big_put(key: &str, size: usize, fill: char) -> Vec<u8> {
-    let value: String = std::iter::repeat_n(fill, size).collect();
-    serde_json::json!({"op": "put", "key": key, "value": value})
-        .to_string()
-        .into_bytes()
-}
-
-/// Files in a node's blob directory (named by hash).
-fn blob_files(config: &Path) -> Vec<String> {
-    let dir = config.with_file_name("data").join("blobs");
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.len() == 64)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

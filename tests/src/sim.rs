@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use keel::config::NodeConfig;
 use keel::driver::{CommandReply, Driver, DriverBug, Input, MemberChange, ReadRefused};
+use keel::state;
 use keel_raft::testkit::{Bug, Bugs};
 use keel_raft::{ClientSerial, ClusterId, Index, Message, NodeId, Payload, ReadMode, Role, Term};
 use rand_chacha::ChaCha8Rng;
@@ -389,7 +390,11 @@ impl Sim {
             if self.violation.is_none() {
                 self.check_step();
             }
-            if !self.faults_on && self.clients_done() && self.converged() {
+            if !self.faults_on
+                && self.clients_done()
+                && self.converged()
+                && self.retained_blobs_missing().is_empty()
+            {
                 break;
             }
         }
@@ -1033,7 +1038,7 @@ impl Sim {
         }
         let (tx, mut rx) = oneshot::channel();
         self.call(id, |d| d.input(Input::BlobsNeeded(tx)));
-        let Ok((mine, needed)) = rx.try_recv() else {
+        let Ok(keep) = rx.try_recv() else {
             return;
         };
         let now = self.now;
@@ -1050,7 +1055,7 @@ impl Sim {
             })
             .collect();
         let grace = std::time::Duration::from_millis(BLOB_GC_GRACE_MS);
-        let doomed = keel::blobs::collectable(&stored, &needed, mine, watermark, grace);
+        let doomed = keel::blobs::collectable(&stored, &keep, watermark, grace);
         for h in &doomed {
             node.blobs.remove(h);
             node.blob_times.remove(h);
@@ -1058,7 +1063,10 @@ impl Sim {
         if !doomed.is_empty() {
             let n = doomed.len();
             self.trace(|| {
-                format!("n{id} collects {n} blobs (snapshot {mine}, watermark {watermark})")
+                format!(
+                    "n{id} collects {n} blobs (snapshot {}, watermark {watermark})",
+                    keep.snapshot
+                )
             });
         }
     }
@@ -1188,6 +1196,18 @@ impl Sim {
                 let payload = if self.cfg.attach_writes > 0.0 && self.chance(self.cfg.attach_writes)
                 {
                     let blob = format!("attached by client {client_id} serial {serial}");
+                    // Half the inline puts that attach a blob keep it (the kv plugin retains
+                    // it): the state then needs it whatever the log says, and a node that
+                    // installs a snapshot must fetch it by itself (design §6's sweep).
+                    let payload = match (&op, payload) {
+                        (Op::Put { .. }, Payload::Inline(_)) if self.chance(0.5) => {
+                            let mut json: serde_json::Value =
+                                serde_json::from_str(&command_json(&op)).unwrap_or_default();
+                            json["keep"] = serde_json::Value::Bool(true);
+                            Payload::Inline(json.to_string().into_bytes())
+                        }
+                        (_, payload) => payload,
+                    };
                     if !self.place_blob(target, blob.as_bytes()) {
                         let d = 1 + self.rand(3);
                         self.schedule(d, Ev::Reply(c, attempt, Reply::Retry));
@@ -1557,6 +1577,29 @@ impl Sim {
         })
     }
 
+    /// `n<id>:<blob>` for each blob a member's applied state retains that it does not hold.
+    fn retained_blobs_missing(&self) -> Vec<String> {
+        let members = self.members().map(|(_, m)| m).unwrap_or_default();
+        let mut missing = Vec::new();
+        for id in members {
+            let Some(n) = self.nodes.get(&id) else {
+                continue;
+            };
+            let Ok(view) = keel_storage::Storage::view(&*n.mem) else {
+                continue;
+            };
+            let unflushed = Arc::clone(&n.unflushed.read().unwrap_or_else(|e| e.into_inner()));
+            let system =
+                state::query_view(Box::new(view), unflushed, state::SYSTEM_NAMESPACE.into());
+            for hash in state::retained_blobs(&system).unwrap_or_default() {
+                if !n.blobs.has(&hash) {
+                    missing.push(format!("n{id}:{}", keel::blobs::hex(&hash[..4])));
+                }
+            }
+        }
+        missing
+    }
+
     fn node_summary(&self) -> String {
         self.nodes
             .iter()
@@ -1600,6 +1643,16 @@ impl Sim {
             let nodes = self.node_summary();
             self.fail(Violation::Liveness(format!(
                 "replicas did not converge after healing: {nodes}"
+            )));
+            return;
+        }
+        // Design §6's sweep: after healing, every member holds every blob its state retains
+        // (one that installed a snapshot fetched them with no apply or query asking).
+        let missing = self.retained_blobs_missing();
+        if !missing.is_empty() {
+            self.fail(Violation::Liveness(format!(
+                "retained blobs missing after healing: {}",
+                missing.join(", ")
             )));
             return;
         }

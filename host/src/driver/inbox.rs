@@ -138,7 +138,7 @@ pub enum Input {
     Applied(Box<ApplyDone>),
     /// For blob garbage collection: this node's snapshot index and the blobs it must keep
     /// (named by its log from the first index on, or by its active plugins).
-    BlobsNeeded(oneshot::Sender<(Index, std::collections::BTreeSet<[u8; 32]>)>),
+    BlobsNeeded(oneshot::Sender<crate::blobs::Keep>),
     /// Change the membership, one server at a time (thesis §4.1).
     Members {
         /// The change.

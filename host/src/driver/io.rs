@@ -126,7 +126,8 @@ impl Io for ThreadIo {
             .name("keel-blob-fetch".into())
             .spawn(move || {
                 loop {
-                    let found = blobs.get(&hash).is_some();
+                    // Stored and checked, never read whole into memory here.
+                    let found = blobs.fetch(&hash);
                     if !found {
                         tracing::warn!(target: "keel::txn", blob = %blobs::hex(&hash), "no peer has the blob yet; apply keeps waiting");
                     }

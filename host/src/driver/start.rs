@@ -170,6 +170,7 @@ pub fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     })
     .map_err(|e| StartError::Plugin(e.to_string()))?;
     let blobs = Blobs::new(Some(cfg.data_dir.join("blobs")), &[state::BUILTIN_KV]);
+    blobs.set_fetch_budget(cfg.blob_fetch_bytes_per_sec);
     blobs.set_cluster(&cfg.cluster_id);
     // Until the driver knows the membership: the configured peers, to fetch missing blobs.
     blobs.set_peers(

@@ -3,16 +3,10 @@
 
 use std::sync::Arc;
 
-use keel_raft::{Deploy, Index, Raft, Record, Role, SnapshotMeta};
+use keel_raft::{Deploy, Raft, Record, Role, SnapshotMeta};
 
 use super::{Driver, SnapshotState, WriterJob};
 
-/// How often the resend sweep looks at the log (ms).
-const SWEEP_EVERY_MS: u64 = 1_000;
-/// Entries it looks at, from the first not applied.
-const SWEEP_SCAN: u64 = 100_000;
-/// Blob fetches it keeps going at once.
-const SWEEP_FETCHES: usize = 4;
 use crate::blobs;
 use crate::state::{self, Unflushed};
 
@@ -62,81 +56,6 @@ impl Driver {
         }
     }
 
-    /// Entry `index` is next to apply and names blob `hash`, which is not here: apply waits
-    /// (it never fails a record for a missing blob), says so in the status, and fetches it
-    /// from the peers beside the driver; `Input::BlobFetched` resumes it.
-    pub(super) fn wait_for_blob(&mut self, index: Index, hash: [u8; 32]) {
-        if self.fetching.is_some_and(|(h, _, _)| h == hash) {
-            return;
-        }
-        tracing::warn!(target: "keel::txn", index, blob = %blobs::hex(&hash), "apply waits for a blob, fetching it from peers");
-        self.fetching = Some((hash, index, self.io.mono_ms()));
-        if self.sweeping.insert(hash) {
-            self.io.fetch_blob(hash);
-        }
-    }
-
-    /// The blobs this node must keep: named by an entry of its log (from the first index on,
-    /// applied or not: after a crash it applies again from its last flush), by an active
-    /// plugin, or by a version in a plugin's history (a rollback needs its bytes).
-    pub(super) fn blobs_needed(&self) -> anyhow::Result<std::collections::BTreeSet<[u8; 32]>> {
-        let mut needed: std::collections::BTreeSet<[u8; 32]> = (self.raft.first_index()
-            ..=self.raft.last_index())
-            .filter_map(|i| self.raft.entry(i))
-            .flat_map(|e| e.record.blobs())
-            .collect();
-        for name in self.registry.names() {
-            if let Some(hash) = self
-                .registry
-                .get(&name)
-                .and_then(|p| blobs::parse_hex(p.sha256()))
-            {
-                needed.insert(hash);
-            }
-        }
-        let unflushed = Arc::clone(&self.unflushed.read().unwrap_or_else(|e| e.into_inner()));
-        let system = state::query_view(
-            self.storage.view()?,
-            unflushed,
-            state::SYSTEM_NAMESPACE.into(),
-        );
-        for name in state::plugin_names(&system)? {
-            let record = state::plugin_record(&system, &name)?;
-            needed.extend(record.active.map(|d| d.sha256));
-            needed.extend(record.history.versions.iter().map(|v| v.deploy.sha256));
-        }
-        // Blobs a plugin's state retains (`keel:plugin/blobs`): kept for as long as any
-        // plugin holds a retain, whatever the log says.
-        needed.extend(state::retained_blobs(&system)?);
-        Ok(needed)
-    }
-
-    /// Design §6, the resend sweep: the blobs named from `applied + 1` to the end of this
-    /// node's log that it lacks are fetched from the peers now, beside the Raft loop, not
-    /// when apply reaches them, so a follower that was down or cut off heals by itself. At
-    /// most [`SWEEP_FETCHES`] fetches at a time (each on its own thread, hash-checked).
-    pub(super) fn maybe_sweep(&mut self) {
-        let now = self.io.mono_ms();
-        if now.saturating_sub(self.last_sweep_ms) < SWEEP_EVERY_MS {
-            return;
-        }
-        self.last_sweep_ms = now;
-        let (from, to) = (self.applied + 1, self.raft.last_index());
-        let mut i = from.max(self.raft.first_index());
-        while i <= to && i < from + SWEEP_SCAN && self.sweeping.len() < SWEEP_FETCHES {
-            if let Some(e) = self.raft.entry(i) {
-                for hash in e.record.blobs() {
-                    if !self.blobs.has(&hash) && self.sweeping.insert(hash) {
-                        tracing::info!(target: "keel::txn", index = i, blob = %blobs::hex(&hash), "resend sweep: fetching a blob the log names");
-                        self.metrics.blob_sweep_fetches.inc();
-                        self.io.fetch_blob(hash);
-                    }
-                }
-            }
-            i += 1;
-        }
-    }
-
     /// The applied state as storage holds it after a flush is the snapshot (thesis §5.1: a
     /// snapshot covers a committed prefix): compacting is dropping the log up to it. No
     /// image is built here; one is streamed from a read transaction when a follower needs
@@ -162,6 +81,7 @@ impl Driver {
             return Ok(());
         }
         // Refused as stale if a leader's snapshot was installed meanwhile.
+        self.note_compacted(meta.index);
         if self.raft.compact(meta.index).is_ok() {
             tracing::info!(target: "keel::raft", index = meta.index, "snapshot taken, log compacted");
             self.snapshot_index = meta.index;

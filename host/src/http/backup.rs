@@ -55,7 +55,7 @@ pub(super) async fn save(node: &NodeHandle) -> Response<Body> {
             "the node is busy or stopping",
         );
     }
-    let Ok((_, needed)) = rx.await else {
+    let Ok(crate::blobs::Keep { needed, .. }) = rx.await else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "cannot tell which blobs the state needs",

@@ -54,14 +54,19 @@ pub async fn collect(node: &NodeHandle) -> Result<usize, String> {
     let (tx, rx) = oneshot::channel();
     node.submit(Input::BlobsNeeded(tx))
         .map_err(|e| e.to_string())?;
-    let (mine, needed) = rx.await.map_err(|_| "the driver stopped".to_string())?;
+    let keep = rx.await.map_err(|_| "the driver stopped".to_string())?;
     let blobs = node.blobs.clone();
     let grace = Duration::from_millis(node.config.blob_gc_grace_ms);
     let gone = tokio::task::spawn_blocking(move || {
-        let doomed = blobs::collectable(&blobs.list(), &needed, mine, watermark, grace);
+        let doomed = blobs::collectable(&blobs.list(), &keep, watermark, grace);
         for hash in &doomed {
             tracing::debug!(target: "keel::txn", blob = %hex(hash), "collecting blob");
             blobs.remove(hash);
+        }
+        // Partial uploads of a process killed mid-write: no hash names them.
+        let partial = blobs.remove_stale_uploads(grace);
+        if partial > 0 {
+            tracing::info!(target: "keel::txn", files = partial, "removed stale partial uploads");
         }
         doomed.len()
     })

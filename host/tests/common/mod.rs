@@ -215,3 +215,24 @@ impl Drop for DevStop {
         let _ = self.0.wait();
     }
 }
+
+/// A put whose JSON is `size` bytes or so: well past the 64 KiB threshold.
+pub fn big_put(key: &str, size: usize, fill: char) -> Vec<u8> {
+    let value: String = std::iter::repeat_n(fill, size).collect();
+    serde_json::json!({"op": "put", "key": key, "value": value})
+        .to_string()
+        .into_bytes()
+}
+
+/// Files in a node's blob directory (named by hash).
+pub fn blob_files(config: &Path) -> Vec<String> {
+    let dir = config.with_file_name("data").join("blobs");
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.len() == 64)
+                .collect()
+        })
+        .unwrap_or_default()
+}

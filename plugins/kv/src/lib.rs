@@ -1,13 +1,16 @@
 //! Keel's default plugin: a string key-value store.
 //!
 //! The JSON contract (other tools depend on it; the Python and JavaScript versions in
-//! `plugins/kv-py` and `plugins/kv-js` implement exactly the same):
+//! `plugins/kv-py` and `plugins/kv-js` implement exactly the same, but for `keep` and
+//! `release`, which keep attached blobs alive (design §6; the simulator uses them)):
 //!
 //! | command | answer |
 //! |---|---|
 //! | `{"op":"put","key":K,"value":V}` | `{"prev":V\|null}` |
 //! | `{"op":"delete","key":K}` | `{"prev":V\|null}` |
 //! | `{"op":"cas","key":K,"expect":V\|null,"value":V}` | `{"ok":bool,"current":V\|null}` |
+//! | `{"op":"put",…,"keep":true}` | as `put`, and retains every blob the command attaches |
+//! | `{"op":"release","sha256":H}` | `{"retained":N}`: one retain fewer, N left |
 //!
 //! | query | answer |
 //! |---|---|
@@ -19,7 +22,7 @@
 //! value after the command. `range` returns keys starting with `prefix` in bytewise
 //! order; `limit` defaults to 100 and is capped at 1000.
 
-use keel_guest::{Context, Error, StateMachine, kv};
+use keel_guest::{Context, Error, StateMachine, blobs, kv};
 use serde::{Deserialize, Serialize};
 
 /// Most items one `range` query returns.
@@ -31,6 +34,11 @@ enum Command {
     Put {
         key: String,
         value: String,
+        #[serde(default)]
+        keep: bool,
+    },
+    Release {
+        sha256: String,
     },
     Delete {
         key: String,
@@ -64,6 +72,7 @@ fn default_limit() -> u32 {
 enum Output {
     Prev { prev: Option<String> },
     Cas { ok: bool, current: Option<String> },
+    Released { retained: u64 },
 }
 
 #[derive(Serialize)]
@@ -91,10 +100,21 @@ impl StateMachine for Kv {
 
     fn apply(_ctx: &Context, command: Command) -> Result<Output, Error> {
         match command {
-            Command::Put { key, value } => {
+            Command::Put { key, value, keep } => {
                 let prev = get(&key)?;
                 kv::set(key.as_bytes(), value.as_bytes())?;
+                if keep {
+                    for blob in blobs::attachments() {
+                        blobs::retain(&blob.sha256)?;
+                    }
+                }
                 Ok(Output::Prev { prev })
+            }
+            Command::Release { sha256 } => {
+                blobs::release(&sha256)?;
+                Ok(Output::Released {
+                    retained: blobs::retained(&sha256),
+                })
             }
             Command::Delete { key } => {
                 let prev = get(&key)?;

@@ -11,7 +11,7 @@
 //! read and fetched again; it is never handed to a plugin.
 
 use std::collections::HashMap;
-use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +19,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use sha2::{Digest, Sha256};
+
+mod gc;
+mod store;
+pub use gc::{Keep, NamedAt, collectable};
+pub use store::{BlobSink, BlobStore, DirStore, MemStore};
 
 /// Largest blob a node accepts or fetches, unless configured otherwise.
 pub const MAX_BLOB_BYTES: u64 = 1 << 30;
@@ -47,36 +52,57 @@ pub fn parse_hex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-type MemBlobs = Arc<Mutex<HashMap<[u8; 32], Arc<Vec<u8>>>>>;
-
 /// Content-addressed blobs this node can read. Cheap to clone (shared).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Blobs {
     builtin: Arc<HashMap<[u8; 32], Arc<Vec<u8>>>>,
-    /// Where blobs live on disk; `None`: in `mem`.
+    /// Where the bytes are kept.
+    store: Arc<dyn BlobStore>,
+    /// The node's own directory beside the blobs, for bookkeeping (`None` in memory).
     dir: Option<PathBuf>,
-    mem: MemBlobs,
     /// Where to fetch a missing blob: the other members' URLs.
     peers: Arc<Mutex<Vec<String>>>,
     /// This node's cluster id, sent with fetches (`keel-cluster`): peers with
     /// authentication on serve blobs to a cluster node without a token.
     cluster: Arc<Mutex<String>>,
+    /// Paces fetches to `blob_fetch_bytes_per_sec`.
+    pacer: Arc<Pacer>,
+}
+
+/// Fetches' bandwidth budget: each chunk is given the next free slot of time its size needs
+/// at the configured rate, and the fetch sleeps until then. No burst is saved up while idle.
+/// (Fifteen lines; a rate-limiter crate would count cells of at most `u32` and bring its
+/// own clock.)
+#[derive(Default)]
+struct Pacer {
+    bytes_per_sec: std::sync::atomic::AtomicU64,
+    next_free: Mutex<Option<std::time::Instant>>,
+}
+
+impl Pacer {
+    /// How long to wait, from `now`, before going on after `bytes` more.
+    fn delay(&self, bytes: u64, now: std::time::Instant) -> Duration {
+        let rate = self
+            .bytes_per_sec
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if rate == 0 {
+            return Duration::ZERO;
+        }
+        let mut next = lock(&self.next_free);
+        let start = next.map_or(now, |n| n.max(now));
+        *next = Some(start + Duration::from_secs_f64(bytes as f64 / rate as f64));
+        start - now
+    }
 }
 
 /// A blob being written: bytes go to a temporary file (or a buffer, in memory) and into
 /// the hash as they arrive. [`BlobWriter::finish`] makes it durable under its hash.
 pub struct BlobWriter {
-    blobs: Blobs,
     hasher: Sha256,
     len: u64,
     limit: u64,
     /// `None` once finished.
-    sink: Option<Sink>,
-}
-
-enum Sink {
-    File(std::fs::File, PathBuf),
-    Mem(Vec<u8>),
+    sink: Option<Box<dyn BlobSink>>,
 }
 
 /// Why a blob could not be written.
@@ -106,10 +132,8 @@ impl BlobWriter {
             return Err(BlobError::TooLarge(self.limit));
         }
         self.hasher.update(chunk);
-        match &mut self.sink {
-            Some(Sink::File(f, _)) => f.write_all(chunk)?,
-            Some(Sink::Mem(buf)) => buf.extend_from_slice(chunk),
-            None => {}
+        if let Some(sink) = &mut self.sink {
+            sink.write_all(chunk)?;
         }
         Ok(())
     }
@@ -137,31 +161,10 @@ impl BlobWriter {
                 got: hex(&hash),
             });
         }
-        match self.sink.take() {
-            None => {}
-            Some(Sink::Mem(buf)) => {
-                lock(&self.blobs.mem).insert(hash, Arc::new(buf));
-            }
-            Some(Sink::File(f, tmp)) => {
-                f.sync_all()?;
-                drop(f);
-                let dir = self.blobs.dir.as_ref().ok_or_else(|| {
-                    std::io::Error::other("a file-backed writer without a directory")
-                })?;
-                std::fs::rename(&tmp, dir.join(hex(&hash)))?;
-                std::fs::File::open(dir)?.sync_all()?;
-            }
+        if let Some(sink) = self.sink.take() {
+            sink.commit(&hash)?;
         }
         Ok((hash, self.len))
-    }
-}
-
-impl Drop for BlobWriter {
-    /// An unfinished blob (refused, or its sender went away) leaves no file behind.
-    fn drop(&mut self) {
-        if let Some(Sink::File(_, tmp)) = self.sink.take() {
-            let _ = std::fs::remove_file(tmp);
-        }
     }
 }
 
@@ -183,11 +186,22 @@ impl Blobs {
                     .map(|b| (static_sha256(b), Arc::new(b.to_vec())))
                     .collect(),
             ),
+            store: match &dir {
+                Some(d) => Arc::new(DirStore::new(d.clone())),
+                None => Arc::new(MemStore::default()),
+            },
             dir,
-            mem: Arc::default(),
             peers: Arc::default(),
             cluster: Arc::default(),
+            pacer: Arc::default(),
         }
+    }
+
+    /// Fetches' bandwidth budget, bytes per second shared by all of them (0: no limit).
+    pub fn set_fetch_budget(&self, bytes_per_sec: u64) {
+        self.pacer
+            .bytes_per_sec
+            .store(bytes_per_sec, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The cluster id fetches present to peers.
@@ -202,20 +216,11 @@ impl Blobs {
 
     /// Starts writing a blob of at most `limit` bytes.
     pub fn writer(&self, limit: u64) -> Result<BlobWriter, BlobError> {
-        let sink = match &self.dir {
-            None => Sink::Mem(Vec::new()),
-            Some(dir) => {
-                std::fs::create_dir_all(dir)?;
-                let tmp = dir.join(format!(".upload-{}.tmp", unique()));
-                Sink::File(std::fs::File::create(&tmp)?, tmp)
-            }
-        };
         Ok(BlobWriter {
-            blobs: self.clone(),
             hasher: Sha256::new(),
             len: 0,
             limit,
-            sink: Some(sink),
+            sink: Some(self.store.put()?),
         })
     }
 
@@ -231,24 +236,24 @@ impl Blobs {
         w.finish(Some(hash)).map(|(h, _)| h)
     }
 
-    fn path(&self, hash: &[u8; 32]) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join(hex(hash)))
+    /// A file of this node's own bookkeeping beside the blobs (`None` in memory). Its name
+    /// is not a hash, so it is never taken for a blob.
+    pub fn bookkeeping_path(&self, name: &str) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(name))
     }
 
     /// Whether this node holds the blob (built in, or stored: [`Blobs::local`] checks its
     /// bytes when read). Cheap: reads nothing.
     pub fn has(&self, hash: &[u8; 32]) -> bool {
-        self.builtin.contains_key(hash)
-            || lock(&self.mem).contains_key(hash)
-            || self.path(hash).is_some_and(|p| p.is_file())
+        self.len_of(hash).is_some()
     }
 
     /// The blob's length, if this node holds it.
     pub fn len_of(&self, hash: &[u8; 32]) -> Option<u64> {
-        if let Some(b) = self.builtin.get(hash).or(lock(&self.mem).get(hash)) {
-            return Some(b.len() as u64);
+        match self.builtin.get(hash) {
+            Some(b) => Some(b.len() as u64),
+            None => self.store.len(hash),
         }
-        std::fs::metadata(self.path(hash)?).ok().map(|m| m.len())
     }
 
     /// The whole blob if this node holds it and its bytes hash to its name. A stored blob
@@ -257,12 +262,10 @@ impl Blobs {
         if let Some(b) = self.builtin.get(hash) {
             return Some(b.clone());
         }
-        if let Some(b) = lock(&self.mem).get(hash) {
-            return Some(b.clone());
-        }
-        let bytes = std::fs::read(self.path(hash)?).ok()?;
+        let mut bytes = Vec::new();
+        self.store.open(hash, 0)?.read_to_end(&mut bytes).ok()?;
         if sha256(&bytes) != *hash {
-            self.quarantine(hash);
+            self.store.quarantine(hash);
             return None;
         }
         Some(Arc::new(bytes))
@@ -271,19 +274,16 @@ impl Blobs {
     /// Whether the stored bytes still hash to the name, read a chunk at a time; a blob that
     /// does not is quarantined.
     pub fn verify(&self, hash: &[u8; 32]) -> bool {
-        if self.builtin.contains_key(hash) || lock(&self.mem).contains_key(hash) {
+        if self.builtin.contains_key(hash) {
             return true;
         }
-        let Some(path) = self.path(hash) else {
-            return false;
-        };
-        let Ok(mut f) = std::fs::File::open(&path) else {
+        let Some(mut r) = self.store.open(hash, 0) else {
             return false;
         };
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; CHUNK];
         loop {
-            match f.read(&mut buf) {
+            match r.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => hasher.update(&buf[..n]),
                 Err(_) => return false,
@@ -291,7 +291,7 @@ impl Blobs {
         }
         let ok = <[u8; 32]>::from(hasher.finalize()) == *hash;
         if !ok {
-            self.quarantine(hash);
+            self.store.quarantine(hash);
         }
         ok
     }
@@ -299,73 +299,41 @@ impl Blobs {
     /// Up to `len` bytes of the blob from `offset` (no hash check: callers that hand bytes
     /// on check the whole blob first, with [`Blobs::verify`] or [`Blobs::local`]).
     pub fn read_range(&self, hash: &[u8; 32], offset: u64, len: usize) -> Option<Vec<u8>> {
-        if let Some(b) = self
-            .builtin
-            .get(hash)
-            .cloned()
-            .or_else(|| lock(&self.mem).get(hash).cloned())
-        {
+        if let Some(b) = self.builtin.get(hash) {
             let start = usize::try_from(offset).ok()?.min(b.len());
             let end = start.saturating_add(len).min(b.len());
             return Some(b[start..end].to_vec());
         }
-        let mut f = std::fs::File::open(self.path(hash)?).ok()?;
-        f.seek(SeekFrom::Start(offset)).ok()?;
         let mut out = Vec::with_capacity(len.min(CHUNK));
-        f.take(len as u64).read_to_end(&mut out).ok()?;
+        self.store
+            .open(hash, offset)?
+            .take(len as u64)
+            .read_to_end(&mut out)
+            .ok()?;
         Some(out)
     }
 
     /// Every stored blob (not the built-in ones) with its age: since it was stored, or last
     /// placed again ([`Blobs::touch`]). In memory, ages are zero.
     pub fn list(&self) -> Vec<([u8; 32], Duration)> {
-        let Some(dir) = &self.dir else {
-            return lock(&self.mem)
-                .keys()
-                .map(|h| (*h, Duration::ZERO))
-                .collect();
-        };
-        let now = std::time::SystemTime::now();
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| {
-                        let hash = parse_hex(&e.file_name().to_string_lossy())?;
-                        let modified = e.metadata().ok()?.modified().ok()?;
-                        Some((hash, now.duration_since(modified).unwrap_or_default()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.store.list()
     }
 
     /// Marks a blob as placed again now (a new upload of the same bytes): the grace period of
     /// garbage collection starts over.
     pub fn touch(&self, hash: &[u8; 32]) {
-        if let Some(path) = self.path(hash)
-            && let Ok(f) = std::fs::File::options().append(true).open(path)
-        {
-            let _ = f.set_modified(std::time::SystemTime::now());
-        }
+        self.store.touch(hash);
+    }
+
+    /// Deletes what is left of uploads and fetches of a process killed mid-write, untouched
+    /// for `grace` (a writer that fails removes its own); returns how many went.
+    pub fn remove_stale_uploads(&self, grace: Duration) -> usize {
+        self.store.remove_stale_puts(grace)
     }
 
     /// Deletes a blob (garbage collection decided nothing needs it).
     pub fn remove(&self, hash: &[u8; 32]) {
-        lock(&self.mem).remove(hash);
-        if let Some(path) = self.path(hash) {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-
-    /// Moves a damaged blob out of the way (kept for inspection), so it is fetched again.
-    fn quarantine(&self, hash: &[u8; 32]) {
-        let (Some(dir), Some(path)) = (&self.dir, self.path(hash)) else {
-            return;
-        };
-        let q = dir.join("quarantine");
-        let moved = std::fs::create_dir_all(&q)
-            .and_then(|()| std::fs::rename(&path, q.join(format!("{}-{}", hex(hash), unique()))));
-        tracing::error!(target: "keel::txn", blob = %hex(hash), moved = moved.is_ok(), "blob bytes do not match their hash; quarantined, to be fetched again");
+        self.store.delete(hash);
     }
 
     /// The blob, fetched from a peer (streamed into the store, checked against the hash)
@@ -412,34 +380,6 @@ impl Blobs {
         }
         false
     }
-}
-
-/// Design §6, garbage collection: which of this node's blobs may go. `stored` are its blobs
-/// with their age (since stored or last placed again); `needed` those its own log names
-/// (first index to last) and its active plugins; `mine` its snapshot index, `watermark` the
-/// lowest snapshot index among all members (every one of them answered).
-///
-/// A blob named by no entry of this node's log is named, if at all, only by entries below its
-/// snapshot. Those are behind every member's snapshot only when `mine <= watermark`: then no
-/// member applies them again (a member further behind gets a snapshot instead), so nobody
-/// can need the blob. If some member's snapshot is older than ours (a lagging follower whose
-/// log still names the blob, which everyone else has applied past), nothing goes. Blobs
-/// younger than `grace` may belong to an upload whose entry is not in this log yet.
-pub fn collectable(
-    stored: &[([u8; 32], Duration)],
-    needed: &std::collections::BTreeSet<[u8; 32]>,
-    mine: u64,
-    watermark: u64,
-    grace: Duration,
-) -> Vec<[u8; 32]> {
-    if mine > watermark {
-        return Vec::new();
-    }
-    stored
-        .iter()
-        .filter(|(h, age)| *age >= grace && !needed.contains(h))
-        .map(|(h, _)| *h)
-        .collect()
 }
 
 /// SHA-256 of bytes compiled into the binary, computed once per process (a node, and every
@@ -494,6 +434,12 @@ fn fetch_from(blobs: &Blobs, url: &str, hash: &[u8; 32]) -> anyhow::Result<u64> 
             {
                 if let Ok(data) = frame.into_data() {
                     w.write(&data)?;
+                    let wait = blobs
+                        .pacer
+                        .delay(data.len() as u64, std::time::Instant::now());
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
                 }
             }
             let (_, len) = w.finish(Some(want))?;
@@ -577,22 +523,20 @@ mod tests {
         assert_eq!(names, vec![hex(&hash)]);
     }
 
-    /// Design §6 GC: the lagging-follower case. Nodes 1 and 2 applied past the entry naming
-    /// blob `a` and compacted it (snapshot 100); node 3's snapshot is at 40, its log still
-    /// names `a`. Nodes 1 and 2 must keep `a` until node 3's snapshot passes theirs.
     #[test]
-    fn garbage_collection_keeps_what_a_lagging_member_may_still_apply() {
-        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
-        let old = Duration::from_secs(3600);
-        let stored = [(a, old), (b, old), (c, Duration::from_secs(1))];
-        let needed = std::collections::BTreeSet::from([b]);
-        let grace = Duration::from_secs(600);
-        // Node 1: snapshot 100, but the lowest member snapshot is 40: nothing goes.
-        assert!(collectable(&stored, &needed, 100, 40, grace).is_empty());
-        // Once every member's snapshot is at 100 or past: `a` goes; `b` is named by the log,
-        // `c` is younger than the grace period.
-        assert_eq!(collectable(&stored, &needed, 100, 100, grace), vec![a]);
-        assert_eq!(collectable(&stored, &needed, 100, 250, grace), vec![a]);
+    fn the_fetch_budget_spaces_chunks_at_its_rate_and_no_budget_never_waits() {
+        let (pacer, now) = (Pacer::default(), std::time::Instant::now());
+        assert_eq!(pacer.delay(1 << 30, now), Duration::ZERO);
+        pacer
+            .bytes_per_sec
+            .store(1 << 20, std::sync::atomic::Ordering::Relaxed);
+        // The first MiB goes now; the next waits for the first's second, the one after
+        // for two; once that time has passed, nothing is saved up.
+        assert_eq!(pacer.delay(1 << 20, now), Duration::ZERO);
+        assert_eq!(pacer.delay(1 << 20, now), Duration::from_secs(1));
+        assert_eq!(pacer.delay(1 << 19, now), Duration::from_secs(2));
+        let later = now + Duration::from_secs(10);
+        assert_eq!(pacer.delay(1 << 20, later), Duration::ZERO);
     }
 
     #[test]
