@@ -45,12 +45,13 @@ pub async fn deploy(
             "a plugin name is 1-64 of [a-z0-9_-], not starting with '_'",
         );
     }
-    let (fuel, memory) = match (
-        header_number(&req, "keel-fuel", DEFAULT_FUEL),
-        header_number(&req, "keel-memory-bytes", DEFAULT_MEMORY),
-    ) {
-        (Ok(f), Ok(m)) => (f, m),
-        (Err(r), _) | (_, Err(r)) => return r.response(),
+    let defaults = Limits {
+        fuel: DEFAULT_FUEL,
+        memory_bytes: DEFAULT_MEMORY,
+    };
+    let limits = match requested_limits(&req, defaults) {
+        Ok(l) => l,
+        Err(r) => return r.response(),
     };
     let version = req
         .headers()
@@ -60,27 +61,16 @@ pub async fn deploy(
     // The plugin folder sends this: bytes already active are not deployed again, so a
     // restart, or the same file dropped into several nodes' folders, proposes nothing.
     let unless_active = req.headers().contains_key("keel-unless-active");
-    let bytes = match read_body(
-        node,
-        req.into_body(),
-        node.config.max_plugin_bytes,
-        "max_plugin_bytes",
-    )
-    .await
-    {
+    let bytes = match read_component(node, req.into_body()).await {
         Ok(b) => b,
         Err(r) => return r.response(),
     };
     let sha256 = crate::blobs::sha256(&bytes);
-    let limits = Limits {
-        fuel,
-        memory_bytes: memory,
-    };
     if unless_active
         && let Ok(rec) = super::plugins::record(node, name).await
         && let Some(active) = &rec.active
         && active.sha256 == sha256
-        && (active.fuel_per_apply, active.memory_limit) == (fuel, memory)
+        && (active.fuel_per_apply, active.memory_limit) == (limits.fuel, limits.memory_bytes)
         && version.as_ref().is_none_or(|v| *v == active.version)
     {
         let mut same = super::plugins::describe(name, &rec, 1);
@@ -132,8 +122,8 @@ pub async fn deploy(
         plugin: name.to_owned(),
         version,
         sha256,
-        fuel_per_apply: fuel,
-        memory_limit: memory,
+        fuel_per_apply: limits.fuel,
+        memory_limit: limits.memory_bytes,
     };
     if let Err(e) = node.submit(Input::Deploy { deploy, reply: tx }) {
         return retry_later(&e.to_string());
@@ -141,12 +131,25 @@ pub async fn deploy(
     answer(node, rx, node.config.default_timeout_ms, path).await
 }
 
-/// A numeric header, or `default` when absent.
-pub(super) fn header_number(
+/// The limits a request asks for (`Keel-Fuel`, `Keel-Memory-Bytes`), each `default`'s when
+/// absent.
+pub(super) fn requested_limits(
     req: &Request<Incoming>,
-    name: &str,
-    default: u64,
-) -> Result<u64, Refusal> {
+    default: Limits,
+) -> Result<Limits, Refusal> {
+    Ok(Limits {
+        fuel: header_number(req, "keel-fuel", default.fuel)?,
+        memory_bytes: header_number(req, "keel-memory-bytes", default.memory_bytes)?,
+    })
+}
+
+/// A component sent as a request body, at most `max_plugin_bytes`.
+pub(super) async fn read_component(node: &NodeHandle, body: Incoming) -> Result<Bytes, Refusal> {
+    read_body(node, body, node.config.max_plugin_bytes, "max_plugin_bytes").await
+}
+
+/// A numeric header, or `default` when absent.
+fn header_number(req: &Request<Incoming>, name: &str, default: u64) -> Result<u64, Refusal> {
     crate::http::header_u64(req, name).map(|v| v.unwrap_or(default))
 }
 

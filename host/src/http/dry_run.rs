@@ -8,9 +8,9 @@ use hyper::{Request, Response, StatusCode};
 use keel_plugin::{Limits, PluginId};
 use keel_storage::Storage;
 
-use super::deploy::{DEFAULT_FUEL, DEFAULT_MEMORY, header_number};
+use super::deploy::{DEFAULT_FUEL, DEFAULT_MEMORY, read_component, requested_limits};
 use crate::driver::NodeHandle;
-use crate::http::{Body, error, json, read_body};
+use crate::http::{Body, error, json};
 use crate::state;
 
 /// Commands replayed when `last` is not given.
@@ -40,27 +40,21 @@ pub async fn dry_run(node: &NodeHandle, req: Request<Incoming>, name: &str) -> R
     };
     // The candidate runs with the limits it would be deployed with: the request's, else
     // the active version's.
-    let (fuel, memory) = record
-        .active
-        .as_ref()
-        .map_or((DEFAULT_FUEL, DEFAULT_MEMORY), |d| {
-            (d.fuel_per_apply, d.memory_limit)
-        });
-    let limits = match (
-        header_number(&req, "keel-fuel", fuel),
-        header_number(&req, "keel-memory-bytes", memory),
-    ) {
-        (Ok(fuel), Ok(memory_bytes)) => Limits { fuel, memory_bytes },
-        (Err(r), _) | (_, Err(r)) => return r.response(),
+    let defaults = record.active.as_ref().map_or(
+        Limits {
+            fuel: DEFAULT_FUEL,
+            memory_bytes: DEFAULT_MEMORY,
+        },
+        |d| Limits {
+            fuel: d.fuel_per_apply,
+            memory_bytes: d.memory_limit,
+        },
+    );
+    let limits = match requested_limits(&req, defaults) {
+        Ok(l) => l,
+        Err(r) => return r.response(),
     };
-    let bytes = match read_body(
-        node,
-        req.into_body(),
-        node.config.max_plugin_bytes,
-        "max_plugin_bytes",
-    )
-    .await
-    {
+    let bytes = match read_component(node, req.into_body()).await {
         Ok(b) => b,
         Err(r) => return r.response(),
     };
