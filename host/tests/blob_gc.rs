@@ -86,3 +86,116 @@ fn a_quiet_cluster_whose_nodes_snapshot_at_different_points_still_collects() {
         assert_eq!(snapshot_indices(&urls).await, snaps);
     });
 }
+
+/// How long since a node's copy of blob `sha` was stored or last touched.
+fn blob_age(config: &std::path::Path, sha: &str) -> Duration {
+    let path = config.with_file_name("data").join("blobs").join(sha);
+    let modified = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    std::time::SystemTime::now()
+        .duration_since(modified)
+        .unwrap_or_default()
+}
+
+/// Makes a node's copy of blob `sha` look an hour old (older than any grace period).
+fn age_blob(config: &std::path::Path, sha: &str) {
+    let path = config.with_file_name("data").join("blobs").join(sha);
+    let f = std::fs::File::options()
+        .append(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .expect("set mtime");
+}
+
+/// Design §6 rule 1 against garbage collection: between a leader's check that the members
+/// hold a blob it attaches (a `HEAD` each) and the entry reaching their logs, only the
+/// blob's age keeps collection off it. So a member's answer to a leader's probe, and the
+/// leader's own attach, start the grace period over; a client's `HEAD` does not.
+#[test]
+fn attaching_an_old_blob_starts_its_grace_period_over_on_every_copy() {
+    let cluster = start_nodes(3, |cfg| {
+        // No round runs on its own: the ages are what this test reads.
+        cfg.blob_gc_interval_ms = 0;
+    });
+    let cluster_id = {
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&cluster.configs[0]).expect("read config"))
+                .expect("config json");
+        cfg["cluster_id"].as_str().expect("cluster_id").to_string()
+    };
+    let rt = rt();
+    let urls = cluster.urls.clone();
+    rt.block_on(async {
+        let leader = wait_for_leader(&urls, Duration::from_secs(60)).await as usize;
+        let follower = if leader == 1 { 2 } else { 1 };
+        let mut c = Client::new(urls.clone()).with_deadline(Duration::from_secs(30));
+        let up = c
+            .request(hyper::Method::PUT, "/v1/blobs", vec![7u8; 4096])
+            .await
+            .expect("upload");
+        assert_eq!(up.status, 200, "{}", String::from_utf8_lossy(&up.body));
+        let sha = serde_json::from_slice::<serde_json::Value>(&up.body).expect("json")["sha256"]
+            .as_str()
+            .expect("sha256")
+            .to_string();
+        let on = |id: usize| cluster.configs[id - 1].as_path();
+        let fresh = Duration::from_secs(600);
+        // The upload answered once a majority held it; the third copy may still be landing.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(1..=3).all(|id| blob_files(on(id)).contains(&sha)) {
+            assert!(
+                Instant::now() < deadline,
+                "the blob never reached every node"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // A client asking: nothing changes.
+        age_blob(on(follower), &sha);
+        let path = format!("/v1/blobs/{sha}");
+        let mut plain = Client::new(vec![urls[follower - 1].clone()]);
+        let a = plain
+            .request(hyper::Method::HEAD, &path, Vec::new())
+            .await
+            .expect("head");
+        assert_eq!(a.status, 200);
+        assert!(
+            blob_age(on(follower), &sha) > fresh,
+            "a client's HEAD touched"
+        );
+        // A member probing: the grace period starts over.
+        let mut member = Client::new(vec![urls[follower - 1].clone()])
+            .with_header("keel-cluster", cluster_id.clone());
+        let a = member
+            .request(hyper::Method::HEAD, &path, Vec::new())
+            .await
+            .expect("head");
+        assert_eq!(a.status, 200);
+        assert!(
+            blob_age(on(follower), &sha) < fresh,
+            "a member's probe did not touch"
+        );
+
+        // A command attaching it: every copy, the leader's too, is young again.
+        for id in 1..=3 {
+            age_blob(on(id), &sha);
+        }
+        let a = c
+            .submit_with(
+                "kv",
+                big_put("att", 10, 'a'),
+                &[("keel-attach", sha.clone())],
+            )
+            .await
+            .expect("submit");
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        for id in 1..=3 {
+            assert!(
+                blob_age(on(id), &sha) < fresh,
+                "node {id}'s copy is still old after the attach (leader {leader})"
+            );
+        }
+    });
+}

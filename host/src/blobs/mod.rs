@@ -67,6 +67,10 @@ pub struct Blobs {
     cluster: Arc<Mutex<String>>,
     /// Paces fetches to `blob_fetch_bytes_per_sec`.
     pacer: Arc<Pacer>,
+    /// Held by [`Blobs::touch`] and by garbage collection's last look at an age, so a blob
+    /// touched after a round listed it (attached again, probed by a leader) is never deleted
+    /// on that round's stale view.
+    gc_guard: Arc<Mutex<()>>,
 }
 
 /// Fetches' bandwidth budget: each chunk is given the next free slot of time its size needs
@@ -191,6 +195,7 @@ impl Blobs {
                 None => Arc::new(MemStore::default()),
             },
             dir,
+            gc_guard: Arc::default(),
             peers: Arc::default(),
             cluster: Arc::default(),
             pacer: Arc::default(),
@@ -322,6 +327,7 @@ impl Blobs {
     /// Marks a blob as placed again now (a new upload of the same bytes): the grace period of
     /// garbage collection starts over.
     pub fn touch(&self, hash: &[u8; 32]) {
+        let _guard = lock(&self.gc_guard);
         self.store.touch(hash);
     }
 
@@ -334,6 +340,22 @@ impl Blobs {
     /// Deletes a blob (garbage collection decided nothing needs it).
     pub fn remove(&self, hash: &[u8; 32]) {
         self.store.delete(hash);
+    }
+
+    /// Deletes a blob garbage collection chose, unless it was touched within `grace` since
+    /// (checked under the guard [`Blobs::touch`] takes): a leader that attaches a blob
+    /// touches its own copy and, by probing them, the members' before it proposes the entry,
+    /// and the entry is in no log yet, so the age is all that protects the blob meanwhile
+    /// (design §6 rule 1). Returns whether it went.
+    pub fn remove_if_untouched(&self, hash: &[u8; 32], grace: Duration) -> bool {
+        let _guard = lock(&self.gc_guard);
+        match self.store.age(hash) {
+            Some(age) if age >= grace => {
+                self.store.delete(hash);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The blob, fetched from a peer (streamed into the store, checked against the hash)
@@ -453,6 +475,34 @@ fn fetch_from(blobs: &Blobs, url: &str, hash: &[u8; 32]) -> anyhow::Result<u64> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Design §6 rule 1 against garbage collection: a round lists an old, unneeded blob;
+    /// before it deletes it, a leader attaches the blob again (and touches it). The round
+    /// must not delete it on what it listed.
+    #[test]
+    fn a_blob_touched_after_a_collection_round_listed_it_is_not_deleted_by_that_round() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = Blobs::new(Some(dir.path().to_path_buf()), &[]);
+        let hash = blobs.store(b"attached again").expect("store");
+        let age_back = |secs| {
+            let f = std::fs::File::options()
+                .append(true)
+                .open(dir.path().join(hex(&hash)))
+                .expect("open");
+            f.set_modified(std::time::SystemTime::now() - Duration::from_secs(secs))
+                .expect("set mtime");
+        };
+        let grace = Duration::from_secs(600);
+        age_back(3600);
+        let listed = collectable(&blobs.list(), &Keep::default(), u64::MAX, grace);
+        assert_eq!(listed, vec![hash], "old and unneeded: chosen");
+        blobs.touch(&hash);
+        assert!(!blobs.remove_if_untouched(&hash, grace));
+        assert!(blobs.has(&hash), "touched after the round listed it: kept");
+        age_back(3600);
+        assert!(blobs.remove_if_untouched(&hash, grace));
+        assert!(!blobs.has(&hash));
+    }
 
     #[test]
     fn a_stored_blob_is_read_back_by_hash_and_a_corrupt_one_is_quarantined_not_served() {

@@ -27,6 +27,8 @@ pub trait BlobStore: Send + Sync {
     fn list(&self) -> Vec<([u8; 32], Duration)>;
     /// Marks the blob as placed again now (garbage collection's grace starts over).
     fn touch(&self, hash: &[u8; 32]);
+    /// How long since the blob was stored or last touched, if it is here.
+    fn age(&self, hash: &[u8; 32]) -> Option<Duration>;
     /// Moves bytes that do not match their name out of the way (kept for inspection).
     fn quarantine(&self, hash: &[u8; 32]);
     /// Drops the leftovers of puts never committed nor discarded (a process killed
@@ -150,6 +152,15 @@ impl BlobStore for DirStore {
         }
     }
 
+    fn age(&self, hash: &[u8; 32]) -> Option<Duration> {
+        let modified = std::fs::metadata(self.path(hash)).ok()?.modified().ok()?;
+        Some(
+            SystemTime::now()
+                .duration_since(modified)
+                .unwrap_or_default(),
+        )
+    }
+
     fn quarantine(&self, hash: &[u8; 32]) {
         let q = self.dir.join("quarantine");
         let moved = std::fs::create_dir_all(&q).and_then(|()| {
@@ -251,6 +262,12 @@ impl BlobStore for MemStore {
     }
 
     fn touch(&self, _: &[u8; 32]) {}
+
+    fn age(&self, hash: &[u8; 32]) -> Option<Duration> {
+        lock(&self.blobs)
+            .contains_key(hash)
+            .then_some(Duration::ZERO)
+    }
 
     fn quarantine(&self, hash: &[u8; 32]) {
         self.delete(hash);

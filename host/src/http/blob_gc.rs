@@ -39,7 +39,8 @@ pub async fn collect(node: &NodeHandle) -> Result<usize, String> {
     let mut watermark = u64::MAX;
     for url in members.values() {
         let mut c = crate::client::Client::new(vec![url.clone()])
-            .with_header(super::blobs::CLUSTER_HEADER, node.config.cluster_id.clone());
+            .with_header(super::blobs::CLUSTER_HEADER, node.config.cluster_id.clone())
+            .with_answer_limit(1 << 20);
         let answer = tokio::time::timeout(Duration::from_secs(2), c.get("/v1/status"))
             .await
             .map_err(|_| format!("{url} did not answer"))?
@@ -59,9 +60,13 @@ pub async fn collect(node: &NodeHandle) -> Result<usize, String> {
     let grace = Duration::from_millis(node.config.blob_gc_grace_ms);
     let gone = tokio::task::spawn_blocking(move || {
         let doomed = blobs::collectable(&blobs.list(), &keep, watermark, grace);
+        // Touched since it was listed: attached again, on its way into the log.
+        let doomed: Vec<_> = doomed
+            .into_iter()
+            .filter(|hash| blobs.remove_if_untouched(hash, grace))
+            .collect();
         for hash in &doomed {
-            tracing::debug!(target: "keel::txn", blob = %hex(hash), "collecting blob");
-            blobs.remove(hash);
+            tracing::debug!(target: "keel::txn", blob = %hex(hash), "collected blob");
         }
         // Partial uploads of a process killed mid-write: no hash names them.
         let partial = blobs.remove_stale_uploads(grace);

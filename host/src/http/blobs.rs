@@ -457,6 +457,9 @@ pub(crate) async fn attachments(
     let mut out: Vec<keel_raft::BlobRef> = Vec::new();
     for sha256 in names {
         let name = hex(&sha256);
+        // Before anything else: the entry is in no log until it is proposed, so only a
+        // fresh age keeps garbage collection off this copy meanwhile.
+        node.blobs.touch(&sha256);
         if !node.blobs.has(&sha256) {
             let blobs = node.blobs.clone();
             let fetched = tokio::task::spawn_blocking(move || blobs.fetch_once(&sha256)).await;
@@ -549,16 +552,25 @@ pub async fn put_data(node: &NodeHandle, req: Request<Incoming>, hash: [u8; 32])
     }
 }
 
-/// 403 unless a peer's push names this node's cluster.
-pub(crate) fn foreign(node: &NodeHandle, req: &Request<Incoming>) -> Option<Response<Body>> {
-    let cluster = req
-        .headers()
+/// The cluster a request says it comes from (`keel-cluster`), empty if none.
+fn cluster_of(req: &Request<Incoming>) -> &str {
+    req.headers()
         .get(CLUSTER_HEADER)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if cluster.eq_ignore_ascii_case(&node.config.cluster_id) {
+        .unwrap_or("")
+}
+
+/// Whether the request names this node's cluster: a member's.
+fn from_member(node: &NodeHandle, req: &Request<Incoming>) -> bool {
+    cluster_of(req).eq_ignore_ascii_case(&node.config.cluster_id)
+}
+
+/// 403 unless a peer's push names this node's cluster.
+pub(crate) fn foreign(node: &NodeHandle, req: &Request<Incoming>) -> Option<Response<Body>> {
+    if from_member(node, req) {
         return None;
     }
+    let cluster = cluster_of(req);
     node.metrics.foreign_cluster.inc();
     Some(error(
         StatusCode::FORBIDDEN,
@@ -580,6 +592,13 @@ pub async fn get(
     let Some(hash) = parse_hex(hash) else {
         return error(StatusCode::BAD_REQUEST, "a blob is named by 64 hex digits");
     };
+    // A leader probing whether this member holds a blob it is about to attach: a yes must
+    // keep holding until the entry naming it reaches this log, so the grace period starts
+    // over (touched before it is looked up, so garbage collection cannot delete it between
+    // the look and the touch).
+    if head && from_member(node, req) {
+        node.blobs.touch(&hash);
+    }
     let Some(len) = node.blobs.len_of(&hash) else {
         return error(StatusCode::NOT_FOUND, "no such blob here");
     };
