@@ -30,6 +30,29 @@ pub struct Client {
     /// Sent with every request: the token (`Authorization`, marked sensitive so that it is
     /// never printed), a node's `keel-cluster`.
     extra: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+    /// The largest answer body read into memory ([`MAX_ANSWER_BYTES`] unless set).
+    answer_limit: usize,
+}
+
+/// The largest answer a [`Client`] buffers by default: far above any status, plugin list or
+/// query answer, and a bound on what a node (or anything at its address) can make this
+/// process hold. Downloads stream to a file and are not limited by it.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// Reads an answer's body, at most `limit` bytes. A body that breaks off reads as empty (the
+/// status says what happened); one over the limit is an error naming it.
+pub(crate) async fn read_capped(
+    body: hyper::body::Incoming,
+    limit: usize,
+    from: &str,
+) -> anyhow::Result<Bytes> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            bail!("{from} answered more than {limit} bytes; refused")
+        }
+        Err(_) => Ok(Bytes::new()),
+    }
 }
 
 /// A progress bar and what it says while uploading and while waiting for the answer.
@@ -121,11 +144,18 @@ impl Client {
             deadline: None,
             progress: None,
             extra: Vec::new(),
+            answer_limit: MAX_ANSWER_BYTES,
         };
         match installed_token() {
             Some(token) => client.with_token(token),
             None => client,
         }
+    }
+
+    /// The same client, buffering answers of at most `limit` bytes.
+    pub fn with_answer_limit(mut self, limit: usize) -> Client {
+        self.answer_limit = limit;
+        self
     }
 
     /// The same client, presenting `token` (`Authorization: Bearer …`) with every request.
@@ -351,11 +381,7 @@ impl Client {
             };
             let (parts, mut body) = resp.into_parts();
             if parts.status != StatusCode::OK {
-                let bytes = body
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
+                let bytes = read_capped(body, 64 << 10, &endpoint).await?;
                 bail!(
                     "{endpoint} answered {}: {}",
                     parts.status,
@@ -497,12 +523,7 @@ impl Client {
                         .get("keel-index")
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok());
-                    let bytes = resp
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
+                    let bytes = read_capped(resp.into_body(), self.answer_limit, &url).await?;
                     match (status, location) {
                         (StatusCode::TEMPORARY_REDIRECT, Some(loc)) => {
                             url = loc;
@@ -651,4 +672,57 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Hostile input (issue #13): a node, or anything listening at its address, that answers
+    /// with an endless body cannot make a client buffer it: the read stops at the limit
+    /// with an error naming it.
+    #[test]
+    fn an_endless_answer_is_refused_at_the_limit_not_buffered() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let url = format!("http://{}", listener.local_addr().expect("addr"));
+            let server = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.expect("accept");
+                let mut head = [0u8; 1024];
+                let _ = s.read(&mut head).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                let chunk = [b'x'; 64 << 10];
+                let mut sent = 0usize;
+                // Far past the limit; the client hangs up long before.
+                while sent < 64 << 20 {
+                    let framed = [b"10000\r\n".as_slice(), &chunk, b"\r\n"].concat();
+                    if s.write_all(&framed).await.is_err() {
+                        break;
+                    }
+                    sent += chunk.len();
+                }
+                sent
+            });
+            let mut c = Client::new(vec![url]).with_answer_limit(1 << 20);
+            let e = match c.get("/v1/status").await {
+                Ok(a) => panic!("an endless answer was taken: {} bytes", a.body.len()),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains("more than 1048576 bytes"), "{e}");
+            let sent = server.await.expect("server");
+            assert!(
+                sent < 64 << 20,
+                "the client read everything the server sent"
+            );
+        });
+    }
 }

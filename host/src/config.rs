@@ -112,6 +112,9 @@ pub struct NodeConfig {
     pub body_timeout_ms: u64,
     /// A TLS handshake must complete within this long.
     pub tls_handshake_timeout_ms: u64,
+    /// An answer the client stops reading (a full socket buffer, no byte taken) for this
+    /// long is cut off with its connection: the slow-reader bound.
+    pub write_timeout_ms: u64,
     /// Largest request head (request line and headers; 431 beyond).
     pub max_header_bytes: usize,
 }
@@ -155,6 +158,7 @@ impl Default for NodeConfig {
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
             tls_handshake_timeout_ms: 10_000,
+            write_timeout_ms: 30_000,
             max_header_bytes: 64 << 10,
         }
     }
@@ -314,6 +318,7 @@ mod tests {
             header_timeout_ms: 1_001,
             body_timeout_ms: 2_002,
             tls_handshake_timeout_ms: 3_003,
+            write_timeout_ms: 4_004,
             max_header_bytes: 9_999,
         };
         let text = serde_json::to_string_pretty(&cfg).expect("a config serializes");

@@ -25,6 +25,7 @@ fn impatient(cfg: &mut NodeConfig) {
     cfg.header_timeout_ms = 1_000;
     cfg.body_timeout_ms = 1_000;
     cfg.tls_handshake_timeout_ms = 1_000;
+    cfg.write_timeout_ms = 1_000;
 }
 
 fn addr(url: &str) -> String {
@@ -155,6 +156,49 @@ fn slowloris_clients_are_cut_off_while_the_cluster_keeps_its_leader_and_serves()
             leader_and_term(&cluster.urls).await,
             (leader, term),
             "the cluster kept its leader through the slow clients"
+        );
+    });
+}
+
+/// A slow reader: a client asks for an answer far larger than the socket buffers (a 32 MiB
+/// blob) and never reads it. The write waits for the client; after `write_timeout_ms`
+/// without progress the connection goes, counted, and the cluster serves as before.
+#[test]
+fn a_client_that_stops_reading_its_answer_is_cut_off() {
+    let cluster = start_nodes(3, impatient);
+    rt().block_on(async {
+        let (leader, term) = leader_and_term(&cluster.urls).await;
+        let url = cluster.urls[leader as usize - 1].clone();
+        let blob = vec![42u8; 32 << 20];
+        let mut c = Client::new(vec![url.clone()]).with_deadline(Duration::from_secs(60));
+        let up = c
+            .request(hyper::Method::PUT, "/v1/blobs", blob)
+            .await
+            .expect("upload");
+        assert_eq!(up.status, 200, "{}", String::from_utf8_lossy(&up.body));
+        let sha = serde_json::from_slice::<serde_json::Value>(&up.body).expect("json")["sha256"]
+            .as_str()
+            .expect("sha256")
+            .to_string();
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .set_recv_buffer_size(8 << 10)
+            .expect("small receive buffer");
+        let target = addr(&url).parse().expect("a socket address");
+        let mut s = socket.connect(target).await.expect("connect");
+        let get = format!("GET /v1/blobs/{sha} HTTP/1.1\r\nhost: x\r\n\r\n");
+        s.write_all(get.as_bytes()).await.expect("request");
+        // Nothing is read: the node's writes stall until it gives up.
+        metric_reaches(&url, "timeouts_total{phase=\"write\"}", 1).await;
+        assert!(
+            closed_within(&mut s, Duration::from_secs(30)).await,
+            "the slow reader's connection is still open"
+        );
+        put(&url, "after").await;
+        assert_eq!(
+            leader_and_term(&cluster.urls).await,
+            (leader, term),
+            "the cluster kept its leader through the slow reader"
         );
     });
 }

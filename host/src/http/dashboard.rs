@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::header::{CACHE_CONTROL, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client as HttpClient;
@@ -158,7 +158,8 @@ async fn get(
     let answer = async {
         let resp = http.request(req).await?;
         anyhow::ensure!(resp.status().is_success(), "HTTP {}", resp.status());
-        Ok(resp.into_body().collect().await?.to_bytes())
+        // Statuses and metrics pages are small: a member cannot make this node buffer more.
+        crate::client::read_capped(resp.into_body(), 4 << 20, &url).await
     };
     tokio::time::timeout(MEMBER_TIMEOUT, answer)
         .await

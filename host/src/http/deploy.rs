@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use keel_plugin::{Limits, PluginId};
@@ -181,7 +181,7 @@ async fn push(
     if status.is_success() {
         return Ok(());
     }
-    let body = resp.into_body().collect().await?.to_bytes();
+    let body = crate::client::read_capped(resp.into_body(), 64 << 10, "a peer").await?;
     anyhow::bail!("{status} {}", String::from_utf8_lossy(&body))
 }
 

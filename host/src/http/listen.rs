@@ -10,8 +10,9 @@
 //! accepted on the reserve must be a peer (a node certificate, or in plaintext, requests to
 //! the peer routes only) or it is closed. Every phase has a deadline: the handshake
 //! (`tls_handshake_timeout_ms`), each request's head (`header_timeout_ms`, which is also
-//! how long an idle keep-alive connection stays open), and each body's progress
-//! (`body_timeout_ms`, `super::limits`).
+//! how long an idle keep-alive connection stays open), each body's progress
+//! (`body_timeout_ms`, `super::limits`), and each answer's: a client that stops reading
+//! (its socket buffer full) for `write_timeout_ms` loses the connection.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -169,6 +170,11 @@ where
         async move { Ok::<_, Infallible>(guarded(node, req, transport, peers_only).await) }
     });
     let cfg = &node.config;
+    // The deadline runs only while a write waits for the client and restarts with every
+    // byte it takes: long streams (blobs, the peers' message streams) are not cut short.
+    let mut io = tokio_io_timeout::TimeoutStream::new(io.into_inner());
+    io.set_write_timeout(Some(Duration::from_millis(cfg.write_timeout_ms.max(1))));
+    let io = TokioIo::new(Box::pin(io));
     let mut builder = hyper::server::conn::http1::Builder::new();
     // Malformed requests (bad framing, wrong content length) are answered by hyper itself
     // with 400, oversized heads (`max_header_bytes`, more than MAX_HEADERS fields) with
@@ -179,10 +185,13 @@ where
         .max_headers(MAX_HEADERS)
         .max_header_size(cfg.max_header_bytes)
         .max_buf_size(cfg.max_header_bytes.max(64 << 10));
-    if let Err(e) = builder.serve_connection(io, svc).await
-        && e.is_timeout()
-    {
-        node.metrics.timed_out("header");
+    if let Err(e) = builder.serve_connection(io, svc).await {
+        if e.is_timeout() {
+            node.metrics.timed_out("header");
+        } else if write_timed_out(&e) {
+            node.metrics.timed_out("write");
+            tracing::debug!(target: "keel::http", "connection cut off: the client stopped reading its answer");
+        }
     }
     drop(slot);
 }
@@ -214,4 +223,16 @@ async fn guarded(
         return r;
     }
     route(node, req).await
+}
+
+/// Whether a connection ended because a write waited `write_timeout_ms` for the client.
+fn write_timed_out(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = err.source();
+    }
+    false
 }

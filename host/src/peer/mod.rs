@@ -23,7 +23,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Request, StatusCode};
@@ -208,13 +207,13 @@ pub async fn peer_sender(
                 outcome = &mut ended => {
                     match outcome {
                         Ok(Ok(resp)) if resp.status() == StatusCode::GONE => {
-                            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = crate::client::read_capped(resp.into_body(), 64 << 10, &url).await.unwrap_or_default();
                             let said: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                             not_a_member(said["error"].as_str().unwrap_or("not a member").to_string());
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
                         Ok(Ok(resp)) if resp.status() == StatusCode::FORBIDDEN => {
-                            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = crate::client::read_capped(resp.into_body(), 64 << 10, &url).await.unwrap_or_default();
                             tracing::warn!(target: "keel::msg", peer = %url, answer = %String::from_utf8_lossy(&body), "peer refused our stream");
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
@@ -373,11 +372,8 @@ async fn snapshot_sender(
                 }
                 Ok(resp) => {
                     let status = resp.status();
-                    let body = resp
-                        .into_body()
-                        .collect()
+                    let body = crate::client::read_capped(resp.into_body(), 64 << 10, &url)
                         .await
-                        .map(|b| b.to_bytes())
                         .unwrap_or_default();
                     tracing::warn!(target: "keel::msg", peer = %url, index, %status, answer = %String::from_utf8_lossy(&body), "snapshot refused");
                     view = None;
