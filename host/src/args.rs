@@ -358,6 +358,9 @@ pub(crate) enum TokenCmd {
         /// Write the token to FILE (mode 0600) and print only its id.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// How long the token works (`90s`, `30m`, `24h`, `7d`); until revoked if not given.
+        #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+        ttl: Option<u64>,
     },
     /// Revoke a token by its id (`keel_ID_…`, or as `keel auth show` lists it).
     Revoke {
@@ -500,5 +503,52 @@ impl ServeArgs {
         }
         cfg.check()?;
         Ok(cfg)
+    }
+}
+
+/// A duration for `--ttl`, in milliseconds: a positive number with a unit (`s`, `m`, `h`,
+/// `d`).
+pub(crate) fn parse_ttl(s: &str) -> Result<u64, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: a number and a unit, as 90s, 30m, 24h or 7d"))?;
+    let ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
+    };
+    match n.checked_mul(ms) {
+        Some(0) => Err("a TTL of zero: the token would never work".into()),
+        Some(v) => Ok(v),
+        None => Err(format!("{s:?} is too long")),
+    }
+}
+
+#[cfg(test)]
+mod ttl_tests {
+    use super::parse_ttl;
+
+    #[test]
+    fn ttls_read_with_their_unit_and_nonsense_is_refused() {
+        assert_eq!(parse_ttl("90s"), Ok(90_000));
+        assert_eq!(parse_ttl("30m"), Ok(1_800_000));
+        assert_eq!(parse_ttl("24h"), Ok(86_400_000));
+        assert_eq!(parse_ttl("7d"), Ok(604_800_000));
+        for bad in [
+            "",
+            "5",
+            "h",
+            "0s",
+            "1w",
+            "-1h",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?} was taken");
+        }
     }
 }

@@ -50,12 +50,17 @@ pub(crate) fn auth_cmd(g: &Global, command: AuthCmd) -> ExitCode {
 /// `keel token create|revoke`.
 pub(crate) fn token_cmd(g: &Global, command: TokenCmd) -> ExitCode {
     match command {
-        TokenCmd::Create { user, label, out } => {
+        TokenCmd::Create {
+            user,
+            label,
+            out,
+            ttl,
+        } => {
             let ctx = match Ctx::new(g) {
                 Ok(c) => c,
                 Err(e) => return fail("token create", e),
             };
-            let body = serde_json::json!({"user": user, "label": label}).to_string();
+            let body = serde_json::json!({"user": user, "label": label, "ttl_ms": ttl}).to_string();
             let result = runtime().and_then(|rt| {
                 rt.block_on(async {
                     ctx.client()

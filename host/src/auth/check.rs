@@ -136,6 +136,13 @@ pub enum Denied {
     NoToken(Need),
     /// 401: a token the table does not hold (never issued, revoked, or its user removed).
     BadToken(Need),
+    /// 401: a token past its expiry (`keel token create --ttl`).
+    Expired {
+        /// The token's id.
+        token_id: String,
+        /// When it expired (ms since the epoch).
+        at_ms: u64,
+    },
     /// 403: a valid token whose user lacks the permission.
     Missing {
         /// The user.
@@ -185,12 +192,26 @@ pub fn satisfies(grants: &BTreeSet<Grant>, need: &Need) -> bool {
 }
 
 /// The check of one request against the table. `peer`: the connection is a cluster node's;
-/// `bearer`: the token presented, if any.
+/// `bearer`: the token presented, if any. Expiry is judged by this node's clock.
 pub fn check(
     table: &AuthTable,
     rule: &Rule,
     peer: bool,
     bearer: Option<&str>,
+) -> Result<Caller, Denied> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    check_at(table, rule, peer, bearer, now_ms)
+}
+
+/// [`check`] at the clock reading `now_ms`.
+pub fn check_at(
+    table: &AuthTable,
+    rule: &Rule,
+    peer: bool,
+    bearer: Option<&str>,
+    now_ms: u64,
 ) -> Result<Caller, Denied> {
     if !table.enabled() || matches!(rule.need, Need::Open | Need::PeerTransport) {
         return Ok(Caller::Anyone);
@@ -204,6 +225,12 @@ pub fn check(
     let Some((id, record)) = table.token_by_hash(&super::token_hash(token)) else {
         return Err(Denied::BadToken(rule.need.clone()));
     };
+    if let Some(at_ms) = record.expires_ms.filter(|at| *at <= now_ms) {
+        return Err(Denied::Expired {
+            token_id: id.to_string(),
+            at_ms,
+        });
+    }
     let caller = Caller::User {
         name: record.user.clone(),
         token_id: id.to_string(),

@@ -101,6 +101,11 @@ pub struct TokenRecord {
     pub label: String,
     /// The log's clock when it was created (ms since the epoch).
     pub created_ms: u64,
+    /// When it stops working (ms since the epoch, `created_ms` + the TTL it was made
+    /// with); never if absent. Checked against each node's clock at every request, like
+    /// etcd's token TTL: expiry changes nothing in the replicated state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
 }
 
 /// The users, roles and tokens as of one applied index.
@@ -210,7 +215,7 @@ impl AuthTable {
             .tokens
             .iter()
             .map(|(id, t)| {
-                serde_json::json!({"id": id, "user": t.user, "label": t.label, "created_ms": t.created_ms})
+                serde_json::json!({"id": id, "user": t.user, "label": t.label, "created_ms": t.created_ms, "expires_ms": t.expires_ms})
             })
             .collect();
         serde_json::json!({
@@ -268,7 +273,7 @@ impl AuthTable {
                 .into();
                 self.roles.insert("root".into(), all);
                 self.users.insert(user.clone(), ["root".to_string()].into());
-                self.new_token(token_id, user, sha256, "init", now_ms)?;
+                self.new_token(token_id, user, sha256, "init", now_ms, None)?;
                 Ok(json!({"user": user, "role": "root", "token_id": token_id}))
             }
             Op::UserAdd { user, roles } => {
@@ -361,12 +366,18 @@ impl AuthTable {
                 token_id,
                 sha256,
                 label,
+                ttl_ms,
             } => {
                 if !self.users.contains_key(user) {
                     return Err(format!("no user {user}"));
                 }
-                self.new_token(token_id, user, sha256, label, now_ms)?;
-                Ok(json!({"user": user, "token_id": token_id}))
+                let expires_ms = match ttl_ms {
+                    None => None,
+                    Some(0) => return Err("a token's TTL is at least 1 ms".into()),
+                    Some(ttl) => Some(now_ms.saturating_add(*ttl)),
+                };
+                self.new_token(token_id, user, sha256, label, now_ms, expires_ms)?;
+                Ok(json!({"user": user, "token_id": token_id, "expires_ms": expires_ms}))
             }
             Op::TokenRevoke { token_id } => match self.remove_token(token_id) {
                 Some(t) => Ok(json!({"token_id": token_id, "user": t.user, "revoked": true})),
@@ -384,6 +395,7 @@ impl AuthTable {
         sha256: &str,
         label: &str,
         now_ms: u64,
+        expires_ms: Option<u64>,
     ) -> Result<(), String> {
         if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err("a token id is hex digits".into());
@@ -399,6 +411,7 @@ impl AuthTable {
             sha256: sha256.to_ascii_lowercase(),
             label: label.to_string(),
             created_ms: now_ms,
+            expires_ms,
         };
         let hash = parse_hex(&record.sha256).ok_or("a token hash is 64 hex digits")?;
         if self.by_hash.contains_key(&hash) {
@@ -532,6 +545,9 @@ pub enum Op {
         /// What it is for.
         #[serde(default)]
         label: String,
+        /// How long it works, from the entry's clock; for ever if absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
     },
     /// Revokes a token: refused on every node from this entry on.
     TokenRevoke {

@@ -50,6 +50,7 @@ fn table() -> (AuthTable, String, String) {
             token_id: alice_id,
             sha256: Op::hash_hex(&alice),
             label: String::new(),
+            ttl_ms: None,
         },
         4,
     )
@@ -320,5 +321,62 @@ fn removing_a_role_takes_it_from_its_users_but_never_the_last_admin() {
     assert!(
         check(&t, &kv_query, false, Some(&root)).is_ok(),
         "unchanged"
+    );
+}
+
+/// A token created with a TTL works until the entry's clock plus the TTL, by the checking
+/// node's clock, then is refused (401, naming the token) with no entry needed; one without
+/// a TTL never expires. The TTL is kept in the replicated record, so every node (and a
+/// snapshot, a restart) judges the same deadline.
+#[test]
+fn a_token_with_a_ttl_stops_working_when_it_expires() {
+    let (mut t, _, alice) = table();
+    let (id, short) = new_token().expect("random");
+    let (answer, writes) = t
+        .apply(
+            &Op::TokenCreate {
+                user: "alice".into(),
+                token_id: id.clone(),
+                sha256: Op::hash_hex(&short),
+                label: "an hour".into(),
+                ttl_ms: Some(3_600_000),
+            },
+            1_000,
+        )
+        .expect("token");
+    assert_eq!(answer["expires_ms"], 3_601_000);
+    let q = rule_of(Method::POST, "/v1/plugins/kv/query");
+    assert!(check_at(&t, &q, false, Some(&short), 3_600_999).is_ok());
+    assert_eq!(
+        check_at(&t, &q, false, Some(&short), 3_601_000),
+        Err(Denied::Expired {
+            token_id: id.clone(),
+            at_ms: 3_601_000
+        })
+    );
+    assert!(check_at(&t, &q, false, Some(&alice), u64::MAX).is_ok());
+    // The stored record carries the deadline: a table rebuilt from it agrees.
+    let records: Vec<(Vec<u8>, Vec<u8>)> = writes
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect();
+    let rebuilt =
+        AuthTable::from_records(records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+            .expect("records");
+    assert_eq!(rebuilt.tokens[&id].expires_ms, Some(3_601_000));
+    // A zero TTL is refused, not a token dead on arrival.
+    let (id0, zero) = new_token().expect("random");
+    assert!(
+        t.apply(
+            &Op::TokenCreate {
+                user: "alice".into(),
+                token_id: id0,
+                sha256: Op::hash_hex(&zero),
+                label: String::new(),
+                ttl_ms: Some(0),
+            },
+            1_000,
+        )
+        .is_err()
     );
 }

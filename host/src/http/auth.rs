@@ -93,6 +93,15 @@ fn refusal(denied: Denied, other_scheme: bool) -> Response<Body> {
                 "needs": need.to_string(),
             }),
         ),
+        Denied::Expired { token_id, at_ms } => (
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({
+                "error": "unauthenticated",
+                "detail": format!("token {token_id} expired at {at_ms} ms since the epoch; create a new one"),
+                "token_id": token_id,
+                "expired_ms": at_ms,
+            }),
+        ),
         Denied::Missing { user, need } => (
             StatusCode::FORBIDDEN,
             serde_json::json!({
@@ -352,8 +361,9 @@ fn whoami(node: &NodeHandle, caller: &Caller) -> Response<Body> {
     }
 }
 
-/// `POST /v1/auth/tokens` `{"user": U, "label": L}`: a new token for U. The secret is made
-/// here, only its hash goes into the log, and the answer is the one place it appears.
+/// `POST /v1/auth/tokens` `{"user": U, "label": L, "ttl_ms": N}`: a new token for U (working
+/// for N ms if given, else until revoked). The secret is made here, only its hash goes into
+/// the log, and the answer is the one place it appears.
 async fn create_token(node: &NodeHandle, body: &[u8], path: &str) -> Response<Body> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -361,12 +371,18 @@ async fn create_token(node: &NodeHandle, body: &[u8], path: &str) -> Response<Bo
         user: String,
         #[serde(default)]
         label: String,
+        #[serde(default)]
+        ttl_ms: Option<u64>,
     }
-    let Create { user, label } = match serde_json::from_slice(body) {
+    let Create {
+        user,
+        label,
+        ttl_ms,
+    } = match serde_json::from_slice(body) {
         Ok(c) => c,
         Err(e) => {
             return bad(&format!(
-                "expected {{\"user\": NAME, \"label\": TEXT}}: {e}"
+                "expected {{\"user\": NAME, \"label\": TEXT, \"ttl_ms\": N (optional)}}: {e}"
             ));
         }
     };
@@ -384,6 +400,7 @@ async fn create_token(node: &NodeHandle, body: &[u8], path: &str) -> Response<Bo
         token_id,
         sha256: Op::hash_hex(&token),
         label,
+        ttl_ms,
     };
     match propose(node, &op, path).await {
         Ok(mut answer) => {
