@@ -471,6 +471,28 @@ impl Plugin {
         self.answer(answer)
     }
 
+    /// [`Plugin::query`] with at most `fuel` (of guest fuel, and of host KV work) instead of
+    /// the plugin's whole budget: `Ok(None)` when that ran out. A query writes nothing and
+    /// its answer depends only on the state, so running it again with the whole budget gives
+    /// what one run would have: a node answers the common short query on the thread it is on
+    /// and still bounds how long it holds that thread.
+    pub fn query_within(
+        &self,
+        view: Arc<dyn KvView>,
+        query: &[u8],
+        fuel: u64,
+    ) -> Result<Option<Vec<u8>>, PluginError> {
+        let fuel = fuel.min(self.inner.limits.fuel);
+        let ran = self.run_with(view, Mode::ReadOnly, 0, 0, fuel, |store, _, sm| {
+            sm.call_query(store, query)
+        });
+        match ran {
+            Ok((answer, _, _)) => self.answer(answer).map(Some),
+            Err(PluginError::FuelExhausted { .. }) if fuel < self.inner.limits.fuel => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Runs the plugin's optional `validate` on a fresh instance (read-only KV).
     /// A plugin without it accepts every command.
     pub fn validate(&self, view: Arc<dyn KvView>, command: &[u8]) -> Result<(), PluginError> {
@@ -620,8 +642,29 @@ impl Plugin {
         seed: u64,
         f: impl FnOnce(&mut Store<HostState>, &Instance, &StateMachine) -> wasmtime::Result<R>,
     ) -> Result<(R, HostState, u64), PluginError> {
-        let state = self.state(view, mode, timestamp_ms, seed);
+        let fuel = self.inner.limits.fuel;
+        self.run_with(view, mode, timestamp_ms, seed, fuel, f)
+    }
+
+    /// [`Plugin::run`] with `fuel` (at most the plugin's budget) for the guest and for host
+    /// work.
+    fn run_with<R>(
+        &self,
+        view: Arc<dyn KvView>,
+        mode: Mode,
+        timestamp_ms: u64,
+        seed: u64,
+        fuel: u64,
+        f: impl FnOnce(&mut Store<HostState>, &Instance, &StateMachine) -> wasmtime::Result<R>,
+    ) -> Result<(R, HostState, u64), PluginError> {
+        let mut state = self.state(view, mode, timestamp_ms, seed);
+        state.limit_host_work(fuel);
         let (mut store, instance, sm) = self.fresh_instance(state)?;
+        if fuel < self.inner.limits.fuel {
+            store
+                .set_fuel(fuel)
+                .map_err(|e| self.host(format!("set fuel: {e}")))?;
+        }
         let result = f(&mut store, &instance, &sm);
         let fuel_used = self.fuel_used(&store);
         let mut state = store.into_data();

@@ -104,6 +104,9 @@ pub(crate) struct HostState {
     pub(crate) earlier: WriteBuffer,
     host_budget: u64,
     host_used: u64,
+    /// A run with a slice of the budget (`Plugin::query_within`): blob calls, which may
+    /// hash a whole blob, count as beyond it.
+    sliced: bool,
     pub(crate) abort: Option<Abort>,
     /// The blobs the current command attaches.
     pub(crate) attachments: Vec<BlobRef>,
@@ -133,6 +136,7 @@ impl HostState {
             earlier: WriteBuffer::default(),
             host_budget: fuel,
             host_used: 0,
+            sliced: false,
             abort: None,
             attachments: Vec::new(),
             retains: BTreeMap::new(),
@@ -187,6 +191,24 @@ impl HostState {
     }
 
     /// Records why the guest is being stopped and returns the trap that stops it.
+    /// Lowers the call's budget for host work to `fuel`, a slice of the plugin's budget
+    /// (never raises it).
+    pub(crate) fn limit_host_work(&mut self, fuel: u64) {
+        if fuel < self.host_budget {
+            self.host_budget = fuel;
+            self.sliced = true;
+        }
+    }
+
+    /// Charges a blob call; within a slice, stops the run as out of budget (the caller
+    /// runs it again with everything).
+    fn charge_blob_call(&mut self) -> Result<()> {
+        if self.sliced {
+            return Err(self.abort(Abort::HostBudget));
+        }
+        self.charge(0)
+    }
+
     fn abort(&mut self, why: Abort) -> wasmtime::Error {
         self.abort = Some(why);
         wasmtime::Error::new(Aborted)
@@ -311,7 +333,7 @@ impl blobs::Host for HostState {
         offset: u64,
         len: u32,
     ) -> Result<Result<Vec<u8>, blobs::BlobError>> {
-        self.charge(0)?;
+        self.charge_blob_call()?;
         let Some(sha) = parse_sha(&sha256) else {
             return Ok(Err(blobs::BlobError::Unknown));
         };
@@ -332,7 +354,7 @@ impl blobs::Host for HostState {
     }
 
     fn retain(&mut self, sha256: String) -> Result<Result<(), blobs::BlobError>> {
-        self.charge(0)?;
+        self.charge_blob_call()?;
         if self.mode == Mode::ReadOnly {
             return Ok(Err(blobs::BlobError::ReadOnly));
         }
@@ -347,7 +369,7 @@ impl blobs::Host for HostState {
     }
 
     fn release(&mut self, sha256: String) -> Result<Result<(), blobs::BlobError>> {
-        self.charge(0)?;
+        self.charge_blob_call()?;
         if self.mode == Mode::ReadOnly {
             return Ok(Err(blobs::BlobError::ReadOnly));
         }
@@ -362,7 +384,7 @@ impl blobs::Host for HostState {
     }
 
     fn retained(&mut self, sha256: String) -> Result<u64> {
-        self.charge(0)?;
+        self.charge_blob_call()?;
         match parse_sha(&sha256) {
             Some(sha) => self.retain_count(&sha),
             None => Ok(0),

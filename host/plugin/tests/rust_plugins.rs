@@ -185,3 +185,53 @@ fn validate_refuses_a_bad_command_before_it_is_proposed() {
     );
     assert!(counter.validate(state, b"not json").is_err());
 }
+
+/// `query_within` (how a node answers short queries on the thread it is on): within its
+/// slice it answers exactly what `query` answers; past it, `None` (never a wrong or partial
+/// answer, never an error a full run would not give), so the caller runs it again fully.
+#[test]
+fn a_query_within_a_slice_answers_as_a_full_one_or_says_it_ran_out() {
+    let kv = load("kv", &rust_guests().kv);
+    let state = Arc::new(MemoryKv::new());
+    for i in 0..300 {
+        apply(
+            &kv,
+            &state,
+            i + 1,
+            &format!(
+                r#"{{"op":"put","key":"p/{i:04}","value":"{}"}}"#,
+                "v".repeat(100)
+            ),
+        );
+    }
+    let short = br#"{"op":"get","key":"p/0007"}"#;
+    let long = br#"{"op":"range","prefix":"p/","limit":300}"#;
+    let full = |q: &[u8]| kv.query(state.clone(), q).expect("full query");
+    assert_eq!(
+        kv.query_within(state.clone(), short, 2_000_000)
+            .expect("no error"),
+        Some(full(short))
+    );
+    assert_eq!(
+        kv.query_within(state.clone(), long, 2_000)
+            .expect("no error"),
+        None,
+        "a range over 300 keys fits in 2,000 fuel"
+    );
+    assert_eq!(
+        kv.query_within(state.clone(), long, u64::MAX)
+            .expect("no error"),
+        Some(full(long))
+    );
+    // A refusal is the same refusal within a slice.
+    let bad = b"not json";
+    let refused = kv
+        .query(state.clone(), bad)
+        .expect_err("refused")
+        .to_string();
+    let within = kv
+        .query_within(state.clone(), bad, 2_000_000)
+        .expect_err("refused")
+        .to_string();
+    assert_eq!(within, refused);
+}
