@@ -16,10 +16,12 @@ bench_tools() {
 }
 
 # The URL of the node of the cluster in DIR that leads with the kv plugin active, if any.
+# $KEEL_CURL_ARGS: what curl needs for a TLS cluster with auth (`--cacert CA -H @FILE`).
 keel_leader() { # dir
   local u s
   for u in $(jq -r '.nodes[].url' "$1/cluster.json" 2>/dev/null); do
-    s=$(curl -fsS "$u/v1/status" 2>/dev/null || true)
+    # shellcheck disable=SC2086
+    s=$(curl -fsS ${KEEL_CURL_ARGS:-} "$u/v1/status" 2>/dev/null || true)
     if [[ $(jq -r '.role' <<<"$s" 2>/dev/null) == Leader ]] && jq -e '.plugins | index("kv")' <<<"$s" >/dev/null 2>&1; then
       echo "$u"; return
     fi
