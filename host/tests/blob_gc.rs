@@ -131,15 +131,7 @@ fn attaching_an_old_blob_starts_its_grace_period_over_on_every_copy() {
         let leader = wait_for_leader(&urls, Duration::from_secs(60)).await as usize;
         let follower = if leader == 1 { 2 } else { 1 };
         let mut c = Client::new(urls.clone()).with_deadline(Duration::from_secs(30));
-        let up = c
-            .request(hyper::Method::PUT, "/v1/blobs", vec![7u8; 4096])
-            .await
-            .expect("upload");
-        assert_eq!(up.status, 200, "{}", String::from_utf8_lossy(&up.body));
-        let sha = serde_json::from_slice::<serde_json::Value>(&up.body).expect("json")["sha256"]
-            .as_str()
-            .expect("sha256")
-            .to_string();
+        let sha = common::upload_blob(&mut c, vec![7u8; 4096]).await;
         let on = |id: usize| cluster.configs[id - 1].as_path();
         let fresh = Duration::from_secs(600);
         // The upload answered once a majority held it; the third copy may still be landing.

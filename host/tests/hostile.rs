@@ -171,15 +171,7 @@ fn a_client_that_stops_reading_its_answer_is_cut_off() {
         let url = cluster.urls[leader as usize - 1].clone();
         let blob = vec![42u8; 32 << 20];
         let mut c = Client::new(vec![url.clone()]).with_deadline(Duration::from_secs(60));
-        let up = c
-            .request(hyper::Method::PUT, "/v1/blobs", blob)
-            .await
-            .expect("upload");
-        assert_eq!(up.status, 200, "{}", String::from_utf8_lossy(&up.body));
-        let sha = serde_json::from_slice::<serde_json::Value>(&up.body).expect("json")["sha256"]
-            .as_str()
-            .expect("sha256")
-            .to_string();
+        let sha = common::upload_blob(&mut c, blob).await;
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket
             .set_recv_buffer_size(8 << 10)

@@ -236,3 +236,16 @@ pub fn blob_files(config: &Path) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Uploads `bytes` (`PUT /v1/blobs`) through `c` and returns the hash the node answered.
+pub async fn upload_blob(c: &mut Client, bytes: Vec<u8>) -> String {
+    let up = c
+        .request(hyper::Method::PUT, "/v1/blobs", bytes)
+        .await
+        .expect("upload");
+    assert_eq!(up.status, 200, "{}", String::from_utf8_lossy(&up.body));
+    serde_json::from_slice::<serde_json::Value>(&up.body).expect("json")["sha256"]
+        .as_str()
+        .expect("sha256")
+        .to_string()
+}
