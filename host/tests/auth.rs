@@ -266,6 +266,44 @@ fn tokens_and_roles_are_enforced_on_every_node() {
                 "{url} after the revocation"
             );
         }
+
+        // A token with a TTL works on every node until it expires, then on none, with no
+        // entry in between.
+        let made = admin(
+            &mut r,
+            Method::POST,
+            "/v1/auth/tokens",
+            r#"{"user": "bob", "label": "brief", "ttl_ms": 8000}"#,
+        )
+        .await;
+        let brief = made["token"].as_str().expect("token").to_string();
+        let expires = made["expires_ms"].as_u64().expect("expires_ms");
+        for url in &urls {
+            let mut one = client(std::slice::from_ref(url), Some(&brief));
+            let a = call(&mut one, Method::POST, "/v1/sessions", "").await;
+            assert_eq!(a.status, StatusCode::OK, "{url} before expiry");
+        }
+        let now_ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        };
+        while now_ms() <= expires {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for url in &urls {
+            let mut one = client(std::slice::from_ref(url), Some(&brief));
+            let a = call(&mut one, Method::POST, "/v1/sessions", "").await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{url} after expiry");
+            assert!(
+                json(&a)["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("expired"),
+                "{url}: {}",
+                String::from_utf8_lossy(&a.body)
+            );
+        }
     });
 }
 
