@@ -123,6 +123,16 @@ pub(crate) enum Cmd {
         #[arg(long = "attach", value_name = "SHA256", value_delimiter = ',')]
         attach: Vec<String>,
     },
+    /// Run a query on any plugin (its answer, as the plugin gives it).
+    Query {
+        /// Plugin name.
+        plugin: String,
+        /// Query body.
+        body: String,
+        /// linearizable (ReadIndex), lease, or stale (this node's applied state).
+        #[arg(long, default_value = "linearizable", value_parser = ["linearizable", "lease", "stale"])]
+        consistency: String,
+    },
     /// Back up the cluster's state and restore it (docs/snapshots.md).
     Snapshot {
         #[command(subcommand)]

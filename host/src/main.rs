@@ -599,6 +599,13 @@ fn main() -> ExitCode {
             };
             c.submit_with(&plugin, body.into_bytes(), &headers).await
         }),
+        Cmd::Query {
+            plugin,
+            body,
+            consistency,
+        } => client_call(g, "query", Shown::Raw, async move |c| {
+            c.query(&plugin, body.into_bytes(), &consistency).await
+        }),
         Cmd::Blob {
             command: BlobCmd::Put { file },
         } => client_call(g, "blob put", Shown::Raw, async move |c| {

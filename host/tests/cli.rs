@@ -248,6 +248,33 @@ fn keel_put_right_after_keel_dev_finds_the_cluster_and_status_shows_every_member
     let elsewhere = tempfile::tempdir().expect("tempdir");
     let get = keel_in(elsewhere.path(), Some(&endpoints), &["get", "hello"], limit);
     assert_eq!(expect_code(&get, 0), "world\n");
+    // Any plugin's query (stale is left out: a follower may not have applied it yet).
+    for consistency in ["linearizable", "lease"] {
+        let q = keel_in(
+            cwd,
+            None,
+            &[
+                "query",
+                "kv",
+                r#"{"op":"get","key":"hello"}"#,
+                "--consistency",
+                consistency,
+            ],
+            limit,
+        );
+        assert_eq!(
+            expect_code(&q, 0).trim(),
+            r#"{"value":"world"}"#,
+            "{consistency}"
+        );
+    }
+    let bogus = keel_in(
+        cwd,
+        None,
+        &["query", "kv", "{}", "--consistency", "eventual"],
+        limit,
+    );
+    expect_code(&bogus, 2);
     let json = keel_in(cwd, None, &["get", "-o", "json", "hello"], limit);
     let v: serde_json::Value = serde_json::from_str(&expect_code(&json, 0)).expect("json");
     assert_eq!(

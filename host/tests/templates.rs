@@ -274,6 +274,34 @@ fn each_template_dropped_into_one_nodes_folder_serves_commands_on_the_others() {
                 .await
                 .expect("query");
             assert_eq!(String::from_utf8_lossy(&q.body), r#"{"value":5}"#, "{lang}");
+
+            // The SDK's blob helpers at work: a blob attached on node 2, retained by the
+            // plugin, read back whole by a query on node 3.
+            let doc = format!("a document for the {lang} template\n").repeat(5_000);
+            let sha = common::upload_blob(&mut on_two, doc.clone().into_bytes()).await;
+            let keep = br#"{"op":"keep","name":"docs"}"#.to_vec();
+            let a = on_two
+                .submit_with(&name, keep, &[("keel-attach", sha)])
+                .await
+                .expect("keep");
+            assert_eq!(
+                String::from_utf8_lossy(&a.body),
+                r#"{"kept":1}"#,
+                "{lang}: {}",
+                a.status
+            );
+            let q = on_three
+                .query(
+                    &name,
+                    br#"{"op":"kept","name":"docs"}"#.to_vec(),
+                    "linearizable",
+                )
+                .await
+                .expect("query");
+            let want = serde_json::json!({"blobs": 1, "bytes": doc.len(), "first": b'a'});
+            let got: serde_json::Value = serde_json::from_slice(&q.body)
+                .unwrap_or_else(|_| panic!("{lang}: {}", String::from_utf8_lossy(&q.body)));
+            assert_eq!(got, want, "{lang}");
         });
     }
 }
