@@ -242,12 +242,15 @@ fn sha256_of(r: &mut dyn Read) -> anyhow::Result<[u8; 32]> {
 /// Restores a backup into `data_dir`, which must not hold a node yet, for node `id` of the
 /// cluster `cluster_id`. The node starts at the backup's index and term with the backup's
 /// membership (every restored member is restored from the same file), as a fresh cluster
-/// if `cluster_id` is new.
+/// if `cluster_id` is new. `peers` (the node config's, as etcd's `--initial-cluster`)
+/// gives members' addresses, overriding the backup's: the cluster comes back on new
+/// addresses. Naming a node that is not a member is refused.
 pub fn restore(
     file: &Path,
     data_dir: &Path,
     id: keel_raft::NodeId,
     cluster_id: keel_raft::ClusterId,
+    peers: &std::collections::BTreeMap<keel_raft::NodeId, String>,
 ) -> anyhow::Result<(Manifest, ClusterConfig)> {
     let db = data_dir.join("db");
     if db.exists() {
@@ -259,7 +262,7 @@ pub fn restore(
     std::fs::create_dir_all(data_dir)?;
     let staged: PathBuf = data_dir.join("restore.keelsnap");
     let store = Blobs::new(Some(data_dir.join("blobs")), &[]);
-    let (manifest, meta) = read(
+    let (manifest, mut meta) = read(
         file,
         |r| {
             let mut f = std::fs::File::create(&staged)?;
@@ -289,6 +292,20 @@ pub fn restore(
             "node {id} is not a voter of the backup's membership {:?}",
             meta.config.voters
         );
+    }
+    // The addresses the node's config gives override the backup's for those members: a
+    // cluster restored onto new machines comes up at its new addresses.
+    for (member, url) in peers {
+        let known = meta.config.voters.contains(member) || meta.config.learners.contains(member);
+        if !known {
+            bail!(
+                "the config's peers name node {member}, which is not a member of the backup's \
+                 cluster (voters {:?}, learners {:?})",
+                meta.config.voters,
+                meta.config.learners
+            );
+        }
+        meta.config.addresses.insert(*member, url.clone());
     }
     let storage = keel_storage::RedbStorage::open(&db, keel_storage::StorageOptions::default())?;
     storage.set_identity(Identity {

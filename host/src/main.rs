@@ -525,12 +525,13 @@ fn snapshot_restore(file: &std::path::Path, config: &std::path::Path) -> ExitCod
         .map_err(anyhow::Error::from)
         .and_then(|cfg| {
             let cluster = cfg.cluster()?;
-            keel::backup::restore(file, &cfg.data_dir, cfg.id, cluster).map(|r| (cfg, r))
+            keel::backup::restore(file, &cfg.data_dir, cfg.id, cluster, &cfg.peers)
+                .map(|r| (cfg, r))
         });
     match restored {
         Ok((cfg, (m, members))) => {
             println!(
-                "restored {} into {}: node {} of cluster {}, index {} term {}, {} blobs, voters {:?}",
+                "restored {} into {}: node {} of cluster {}, index {} term {}, {} blobs, members {:?}",
                 file.display(),
                 cfg.data_dir.display(),
                 cfg.id,
@@ -538,7 +539,7 @@ fn snapshot_restore(file: &std::path::Path, config: &std::path::Path) -> ExitCod
                 m.index,
                 m.term,
                 m.blobs.len(),
-                members.voters
+                members.addresses
             );
             ExitCode::SUCCESS
         }

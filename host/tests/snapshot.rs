@@ -54,10 +54,15 @@ fn a_saved_backup_restores_a_whole_cluster_and_a_damaged_one_is_refused() {
     assert!(o.status.success(), "put: {}", text(&o));
     kill_all(&mut cluster.children);
 
-    // New data directories for the same members.
+    // New data directories for the same members, on new addresses (other ports), as a
+    // cluster restored onto other machines: each config's `peers` gives them.
+    let elsewhere = cluster.dir.path().join("elsewhere");
+    let moved = keel::dev::plan(3, &elsewhere).expect("new ports");
     let mut configs = Vec::new();
     for (i, path) in cluster.configs.iter().enumerate() {
         let mut cfg = keel::config::NodeConfig::load(path).expect("config");
+        cfg.listen = moved[i].0.listen;
+        cfg.peers = moved[0].0.peers.clone();
         cfg.data_dir = cluster.dir.path().join(format!("restored-{}", i + 1));
         let new = cluster.dir.path().join(format!("restored-{}.json", i + 1));
         std::fs::write(&new, serde_json::to_vec_pretty(&cfg).expect("json")).expect("write");
@@ -116,7 +121,19 @@ fn a_saved_backup_restores_a_whole_cluster_and_a_damaged_one_is_refused() {
             .map(|(c, _)| keel::dev::spawn(keel_exe(), c).expect("spawn").0)
             .collect(),
     );
+    let urls: Vec<String> = configs.iter().map(|(_, c)| c.url()).collect();
+    assert!(
+        urls.iter().all(|u| !cluster.urls.contains(u)),
+        "the restored nodes listen where the old ones did"
+    );
+    let endpoints = urls.join(",");
     rt().block_on(async { wait_for_leader(&urls, Duration::from_secs(60)).await });
+    // Every member knows the others at their new addresses.
+    let status = rt().block_on(common::status(&urls[0])).expect("status");
+    let text_of = status.to_string();
+    for u in &urls {
+        assert!(text_of.contains(u.as_str()), "{u} missing from {text_of}");
+    }
     for i in [0, 99, 249] {
         let o = keel(&["--endpoints", &endpoints, "get", &format!("k{i}")]);
         assert!(

@@ -109,19 +109,34 @@ impl SnapshotImage {
         }
     }
 
-    /// Reads the image, record by record, checking it stands where `meta` says.
+    /// Reads the image, record by record, checking it stands where `meta` says: the same
+    /// index, term and members. The members' addresses may differ (a backup restored onto
+    /// new machines is installed with their new addresses): a node's id is its identity,
+    /// its address is not, and `meta`'s are the ones stored.
     pub(crate) fn read(
         &self,
         sink: impl FnMut(crate::snapshot::ImageRecord) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
         let mut reader = self.reader.borrow_mut();
         let found = crate::snapshot::read_image(&mut **reader, sink)?;
-        if found != self.meta {
+        let same_point = found.index == self.meta.index
+            && found.term == self.meta.term
+            && found.config.voters == self.meta.config.voters
+            && found.config.learners == self.meta.config.learners;
+        if !same_point {
             return Err(StorageError::SnapshotImage {
                 index: self.meta.index,
                 reason: format!(
-                    "image stands at {}@t{}, metadata says {}@t{}",
-                    found.index, found.term, self.meta.index, self.meta.term
+                    "image stands at {}@t{} with voters {:?} and learners {:?}, metadata says \
+                     {}@t{} with voters {:?} and learners {:?}",
+                    found.index,
+                    found.term,
+                    found.config.voters,
+                    found.config.learners,
+                    self.meta.index,
+                    self.meta.term,
+                    self.meta.config.voters,
+                    self.meta.config.learners
                 ),
             });
         }

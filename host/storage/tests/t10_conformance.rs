@@ -717,7 +717,13 @@ fn a_damaged_or_stale_snapshot_is_refused_whole<H: Harness>() {
     damaged.data[mid] ^= 0x40;
     let mut mislabelled = snap.clone();
     mislabelled.meta.index = 11;
-    for (bad, why) in [(damaged, "damaged"), (mislabelled, "meta mismatch")] {
+    let mut other_members = snap.clone();
+    other_members.meta.config.voters.insert(7);
+    for (bad, why) in [
+        (damaged, "damaged"),
+        (mislabelled, "meta mismatch"),
+        (other_members, "members mismatch"),
+    ] {
         let err = t
             .persist(LogWrite {
                 hard_state: Some(HardState {
@@ -747,6 +753,32 @@ fn a_damaged_or_stale_snapshot_is_refused_whole<H: Harness>() {
         })
         .expect_err("stale");
     assert!(matches!(err, StorageError::SnapshotImage { .. }), "{err}");
+}
+
+/// A backup restored onto new machines (`keel snapshot restore` with the node config's
+/// `peers`): the image is installed under metadata naming the same members at other
+/// addresses, and those addresses are the ones stored.
+fn a_snapshot_installs_with_its_members_at_new_addresses<H: Harness>() {
+    let source = populated::<H>();
+    let mut snap = SnapshotChunks::new(source.store().view().expect("view"), 4096)
+        .into_snapshot_for_test()
+        .expect("snapshot");
+    for id in snap.meta.config.voters.clone() {
+        snap.meta
+            .config
+            .addresses
+            .insert(id, format!("http://10.9.9.{id}:7001"));
+    }
+    let target = H::new();
+    let t = target.store();
+    t.persist(LogWrite {
+        snapshot: Some(&snap.image()),
+        ..LogWrite::default()
+    })
+    .expect("install at new addresses");
+    let v = t.view().expect("view");
+    assert_eq!(v.applied().config, snap.meta.config);
+    assert_eq!(t.recover().expect("recover").snapshot, snap.meta);
 }
 
 fn persist_and_apply_may_run_on_different_threads<H: Harness>() {
@@ -907,6 +939,7 @@ suite!(
     installing_a_snapshot_replaces_state_and_conflicting_log,
     installing_a_snapshot_keeps_a_log_suffix_that_agrees,
     a_damaged_or_stale_snapshot_is_refused_whole,
+    a_snapshot_installs_with_its_members_at_new_addresses,
     persist_and_apply_may_run_on_different_threads,
     everything_durable_survives_a_restart,
     an_empty_write_returns_the_last_position,
