@@ -89,7 +89,7 @@ fn a_quiet_cluster_whose_nodes_snapshot_at_different_points_still_collects() {
 
 /// How long since a node's copy of blob `sha` was stored or last touched.
 fn blob_age(config: &std::path::Path, sha: &str) -> Duration {
-    let path = config.with_file_name("data").join("blobs").join(sha);
+    let path = common::blob_dir(config).join(sha);
     let modified = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -100,7 +100,7 @@ fn blob_age(config: &std::path::Path, sha: &str) -> Duration {
 
 /// Makes a node's copy of blob `sha` look an hour old (older than any grace period).
 fn age_blob(config: &std::path::Path, sha: &str) {
-    let path = config.with_file_name("data").join("blobs").join(sha);
+    let path = common::blob_dir(config).join(sha);
     let f = std::fs::File::options()
         .append(true)
         .open(&path)

@@ -128,7 +128,7 @@ fn a_flipped_byte_in_a_followers_blob_is_quarantined_and_fetched_again() {
         }
         common::kill_all([&mut cluster.children[f]]);
         let sha = keel::blobs::hex(&keel::blobs::sha256(&doc));
-        let dir = cluster.configs[f].with_file_name("data").join("blobs");
+        let dir = common::blob_dir(&cluster.configs[f]);
         let path = dir.join(&sha);
         let mut bytes = std::fs::read(&path).expect("the follower holds the blob");
         bytes[1_000] ^= 0x20;
@@ -152,7 +152,7 @@ fn a_flipped_byte_in_a_followers_blob_is_quarantined_and_fetched_again() {
 
 /// Temporary upload files in a node's blob directory.
 fn partial_uploads(config: &std::path::Path) -> Vec<String> {
-    let dir = config.with_file_name("data").join("blobs");
+    let dir = common::blob_dir(config);
     std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()

@@ -224,9 +224,14 @@ pub fn big_put(key: &str, size: usize, fill: char) -> Vec<u8> {
         .into_bytes()
 }
 
+/// The blob store of the node whose config file is `config` (`data/blobs` beside it).
+pub fn blob_dir(config: &Path) -> PathBuf {
+    config.with_file_name("data").join("blobs")
+}
+
 /// Files in a node's blob directory (named by hash).
 pub fn blob_files(config: &Path) -> Vec<String> {
-    let dir = config.with_file_name("data").join("blobs");
+    let dir = blob_dir(config);
     std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
